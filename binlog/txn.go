@@ -31,12 +31,25 @@ type Row map[string]any
 
 // RowChange is one changed row of one table. Before is nil for an insert,
 // After is nil for a delete.
+//
+// Stamp and Origin name the version this change creates: the after image's
+// _mlr_hlc/_mlr_origin for an insert or update; for a delete, those of the
+// tombstone the trigger (or a forwarding applier) wrote in the same
+// transaction, paired by primary key. A delete without a tombstone (a
+// foreign-key cascade) gets a derived bypass stamp (see docs/internals.md).
+//
+// A tombstone with no delete beside it (a forwarding region deleted a row it
+// no longer had) becomes a Delete whose Before holds only the primary key
+// columns, with PrevUnknown set: the version it replaced is not known.
 type RowChange struct {
-	Schema string
-	Table  string
-	Op     Op
-	Before Row
-	After  Row
+	Schema      string
+	Table       string
+	Op          Op
+	Before      Row
+	After       Row
+	Stamp       uint64
+	Origin      uint16
+	PrevUnknown bool
 }
 
 // Position is where a transaction ends in the source's binlog. GTID is the
