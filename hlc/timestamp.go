@@ -1,0 +1,34 @@
+// Package hlc is mlproxy's hybrid logical clock: stamps that follow wall
+// time, never go backwards, and move past every stamp seen from a peer, so a
+// write made after seeing another region's write always carries a larger
+// stamp.
+package hlc
+
+// Timestamp is a stamp: the high 48 bits are Unix milliseconds, the low 16
+// bits a logical counter. Stamps issued by a Clock keep the counter below
+// BypassBit; a stamp with BypassBit set was made by the server-side trigger
+// for a write that bypassed the proxy.
+type Timestamp uint64
+
+const (
+	logicalBits = 16
+	// BypassBit marks stamps made by the trigger, not by a Clock.
+	BypassBit = 0x8000
+	// MaxLogical is the largest logical counter a Clock issues.
+	MaxLogical = BypassBit - 1
+)
+
+// New builds a stamp from milliseconds and a logical counter.
+func New(millis int64, logical uint16) Timestamp {
+	return Timestamp(uint64(millis)<<logicalBits | uint64(logical))
+}
+
+// Millis is the physical part, Unix milliseconds.
+func (t Timestamp) Millis() int64 { return int64(uint64(t) >> logicalBits) }
+
+// Logical is the low 16 bits.
+func (t Timestamp) Logical() uint16 { return uint16(t) }
+
+// Bypass reports whether the stamp was made by the trigger for a write that
+// did not go through a proxy.
+func (t Timestamp) Bypass() bool { return uint16(t)&BypassBit != 0 }
