@@ -1,0 +1,524 @@
+// Package cluster starts local mlproxy regions for integration tests and the
+// demo: per region one throwaway mariadbd (dbtest) and one `mlproxy run`
+// process with a generated config. Everything it starts is stopped by Close,
+// and mariadbd servers die with the process that started them.
+package cluster
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"text/template"
+	"time"
+
+	"github.com/go-sql-driver/mysql"
+
+	"github.com/mlproxy/mlproxy/dbtest"
+)
+
+// Options describes a cluster.
+type Options struct {
+	// Names of the regions, in id order (ids start at 1). Default eu, us, ap.
+	Names []string
+	// Topology is all-to-all (default), star or ring; Hub names the star's hub.
+	Topology string
+	Hub      string
+	// Setup is SQL run on every region's server before `schema apply`
+	// (CREATE DATABASE/TABLE ...).
+	Setup string
+	// Tables is the YAML list under `tables:` (indented by two spaces).
+	Tables string
+	// Bin is the mlproxy binary; empty = build it once into a temp dir.
+	Bin string
+	// Dir holds configs and logs; empty = a new temp dir.
+	Dir string
+	// Extra YAML appended to each region's config (e.g. apply tuning).
+	Extra string
+	// ServerArgs are extra mariadbd arguments for every region.
+	ServerArgs []string
+	// Stdout receives the regions' JSON logs when set (in addition to files).
+	Stdout *os.File
+}
+
+// Region is one running region.
+type Region struct {
+	Name       string
+	ID         uint16
+	Server     *dbtest.Server
+	ProxyAddr  string
+	Metrics    string
+	ConfigPath string
+	LogPath    string
+
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+	done chan error
+}
+
+// Cluster is a set of regions that replicate to each other.
+type Cluster struct {
+	Opts    Options
+	Regions []*Region
+	Dir     string
+	Bin     string
+	ownDir  bool
+}
+
+var (
+	buildOnce sync.Once
+	builtBin  string
+	buildErr  error
+)
+
+// Build compiles cmd/mlproxy once per process and returns the binary's path.
+func Build() (string, error) {
+	buildOnce.Do(func() {
+		root, err := moduleRoot()
+		if err != nil {
+			buildErr = err
+			return
+		}
+		dir, err := os.MkdirTemp("", "mlproxy-bin-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		builtBin = filepath.Join(dir, "mlproxy")
+		cmd := exec.Command("go", "build", "-o", builtBin, "./cmd/mlproxy")
+		cmd.Dir = root
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("cluster: build mlproxy: %v\n%s", err, out)
+		}
+	})
+	return builtBin, buildErr
+}
+
+func moduleRoot() (string, error) {
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", fmt.Errorf("cluster: go env GOMOD: %w", err)
+	}
+	mod := strings.TrimSpace(string(out))
+	if mod == "" || mod == os.DevNull {
+		return "", errors.New("cluster: not inside the mlproxy module")
+	}
+	return filepath.Dir(mod), nil
+}
+
+// Start starts every region's server, applies the setup SQL and
+// `mlproxy schema apply`, then starts every region's mlproxy.
+func Start(ctx context.Context, opts Options) (c *Cluster, err error) {
+	if len(opts.Names) == 0 {
+		opts.Names = []string{"eu", "us", "ap"}
+	}
+	if opts.Topology == "" {
+		opts.Topology = "all-to-all"
+	}
+	c = &Cluster{Opts: opts, Dir: opts.Dir, Bin: opts.Bin}
+	defer func() {
+		if err != nil {
+			c.Close()
+		}
+	}()
+	if c.Bin == "" {
+		if c.Bin, err = Build(); err != nil {
+			return nil, err
+		}
+	}
+	if c.Dir == "" {
+		if c.Dir, err = os.MkdirTemp("", "mlproxy-cluster-"); err != nil {
+			return nil, err
+		}
+		c.ownDir = true
+	}
+	for i, name := range opts.Names {
+		id := uint16(i + 1)
+		srv, err := dbtest.Start(dbtest.Options{
+			ServerID:               uint32(id),
+			AutoIncrementIncrement: 10,
+			AutoIncrementOffset:    int(id),
+			Args:                   opts.ServerArgs,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("cluster: region %s: %w", name, err)
+		}
+		r := &Region{Name: name, ID: id, Server: srv}
+		c.Regions = append(c.Regions, r)
+		pp, err := dbtest.FreePort()
+		if err != nil {
+			return nil, err
+		}
+		mp, err := dbtest.FreePort()
+		if err != nil {
+			return nil, err
+		}
+		r.ProxyAddr = fmt.Sprintf("127.0.0.1:%d", pp)
+		r.Metrics = fmt.Sprintf("127.0.0.1:%d", mp)
+		r.ConfigPath = filepath.Join(c.Dir, name+".yaml")
+		r.LogPath = filepath.Join(c.Dir, name+".log")
+	}
+	for _, r := range c.Regions {
+		if err := os.WriteFile(r.ConfigPath, c.config(r), 0o600); err != nil {
+			return nil, err
+		}
+		if opts.Setup != "" {
+			db, err := r.Server.Open("")
+			if err != nil {
+				return nil, err
+			}
+			_, err = db.ExecContext(ctx, opts.Setup)
+			db.Close()
+			if err != nil {
+				return nil, fmt.Errorf("cluster: setup SQL on region %s: %w", r.Name, err)
+			}
+		}
+		if out, err := c.Command(ctx, "schema", "apply", "-c", r.ConfigPath); err != nil {
+			return nil, fmt.Errorf("cluster: schema apply on region %s: %v\n%s", r.Name, err, out)
+		}
+	}
+	for _, r := range c.Regions {
+		if err := c.StartProxy(r); err != nil {
+			return nil, err
+		}
+	}
+	for _, r := range c.Regions {
+		if err := r.waitProxy(ctx); err != nil {
+			return nil, err
+		}
+	}
+	return c, nil
+}
+
+var configTmpl = template.Must(template.New("region").Parse(`# generated by itest/cluster
+region:
+  name: {{.R.Name}}
+  id: {{.R.ID}}
+proxy:
+  listen: "{{.R.ProxyAddr}}"
+  shutdown_timeout: 5s
+local:
+  addr: "{{.R.Server.Addr}}"
+  user: root
+  password: ""
+metrics:
+  listen: "{{.R.Metrics}}"
+topology:
+  mode: {{.C.Opts.Topology}}
+{{- if .C.Opts.Hub}}
+  hub: {{.C.Opts.Hub}}
+{{- end}}
+tables:
+{{.C.Opts.Tables}}
+peers:
+{{- range .Peers}}
+  - name: {{.Name}}
+    id: {{.ID}}
+    server:
+      addr: "{{.Server.Addr}}"
+      user: root
+      password: ""
+{{- end}}
+{{.C.Opts.Extra}}
+`))
+
+// Peers returns the regions r pulls from under the cluster's topology.
+func (c *Cluster) Peers(r *Region) []*Region {
+	var out []*Region
+	switch c.Opts.Topology {
+	case "ring":
+		// Each region pulls from its predecessor.
+		i := int(r.ID) - 1
+		prev := c.Regions[(i+len(c.Regions)-1)%len(c.Regions)]
+		out = append(out, prev)
+	case "star":
+		if r.Name == c.Opts.Hub {
+			for _, p := range c.Regions {
+				if p != r {
+					out = append(out, p)
+				}
+			}
+		} else {
+			for _, p := range c.Regions {
+				if p.Name == c.Opts.Hub {
+					out = append(out, p)
+				}
+			}
+		}
+	default:
+		for _, p := range c.Regions {
+			if p != r {
+				out = append(out, p)
+			}
+		}
+	}
+	return out
+}
+
+func (c *Cluster) config(r *Region) []byte {
+	var b bytes.Buffer
+	if err := configTmpl.Execute(&b, map[string]any{"R": r, "C": c, "Peers": c.Peers(r)}); err != nil {
+		panic(err)
+	}
+	return b.Bytes()
+}
+
+// Command runs the mlproxy binary with args and returns its combined output.
+func (c *Cluster) Command(ctx context.Context, args ...string) ([]byte, error) {
+	return exec.CommandContext(ctx, c.Bin, args...).CombinedOutput()
+}
+
+// StartProxy starts region r's `mlproxy run`.
+func (c *Cluster) StartProxy(r *Region) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.cmd != nil {
+		return fmt.Errorf("cluster: mlproxy of region %s already running", r.Name)
+	}
+	logf, err := os.OpenFile(r.LogPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(c.Bin, "run", "-c", r.ConfigPath)
+	cmd.Stdout = logf
+	cmd.Stderr = logf
+	if c.Opts.Stdout != nil {
+		cmd.Stderr = io.MultiWriter(logf, c.Opts.Stdout)
+	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return fmt.Errorf("cluster: start mlproxy for region %s: %w", r.Name, err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait(); logf.Close() }()
+	r.cmd, r.done = cmd, done
+	return nil
+}
+
+func (r *Region) waitProxy(ctx context.Context) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		db, err := sql.Open("mysql", r.DSN(""))
+		if err == nil {
+			err = db.PingContext(ctx)
+			db.Close()
+		}
+		if err == nil {
+			return nil
+		}
+		r.mu.Lock()
+		done := r.done
+		r.mu.Unlock()
+		select {
+		case werr := <-done:
+			r.mu.Lock()
+			r.cmd = nil
+			r.mu.Unlock()
+			return fmt.Errorf("cluster: mlproxy of region %s exited at start (%v); log %s:\n%s", r.Name, werr, r.LogPath, tail(r.LogPath, 20))
+		default:
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("cluster: mlproxy of region %s not serving on %s after 30s: %v; log:\n%s", r.Name, r.ProxyAddr, err, tail(r.LogPath, 20))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// WaitProxy waits until region r's proxy accepts connections.
+func (c *Cluster) WaitProxy(ctx context.Context, r *Region) error { return r.waitProxy(ctx) }
+
+// StopProxy sends SIGTERM (or SIGKILL when kill) to region r's mlproxy and
+// waits for it to exit; it returns the process's exit error.
+func (c *Cluster) StopProxy(r *Region, kill bool) error {
+	r.mu.Lock()
+	cmd, done := r.cmd, r.done
+	r.cmd = nil
+	r.mu.Unlock()
+	if cmd == nil {
+		return nil
+	}
+	sig := syscall.SIGTERM
+	if kill {
+		sig = syscall.SIGKILL
+	}
+	_ = cmd.Process.Signal(sig)
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(30 * time.Second):
+		_ = cmd.Process.Kill()
+		<-done
+		return fmt.Errorf("cluster: mlproxy of region %s did not exit within 30s of %v", r.Name, sig)
+	}
+}
+
+// DSN is a go-sql-driver DSN for root through region r's proxy.
+func (r *Region) DSN(db string) string {
+	cfg := mysql.NewConfig()
+	cfg.User = "root"
+	cfg.Net = "tcp"
+	cfg.Addr = r.ProxyAddr
+	cfg.DBName = db
+	cfg.Timeout = 5 * time.Second
+	return cfg.FormatDSN()
+}
+
+// Close stops every proxy and server and removes the cluster's directory
+// (unless it was given, or DBTEST_KEEP is set).
+func (c *Cluster) Close() {
+	for _, r := range c.Regions {
+		_ = c.StopProxy(r, false)
+	}
+	for _, r := range c.Regions {
+		if r.Server != nil {
+			_ = r.Server.Destroy()
+		}
+	}
+	if c.ownDir && os.Getenv("DBTEST_KEEP") == "" {
+		_ = os.RemoveAll(c.Dir)
+	}
+}
+
+func tail(path string, n int) string {
+	b, _ := os.ReadFile(path)
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// Direct opens root on region r's server, bypassing the proxy.
+func (r *Region) Direct(db string) (*sql.DB, error) { return r.Server.Open(db) }
+
+// Dump returns every row of table (a quoted or plain `db.table`), metadata
+// columns included, ordered by primary key (ORDER BY 1 is not enough for
+// composite keys, so callers pass the key order in orderBy).
+func (r *Region) Dump(ctx context.Context, table, columns, orderBy string) ([]string, error) {
+	db, err := r.Direct("")
+	if err != nil {
+		return nil, err
+	}
+	defer db.Close()
+	rows, err := db.QueryContext(ctx, fmt.Sprintf("SELECT %s FROM %s ORDER BY %s", columns, table, orderBy))
+	if err != nil {
+		return nil, fmt.Errorf("dump %s on region %s: %w", table, r.Name, err)
+	}
+	defer rows.Close()
+	cols, err := rows.Columns()
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	vals := make([]sql.NullString, len(cols))
+	ptrs := make([]any, len(cols))
+	for i := range vals {
+		ptrs[i] = &vals[i]
+	}
+	for rows.Next() {
+		if err := rows.Scan(ptrs...); err != nil {
+			return nil, err
+		}
+		var b strings.Builder
+		for i, v := range vals {
+			if i > 0 {
+				b.WriteByte('|')
+			}
+			if v.Valid {
+				b.WriteString(v.String)
+			} else {
+				b.WriteString("NULL")
+			}
+		}
+		out = append(out, b.String())
+	}
+	return out, rows.Err()
+}
+
+// Diff compares table across all regions row by row and returns a
+// description of the first differences, or "" when every region holds the
+// same rows.
+func (c *Cluster) Diff(ctx context.Context, table, columns, orderBy string) (string, error) {
+	var first []string
+	var b strings.Builder
+	for i, r := range c.Regions {
+		rows, err := r.Dump(ctx, table, columns, orderBy)
+		if err != nil {
+			return "", err
+		}
+		if i == 0 {
+			first = rows
+			continue
+		}
+		if d := diffRows(first, rows); d != "" {
+			fmt.Fprintf(&b, "%s vs %s on %s: %s\n", c.Regions[0].Name, r.Name, table, d)
+		}
+	}
+	return b.String(), nil
+}
+
+func diffRows(a, b []string) string {
+	in := func(rows []string) map[string]bool {
+		m := make(map[string]bool, len(rows))
+		for _, r := range rows {
+			m[r] = true
+		}
+		return m
+	}
+	ma, mb := in(a), in(b)
+	var onlyA, onlyB []string
+	for _, r := range a {
+		if !mb[r] {
+			onlyA = append(onlyA, r)
+		}
+	}
+	for _, r := range b {
+		if !ma[r] {
+			onlyB = append(onlyB, r)
+		}
+	}
+	if len(onlyA) == 0 && len(onlyB) == 0 {
+		return ""
+	}
+	trim := func(rows []string) []string {
+		if len(rows) > 5 {
+			return append(rows[:5:5], fmt.Sprintf("... %d more", len(rows)-5))
+		}
+		return rows
+	}
+	return fmt.Sprintf("%d rows only in the first %v, %d rows only in the second %v", len(onlyA), trim(onlyA), len(onlyB), trim(onlyB))
+}
+
+// WaitConverged polls Diff until every region holds the same rows of every
+// table, or ctx is done (then it returns the last difference).
+func (c *Cluster) WaitConverged(ctx context.Context, tables map[string]string, columns string) error {
+	var last string
+	for {
+		last = ""
+		for table, orderBy := range tables {
+			d, err := c.Diff(ctx, table, columns, orderBy)
+			if err != nil {
+				last += err.Error() + "\n"
+				continue
+			}
+			last += d
+		}
+		if last == "" {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("regions did not converge: %s", last)
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
