@@ -5,7 +5,10 @@
 // nothing here opens a connection or parses SQL.
 package config
 
-import "time"
+import (
+	"slices"
+	"time"
+)
 
 // Config is one region's whole configuration: one file, one region.
 type Config struct {
@@ -22,6 +25,10 @@ type Config struct {
 	Apply    Apply       `yaml:"apply"`
 	Metrics  Metrics     `yaml:"metrics"`
 	Log      Log         `yaml:"log"`
+
+	// lines maps each key path written in the file ("peers[1].id") to its
+	// line; nil for a Config built in code.
+	lines map[string]int
 }
 
 // Region names this region. ID is the origin stamped into every write
@@ -33,7 +40,10 @@ type Region struct {
 
 // Proxy is the client-facing MySQL listener.
 type Proxy struct {
-	Listen string `yaml:"listen"` // host:port, e.g. "127.0.0.1:6033"
+	// Listen is host:port, e.g. "127.0.0.1:6033". It is required and has no
+	// default: which interface the proxy is exposed on is the operator's
+	// decision. An empty host listens on every interface.
+	Listen string `yaml:"listen"`
 	// TLS, when set, is offered to clients (they may still connect without
 	// it unless their MySQL account says REQUIRE SSL).
 	TLS *TLSServer `yaml:"tls"`
@@ -102,6 +112,15 @@ type Peer struct {
 }
 
 // Topology says which changes travel over which link.
+//
+// all-to-all: every region pulls from every peer, taking only that peer's
+// own changes. star: the hub pulls from every spoke and forwards; a spoke
+// pulls only from the hub. ring: regions ordered by id, each pulls from its
+// predecessor (the next lower id, the highest id wrapping around to the
+// lowest) and forwards; a ring needs at least three regions. In star and
+// ring every region is still listed under peers (names and ids must be
+// known everywhere), but a server is only needed for the peers this
+// region pulls from (see Sources).
 type Topology struct {
 	// Mode is all-to-all (default), star or ring.
 	Mode string `yaml:"mode"`
@@ -140,4 +159,156 @@ type Metrics struct {
 // Log configures logging (JSON lines on stderr).
 type Log struct {
 	Level string `yaml:"level"` // debug, info (default), warn, error
+}
+
+// Conflict rules a TableRule may name.
+const (
+	RuleLWW              = "lww"
+	RuleFirstWriterWins  = "first-writer-wins"
+	RuleOriginPriority   = "origin-priority"
+	RuleCounter          = "counter"
+	RuleMax              = "max"
+	RuleMin              = "min"
+	RuleManual           = "manual"
+	defaultRule          = RuleLWW
+	wildcardTable        = "*"
+	internalSchema       = "mlr"
+	maxRegionID          = 32767
+	defaultMaxConns      = 1000
+	defaultStmtCacheSize = 10000
+)
+
+// Topology modes.
+const (
+	TopologyAllToAll = "all-to-all"
+	TopologyStar     = "star"
+	TopologyRing     = "ring"
+)
+
+// Defaults for keys left out of the file (or set to zero).
+const (
+	DefaultShutdownTimeout     = 30 * time.Second
+	DefaultMaxOffset           = 500 * time.Millisecond
+	DefaultBatchTxns           = 64
+	DefaultRelayBytes          = 64 << 20
+	DefaultWorkers             = 4
+	DefaultTombstoneGCInterval = time.Minute
+	DefaultLogLevel            = "info"
+)
+
+// Rules lists every conflict rule, in the order the documentation gives.
+var Rules = []string{RuleLWW, RuleFirstWriterWins, RuleOriginPriority, RuleCounter, RuleMax, RuleMin, RuleManual}
+
+// Default fills every optional key left at its zero value. It never
+// touches required keys (region, proxy.listen, local.addr/user, tables) and
+// is idempotent; Parse calls it before Validate.
+func (c *Config) Default() {
+	if c.Proxy.MaxConnections == 0 {
+		c.Proxy.MaxConnections = defaultMaxConns
+	}
+	if c.Proxy.StatementCacheSize == 0 {
+		c.Proxy.StatementCacheSize = defaultStmtCacheSize
+	}
+	if c.Proxy.ShutdownTimeout == 0 {
+		c.Proxy.ShutdownTimeout = DefaultShutdownTimeout
+	}
+	for i := range c.Tables {
+		if c.Tables[i].Rule == "" {
+			c.Tables[i].Rule = defaultRule
+		}
+	}
+	if c.Topology.Mode == "" {
+		c.Topology.Mode = TopologyAllToAll
+	}
+	if c.Clock.MaxOffset == 0 {
+		c.Clock.MaxOffset = DefaultMaxOffset
+	}
+	if c.Apply.BatchTxns == 0 {
+		c.Apply.BatchTxns = DefaultBatchTxns
+	}
+	if c.Apply.RelayBytes == 0 {
+		c.Apply.RelayBytes = DefaultRelayBytes
+	}
+	if c.Apply.Workers == 0 {
+		c.Apply.Workers = DefaultWorkers
+	}
+	if c.Apply.TombstoneGCInterval == 0 {
+		c.Apply.TombstoneGCInterval = DefaultTombstoneGCInterval
+	}
+	if c.Log.Level == "" {
+		c.Log.Level = DefaultLogLevel
+	}
+}
+
+// TableRule returns the rule for schema.table: an entry naming the table
+// exactly beats a "*" entry for its schema. Names compare case-sensitively,
+// as MySQL does with lower_case_table_names=0. ok is false when the table
+// is not replicated.
+func (c *Config) TableRule(schema, table string) (TableRule, bool) {
+	var wild *TableRule
+	for i := range c.Tables {
+		t := &c.Tables[i]
+		if t.Schema != schema {
+			continue
+		}
+		if t.Table == table {
+			return *t, true
+		}
+		if t.Table == wildcardTable && wild == nil {
+			wild = t
+		}
+	}
+	if wild != nil {
+		return *wild, true
+	}
+	return TableRule{}, false
+}
+
+// RegionIDs maps every region's name (this one and its peers) to its id.
+func (c *Config) RegionIDs() map[string]uint16 {
+	m := make(map[string]uint16, len(c.Peers)+1)
+	m[c.Region.Name] = c.Region.ID
+	for _, p := range c.Peers {
+		m[p.Name] = p.ID
+	}
+	return m
+}
+
+// Sources returns the peers this region pulls changes from under its
+// topology (see Topology): every peer in all-to-all and at a star's hub, the
+// hub at a star's spoke, the predecessor in a ring. A spoke whose hub is not
+// a peer, or a ring without peers, has no sources.
+func (c *Config) Sources() []Peer {
+	switch c.Topology.Mode {
+	case TopologyStar:
+		if c.Topology.Hub == c.Region.Name {
+			return slices.Clone(c.Peers)
+		}
+		for _, p := range c.Peers {
+			if p.Name == c.Topology.Hub {
+				return []Peer{p}
+			}
+		}
+		return nil
+	case TopologyRing:
+		var pred, highest *Peer
+		for i := range c.Peers {
+			p := &c.Peers[i]
+			if p.ID < c.Region.ID && (pred == nil || p.ID > pred.ID) {
+				pred = p
+			}
+			if highest == nil || p.ID > highest.ID {
+				highest = p
+			}
+		}
+		if pred == nil {
+			pred = highest
+		}
+		if pred == nil {
+			return nil
+		}
+		return []Peer{*pred}
+	default:
+		return slices.Clone(c.Peers)
+	}
 }

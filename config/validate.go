@@ -1,0 +1,344 @@
+package config
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// Validate checks the meaning of the configuration (required keys, unique
+// region ids and peer names, known rules and regions, topology, addresses,
+// TLS files, ranges) and returns every problem at once as Errors, each
+// naming the file, line and key. Call Default first: Validate treats zero
+// optional values as mistakes.
+func (c *Config) Validate() error {
+	return c.validate().err()
+}
+
+// namePattern is what a region name may look like: it appears in metrics
+// labels, log fields and mlr.checkpoints.peer_name (VARCHAR(64)).
+var namePattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)
+
+type checker struct {
+	c    *Config
+	errs Errors
+}
+
+func (k *checker) bad(key, format string, args ...any) {
+	k.errs = append(k.errs, k.c.errorAt(key, format, args...))
+}
+
+func (c *Config) validate() Errors {
+	k := &checker{c: c}
+	k.region()
+	k.proxy()
+	k.server("local", c.Local)
+	k.peers()
+	k.tables()
+	k.topology()
+	k.tuning()
+	return k.errs
+}
+
+func (k *checker) region() {
+	r := k.c.Region
+	switch {
+	case r.Name == "":
+		k.bad("region.name", "required: this region's name, e.g. \"eu\"")
+	case !namePattern.MatchString(r.Name):
+		k.bad("region.name", "invalid name %q: use letters, digits, '_', '.', '-' (at most 64)", r.Name)
+	}
+	k.regionID("region.id", r.ID)
+}
+
+// regionID checks id is in 1..32767, telling a missing key from a zero.
+func (k *checker) regionID(key string, id uint16) {
+	switch {
+	case id == 0 && !k.c.has(key) && k.c.lines != nil:
+		k.bad(key, "required: a region id in 1..%d, unique among all regions", maxRegionID)
+	case id == 0 || id > maxRegionID:
+		k.bad(key, "region id %d out of range 1..%d", id, maxRegionID)
+	}
+}
+
+func (k *checker) proxy() {
+	p := k.c.Proxy
+	if p.Listen == "" {
+		k.bad("proxy.listen", "required: the address clients connect to, e.g. \"127.0.0.1:6033\"")
+	} else {
+		k.addr("proxy.listen", p.Listen, true)
+	}
+	if t := p.TLS; t != nil {
+		if t.Cert == "" {
+			k.bad("proxy.tls.cert", "required when proxy.tls is set: the server certificate (PEM file)")
+		}
+		if t.Key == "" {
+			k.bad("proxy.tls.key", "required when proxy.tls is set: the certificate's private key (PEM file)")
+		}
+		k.file("proxy.tls.cert", t.Cert)
+		k.file("proxy.tls.key", t.Key)
+		k.file("proxy.tls.ca", t.CA)
+	}
+	if p.MaxConnections < 0 {
+		k.bad("proxy.max_connections", "must be positive, got %d", p.MaxConnections)
+	}
+	if p.StatementCacheSize < 0 {
+		k.bad("proxy.statement_cache_size", "must be positive, got %d", p.StatementCacheSize)
+	}
+	if p.ShutdownTimeout < 0 {
+		k.bad("proxy.shutdown_timeout", "must be positive, got %s", p.ShutdownTimeout)
+	}
+}
+
+// server checks a database connection under key ("local", "peers[0].server").
+func (k *checker) server(key string, s Server) {
+	if s.Addr == "" {
+		k.bad(key+".addr", "required: the MySQL/MariaDB server as host:port")
+	} else {
+		k.addr(key+".addr", s.Addr, false)
+	}
+	if s.User == "" {
+		k.bad(key+".user", "required: the MySQL user mlproxy connects as")
+	}
+	if t := s.TLS; t != nil {
+		k.file(key+".tls.ca", t.CA)
+		k.file(key+".tls.cert", t.Cert)
+		k.file(key+".tls.key", t.Key)
+		if (t.Cert == "") != (t.Key == "") {
+			k.bad(key+".tls", "cert and key go together: set both or neither")
+		}
+	}
+}
+
+// addr checks host:port. A listen address may leave the host empty (every
+// interface); a dial address may not.
+func (k *checker) addr(key, a string, listen bool) {
+	host, port, err := net.SplitHostPort(a)
+	if err != nil {
+		k.bad(key, "invalid address %q: want host:port", a)
+		return
+	}
+	if host == "" && !listen {
+		k.bad(key, "invalid address %q: host is missing", a)
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 1 || n > 65535 {
+		k.bad(key, "invalid address %q: port must be a number in 1..65535", a)
+	}
+}
+
+// file checks that a configured file exists and is a regular file; an
+// empty path is "not set" and fine.
+func (k *checker) file(key, path string) {
+	if path == "" {
+		return
+	}
+	st, err := os.Stat(path)
+	switch {
+	case err != nil:
+		k.bad(key, "cannot use file %s: %v", path, unwrapPathError(err))
+	case !st.Mode().IsRegular():
+		k.bad(key, "%s is not a regular file", path)
+	}
+}
+
+func unwrapPathError(err error) error {
+	if pe, ok := err.(*os.PathError); ok {
+		return pe.Err
+	}
+	return err
+}
+
+func (k *checker) peers() {
+	c := k.c
+	idUser := map[uint16]string{}
+	if c.Region.ID != 0 {
+		idUser[c.Region.ID] = "region.id"
+	}
+	nameUser := map[string]string{}
+	if c.Region.Name != "" {
+		nameUser[c.Region.Name] = "region.name"
+	}
+	sources := map[string]bool{}
+	for _, p := range c.Sources() {
+		sources[p.Name] = true
+	}
+	for i, p := range c.Peers {
+		key := fmt.Sprintf("peers[%d]", i)
+		switch {
+		case p.Name == "":
+			k.bad(key+".name", "required: the peer region's name")
+		case !namePattern.MatchString(p.Name):
+			k.bad(key+".name", "invalid name %q: use letters, digits, '_', '.', '-' (at most 64)", p.Name)
+		case nameUser[p.Name] == "region.name":
+			k.bad(key+".name", "%q is this region's own name (region.name): list only other regions as peers", p.Name)
+		case nameUser[p.Name] != "":
+			k.bad(key+".name", "duplicate peer name %q (also used by %s)", p.Name, nameUser[p.Name])
+		default:
+			nameUser[p.Name] = key
+		}
+		before := len(k.errs)
+		k.regionID(key+".id", p.ID)
+		if len(k.errs) == before {
+			if other, dup := idUser[p.ID]; dup {
+				k.bad(key+".id", "duplicate region id %d (also used by %s)", p.ID, other)
+			} else {
+				idUser[p.ID] = key
+			}
+		}
+		if sources[p.Name] || k.c.has(key+".server") {
+			k.server(key+".server", p.Server)
+		}
+		if p.Proxy != "" {
+			k.addr(key+".proxy", p.Proxy, false)
+		}
+	}
+}
+
+func (k *checker) tables() {
+	c := k.c
+	if len(c.Tables) == 0 {
+		k.bad("tables", "required: at least one entry naming the replicated tables and their conflict rule")
+		return
+	}
+	regions := c.RegionIDs()
+	seen := map[string]string{}
+	for i, t := range c.Tables {
+		key := fmt.Sprintf("tables[%d]", i)
+		switch {
+		case t.Schema == "":
+			k.bad(key+".schema", "required: the database (schema) name")
+		case t.Schema == wildcardTable:
+			k.bad(key+".schema", "wildcard not allowed: name the schema (table may be \"*\")")
+		case strings.EqualFold(t.Schema, internalSchema):
+			k.bad(key+".schema", "%q is mlproxy's internal schema and is never replicated as data", t.Schema)
+		}
+		if t.Table == "" {
+			k.bad(key+".table", "required: a table name, or \"*\" for every table of the schema")
+		}
+		if t.Schema != "" && t.Table != "" {
+			name := t.Schema + "." + t.Table
+			if other, dup := seen[name]; dup {
+				k.bad(key, "duplicate entry for %s (also %s)", name, other)
+			} else {
+				seen[name] = key
+			}
+		}
+		merge := t.Rule == RuleCounter || t.Rule == RuleMax || t.Rule == RuleMin
+		switch {
+		case !slices.Contains(Rules, t.Rule):
+			k.bad(key+".rule", "unknown rule %q (known: %s)", t.Rule, strings.Join(Rules, ", "))
+		case merge && len(t.Columns) == 0:
+			k.bad(key+".columns", "required by rule %s: the numeric columns it merges", t.Rule)
+		case t.Rule == RuleOriginPriority:
+			k.priority(key, t.Priority, regions)
+		}
+		if !merge && len(t.Columns) > 0 {
+			k.bad(key+".columns", "only used by rules counter, max and min, not %s", t.Rule)
+		}
+		if t.Rule != RuleOriginPriority && len(t.Priority) > 0 {
+			k.bad(key+".priority", "only used by rule origin-priority, not %s", t.Rule)
+		}
+		cols := map[string]int{}
+		for j, col := range t.Columns {
+			ck := fmt.Sprintf("%s.columns[%d]", key, j)
+			if col == "" {
+				k.bad(ck, "empty column name")
+			} else if prev, dup := cols[col]; dup {
+				k.bad(ck, "duplicate column %q (also columns[%d])", col, prev)
+			} else {
+				cols[col] = j
+			}
+		}
+	}
+}
+
+// priority checks an origin-priority ranking: it must rank every region
+// exactly once, so every region resolves every conflict the same way.
+func (k *checker) priority(key string, prio []string, regions map[string]uint16) {
+	if len(prio) == 0 {
+		k.bad(key+".priority", "required by rule origin-priority: region names, highest priority first")
+		return
+	}
+	seen := map[string]int{}
+	for j, name := range prio {
+		pk := fmt.Sprintf("%s.priority[%d]", key, j)
+		if _, ok := regions[name]; !ok {
+			k.bad(pk, "unknown region %q (known: %s)", name, strings.Join(sortedNames(regions), ", "))
+		} else if prev, dup := seen[name]; dup {
+			k.bad(pk, "region %q ranked twice (also priority[%d])", name, prev)
+		} else {
+			seen[name] = j
+		}
+	}
+	var missing []string
+	for _, name := range sortedNames(regions) {
+		if _, ok := seen[name]; !ok && name != "" {
+			missing = append(missing, name)
+		}
+	}
+	if len(missing) > 0 {
+		k.bad(key+".priority", "must rank every region; missing %s", strings.Join(missing, ", "))
+	}
+}
+
+func sortedNames(m map[string]uint16) []string {
+	out := make([]string, 0, len(m))
+	for n := range m {
+		out = append(out, n)
+	}
+	slices.Sort(out)
+	return out
+}
+
+func (k *checker) topology() {
+	t := k.c.Topology
+	switch t.Mode {
+	case TopologyAllToAll, TopologyRing:
+		if t.Hub != "" {
+			k.bad("topology.hub", "only used by mode star, not %s", t.Mode)
+		}
+		if n := len(k.c.Peers) + 1; t.Mode == TopologyRing && n < 3 {
+			k.bad("topology.mode", "a ring needs at least 3 regions, found %d: use all-to-all", n)
+		}
+	case TopologyStar:
+		if t.Hub == "" {
+			k.bad("topology.hub", "required by mode star: the hub region's name")
+		} else if _, ok := k.c.RegionIDs()[t.Hub]; !ok {
+			k.bad("topology.hub", "unknown region %q (known: %s)", t.Hub, strings.Join(sortedNames(k.c.RegionIDs()), ", "))
+		}
+	default:
+		k.bad("topology.mode", "unknown mode %q (known: all-to-all, star, ring)", t.Mode)
+	}
+}
+
+func (k *checker) tuning() {
+	c := k.c
+	if c.Clock.MaxOffset <= 0 {
+		k.bad("clock.max_offset", "must be positive, got %s", c.Clock.MaxOffset)
+	}
+	if c.Apply.BatchTxns <= 0 {
+		k.bad("apply.batch_txns", "must be positive, got %d", c.Apply.BatchTxns)
+	}
+	if c.Apply.RelayBytes <= 0 {
+		k.bad("apply.relay_bytes", "must be positive, got %d", c.Apply.RelayBytes)
+	}
+	if c.Apply.Workers <= 0 {
+		k.bad("apply.workers", "must be positive, got %d", c.Apply.Workers)
+	}
+	if c.Apply.TombstoneGCInterval <= 0 {
+		k.bad("apply.tombstone_gc_interval", "must be positive, got %s", c.Apply.TombstoneGCInterval)
+	}
+	if c.Metrics.Listen != "" {
+		k.addr("metrics.listen", c.Metrics.Listen, true)
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		k.bad("log.level", "unknown level %q (known: debug, info, warn, error)", c.Log.Level)
+	}
+}
