@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"net"
 	"os"
 )
 
@@ -89,14 +90,8 @@ func loadPair(certFile, keyFile string) (tls.Certificate, error) {
 
 // hostOf is the host part of a host:port address, or addr itself.
 func hostOf(addr string) string {
-	for i := len(addr) - 1; i >= 0; i-- {
-		if addr[i] == ':' {
-			h := addr[:i]
-			if len(h) >= 2 && h[0] == '[' && h[len(h)-1] == ']' {
-				h = h[1 : len(h)-1]
-			}
-			return h
-		}
+	if h, _, err := net.SplitHostPort(addr); err == nil {
+		return h
 	}
 	return addr
 }
