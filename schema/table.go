@@ -28,6 +28,36 @@ type Column struct {
 	Nullable   bool
 	Unsigned   bool
 	Generated  bool // virtual/stored generated: never written
+	Invisible  bool // INVISIBLE: left out of SELECT * and INSERT without a column list
+	// Charset and Collation are set for character columns ("" otherwise);
+	// a tombstone table copies them so that its key compares as the
+	// table's key does.
+	Charset   string
+	Collation string
+}
+
+// Definition is the column's type as a column definition would spell it,
+// with its character set and collation when it has them, e.g.
+// "varchar(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci".
+func (c Column) Definition() string {
+	d := c.ColumnType
+	if c.Charset != "" {
+		d += " CHARACTER SET " + c.Charset
+	}
+	if c.Collation != "" {
+		d += " COLLATE " + c.Collation
+	}
+	return d
+}
+
+// textual reports whether the column holds character data, whose equality
+// under a case- or accent-insensitive collation is weaker than "unchanged".
+func (c Column) textual() bool {
+	switch strings.ToLower(c.DataType) {
+	case "char", "varchar", "tinytext", "text", "mediumtext", "longtext", "enum", "set", "json":
+		return true
+	}
+	return c.Charset != ""
 }
 
 // Table is one replicated table: its columns in ordinal order (metadata
@@ -55,6 +85,20 @@ func (t *Table) UserColumns() []Column {
 	}
 	return cs
 }
+
+// PKColumns are the primary key's columns in key order.
+func (t *Table) PKColumns() []Column {
+	cs := make([]Column, 0, len(t.PK))
+	for _, n := range t.PK {
+		if c, ok := t.Column(n); ok {
+			cs = append(cs, c)
+		}
+	}
+	return cs
+}
+
+// String is schema.table, unquoted, for messages.
+func (t *Table) String() string { return t.Schema + "." + t.Name }
 
 // Column returns the named column.
 func (t *Table) Column(name string) (Column, bool) {

@@ -1,0 +1,394 @@
+package schema
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/go-sql-driver/mysql"
+	"go.uber.org/zap"
+)
+
+// InternalTables are the CREATE TABLE statements of the Internal schema's
+// fixed tables (docs/internals.md, "Internal schema mlr"), by table name.
+var InternalTables = map[string]string{
+	"checkpoints": "CREATE TABLE `" + Internal + "`.`checkpoints` (\n" +
+		"  peer_id     SMALLINT UNSIGNED NOT NULL PRIMARY KEY,\n" +
+		"  peer_name   VARCHAR(64)  NOT NULL,\n" +
+		"  gtid        VARCHAR(1024) NOT NULL DEFAULT '',\n" +
+		"  file        VARCHAR(255) NOT NULL DEFAULT '',\n" +
+		"  pos         BIGINT UNSIGNED NOT NULL DEFAULT 0,\n" +
+		"  hlc         BIGINT UNSIGNED NOT NULL DEFAULT 0,\n" +
+		"  txns        BIGINT UNSIGNED NOT NULL DEFAULT 0,\n" +
+		"  source_ts   TIMESTAMP(6) NULL,\n" +
+		"  applied_at  TIMESTAMP(6) NULL\n" +
+		") ENGINE=InnoDB",
+	"conflicts": "CREATE TABLE `" + Internal + "`.`conflicts` (\n" +
+		"  id BIGINT UNSIGNED AUTO_INCREMENT PRIMARY KEY,\n" +
+		"  detected_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),\n" +
+		"  peer_id SMALLINT UNSIGNED NOT NULL,\n" +
+		"  db VARCHAR(64) NOT NULL, tbl VARCHAR(64) NOT NULL,\n" +
+		"  pk JSON NOT NULL,\n" +
+		"  rule VARCHAR(32) NOT NULL,\n" +
+		"  local_hlc BIGINT UNSIGNED NULL,  local_origin SMALLINT UNSIGNED NULL,\n" +
+		"  remote_hlc BIGINT UNSIGNED NOT NULL, remote_origin SMALLINT UNSIGNED NOT NULL,\n" +
+		"  local_row JSON NULL, remote_row JSON NULL,\n" +
+		"  outcome VARCHAR(32) NOT NULL,\n" +
+		"  resolved_at TIMESTAMP(6) NULL, resolution VARCHAR(64) NULL,\n" +
+		"  KEY (db, tbl), KEY (outcome)\n" +
+		") ENGINE=InnoDB",
+	"hlc": "CREATE TABLE `" + Internal + "`.`hlc` (id TINYINT UNSIGNED PRIMARY KEY, high_water BIGINT UNSIGNED NOT NULL) ENGINE=InnoDB",
+}
+
+// internalOrder fixes the order InternalTables are created and reported in.
+var internalOrder = []string{"checkpoints", "conflicts", "hlc"}
+
+// Metadata column definitions, as schema apply adds them.
+const (
+	DefOrigin = "SMALLINT UNSIGNED NOT NULL DEFAULT 0 INVISIBLE"
+	DefHLC    = "BIGINT UNSIGNED NOT NULL DEFAULT 0 INVISIBLE"
+)
+
+// Report lists what Apply changed, one human-readable line per change
+// (no row values). Empty means the server already matched.
+type Report struct {
+	Changes []string
+}
+
+// Changed reports whether Apply changed anything.
+func (r Report) Changed() bool { return len(r.Changes) > 0 }
+
+// String is the changes, one per line, or "nothing to do".
+func (r Report) String() string {
+	if !r.Changed() {
+		return "nothing to do"
+	}
+	return strings.Join(r.Changes, "\n")
+}
+
+// ErrNameTooLong is returned for a table whose tombstone table or trigger
+// names would exceed 64 characters.
+var ErrNameTooLong = errors.New("name too long for mlproxy's tombstone table (`<db>.<table>` ≤ 64 characters) or triggers (`_mlr_bi_<table>` ≤ 64): rename the table")
+
+// ErrDotInSchema is returned for a schema name containing '.', which would
+// make tombstone table names ambiguous.
+var ErrDotInSchema = errors.New("schema name contains '.', which mlproxy's tombstone table names cannot represent: rename the schema")
+
+// Apply installs mlproxy's metadata on the local server of region regionID:
+// the Internal schema and its tables, and for every table the invisible
+// metadata columns, its tombstone table and its three triggers.
+//
+// Apply is idempotent: it changes only what differs from what it would
+// create, and a second run reports no changes. Each table is re-read first,
+// so its triggers match its current columns. A table that cannot be
+// prepared (no primary key, a name too long, a failed DDL) does not stop
+// the others; all errors are returned together, each naming schema.table.
+// DDL is not transactional: a failure may leave a table half prepared, and
+// running Apply again completes it.
+func Apply(ctx context.Context, db *sql.DB, regionID uint16, tables []*Table, log *zap.Logger) (Report, error) {
+	if log == nil {
+		log = zap.NewNop()
+	}
+	a := &applier{db: db, region: regionID, log: log}
+	var version string
+	if err := db.QueryRowContext(ctx, "SELECT VERSION()").Scan(&version); err != nil {
+		return Report{}, fmt.Errorf("schema apply: read server version: %w", err)
+	}
+	a.mariadb = strings.Contains(strings.ToLower(version), "mariadb")
+	if err := a.internal(ctx); err != nil {
+		return a.report, err
+	}
+	var errs []error
+	for _, t := range tables {
+		if err := a.table(ctx, t); err != nil {
+			log.Warn("schema apply failed", zap.String("schema", t.Schema), zap.String("table", t.Name), zap.Error(err))
+			errs = append(errs, err)
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return a.report, errors.Join(errs...)
+}
+
+type applier struct {
+	db      *sql.DB
+	region  uint16
+	log     *zap.Logger
+	mariadb bool // CREATE OR REPLACE TRIGGER swaps a trigger atomically
+	report  Report
+}
+
+func (a *applier) changed(t *Table, what string) {
+	where := Internal
+	if t != nil {
+		where = t.String()
+		a.log.Info("schema changed", zap.String("schema", t.Schema), zap.String("table", t.Name), zap.String("change", what))
+	} else {
+		a.log.Info("schema changed", zap.String("schema", Internal), zap.String("change", what))
+	}
+	a.report.Changes = append(a.report.Changes, where+": "+what)
+}
+
+// internal creates the Internal schema and its fixed tables when missing.
+func (a *applier) internal(ctx context.Context) error {
+	var n int
+	if err := a.db.QueryRowContext(ctx, "SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = ?", Internal).Scan(&n); err != nil {
+		return fmt.Errorf("schema apply: look for schema %s: %w", Internal, err)
+	}
+	if n == 0 {
+		if _, err := a.db.ExecContext(ctx, "CREATE DATABASE IF NOT EXISTS "+Quote(Internal)+" DEFAULT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"); err != nil {
+			return fmt.Errorf("schema apply: create schema %s: %w", Internal, err)
+		}
+		a.changed(nil, "created schema "+Internal)
+	}
+	have, err := baseTables(ctx, a.db, Internal)
+	if err != nil {
+		return fmt.Errorf("schema apply: %w", err)
+	}
+	exists := map[string]bool{}
+	for _, h := range have {
+		exists[h[1]] = true
+	}
+	for _, name := range internalOrder {
+		if exists[name] {
+			continue
+		}
+		if _, err := a.db.ExecContext(ctx, InternalTables[name]); err != nil {
+			return fmt.Errorf("schema apply: create %s.%s: %w", Internal, name, err)
+		}
+		a.changed(nil, "created table "+Internal+"."+name)
+	}
+	return nil
+}
+
+// checkNames refuses a table whose derived names cannot be created.
+func checkNames(t *Table) error {
+	if strings.Contains(t.Schema, ".") {
+		return fmt.Errorf("table %s: %w", t, ErrDotInSchema)
+	}
+	if len([]rune(TombstoneTable(t.Schema, t.Name))) > maxIdent || len([]rune(TriggerBeforeInsert+t.Name)) > maxIdent {
+		return fmt.Errorf("table %s: %w", t, ErrNameTooLong)
+	}
+	return nil
+}
+
+func (a *applier) table(ctx context.Context, in *Table) error {
+	if err := checkNames(in); err != nil {
+		return err
+	}
+	t, err := ReadTable(ctx, a.db, in.Schema, in.Name)
+	if err != nil {
+		return fmt.Errorf("schema apply: %w", err)
+	}
+	t.Rule = in.Rule
+	if len(t.PK) == 0 {
+		return fmt.Errorf("schema apply %s: %w", t, ErrNoPrimaryKey)
+	}
+	if err := a.columns(ctx, t); err != nil {
+		return err
+	}
+	if err := a.tombstone(ctx, t); err != nil {
+		return err
+	}
+	return a.triggers(ctx, t)
+}
+
+// metadataOK reports whether an existing metadata column has the type,
+// nullability and invisibility apply gives it.
+func metadataOK(c Column) bool {
+	want := "bigint"
+	if c.Name == ColOrigin {
+		want = "smallint"
+	}
+	return c.DataType == want && c.Unsigned && !c.Nullable && c.Invisible && !c.Generated
+}
+
+// columns adds (or corrects) the two invisible metadata columns.
+func (a *applier) columns(ctx context.Context, t *Table) error {
+	var clauses []string
+	instant := true
+	for _, m := range []struct{ name, def string }{{ColOrigin, DefOrigin}, {ColHLC, DefHLC}} {
+		c, ok := t.Column(m.name)
+		switch {
+		case !ok:
+			clauses = append(clauses, "ADD COLUMN "+Quote(m.name)+" "+m.def)
+		case !metadataOK(c):
+			clauses = append(clauses, "MODIFY COLUMN "+Quote(m.name)+" "+m.def)
+			instant = false
+		}
+	}
+	if len(clauses) == 0 {
+		return nil
+	}
+	stmt := "ALTER TABLE " + t.QualifiedName() + " " + strings.Join(clauses, ", ")
+	var err error
+	if instant {
+		_, err = a.db.ExecContext(ctx, stmt+", ALGORITHM=INSTANT")
+		var me *mysql.MySQLError
+		// 1845/1846: ALGORITHM=INSTANT not supported for this table.
+		if errors.As(err, &me) && (me.Number == 1845 || me.Number == 1846) {
+			a.log.Info("instant ADD COLUMN refused; altering with the default algorithm",
+				zap.String("schema", t.Schema), zap.String("table", t.Name))
+			_, err = a.db.ExecContext(ctx, stmt)
+		}
+	} else {
+		_, err = a.db.ExecContext(ctx, stmt)
+	}
+	if err != nil {
+		return fmt.Errorf("schema apply %s: add metadata columns: %w", t, err)
+	}
+	a.changed(t, "metadata columns: "+strings.Join(clauses, ", "))
+	return nil
+}
+
+// CreateTombstoneSQL is the CREATE TABLE of t's tombstone table: the
+// primary key columns with their exact types (collation included), then
+// _mlr_hlc and _mlr_origin; primary key = t's; a key on _mlr_hlc for GC.
+func (t *Table) CreateTombstoneSQL() string {
+	var b strings.Builder
+	b.WriteString("CREATE TABLE " + t.TombstoneQualifiedName() + " (\n")
+	for _, c := range t.PKColumns() {
+		b.WriteString("  " + Quote(c.Name) + " " + c.Definition() + " NOT NULL,\n")
+	}
+	b.WriteString("  " + Quote(ColHLC) + " BIGINT UNSIGNED NOT NULL,\n")
+	b.WriteString("  " + Quote(ColOrigin) + " SMALLINT UNSIGNED NOT NULL,\n")
+	pk := make([]string, len(t.PK))
+	for i, c := range t.PK {
+		pk[i] = Quote(c)
+	}
+	b.WriteString("  PRIMARY KEY (" + strings.Join(pk, ", ") + "),\n")
+	b.WriteString("  KEY " + Quote(ColHLC) + " (" + Quote(ColHLC) + ")\n")
+	b.WriteString(") ENGINE=InnoDB")
+	return b.String()
+}
+
+// tombstoneMismatch describes how an existing tombstone table differs from
+// what CreateTombstoneSQL makes for t ("" when it matches).
+func tombstoneMismatch(t, tomb *Table) string {
+	want := t.PKColumns()
+	if len(tomb.Columns) != len(want)+2 {
+		return "its columns differ from the table's primary key"
+	}
+	for i, c := range want {
+		got := tomb.Columns[i]
+		if got.Name != c.Name || !strings.EqualFold(got.Definition(), c.Definition()) {
+			return "column " + c.Name + " differs from the table's primary key column"
+		}
+	}
+	h, o := tomb.Columns[len(want)], tomb.Columns[len(want)+1]
+	if h.Name != ColHLC || h.DataType != "bigint" || !h.Unsigned || o.Name != ColOrigin || o.DataType != "smallint" || !o.Unsigned {
+		return "its stamp columns are not " + ColHLC + " BIGINT UNSIGNED, " + ColOrigin + " SMALLINT UNSIGNED"
+	}
+	if strings.Join(tomb.PK, ",") != strings.Join(t.PK, ",") {
+		return "its primary key differs from the table's"
+	}
+	return ""
+}
+
+// tombstone creates t's tombstone table, or recreates it when its shape no
+// longer matches t's primary key and it holds no tombstones.
+func (a *applier) tombstone(ctx context.Context, t *Table) error {
+	name := TombstoneTable(t.Schema, t.Name)
+	tomb, err := ReadTable(ctx, a.db, Internal, name)
+	switch {
+	case errors.Is(err, ErrNoTable):
+	case err != nil:
+		return fmt.Errorf("schema apply %s: read tombstone table: %w", t, err)
+	default:
+		diff := tombstoneMismatch(t, tomb)
+		if diff == "" {
+			return nil
+		}
+		var rows int
+		if err := a.db.QueryRowContext(ctx, "SELECT COUNT(*) FROM "+t.TombstoneQualifiedName()).Scan(&rows); err != nil {
+			return fmt.Errorf("schema apply %s: count tombstones: %w", t, err)
+		}
+		if rows > 0 {
+			return fmt.Errorf("schema apply %s: tombstone table %s.%s is stale (%s) and holds %d tombstones: let peers catch up, then drop it and run schema apply again",
+				t, Internal, name, diff, rows)
+		}
+		if _, err := a.db.ExecContext(ctx, "DROP TABLE "+t.TombstoneQualifiedName()); err != nil {
+			return fmt.Errorf("schema apply %s: drop stale tombstone table: %w", t, err)
+		}
+		a.changed(t, "dropped empty stale tombstone table "+Internal+"."+name+" ("+diff+")")
+	}
+	if _, err := a.db.ExecContext(ctx, t.CreateTombstoneSQL()); err != nil {
+		return fmt.Errorf("schema apply %s: create tombstone table: %w", t, err)
+	}
+	a.changed(t, "created tombstone table "+Internal+"."+name)
+	return nil
+}
+
+// storedTrigger is one row of information_schema.TRIGGERS.
+type storedTrigger struct {
+	timing, event, table, body string
+}
+
+// readTriggers returns the triggers of schema by name.
+func readTriggers(ctx context.Context, db *sql.DB, schema string, names []string) (map[string]storedTrigger, error) {
+	args := []any{schema}
+	for _, n := range names {
+		args = append(args, n)
+	}
+	rows, err := db.QueryContext(ctx, `SELECT TRIGGER_NAME, ACTION_TIMING, EVENT_MANIPULATION, EVENT_OBJECT_TABLE, ACTION_STATEMENT
+FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = ? AND TRIGGER_NAME IN (`+placeholders(len(names))+`)`, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := map[string]storedTrigger{}
+	for rows.Next() {
+		var n string
+		var s storedTrigger
+		if err := rows.Scan(&n, &s.timing, &s.event, &s.table, &s.body); err != nil {
+			return nil, err
+		}
+		out[n] = s
+	}
+	return out, rows.Err()
+}
+
+// current reports whether a stored trigger is the one Apply would create.
+func (s storedTrigger) current(t *Table, tr Trigger) bool {
+	return s.table == t.Name && strings.EqualFold(s.timing, tr.Timing) && strings.EqualFold(s.event, tr.Event) && sameBody(s.body, tr.Body)
+}
+
+// triggers creates or replaces t's triggers where they differ.
+func (a *applier) triggers(ctx context.Context, t *Table) error {
+	want := triggers(t, a.region)
+	names := make([]string, len(want))
+	for i, tr := range want {
+		names[i] = tr.Name
+	}
+	have, err := readTriggers(ctx, a.db, t.Schema, names)
+	if err != nil {
+		return fmt.Errorf("schema apply %s: read triggers: %w", t, err)
+	}
+	for _, tr := range want {
+		s, exists := have[tr.Name]
+		if exists && s.current(t, tr) {
+			continue
+		}
+		create := tr.CreateSQL(t)
+		if exists {
+			if a.mariadb {
+				// One statement: no moment without the trigger.
+				create = "CREATE OR REPLACE" + strings.TrimPrefix(create, "CREATE")
+			} else if _, err := a.db.ExecContext(ctx, "DROP TRIGGER IF EXISTS "+Quote(t.Schema)+"."+Quote(tr.Name)); err != nil {
+				return fmt.Errorf("schema apply %s: drop stale trigger %s: %w", t, tr.Name, err)
+			}
+		}
+		if _, err := a.db.ExecContext(ctx, create); err != nil {
+			return fmt.Errorf("schema apply %s: create trigger %s: %w", t, tr.Name, err)
+		}
+		verb := "created"
+		if exists {
+			verb = "replaced stale"
+		}
+		a.changed(t, verb+" trigger "+tr.Name)
+	}
+	return nil
+}

@@ -1,0 +1,327 @@
+package schema
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/mlproxy/mlproxy/config"
+)
+
+// Severity says whether a Problem stops replication from being correct.
+type Severity int
+
+const (
+	// Error: replication would be wrong or would not start; fix it first.
+	Error Severity = iota
+	// Warning: works, but risky or confusing; fix it when you can.
+	Warning
+)
+
+func (s Severity) String() string {
+	if s == Warning {
+		return "warning"
+	}
+	return "error"
+}
+
+// Problem is one thing Check found wrong.
+type Problem struct {
+	Severity Severity
+	// Where is "local", a peer's name, or schema.table.
+	Where string
+	// Message says what is wrong, why it matters and how to fix it.
+	Message string
+}
+
+func (p Problem) String() string { return p.Severity.String() + ": " + p.Where + ": " + p.Message }
+
+// Local is the Where of problems found on the local server.
+const Local = "local"
+
+// whereError is an error that belongs to one place (a rule's table).
+type whereError struct {
+	where string
+	err   error
+}
+
+func (e *whereError) Error() string { return e.err.Error() }
+func (e *whereError) Unwrap() error { return e.err }
+
+// Check reports every problem it finds, at once, in this order: server
+// settings of the local server and of each peer (by name), settings that
+// must differ between servers, then the local replicated tables selected by
+// rules (primary key, metadata columns, tombstone table, triggers for
+// regionID) and the Internal schema. A peer whose server is nil (no
+// connection could be made) or does not answer is a Problem naming it;
+// so is an unreachable local server. The error is only for a cancelled ctx.
+func Check(ctx context.Context, local *sql.DB, peers map[string]*sql.DB, rules []config.TableRule, regionID uint16) ([]Problem, error) {
+	var ps []Problem
+	add := func(sev Severity, where, format string, args ...any) {
+		ps = append(ps, Problem{Severity: sev, Where: where, Message: fmt.Sprintf(format, args...)})
+	}
+
+	names := make([]string, 0, len(peers))
+	for n := range peers {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	regions := 1 + len(peers)
+
+	var servers []serverVars
+	localOK := false
+	for i, name := range append([]string{Local}, names...) {
+		db := local
+		if i > 0 {
+			db = peers[name]
+		}
+		if db == nil {
+			add(Error, name, "no connection to this server: check its address and credentials in the configuration")
+			continue
+		}
+		v, err := readVars(ctx, db)
+		if ctx.Err() != nil {
+			return ps, ctx.Err()
+		}
+		if err != nil {
+			add(Error, name, "cannot read server settings (%v): check that the server is up, reachable, and that the configured user may connect", err)
+			continue
+		}
+		v.name = name
+		if i == 0 {
+			localOK = true
+		}
+		servers = append(servers, v)
+		ps = append(ps, v.problems(regions)...)
+	}
+	ps = append(ps, crossProblems(servers)...)
+
+	if !localOK {
+		return ps, nil
+	}
+	tables, errs := inspect(ctx, local, rules)
+	if ctx.Err() != nil {
+		return ps, ctx.Err()
+	}
+	for _, err := range errs {
+		where := Local
+		var we *whereError
+		if errors.As(err, &we) {
+			where = we.where
+		}
+		add(Error, where, "%v", err)
+	}
+	for _, t := range tables {
+		p, err := checkTable(ctx, local, t, regionID)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ps, ctx.Err()
+			}
+			add(Error, t.String(), "cannot inspect the table (%v)", err)
+		}
+		ps = append(ps, p...)
+	}
+	p, err := checkInternal(ctx, local)
+	if err != nil {
+		if ctx.Err() != nil {
+			return ps, ctx.Err()
+		}
+		add(Error, Internal, "cannot inspect the internal schema (%v)", err)
+	}
+	return append(ps, p...), nil
+}
+
+// serverVars are the global settings Check reads from one server.
+type serverVars struct {
+	name string
+	vars map[string]string // lower-case variable name -> value
+}
+
+func readVars(ctx context.Context, db *sql.DB) (serverVars, error) {
+	rows, err := db.QueryContext(ctx, `SHOW GLOBAL VARIABLES WHERE Variable_name IN
+('log_bin', 'binlog_format', 'binlog_row_image', 'binlog_row_metadata', 'server_id',
+ 'auto_increment_increment', 'auto_increment_offset', 'gtid_domain_id')`)
+	if err != nil {
+		return serverVars{}, err
+	}
+	defer rows.Close()
+	v := serverVars{vars: map[string]string{}}
+	for rows.Next() {
+		var k, val string
+		if err := rows.Scan(&k, &val); err != nil {
+			return serverVars{}, err
+		}
+		v.vars[strings.ToLower(k)] = val
+	}
+	return v, rows.Err()
+}
+
+func (v serverVars) num(name string) (uint64, bool) {
+	s, ok := v.vars[name]
+	if !ok {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(s, 10, 64)
+	return n, err == nil
+}
+
+// autoIncOK reports whether the server's increment leaves room for every
+// region's own sequence.
+func (v serverVars) autoIncOK(regions int) bool {
+	inc, _ := v.num("auto_increment_increment")
+	return inc >= uint64(regions)
+}
+
+// problems are the settings one server must have on its own.
+func (v serverVars) problems(regions int) []Problem {
+	var ps []Problem
+	add := func(sev Severity, msg string) { ps = append(ps, Problem{Severity: sev, Where: v.name, Message: msg}) }
+	if !strings.EqualFold(v.vars["log_bin"], "ON") {
+		add(Error, "log_bin is OFF: the binary log is what peers replicate from; start the server with --log-bin")
+	}
+	if f := v.vars["binlog_format"]; !strings.EqualFold(f, "ROW") {
+		add(Error, "binlog_format is "+f+", must be ROW: mlproxy replicates row images; set binlog_format=ROW in the server configuration (SET GLOBAL affects new sessions only)")
+	}
+	if f := v.vars["binlog_row_image"]; !strings.EqualFold(f, "FULL") {
+		add(Error, "binlog_row_image is "+f+", must be FULL: conflict detection needs every column of the before image; set binlog_row_image=FULL")
+	}
+	if f, ok := v.vars["binlog_row_metadata"]; !ok {
+		add(Error, "the server has no binlog_row_metadata setting: mlproxy needs column names in the binlog (MariaDB >= 10.5 or MySQL >= 8.0.1); upgrade the server")
+	} else if !strings.EqualFold(f, "FULL") {
+		add(Error, "binlog_row_metadata is "+f+", must be FULL: the binlog must carry column names; set binlog_row_metadata=FULL")
+	}
+	if regions > 1 && !v.autoIncOK(regions) {
+		add(Error, fmt.Sprintf("auto_increment_increment is %s but there are %d regions: two regions would generate the same AUTO_INCREMENT ids; set auto_increment_increment >= %d on every server and a distinct auto_increment_offset per region",
+			v.vars["auto_increment_increment"], regions, regions))
+	}
+	return ps
+}
+
+func gcd(a, b uint64) uint64 {
+	for b != 0 {
+		a, b = b, a%b
+	}
+	return a
+}
+
+// crossProblems are settings that must differ between any two servers.
+func crossProblems(servers []serverVars) []Problem {
+	var ps []Problem
+	for i := 0; i < len(servers); i++ {
+		for j := i + 1; j < len(servers); j++ {
+			a, b := servers[i], servers[j]
+			if ida, ok := a.num("server_id"); ok {
+				if idb, ok := b.num("server_id"); ok && ida == idb {
+					ps = append(ps, Problem{Severity: Error, Where: a.name, Message: fmt.Sprintf(
+						"server_id %d is also the server_id of %s: binlog events would be taken for the server's own and skipped; give every server a unique server_id", ida, b.name)})
+				}
+			}
+			if da, ok := a.num("gtid_domain_id"); ok {
+				if db, ok := b.num("gtid_domain_id"); ok && da == db {
+					ps = append(ps, Problem{Severity: Warning, Where: a.name, Message: fmt.Sprintf(
+						"gtid_domain_id %d is also the gtid_domain_id of %s: their GTID positions mix in one domain; give every region its own gtid_domain_id", da, b.name)})
+				}
+			}
+			ia, _ := a.num("auto_increment_increment")
+			ib, _ := b.num("auto_increment_increment")
+			oa, _ := a.num("auto_increment_offset")
+			ob, _ := b.num("auto_increment_offset")
+			if ia == 0 || ib == 0 || !a.autoIncOK(len(servers)) || !b.autoIncOK(len(servers)) {
+				continue // the per-server problem already says it
+			}
+			// offset+k*ia meets offset'+m*ib iff the offsets agree modulo gcd.
+			g := gcd(ia, ib)
+			if oa%g == ob%g {
+				ps = append(ps, Problem{Severity: Error, Where: a.name, Message: fmt.Sprintf(
+					"auto_increment_offset %d (increment %d) and %s's offset %d (increment %d) generate the same ids: give each region a distinct auto_increment_offset below a common auto_increment_increment",
+					oa, ia, b.name, ob, ib)})
+			}
+		}
+	}
+	return ps
+}
+
+// checkTable reports what schema apply would change on t, and a missing
+// primary key.
+func checkTable(ctx context.Context, db *sql.DB, t *Table, regionID uint16) ([]Problem, error) {
+	var ps []Problem
+	add := func(format string, args ...any) {
+		ps = append(ps, Problem{Severity: Error, Where: t.String(), Message: fmt.Sprintf(format, args...)})
+	}
+	if err := checkNames(t); err != nil {
+		add("%v", err)
+		return ps, nil
+	}
+	if len(t.PK) == 0 {
+		add("%v", ErrNoPrimaryKey)
+	}
+	for _, name := range []string{ColOrigin, ColHLC} {
+		c, ok := t.Column(name)
+		switch {
+		case !ok:
+			add("metadata column %s is missing: run `mlproxy schema apply`", name)
+		case !c.Invisible:
+			add("metadata column %s is visible: SELECT * and INSERT without a column list would see it; run `mlproxy schema apply` to make it INVISIBLE", name)
+		case !metadataOK(c):
+			add("metadata column %s is %s, not %s: run `mlproxy schema apply`", name, c.ColumnType, map[string]string{ColOrigin: DefOrigin, ColHLC: DefHLC}[name])
+		}
+	}
+	if len(t.PK) == 0 {
+		return ps, nil // tombstones and triggers need the key
+	}
+	name := TombstoneTable(t.Schema, t.Name)
+	tomb, err := ReadTable(ctx, db, Internal, name)
+	switch {
+	case errors.Is(err, ErrNoTable):
+		add("tombstone table %s.%s is missing: run `mlproxy schema apply`", Internal, name)
+	case err != nil:
+		return ps, err
+	default:
+		if diff := tombstoneMismatch(t, tomb); diff != "" {
+			add("tombstone table %s.%s is stale (%s): run `mlproxy schema apply`", Internal, name, diff)
+		}
+	}
+	want := triggers(t, regionID)
+	names := make([]string, len(want))
+	for i, tr := range want {
+		names[i] = tr.Name
+	}
+	have, err := readTriggers(ctx, db, t.Schema, names)
+	if err != nil {
+		return ps, err
+	}
+	for _, tr := range want {
+		s, ok := have[tr.Name]
+		switch {
+		case !ok:
+			add("trigger %s (%s %s) is missing: writes are not stamped; run `mlproxy schema apply`", tr.Name, tr.Timing, tr.Event)
+		case !s.current(t, tr):
+			add("trigger %s is stale (the table's columns or the region id changed since schema apply): run `mlproxy schema apply`", tr.Name)
+		}
+	}
+	return ps, nil
+}
+
+// checkInternal reports missing tables of the Internal schema.
+func checkInternal(ctx context.Context, db *sql.DB) ([]Problem, error) {
+	have, err := baseTables(ctx, db, Internal)
+	if err != nil {
+		return nil, err
+	}
+	exists := map[string]bool{}
+	for _, h := range have {
+		exists[h[1]] = true
+	}
+	var ps []Problem
+	for _, name := range internalOrder {
+		if !exists[name] {
+			ps = append(ps, Problem{Severity: Error, Where: Internal + "." + name,
+				Message: "internal table is missing: run `mlproxy schema apply`"})
+		}
+	}
+	return ps, nil
+}
