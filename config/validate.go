@@ -32,6 +32,17 @@ func (k *checker) bad(key, format string, args ...any) {
 	k.errs = append(k.errs, k.c.errorAt(key, format, args...))
 }
 
+// badNear reports a problem with key; when key is not written in the file,
+// the line is that of near (the key that made key necessary, such as a
+// rule that needs columns) rather than of key's parent.
+func (k *checker) badNear(key, near, format string, args ...any) {
+	e := k.c.errorAt(key, format, args...)
+	if !k.c.has(key) && k.c.has(near) {
+		e.Line = k.c.line(near)
+	}
+	k.errs = append(k.errs, e)
+}
+
 func (c *Config) validate() Errors {
 	k := &checker{c: c}
 	k.region()
@@ -233,7 +244,7 @@ func (k *checker) tables() {
 		case !slices.Contains(Rules, t.Rule):
 			k.bad(key+".rule", "unknown rule %q (known: %s)", t.Rule, strings.Join(Rules, ", "))
 		case merge && len(t.Columns) == 0:
-			k.bad(key+".columns", "required by rule %s: the numeric columns it merges", t.Rule)
+			k.badNear(key+".columns", key+".rule", "required by rule %s: the numeric columns it merges", t.Rule)
 		case t.Rule == RuleOriginPriority:
 			k.priority(key, t.Priority, regions)
 		}
@@ -261,7 +272,7 @@ func (k *checker) tables() {
 // exactly once, so every region resolves every conflict the same way.
 func (k *checker) priority(key string, prio []string, regions map[string]uint16) {
 	if len(prio) == 0 {
-		k.bad(key+".priority", "required by rule origin-priority: region names, highest priority first")
+		k.badNear(key+".priority", key+".rule", "required by rule origin-priority: region names, highest priority first")
 		return
 	}
 	seen := map[string]int{}
@@ -307,7 +318,7 @@ func (k *checker) topology() {
 		}
 	case TopologyStar:
 		if t.Hub == "" {
-			k.bad("topology.hub", "required by mode star: the hub region's name")
+			k.badNear("topology.hub", "topology.mode", "required by mode star: the hub region's name")
 		} else if _, ok := k.c.RegionIDs()[t.Hub]; !ok {
 			k.bad("topology.hub", "unknown region %q (known: %s)", t.Hub, strings.Join(sortedNames(k.c.RegionIDs()), ", "))
 		}
