@@ -32,7 +32,9 @@ func Load(path string) (*Config, error) {
 // paths relative to the file's directory, applies Default and runs Validate.
 //
 // On failure the error is an Errors holding every problem found, each
-// naming path, line and key; the returned *Config is then nil. path is used
+// naming path, line and key; the returned *Config is then nil. Problems of
+// form (syntax, unknown keys, types) are reported without the checks of
+// meaning, which would only add noise about a file that was misread. path is used
 // for messages and to resolve relative TLS paths; it is not read.
 func Parse(path string, data []byte) (*Config, error) {
 	c, errs := decode(path, data)
