@@ -47,6 +47,9 @@ type Options struct {
 	ServerArgs []string
 	// Stdout receives the regions' JSON logs when set (in addition to files).
 	Stdout *os.File
+	// Prepare, when set, runs after the setup SQL and before `schema apply`
+	// and before any mlproxy starts (e.g. to load data with sysbench).
+	Prepare func(ctx context.Context, c *Cluster) error
 }
 
 // Region is one running region.
@@ -170,7 +173,10 @@ func Start(ctx context.Context, opts Options) (c *Cluster, err error) {
 		if err := os.WriteFile(r.ConfigPath, c.config(r), 0o600); err != nil {
 			return nil, err
 		}
-		if opts.Setup != "" {
+		if opts.Setup == "" {
+			continue
+		}
+		{
 			db, err := r.Server.Open("")
 			if err != nil {
 				return nil, err
@@ -181,6 +187,13 @@ func Start(ctx context.Context, opts Options) (c *Cluster, err error) {
 				return nil, fmt.Errorf("cluster: setup SQL on region %s: %w", r.Name, err)
 			}
 		}
+	}
+	if opts.Prepare != nil {
+		if err := opts.Prepare(ctx, c); err != nil {
+			return nil, err
+		}
+	}
+	for _, r := range c.Regions {
 		if out, err := c.Command(ctx, "schema", "apply", "-c", r.ConfigPath); err != nil {
 			return nil, fmt.Errorf("cluster: schema apply on region %s: %v\n%s", r.Name, err, out)
 		}
@@ -230,34 +243,13 @@ peers:
 {{.C.Opts.Extra}}
 `))
 
-// Peers returns the regions r pulls from under the cluster's topology.
+// Peers returns every other region: a region's file lists all regions, and
+// the topology in the file decides which of them it pulls from.
 func (c *Cluster) Peers(r *Region) []*Region {
 	var out []*Region
-	switch c.Opts.Topology {
-	case "ring":
-		// Each region pulls from its predecessor.
-		i := int(r.ID) - 1
-		prev := c.Regions[(i+len(c.Regions)-1)%len(c.Regions)]
-		out = append(out, prev)
-	case "star":
-		if r.Name == c.Opts.Hub {
-			for _, p := range c.Regions {
-				if p != r {
-					out = append(out, p)
-				}
-			}
-		} else {
-			for _, p := range c.Regions {
-				if p.Name == c.Opts.Hub {
-					out = append(out, p)
-				}
-			}
-		}
-	default:
-		for _, p := range c.Regions {
-			if p != r {
-				out = append(out, p)
-			}
+	for _, p := range c.Regions {
+		if p != r {
+			out = append(out, p)
 		}
 	}
 	return out

@@ -1,0 +1,47 @@
+// Command bench measures mlproxy side by side with the alternative in the
+// same run, on the same machine, and prints ratios (this machine is shared
+// and noisy; absolute numbers drift, ratios hold better):
+//
+//   - proxy vs direct: sysbench oltp_point_select and oltp_read_write at 1,
+//     4 and 16 threads through the proxy and straight to the server;
+//   - replication: sysbench oltp_write_only on one region at a fixed rate and
+//     at full speed; the apply rate at the peer as a ratio of the source's
+//     commit rate, replication lag p50/p99, catch-up after a backlog; and a
+//     native MariaDB replica of the same source under the same load.
+//
+// Run it with `make bench`.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	_ "github.com/go-sql-driver/mysql"
+)
+
+func main() {
+	bin := flag.String("bin", "", "mlproxy binary (default: build it)")
+	dur := flag.Duration("duration", 10*time.Second, "length of each sysbench run")
+	backlog := flag.Duration("backlog", 60*time.Second, "how long the peer is stopped to build a backlog")
+	only := flag.String("only", "", "run only 'proxy' or 'replication'")
+	flag.Parse()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if *only == "" || *only == "proxy" {
+		if err := benchProxy(ctx, *bin, *dur); err != nil {
+			fmt.Fprintln(os.Stderr, "bench proxy:", err)
+			os.Exit(1)
+		}
+	}
+	if *only == "" || *only == "replication" {
+		if err := benchReplication(ctx, *bin, *dur, *backlog); err != nil {
+			fmt.Fprintln(os.Stderr, "bench replication:", err)
+			os.Exit(1)
+		}
+	}
+}
