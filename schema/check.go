@@ -98,7 +98,7 @@ func Check(ctx context.Context, local *sql.DB, peers map[string]*sql.DB, rules [
 		servers = append(servers, v)
 		ps = append(ps, v.problems(regions)...)
 	}
-	ps = append(ps, crossProblems(servers)...)
+	ps = append(ps, crossProblems(servers, regions)...)
 
 	if !localOK {
 		return ps, nil
@@ -208,8 +208,9 @@ func gcd(a, b uint64) uint64 {
 	return a
 }
 
-// crossProblems are settings that must differ between any two servers.
-func crossProblems(servers []serverVars) []Problem {
+// crossProblems are settings that must differ between any two servers of
+// a deployment of regions regions.
+func crossProblems(servers []serverVars, regions int) []Problem {
 	var ps []Problem
 	for i := 0; i < len(servers); i++ {
 		for j := i + 1; j < len(servers); j++ {
@@ -230,7 +231,7 @@ func crossProblems(servers []serverVars) []Problem {
 			ib, _ := b.num("auto_increment_increment")
 			oa, _ := a.num("auto_increment_offset")
 			ob, _ := b.num("auto_increment_offset")
-			if ia == 0 || ib == 0 || !a.autoIncOK(len(servers)) || !b.autoIncOK(len(servers)) {
+			if ia == 0 || ib == 0 || !a.autoIncOK(regions) || !b.autoIncOK(regions) {
 				continue // the per-server problem already says it
 			}
 			// offset+k*ia meets offset'+m*ib iff the offsets agree modulo gcd.

@@ -124,15 +124,15 @@ func TestCrossProblems(t *testing.T) {
 		return serverVars{name: name, vars: map[string]string{"server_id": id, "gtid_domain_id": id,
 			"auto_increment_increment": inc, "auto_increment_offset": off}}
 	}
-	assert.Empty(t, crossProblems([]serverVars{sv("a", "1", "2", "1"), sv("b", "2", "2", "2")}))
+	assert.Empty(t, crossProblems([]serverVars{sv("a", "1", "2", "1"), sv("b", "2", "2", "2")}, 2))
 	// 4 and 6 share a factor 2: offsets 1 and 3 are both odd, so both
 	// sequences hold 7, 13, ...
-	ps := crossProblems([]serverVars{sv("a", "1", "4", "1"), sv("b", "2", "6", "3")})
+	ps := crossProblems([]serverVars{sv("a", "1", "4", "1"), sv("b", "2", "6", "3")}, 2)
 	if assert.Len(t, ps, 1) {
 		assert.Contains(t, ps[0].Message, "generate the same ids")
 	}
-	assert.Empty(t, crossProblems([]serverVars{sv("a", "1", "4", "1"), sv("b", "2", "6", "2")}))
-	ps = crossProblems([]serverVars{sv("a", "5", "2", "1"), sv("b", "5", "2", "2")})
+	assert.Empty(t, crossProblems([]serverVars{sv("a", "1", "4", "1"), sv("b", "2", "6", "2")}, 2))
+	ps = crossProblems([]serverVars{sv("a", "5", "2", "1"), sv("b", "5", "2", "2")}, 2)
 	if assert.Len(t, ps, 2) {
 		assert.Equal(t, Error, ps[0].Severity)
 		assert.Contains(t, ps[0].Message, "server_id 5")
