@@ -320,3 +320,64 @@ func TestAppTriggersCoexist(t *testing.T) {
 	assert.Equal(t, 1, audits)
 	assert.Equal(t, 1, tombs)
 }
+
+func TestApplyTombstoneTableFollowsKey(t *testing.T) {
+	ctx := context.Background()
+	mustExec(t, dbA, "CREATE DATABASE tk", "CREATE TABLE tk.t (id INT PRIMARY KEY, v INT)")
+	rules := []config.TableRule{{Schema: "tk", Table: "t"}}
+	_, _, err := applyTables(t, rules, region)
+	require.NoError(t, err)
+
+	// The key's type widens while no tombstone exists: recreated.
+	mustExec(t, dbA, "ALTER TABLE tk.t MODIFY id BIGINT NOT NULL")
+	_, rep, err := applyTables(t, rules, region)
+	require.NoError(t, err)
+	assert.Equal(t, []string{
+		"tk.t: dropped empty stale tombstone table mlr.tk.t (column id differs from the table's primary key column)",
+		"tk.t: created tombstone table mlr.tk.t",
+	}, rep.Changes)
+	tomb, err := ReadTable(ctx, dbA, Internal, "tk.t")
+	require.NoError(t, err)
+	assert.Equal(t, "bigint(20)", tomb.Columns[0].ColumnType)
+
+	// With tombstones in it, Apply refuses to drop them and says why.
+	mustExec(t, dbA, "INSERT INTO tk.t (id, v) VALUES (1, 1)", "DELETE FROM tk.t WHERE id = 1",
+		"ALTER TABLE tk.t MODIFY id BIGINT UNSIGNED NOT NULL")
+	_, rep, err = applyTables(t, rules, region)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "schema apply tk.t: tombstone table mlr.tk.t is stale")
+	assert.Contains(t, err.Error(), "holds 1 tombstones")
+	assert.False(t, rep.Changed())
+}
+
+func TestPlanRunsOnServer(t *testing.T) {
+	// The helpers' SQL is valid on the real server, argument order included.
+	ctx := context.Background()
+	mustExec(t, dbA, "CREATE DATABASE pl", "CREATE TABLE pl.t (k VARCHAR(5) NOT NULL, id INT NOT NULL, v TEXT, PRIMARY KEY (id, k))")
+	tables, _, err := applyTables(t, []config.TableRule{{Schema: "pl", Table: "t"}}, region)
+	require.NoError(t, err)
+	p := tables[0].Plan()
+	s := newSession(t)
+	s.exec("SET @_mlr_apply = 1")
+	assert.EqualValues(t, 1, s.exec(p.Insert, "a", 1, "one", 100, 2))
+	assert.EqualValues(t, 1, s.exec(p.UpdateByPK, "a", 2, "two", 101, 3, 1, "a"))
+	var v string
+	var h uint64
+	var o uint16
+	var k string
+	var id int
+	tx, err := s.conn.BeginTx(ctx, nil)
+	require.NoError(t, err)
+	require.NoError(t, tx.QueryRow(p.SelectVersion, 2, "a").Scan(&k, &id, &v, &h, &o))
+	require.NoError(t, tx.Commit())
+	assert.Equal(t, []any{"a", 2, "two", uint64(101), uint16(3)}, []any{k, id, v, h, o})
+	assert.EqualValues(t, 2, s.exec(p.Replace, "a", 2, "deux", 102, 3), "REPLACE of an existing row: delete + insert")
+	assert.EqualValues(t, 1, s.exec(p.DeleteByPK, 2, "a"))
+	assert.EqualValues(t, 1, s.exec(p.UpsertTombstone, 2, "a", 103, 3))
+	assert.EqualValues(t, 2, s.exec(p.UpsertTombstone, 2, "a", 104, 4), "upsert moves the stamp")
+	require.NoError(t, dbA.QueryRow(p.SelectTombstone, 2, "a").Scan(&h, &o))
+	assert.Equal(t, uint64(104), h)
+	assert.EqualValues(t, 0, s.exec(p.GCTombstones, 104, 10))
+	assert.EqualValues(t, 1, s.exec(p.GCTombstones, 105, 10))
+	assert.EqualValues(t, 0, s.exec(p.DeleteTombstone, 2, "a"))
+}

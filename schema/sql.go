@@ -105,3 +105,35 @@ func (t *Table) DeleteByPKSQL() string {
 func (t *Table) GCTombstonesSQL() string {
 	return "DELETE FROM " + t.TombstoneQualifiedName() + " WHERE " + Quote(ColHLC) + " < ? LIMIT ?"
 }
+
+// Plan is a table's SQL, built once (and rebuilt, from a fresh ReadTable,
+// when DDL changes the table). Argument orders are those of the Table
+// methods of the same names.
+type Plan struct {
+	Table           *Table
+	SelectVersion   string
+	SelectTombstone string
+	UpsertTombstone string
+	DeleteTombstone string
+	Insert          string
+	Replace         string
+	UpdateByPK      string
+	DeleteByPK      string
+	GCTombstones    string
+}
+
+// Plan builds t's Plan. t must have a primary key.
+func (t *Table) Plan() *Plan {
+	return &Plan{
+		Table:           t,
+		SelectVersion:   t.SelectVersionSQL(),
+		SelectTombstone: t.SelectTombstoneSQL(),
+		UpsertTombstone: t.UpsertTombstoneSQL(),
+		DeleteTombstone: t.DeleteTombstoneSQL(),
+		Insert:          t.InsertSQL(),
+		Replace:         t.ReplaceSQL(),
+		UpdateByPK:      t.UpdateByPKSQL(),
+		DeleteByPK:      t.DeleteByPKSQL(),
+		GCTombstones:    t.GCTombstonesSQL(),
+	}
+}
