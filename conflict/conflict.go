@@ -11,8 +11,8 @@
 //   - An insert or update meeting no row and no tombstone is applied (an
 //     update of a row never seen is applied as an insert).
 //   - An insert stamped after the local tombstone is a re-insert: applied,
-//     no conflict. A delete meeting no row keeps the tombstone with the
-//     rule's order puts first (lww: the higher stamp).
+//     no conflict. A delete meeting no row keeps the tombstone the rule's
+//     order puts first (lww: the higher stamp).
 //   - A row version against a tombstone (delete vs concurrent update) is
 //     decided by the rule's order: by stamp for lww, counter, max and min
 //     (a delete at h beats every change stamped before h and loses to every
@@ -20,7 +20,21 @@
 //     stamp for origin-priority.
 //   - Equal stamps break by origin id, higher wins.
 //   - A resolution keeps the winning version's stamp; a merged row takes the
-//     rule's order puts first (lww: the higher stamp).of the two versions.
+//     higher (stamp, origin) of the two versions.
+//   - counter adds every change's delta (after - before; an insert's value)
+//     to the local value, causal or not, so each increment counts once; max
+//     and min columns only grow (shrink): a write moving them the other way
+//     is undone by merges elsewhere.
+//   - manual keeps the local version on every conflict (Outcome Pending);
+//     the applier records it for an operator.
+//
+// Convergence (property-tested under per-source FIFO, all-to-all): lww
+// always; counter, max and min for rows not deleted concurrently with
+// updates; first-writer-wins and origin-priority for one round of
+// concurrent writes (no region writes the row again before it has received
+// the others'). Beyond that the last two, and a delete racing merged
+// counter/max/min updates, can leave regions different: a stamp and origin
+// per row cannot tell which concurrent writes a later write had seen.
 package conflict
 
 import (
