@@ -303,7 +303,15 @@ func (c *Clock) Run(ctx context.Context) error {
 	defer tick.Stop()
 	var retry <-chan time.Time
 	for {
-		base := max(c.last.Load(), uint64(New(c.now().UnixMilli(), 0)), c.need.Load())
+		// Reserve ahead of wall time only while stamps are being issued:
+		// an idle region then writes nothing to its binlog (peers would
+		// see a never-ending trickle of mlr.hlc transactions), and the first
+		// stamp after an idle spell waits for one save.
+		last, wall := c.last.Load(), uint64(New(c.now().UnixMilli(), 0))
+		base := max(last, c.need.Load())
+		if last+c.window >= wall {
+			base = max(base, wall)
+		}
 		if base+c.window/2 > c.reserved.Load() {
 			target := Timestamp(base + c.window)
 			if err := c.store.Save(ctx, target); err != nil {

@@ -354,3 +354,40 @@ func gathered(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	}
 	return -1
 }
+
+// An idle clock must stop saving reservations: every save is a transaction
+// in the region's binlog, and peers would tail that trickle forever.
+func TestIdleClockStopsSaving(t *testing.T) {
+	w := newFakeWall(t0)
+	st := &memStore{}
+	c := NewClock(Options{Now: w.Now, Store: st, Window: 40 * time.Millisecond})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	first := c.Now()
+	// Let wall time run on with nobody asking for stamps.
+	for i := 0; i < 20; i++ {
+		w.Add(40 * time.Millisecond)
+		time.Sleep(15 * time.Millisecond)
+	}
+	st.mu.Lock()
+	idleSaves := st.saves
+	st.mu.Unlock()
+	time.Sleep(100 * time.Millisecond)
+	w.Add(time.Second)
+	time.Sleep(100 * time.Millisecond)
+	st.mu.Lock()
+	later := st.saves
+	st.mu.Unlock()
+	if later != idleSaves {
+		t.Fatalf("idle clock kept saving: %d saves, then %d more with no stamps issued", idleSaves, later-idleSaves)
+	}
+	// The next stamp still follows the wall clock and stays durable.
+	next := c.Now()
+	if next <= first || next.Millis() < w.Millis() || next > st.get() {
+		t.Fatalf("after idle: stamp %s (first %s, wall %d ms, durable %s)", next, first, w.Millis(), st.get())
+	}
+	cancel()
+	<-done
+}
