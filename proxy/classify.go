@@ -1,0 +1,491 @@
+package proxy
+
+import (
+	"regexp"
+	"strings"
+	"sync"
+
+	lru "github.com/hashicorp/golang-lru/v2"
+	"github.com/pingcap/tidb/pkg/parser"
+	"github.com/pingcap/tidb/pkg/parser/ast"
+	_ "github.com/pingcap/tidb/pkg/parser/test_driver" // value expressions for the parser
+)
+
+// kind is what a statement (or a packet of statements) may do.
+type kind uint8
+
+const (
+	// kindRead never writes a table: SELECT without INTO, SHOW, EXPLAIN, ...
+	kindRead kind = iota
+	// kindSession changes session or server state but no table row the
+	// triggers see: SET, BEGIN, COMMIT, USE, GRANT, PREPARE, ...
+	kindSession
+	// kindDDL changes a table definition (no stamp: triggers do not fire).
+	kindDDL
+	// kindWrite writes rows of the tables listed in class.writes; it is
+	// stamped when one of them is replicated.
+	kindWrite
+	// kindWriteUnknown may write rows of tables the proxy cannot name:
+	// CALL, EXECUTE, DO, and statements the parser cannot parse. Always
+	// stamped: the triggers stamp whatever the server writes.
+	kindWriteUnknown
+	// kindRefused is never sent to the server.
+	kindRefused
+)
+
+// tableRef is a qualified table name as the client wrote it.
+type tableRef struct{ schema, table string }
+
+// class is the cached classification of one statement text under one
+// current database. It is immutable once built; the decision "is one of
+// the written tables replicated" is taken per use, so a change of the
+// replicated set needs no cache flush.
+type class struct {
+	kind kind
+	// writes are the tables a kindWrite statement may write, qualified with
+	// the database current when it was classified.
+	writes []tableRef
+	// reason and msg explain a refusal: reason is a metric label, msg the
+	// client's error message.
+	reason, msg string
+	// uses has, per statement of a multi-statement packet, the database a
+	// USE statement switches to ("" for other statements); nil when the
+	// packet has no USE.
+	uses []string
+	// calls is set when the packet has a CALL, whose extra result sets make
+	// counting results per statement impossible.
+	calls bool
+}
+
+// Refusal reasons (refused_total{reason}).
+const (
+	reasonInternalSchema = "internal_schema"
+	reasonStampVariable  = "stamp_variable"
+	reasonTrigger        = "mlr_trigger"
+	reasonMetadataColumn = "mlr_column"
+	reasonSQLLogBin      = "sql_log_bin"
+)
+
+// internalSchema is the schema of mlproxy's own tables (docs/internals.md).
+const internalSchema = "mlr"
+
+// maxCachedLen bounds the statement texts kept in the cache: longer texts
+// (typically client-side interpolated bulk inserts) are unique and would
+// only evict useful entries and hold memory.
+const maxCachedLen = 16 << 10
+
+// classifier classifies statement texts with the tidb parser and caches
+// the results in an LRU keyed by (current database, text). Safe for
+// concurrent use.
+type classifier struct {
+	cache   *lru.Cache[string, *class]
+	parsers sync.Pool // *parser.Parser; a parser is not safe for concurrent use
+	onHit   func()
+	onMiss  func()
+}
+
+func newClassifier(size int, onHit, onMiss func()) (*classifier, error) {
+	c, err := lru.New[string, *class](size)
+	if err != nil {
+		return nil, err
+	}
+	return &classifier{
+		cache:   c,
+		parsers: sync.Pool{New: func() any { return parser.New() }},
+		onHit:   onHit,
+		onMiss:  onMiss,
+	}, nil
+}
+
+// classify returns the class of sql run with db as the current database.
+// The key includes db because unqualified names resolve against it.
+func (c *classifier) classify(db, sql string) *class {
+	cacheable := len(sql) <= maxCachedLen
+	var key string
+	if cacheable {
+		key = db + "\x00" + sql
+		if cl, ok := c.cache.Get(key); ok {
+			c.onHit()
+			return cl
+		}
+	}
+	c.onMiss()
+	cl := c.parse(db, sql)
+	if cacheable {
+		c.cache.Add(key, cl)
+	}
+	return cl
+}
+
+func (c *classifier) parse(db, sql string) *class {
+	p := c.parsers.Get().(*parser.Parser)
+	stmts, _, err := p.Parse(sql, "", "")
+	c.parsers.Put(p)
+	if err != nil {
+		return classifyUnparsed(db, sql)
+	}
+	return classifyStmts(db, stmts, 0)
+}
+
+func refused(reason, msg string) *class {
+	return &class{kind: kindRefused, reason: reason, msg: "mlproxy: " + msg}
+}
+
+// Messages for refusals: why, and what to do instead.
+const (
+	msgInternalSchema = "writes to the internal schema `mlr` are refused: it holds replication state (checkpoints, conflicts, tombstones); use the mlproxy command line to act on it"
+	msgStampVariable  = "statements that set the @_mlr_* variables are refused: mlproxy sets them itself to stamp writes for replication; remove the assignment"
+	msgTrigger        = "dropping or replacing an `_mlr_` trigger is refused: it stamps writes for replication; use `mlproxy schema apply` to change replication metadata"
+	msgMetadataColumn = "changing an `_mlr_` column is refused: it holds the replication stamp; use `mlproxy schema apply` to change replication metadata"
+	msgSQLLogBin      = "SET sql_log_bin=0 is refused: it would hide writes from replication to the other regions; run maintenance that must not replicate directly on the server"
+)
+
+// Heuristics for statements the parser cannot parse (MariaDB-only syntax
+// such as INSERT ... RETURNING or SET STATEMENT ... FOR). They are stamped,
+// not refused, unless they match one of these.
+var (
+	reMlrSchema   = regexp.MustCompile("(?i)(^|[^\\w$])`?mlr`?\\s*\\.")
+	reStampAssign = regexp.MustCompile("(?i)@`?_mlr_\\w*`?\\s*:?=|\\binto\\s+(@\\S+\\s*,\\s*)*@`?_mlr_")
+	reMlrTrigger  = regexp.MustCompile("(?i)\\b(drop|create)\\s+(or\\s+replace\\s+)?(definer\\s*=\\s*\\S+\\s+)?trigger\\s+(if\\s+(not\\s+)?exists\\s+)?(\\S+\\.)?`?_mlr_")
+	reSQLLogBin   = regexp.MustCompile(`(?i)\bsql_log_bin\b`)
+)
+
+func classifyUnparsed(db, sql string) *class {
+	switch {
+	case reMlrTrigger.MatchString(sql):
+		return refused(reasonTrigger, msgTrigger)
+	case reStampAssign.MatchString(sql):
+		return refused(reasonStampVariable, msgStampVariable)
+	case reSQLLogBin.MatchString(sql):
+		return refused(reasonSQLLogBin, msgSQLLogBin)
+	case reMlrSchema.MatchString(sql) || strings.EqualFold(db, internalSchema):
+		return refused(reasonInternalSchema, "a statement mlproxy cannot parse that may touch the internal schema `mlr` is refused: it holds replication state; use the mlproxy command line to act on it")
+	}
+	return &class{kind: kindWriteUnknown}
+}
+
+// classifyStmts merges the classes of the statements of one packet: a
+// refusal refuses the packet, else the most writing kind wins. USE
+// statements change the database later statements are qualified with.
+func classifyStmts(db string, stmts []ast.StmtNode, depth int) *class {
+	out := &class{kind: kindRead}
+	hasUse := false
+	uses := make([]string, len(stmts))
+	for i, st := range stmts {
+		cl := classifyStmt(db, st, depth)
+		if cl.kind == kindRefused {
+			return cl
+		}
+		if u, ok := st.(*ast.UseStmt); ok {
+			db = u.DBName
+			uses[i] = u.DBName
+			hasUse = true
+		}
+		if _, ok := st.(*ast.CallStmt); ok {
+			out.calls = true
+		}
+		if cl.kind > out.kind {
+			out.kind = cl.kind
+		}
+		out.writes = append(out.writes, cl.writes...)
+	}
+	if hasUse {
+		out.uses = uses
+	}
+	return out
+}
+
+func classifyStmt(db string, st ast.StmtNode, depth int) *class {
+	if cl := refuseVariables(st); cl != nil {
+		return cl
+	}
+	switch n := st.(type) {
+	case *ast.SelectStmt, *ast.SetOprStmt, *ast.ShowStmt, *ast.HelpStmt:
+		return &class{kind: kindRead}
+	case *ast.ExplainStmt:
+		if n.Analyze && n.Stmt != nil {
+			return classifyStmt(db, n.Stmt, depth)
+		}
+		return &class{kind: kindRead}
+	case *ast.InsertStmt:
+		var ws []tableRef
+		if n.Table != nil {
+			ws = joinTables(db, n.Table.TableRefs, nil)
+		}
+		return writeClass(ws)
+	case *ast.UpdateStmt:
+		return writeClass(updateTargets(db, n))
+	case *ast.DeleteStmt:
+		return writeClass(deleteTargets(db, n))
+	case *ast.LoadDataStmt:
+		if n.Table == nil {
+			return &class{kind: kindWriteUnknown}
+		}
+		return writeClass([]tableRef{qualify(db, n.Table)})
+	case *ast.CallStmt, *ast.ExecuteStmt, *ast.DoStmt:
+		return &class{kind: kindWriteUnknown}
+	case *ast.SetStmt:
+		return classifySet(n)
+	case *ast.PrepareStmt:
+		// The prepared text is checked for refusals now; its EXECUTE is
+		// stamped as kindWriteUnknown.
+		if n.SQLText != "" && depth == 0 {
+			p := parser.New()
+			if inner, _, err := p.Parse(n.SQLText, "", ""); err == nil {
+				if cl := classifyStmts(db, inner, depth+1); cl.kind == kindRefused {
+					return cl
+				}
+			} else if cl := classifyUnparsed(db, n.SQLText); cl.kind == kindRefused {
+				return cl
+			}
+		}
+		return &class{kind: kindSession}
+	case *ast.UseStmt, *ast.BeginStmt, *ast.CommitStmt, *ast.RollbackStmt,
+		*ast.SavepointStmt, *ast.ReleaseSavepointStmt, *ast.DeallocateStmt,
+		*ast.LockTablesStmt, *ast.UnlockTablesStmt, *ast.SetPwdStmt,
+		*ast.SetRoleStmt, *ast.SetDefaultRoleStmt,
+		*ast.FlushStmt, *ast.KillStmt, *ast.GrantStmt, *ast.GrantRoleStmt,
+		*ast.GrantProxyStmt, *ast.RevokeStmt, *ast.RevokeRoleStmt,
+		*ast.CreateUserStmt, *ast.AlterUserStmt, *ast.DropUserStmt,
+		*ast.RenameUserStmt, *ast.AnalyzeTableStmt, *ast.BinlogStmt:
+		return &class{kind: kindSession}
+	case ast.DDLNode:
+		return classifyDDL(db, n)
+	}
+	// Anything else the parser knows (mostly TiDB extensions the server
+	// will reject) is treated as a possible write: a stamp is harmless.
+	return &class{kind: kindWriteUnknown}
+}
+
+func writeClass(ws []tableRef) *class {
+	for _, t := range ws {
+		if isInternal(t.schema) {
+			return refused(reasonInternalSchema, msgInternalSchema)
+		}
+	}
+	return &class{kind: kindWrite, writes: ws}
+}
+
+// qualify names t in db when it has no schema; names keep the case the
+// client wrote them in (the server compares them case-sensitively unless
+// lower_case_table_names says otherwise).
+func qualify(db string, t *ast.TableName) tableRef {
+	s := t.Schema.O
+	if s == "" {
+		s = db
+	}
+	return tableRef{schema: s, table: t.Name.O}
+}
+
+func isInternal(schema string) bool { return strings.EqualFold(schema, internalSchema) }
+
+// joinTables lists the base tables of a FROM/join tree (not those inside
+// subqueries, which are only read). aliases, if not nil, collects alias →
+// table.
+func joinTables(db string, n ast.ResultSetNode, aliases map[string]tableRef) []tableRef {
+	var out []tableRef
+	var walk func(ast.ResultSetNode)
+	walk = func(n ast.ResultSetNode) {
+		switch x := n.(type) {
+		case *ast.Join:
+			if x.Left != nil {
+				walk(x.Left)
+			}
+			if x.Right != nil {
+				walk(x.Right)
+			}
+		case *ast.TableSource:
+			if tn, ok := x.Source.(*ast.TableName); ok {
+				r := qualify(db, tn)
+				out = append(out, r)
+				if aliases != nil {
+					name := x.AsName.L
+					if name == "" {
+						name = tn.Name.L
+					}
+					aliases[name] = r
+				}
+			} else if j, ok := x.Source.(*ast.Join); ok {
+				walk(j)
+			}
+		case *ast.TableName:
+			out = append(out, qualify(db, x))
+		}
+	}
+	if n != nil {
+		walk(n)
+	}
+	return out
+}
+
+// updateTargets names the tables an UPDATE assigns to: in a multi-table
+// update, those named by the qualified assignment columns (all joined
+// tables when a column is unqualified, as the proxy does not know the
+// columns of each table).
+func updateTargets(db string, n *ast.UpdateStmt) []tableRef {
+	if n.TableRefs == nil {
+		return nil
+	}
+	aliases := map[string]tableRef{}
+	all := joinTables(db, n.TableRefs.TableRefs, aliases)
+	if len(all) <= 1 {
+		return all
+	}
+	var out []tableRef
+	for _, a := range n.List {
+		if a.Column == nil || a.Column.Table.L == "" {
+			return all
+		}
+		if a.Column.Schema.L != "" {
+			out = append(out, tableRef{schema: a.Column.Schema.O, table: a.Column.Table.O})
+			continue
+		}
+		r, ok := aliases[a.Column.Table.L]
+		if !ok {
+			return all
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+// deleteTargets names the tables a DELETE removes rows from.
+func deleteTargets(db string, n *ast.DeleteStmt) []tableRef {
+	aliases := map[string]tableRef{}
+	var all []tableRef
+	if n.TableRefs != nil {
+		all = joinTables(db, n.TableRefs.TableRefs, aliases)
+	}
+	if !n.IsMultiTable || n.Tables == nil {
+		return all
+	}
+	var out []tableRef
+	for _, t := range n.Tables.Tables {
+		if t.Schema.L == "" {
+			if r, ok := aliases[t.Name.L]; ok {
+				out = append(out, r)
+				continue
+			}
+		}
+		out = append(out, qualify(db, t))
+	}
+	return out
+}
+
+// classifySet refuses SET statements that touch the stamp variables or turn
+// sql_log_bin off; other SETs are session statements.
+func classifySet(n *ast.SetStmt) *class {
+	for _, v := range n.Variables {
+		name := strings.ToLower(v.Name)
+		if !v.IsSystem && strings.HasPrefix(name, "_mlr_") {
+			return refused(reasonStampVariable, msgStampVariable)
+		}
+		if v.IsSystem && name == "sql_log_bin" && !truthy(v.Value) {
+			return refused(reasonSQLLogBin, msgSQLLogBin)
+		}
+	}
+	return &class{kind: kindSession}
+}
+
+// truthy reports whether a SET value certainly turns a boolean variable on
+// (1, ON, TRUE, DEFAULT); anything else counts as off.
+func truthy(e ast.ExprNode) bool {
+	switch x := e.(type) {
+	case *ast.DefaultExpr:
+		return true
+	case *ast.ColumnNameExpr:
+		return x.Name != nil && x.Name.Name.L == "on"
+	case ast.ValueExpr:
+		switch v := x.GetValue().(type) {
+		case int64:
+			return v != 0
+		case uint64:
+			return v != 0
+		case string:
+			s := strings.ToLower(v)
+			return s == "on" || s == "1" || s == "true"
+		}
+	}
+	return false
+}
+
+// refuseVariables refuses statements that assign a @_mlr_* user variable
+// anywhere in an expression (SELECT @_mlr_hlc := ...).
+func refuseVariables(st ast.StmtNode) *class {
+	v := &varFinder{}
+	st.Accept(v)
+	if v.found {
+		return refused(reasonStampVariable, msgStampVariable)
+	}
+	return nil
+}
+
+type varFinder struct{ found bool }
+
+func (v *varFinder) Enter(n ast.Node) (ast.Node, bool) {
+	if x, ok := n.(*ast.VariableExpr); ok && !x.IsSystem && x.Value != nil &&
+		strings.HasPrefix(strings.ToLower(x.Name), "_mlr_") {
+		v.found = true
+	}
+	return n, v.found
+}
+
+func (v *varFinder) Leave(n ast.Node) (ast.Node, bool) { return n, true }
+
+// classifyDDL refuses DDL on the internal schema, on _mlr_ columns; other
+// DDL passes unstamped.
+func classifyDDL(db string, n ast.DDLNode) *class {
+	var targets []tableRef
+	var schemas []string
+	switch x := n.(type) {
+	case *ast.CreateDatabaseStmt:
+		schemas = append(schemas, x.Name.O)
+	case *ast.AlterDatabaseStmt:
+		schemas = append(schemas, x.Name.O)
+	case *ast.DropDatabaseStmt:
+		schemas = append(schemas, x.Name.O)
+	case *ast.CreateTableStmt:
+		targets = append(targets, qualify(db, x.Table))
+	case *ast.DropTableStmt:
+		for _, t := range x.Tables {
+			targets = append(targets, qualify(db, t))
+		}
+	case *ast.TruncateTableStmt:
+		targets = append(targets, qualify(db, x.Table))
+	case *ast.RenameTableStmt:
+		for _, t := range x.TableToTables {
+			targets = append(targets, qualify(db, t.OldTable), qualify(db, t.NewTable))
+		}
+	case *ast.CreateIndexStmt:
+		targets = append(targets, qualify(db, x.Table))
+	case *ast.DropIndexStmt:
+		targets = append(targets, qualify(db, x.Table))
+	case *ast.CreateViewStmt:
+		targets = append(targets, qualify(db, x.ViewName))
+	case *ast.AlterTableStmt:
+		targets = append(targets, qualify(db, x.Table))
+		for _, sp := range x.Specs {
+			switch sp.Tp {
+			case ast.AlterTableDropColumn, ast.AlterTableModifyColumn,
+				ast.AlterTableChangeColumn, ast.AlterTableRenameColumn:
+				if sp.OldColumnName != nil && strings.HasPrefix(sp.OldColumnName.Name.L, "_mlr_") {
+					return refused(reasonMetadataColumn, msgMetadataColumn)
+				}
+				for _, c := range sp.NewColumns {
+					if c.Name != nil && strings.HasPrefix(c.Name.Name.L, "_mlr_") {
+						return refused(reasonMetadataColumn, msgMetadataColumn)
+					}
+				}
+			}
+		}
+	}
+	for _, t := range targets {
+		schemas = append(schemas, t.schema)
+	}
+	for _, s := range schemas {
+		if isInternal(s) {
+			return refused(reasonInternalSchema, msgInternalSchema)
+		}
+	}
+	return &class{kind: kindDDL}
+}

@@ -1,0 +1,691 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"sync"
+
+	"github.com/go-mysql-org/go-mysql/mysql"
+	"github.com/pingcap/tidb/pkg/parser"
+	"go.uber.org/zap"
+)
+
+// conn is one client connection and its backend connection. Its goroutine
+// (serve) owns every field except those under mu.
+type conn struct {
+	s      *Server
+	id     uint64
+	ctx    context.Context // cancelled when the connection closes (or is forced shut)
+	cancel context.CancelFunc
+	log    *zap.Logger
+
+	client  *wire
+	backend *wire // nil until dialled
+	// caps are the capabilities in force on both legs (without CLIENT_SSL).
+	caps uint32
+	// db is the current database, for qualifying unqualified table names.
+	db string
+	// stmts maps prepared statement ids (from PREPARE_OK) to their class.
+	stmts map[uint32]*class
+	// lastStmt is the id of the last prepared statement: MariaDB clients
+	// may execute id 0xffffffff, meaning "the one just prepared".
+	lastStmt uint32
+	setBuf   []byte // reused SET @_mlr_hlc=... command
+
+	mu         sync.Mutex
+	rawClient  net.Conn // closed to unblock I/O on cancel
+	rawBackend net.Conn
+	closed     bool
+	idle       bool // waiting for the client's next command
+	inTrans    bool // last status the server sent had SERVER_STATUS_IN_TRANS
+	draining   bool // the server is shutting down
+}
+
+func (s *Server) newConn(base context.Context, nc net.Conn) *conn {
+	ctx, cancel := context.WithCancel(base)
+	id := s.nextID.Add(1)
+	c := &conn{
+		s: s, id: id, ctx: ctx, cancel: cancel,
+		log:       s.log.With(zap.Uint64("conn", id), zap.String("client", nc.RemoteAddr().String())),
+		client:    newWire(nc),
+		stmts:     map[uint32]*class{},
+		rawClient: nc,
+	}
+	context.AfterFunc(ctx, c.closeSockets)
+	return c
+}
+
+func (c *conn) closeSockets() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.closed = true
+	_ = c.rawClient.Close()
+	if c.rawBackend != nil {
+		_ = c.rawBackend.Close()
+	}
+}
+
+// setBackend records the dialled backend; false if the connection was
+// closed meanwhile.
+func (c *conn) setBackend(nc net.Conn) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		_ = nc.Close()
+		return false
+	}
+	c.rawBackend = nc
+	c.backend = newWire(nc)
+	return true
+}
+
+// drain asks the connection to close at its next idle moment outside a
+// transaction (at once if it is there now).
+func (c *conn) drain() {
+	c.mu.Lock()
+	c.draining = true
+	now := c.idle && !c.inTrans
+	c.mu.Unlock()
+	if now {
+		c.cancel()
+	}
+}
+
+// setIdle marks the connection as waiting for a command; false means it
+// must close because the server is draining.
+func (c *conn) setIdle(idle bool) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if idle && c.draining && !c.inTrans {
+		return false
+	}
+	c.idle = idle
+	return true
+}
+
+func (c *conn) trackStatus(st uint16) {
+	c.mu.Lock()
+	c.inTrans = st&mysql.SERVER_STATUS_IN_TRANS != 0
+	c.mu.Unlock()
+}
+
+// serve runs the connection to its end and closes both sockets.
+func (c *conn) serve() {
+	defer c.cancel()
+	c.log.Debug("proxy connection open")
+	err := c.handshake()
+	if err == nil {
+		c.log.Debug("proxy client authenticated", zap.String("schema", c.db))
+		err = c.loop()
+	}
+	switch {
+	case err == nil || errors.Is(err, errQuit) || errors.Is(err, errAuthFailed) || c.ctx.Err() != nil:
+		c.log.Debug("proxy connection closed", zap.NamedError("reason", err))
+	case errors.Is(err, errClientGone):
+		c.log.Debug("proxy connection closed by client", zap.Error(err))
+	default:
+		c.log.Warn("proxy connection closed on error", zap.Error(err))
+	}
+}
+
+var (
+	errQuit       = errors.New("client sent COM_QUIT")
+	errClientGone = errors.New("client connection lost")
+)
+
+// sendRaw writes a packet to the client and flushes.
+func (c *conn) sendRaw(p []byte, seq byte) error {
+	if _, err := c.client.writePacket(p, seq); err != nil {
+		return fmt.Errorf("%w: %v", errClientGone, err)
+	}
+	if err := c.client.w.Flush(); err != nil {
+		return fmt.Errorf("%w: %v", errClientGone, err)
+	}
+	return nil
+}
+
+// sendErr sends the client an ERR packet, ignoring failures (the caller
+// is about to report or close anyway).
+func (c *conn) sendErr(seq byte, e *sqlError) { _ = c.sendRaw(e.packet(), seq) }
+
+// clientReadErr reports a failed read from the client: a malformed packet
+// gets an ERR, a closed connection nothing.
+func (c *conn) clientReadErr(err error, seq byte, what string) error {
+	if errors.Is(err, errMalformed) {
+		c.sendErr(seq, &sqlError{erMalformed, "08S01", "mlproxy: malformed packet"})
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	return fmt.Errorf("%s: %w: %v", what, errClientGone, err)
+}
+
+// backendErr reports a failed backend exchange to the client (2013, with
+// the sequence id the client expects next) and returns the error to end
+// the connection.
+func (c *conn) backendErr(err error, seq byte, what string) error {
+	var we *writeError
+	if errors.As(err, &we) {
+		// A relay could not write to the client: it is gone.
+		return fmt.Errorf("%s: %w: %v", what, errClientGone, err)
+	}
+	if c.ctx.Err() != nil {
+		return fmt.Errorf("%s: %w", what, c.ctx.Err())
+	}
+	c.s.m.backendErrors.Inc()
+	c.sendErr(seq, &sqlError{crServerLost, "HY000",
+		fmt.Sprintf("mlproxy: lost connection to the MySQL server at '%s' during the command", c.s.cfg.Backend.Addr)})
+	return fmt.Errorf("%s: backend: %w", what, err)
+}
+
+// loop reads and relays commands until the client quits, the connection
+// breaks or the server drains.
+func (c *conn) loop() error {
+	for {
+		if !c.setIdle(true) {
+			return nil
+		}
+		p, first, last, err := c.client.readPacket(maxCommand)
+		if err != nil {
+			if errors.Is(err, errMalformed) {
+				c.sendErr(1, &sqlError{erOutOfOrder, "08S01", "Got packets out of order"})
+				return fmt.Errorf("read command: %w", err)
+			}
+			if c.ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("read command: %w: %v", errClientGone, err)
+		}
+		c.setIdle(false)
+		if first != 0 {
+			c.sendErr(last+1, &sqlError{erOutOfOrder, "08S01", "Got packets out of order"})
+			return fmt.Errorf("%w: command sequence id %d", errMalformed, first)
+		}
+		if len(p) == 0 {
+			c.sendErr(last+1, &sqlError{erMalformed, "08S01", "mlproxy: malformed packet"})
+			return fmt.Errorf("%w: empty command", errMalformed)
+		}
+		if err := c.command(p, last+1); err != nil {
+			return err
+		}
+	}
+}
+
+// command relays one client command and its whole response. next is the
+// sequence id of the first response packet.
+func (c *conn) command(p []byte, next byte) error {
+	switch p[0] {
+	case mysql.COM_QUIT:
+		_, _ = c.backend.writePacket(p, 0)
+		_ = c.backend.w.Flush()
+		return errQuit
+	case mysql.COM_QUERY:
+		return c.query(p, next)
+	case mysql.COM_STMT_PREPARE:
+		return c.prepare(p, next)
+	case mysql.COM_STMT_EXECUTE:
+		var cl *class
+		if len(p) >= 5 {
+			id := binary.LittleEndian.Uint32(p[1:])
+			if id == 0xffffffff {
+				id = c.lastStmt
+			}
+			cl = c.stmts[id]
+		}
+		stamp := false
+		if cl != nil {
+			stamp, _ = c.decide(cl)
+		}
+		dst, setErr, err := c.send(p, stamp, next)
+		if err != nil {
+			return err
+		}
+		if err := c.results(dst, next, nil); err != nil {
+			return err
+		}
+		return c.finish(setErr, next)
+	case mysql.COM_STMT_SEND_LONG_DATA:
+		_, _, err := c.send(p, false, next)
+		return err
+	case mysql.COM_STMT_CLOSE:
+		if len(p) >= 5 {
+			delete(c.stmts, binary.LittleEndian.Uint32(p[1:]))
+		}
+		_, _, err := c.send(p, false, next)
+		return err
+	case mysql.COM_STMT_FETCH:
+		if _, _, err := c.send(p, false, next); err != nil {
+			return err
+		}
+		return c.rows(c.client.w, next)
+	case mysql.COM_INIT_DB:
+		if _, _, err := c.send(p, false, next); err != nil {
+			return err
+		}
+		if h, err := c.single(next); err != nil {
+			return err
+		} else if len(h) > 0 && h[0] == mysql.OK_HEADER {
+			c.db = string(p[1:])
+		}
+		return nil
+	case mysql.COM_RESET_CONNECTION:
+		if _, _, err := c.send(p, false, next); err != nil {
+			return err
+		}
+		if h, err := c.single(next); err != nil {
+			return err
+		} else if len(h) > 0 && h[0] == mysql.OK_HEADER {
+			clear(c.stmts)
+		}
+		return nil
+	case mysql.COM_PING, mysql.COM_STMT_RESET, mysql.COM_SET_OPTION, mysql.COM_PROCESS_KILL,
+		mysql.COM_STATISTICS, mysql.COM_REFRESH, mysql.COM_DEBUG:
+		if _, _, err := c.send(p, false, next); err != nil {
+			return err
+		}
+		_, err := c.single(next)
+		return err
+	case mysql.COM_FIELD_LIST:
+		if _, _, err := c.send(p, false, next); err != nil {
+			return err
+		}
+		return c.fieldList(next)
+	case mysql.COM_PROCESS_INFO:
+		if _, _, err := c.send(p, false, next); err != nil {
+			return err
+		}
+		return c.results(c.client.w, next, nil)
+	case mysql.COM_CHANGE_USER:
+		return c.changeUser(p, next)
+	}
+	c.s.m.refused.WithLabelValues("unsupported_command").Inc()
+	return c.sendRaw(errPacket(erUnknownCom, "08S01",
+		fmt.Sprintf("mlproxy: command 0x%02x is not supported through the proxy; connect to the server directly", p[0])), next)
+}
+
+// decide says whether a statement of class cl is stamped, and its metric
+// label.
+func (c *conn) decide(cl *class) (bool, string) {
+	switch cl.kind {
+	case kindRead:
+		return false, labelRead
+	case kindSession:
+		return false, labelSession
+	case kindDDL:
+		return false, labelDDL
+	case kindWriteUnknown:
+		return true, labelWriteUnknown
+	case kindWrite:
+		for _, t := range cl.writes {
+			if c.s.tables.Replicated(t.schema, t.table) {
+				return true, labelWriteReplicated
+			}
+		}
+		return false, labelWriteOther
+	}
+	return false, labelRefused
+}
+
+// refuse answers a refused statement; the connection stays usable.
+func (c *conn) refuse(cl *class, sql string, next byte) error {
+	c.s.m.refused.WithLabelValues(cl.reason).Inc()
+	c.s.m.statements.WithLabelValues(labelRefused).Inc()
+	norm, digest := parser.NormalizeDigest(sql)
+	if len(norm) > 60 {
+		norm = norm[:60]
+	}
+	c.log.Info("proxy refused statement", zap.String("reason", cl.reason),
+		zap.String("statement", norm), zap.String("digest", digest.String()))
+	return c.sendRaw(errPacket(erUnknown, "HY000", cl.msg), next)
+}
+
+func (c *conn) query(p []byte, next byte) error {
+	sql := string(p[1:])
+	cl := c.s.cls.classify(c.db, sql)
+	if cl.kind == kindRefused {
+		return c.refuse(cl, sql, next)
+	}
+	stamp, label := c.decide(cl)
+	c.s.m.statements.WithLabelValues(label).Inc()
+	dst, setErr, err := c.send(p, stamp, next)
+	if err != nil {
+		return err
+	}
+	var onResult func(i int, ok bool)
+	failed := false
+	if cl.uses != nil {
+		onResult = func(i int, ok bool) {
+			if !ok {
+				failed = true
+			} else if !cl.calls && i < len(cl.uses) && cl.uses[i] != "" {
+				c.db = cl.uses[i]
+			}
+		}
+	}
+	if err := c.results(dst, next, onResult); err != nil {
+		return err
+	}
+	if cl.uses != nil && cl.calls && !failed && setErr == nil {
+		// With a CALL the results cannot be matched to statements: take the
+		// last USE once all succeeded.
+		for _, u := range cl.uses {
+			if u != "" {
+				c.db = u
+			}
+		}
+	}
+	return c.finish(setErr, next)
+}
+
+func (c *conn) prepare(p []byte, next byte) error {
+	sql := string(p[1:])
+	cl := c.s.cls.classify(c.db, sql)
+	if cl.kind == kindRefused {
+		return c.refuse(cl, sql, next)
+	}
+	_, label := c.decide(cl)
+	c.s.m.statements.WithLabelValues(label).Inc()
+	if _, _, err := c.send(p, false, next); err != nil {
+		return err
+	}
+	r, err := c.relay(c.client.w)
+	if err != nil {
+		return c.backendErr(err, next, "relay prepare response")
+	}
+	h := r.peek()
+	if len(h) < 9 || h[0] != mysql.OK_HEADER {
+		return c.flush() // ERR
+	}
+	id := binary.LittleEndian.Uint32(h[1:])
+	cols := int(binary.LittleEndian.Uint16(h[5:]))
+	params := int(binary.LittleEndian.Uint16(h[7:]))
+	c.stmts[id] = cl
+	c.lastStmt = id
+	for _, n := range []int{params, cols} {
+		if n == 0 {
+			continue
+		}
+		for i := 0; i < n+1; i++ { // definitions, then EOF
+			if r, err = c.relay(c.client.w); err != nil {
+				return c.backendErr(err, r.seq+1, "relay prepare response")
+			}
+		}
+	}
+	return c.flush()
+}
+
+func (c *conn) changeUser(p []byte, next byte) error {
+	db, err := changeUserDB(p[1:], c.caps)
+	if err != nil {
+		c.sendErr(next, &sqlError{erMalformed, "08S01", "mlproxy: malformed packet"})
+		return fmt.Errorf("COM_CHANGE_USER: %w", err)
+	}
+	if _, _, err := c.send(p, false, next); err != nil {
+		return err
+	}
+	ok, err := c.relayAuth(0, next-1)
+	if err != nil {
+		return err
+	}
+	if ok {
+		c.db = db
+		clear(c.stmts)
+	}
+	return nil
+}
+
+// send writes the client's command to the backend, preceded, when stamp is
+// set, by the stamping SET in the same write, and reads the SET's reply.
+// It returns where the command's response must go: the client, or nowhere
+// (nil) when the SET failed; then setErr is the SET's ERR for the client.
+func (c *conn) send(p []byte, stamp bool, next byte) (dst *bufio.Writer, setErr []byte, err error) {
+	if stamp {
+		b := append(c.setBuf[:0], mysql.COM_QUERY)
+		b = append(b, "SET @_mlr_hlc="...)
+		b = strconv.AppendUint(b, uint64(c.s.stamper.Now()), 10)
+		b = append(b, ",@_mlr_origin="...)
+		b = strconv.AppendUint(b, uint64(c.s.cfg.RegionID), 10)
+		c.setBuf = b
+		if _, err := c.backend.writePacket(b, 0); err != nil {
+			return nil, nil, c.backendErr(err, next, "send stamp")
+		}
+		c.s.m.stamped.Inc()
+	}
+	if _, err := c.backend.writePacket(p, 0); err != nil {
+		return nil, nil, c.backendErr(err, next, "send command")
+	}
+	if err := c.backend.w.Flush(); err != nil {
+		return nil, nil, c.backendErr(err, next, "send command")
+	}
+	if !stamp {
+		return c.client.w, nil, nil
+	}
+	r, _, _, err := c.backend.readPacket(maxAuthPacket)
+	if err != nil {
+		return nil, nil, c.backendErr(err, next, "read stamp reply")
+	}
+	if len(r) > 0 && r[0] == mysql.ERR_HEADER {
+		c.log.Warn("proxy stamp SET failed; the command's response is discarded and the client gets the SET's error")
+		return nil, r, nil
+	}
+	return c.client.w, nil, nil
+}
+
+// finish sends the SET's error, if there was one, once the command's
+// response was discarded.
+func (c *conn) finish(setErr []byte, next byte) error {
+	if setErr == nil {
+		return c.flush()
+	}
+	return c.sendRaw(setErr, next)
+}
+
+func (c *conn) flush() error {
+	if err := c.client.w.Flush(); err != nil {
+		return fmt.Errorf("%w: %v", errClientGone, err)
+	}
+	return nil
+}
+
+// relay copies one backend packet to dst (nil: discard) and flushes dst
+// when the backend has nothing more buffered, so the client is never kept
+// waiting for bytes the proxy holds.
+func (c *conn) relay(dst *bufio.Writer) (relayed, error) {
+	r, err := relayPacket(c.backend, dst)
+	if err != nil {
+		return r, err
+	}
+	if dst != nil && c.backend.r.Buffered() == 0 {
+		if err := dst.Flush(); err != nil {
+			return r, &writeError{err}
+		}
+	}
+	return r, nil
+}
+
+// single relays a one-packet response and returns its first bytes.
+func (c *conn) single(next byte) ([]byte, error) {
+	r, err := c.relay(c.client.w)
+	if err != nil {
+		return nil, c.backendErr(err, next, "relay response")
+	}
+	h := r.peek()
+	if len(h) > 0 {
+		switch {
+		case h[0] == mysql.OK_HEADER:
+			if st, ok := okStatus(h); ok {
+				c.trackStatus(st)
+			}
+		case isEOF(h, r.length):
+			c.trackStatus(eofStatus(h))
+		}
+	}
+	return append([]byte(nil), h...), c.flush()
+}
+
+// results relays a COM_QUERY / COM_STMT_EXECUTE response: one or more
+// results (OK, ERR, LOCAL INFILE exchange, or result set), chained by
+// SERVER_MORE_RESULTS_EXISTS. onResult, if set, learns whether the i-th
+// result succeeded. An open cursor (SERVER_STATUS_CURSOR_EXISTS after the
+// column definitions) ends the response: its rows come with COM_STMT_FETCH.
+func (c *conn) results(dst *bufio.Writer, next byte, onResult func(i int, ok bool)) error {
+	seq := next
+	fail := func(err error) error { return c.backendErr(err, seq, "relay result") }
+	for i := 0; ; i++ {
+		r, err := c.relay(dst)
+		if err != nil {
+			return fail(err)
+		}
+		seq = r.seq + 1
+		h := r.peek()
+		if len(h) == 0 {
+			return fail(fmt.Errorf("%w: empty response packet", errMalformed))
+		}
+		more := false
+		switch h[0] {
+		case mysql.OK_HEADER:
+			st, _ := okStatus(h)
+			c.trackStatus(st)
+			more = st&mysql.SERVER_MORE_RESULTS_EXISTS != 0
+			if onResult != nil {
+				onResult(i, true)
+			}
+		case mysql.ERR_HEADER:
+			if onResult != nil {
+				onResult(i, false)
+			}
+		case mysql.LocalInFile_HEADER:
+			if err := c.localInfile(dst, r.seq); err != nil {
+				return err
+			}
+			i-- // the OK or ERR that follows is this statement's result
+			more = true
+		default:
+			if more, err = c.resultSet(dst, h, &seq); err != nil {
+				return err
+			}
+			if onResult != nil {
+				onResult(i, true)
+			}
+		}
+		if !more {
+			return c.flush()
+		}
+	}
+}
+
+// resultSet relays the rest of a result set whose column count packet has
+// been relayed; it returns SERVER_MORE_RESULTS_EXISTS of its end.
+func (c *conn) resultSet(dst *bufio.Writer, h []byte, seq *byte) (bool, error) {
+	fail := func(err error) (bool, error) { return false, c.backendErr(err, *seq, "relay result set") }
+	n, _, ok := lenenc(h)
+	if !ok {
+		return fail(fmt.Errorf("%w: bad column count", errMalformed))
+	}
+	for j := uint64(0); j < n; j++ {
+		r, err := c.relay(dst)
+		if err != nil {
+			return fail(err)
+		}
+		*seq = r.seq + 1
+	}
+	r, err := c.relay(dst)
+	if err != nil {
+		return fail(err)
+	}
+	*seq = r.seq + 1
+	eh := r.peek()
+	if !isEOF(eh, r.length) {
+		return fail(fmt.Errorf("%w: no EOF after column definitions", errMalformed))
+	}
+	if st := eofStatus(eh); st&mysql.SERVER_STATUS_CURSOR_EXISTS != 0 {
+		c.trackStatus(st)
+		return false, nil
+	}
+	for {
+		r, err := c.relay(dst)
+		if err != nil {
+			return fail(err)
+		}
+		*seq = r.seq + 1
+		rh := r.peek()
+		if len(rh) > 0 && rh[0] == mysql.ERR_HEADER {
+			return false, nil
+		}
+		if isEOF(rh, r.length) {
+			st := eofStatus(rh)
+			c.trackStatus(st)
+			return st&mysql.SERVER_MORE_RESULTS_EXISTS != 0, nil
+		}
+	}
+}
+
+// rows relays a COM_STMT_FETCH response: rows up to EOF or ERR.
+func (c *conn) rows(dst *bufio.Writer, next byte) error {
+	seq := next
+	for {
+		r, err := c.relay(dst)
+		if err != nil {
+			return c.backendErr(err, seq, "relay rows")
+		}
+		seq = r.seq + 1
+		h := r.peek()
+		if len(h) > 0 && h[0] == mysql.ERR_HEADER {
+			return c.flush()
+		}
+		if isEOF(h, r.length) {
+			c.trackStatus(eofStatus(h))
+			return c.flush()
+		}
+	}
+}
+
+// fieldList relays a COM_FIELD_LIST response: column definitions up to EOF
+// or ERR.
+func (c *conn) fieldList(next byte) error {
+	return c.rows(c.client.w, next)
+}
+
+// localInfile relays a LOAD DATA LOCAL INFILE exchange: the server's
+// request has been relayed to dst; the client's file contents go to the
+// backend up to the empty packet that ends them. When the response is
+// being discarded (dst nil) the proxy ends the file itself.
+func (c *conn) localInfile(dst *bufio.Writer, seq byte) error {
+	if dst == nil {
+		if _, err := c.backend.writePacket(nil, seq+1); err != nil {
+			return c.backendErr(err, seq+1, "end LOCAL INFILE")
+		}
+		if err := c.backend.w.Flush(); err != nil {
+			return c.backendErr(err, seq+1, "end LOCAL INFILE")
+		}
+		return nil
+	}
+	if err := c.flush(); err != nil {
+		return err
+	}
+	for {
+		r, err := relayPacket(c.client, c.backend.w)
+		if err != nil {
+			var we *writeError
+			if errors.As(err, &we) {
+				return c.backendErr(we.err, seq+1, "relay LOCAL INFILE data")
+			}
+			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) {
+				return fmt.Errorf("relay LOCAL INFILE data: %w: %v", errClientGone, err)
+			}
+			return fmt.Errorf("relay LOCAL INFILE data: %w: %v", errClientGone, err)
+		}
+		seq = r.seq
+		if r.length == 0 {
+			break
+		}
+	}
+	if err := c.backend.w.Flush(); err != nil {
+		return c.backendErr(err, seq+1, "relay LOCAL INFILE data")
+	}
+	return nil
+}

@@ -1,0 +1,59 @@
+package proxy
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// metrics are the proxy's Prometheus series (namespace mlproxy, subsystem
+// proxy). They exist even when no registerer is given, so code never
+// checks for nil.
+type metrics struct {
+	connections      prometheus.Gauge
+	connectionsTotal prometheus.Counter
+	statements       *prometheus.CounterVec // {kind}
+	stamped          prometheus.Counter
+	refused          *prometheus.CounterVec // {reason}
+	backendErrors    prometheus.Counter
+	cacheHits        prometheus.Counter
+	cacheMisses      prometheus.Counter
+}
+
+// Statement kinds (statements_total{kind}).
+const (
+	labelRead            = "read"
+	labelSession         = "session"
+	labelDDL             = "ddl"
+	labelWriteReplicated = "write_replicated"
+	labelWriteOther      = "write_other"
+	labelWriteUnknown    = "write_unknown"
+	labelRefused         = "refused"
+)
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	opts := func(name, help string) prometheus.Opts {
+		return prometheus.Opts{Namespace: "mlproxy", Subsystem: "proxy", Name: name, Help: help}
+	}
+	m := &metrics{
+		connections:      prometheus.NewGauge(prometheus.GaugeOpts(opts("connections", "Client connections open now."))),
+		connectionsTotal: prometheus.NewCounter(prometheus.CounterOpts(opts("connections_total", "Client connections accepted."))),
+		statements: prometheus.NewCounterVec(prometheus.CounterOpts(opts("statements_total",
+			"Classified statement packets (COM_QUERY, COM_STMT_PREPARE) by kind.")), []string{"kind"}),
+		stamped: prometheus.NewCounter(prometheus.CounterOpts(opts("stamped_total",
+			"Commands sent with a stamping SET @_mlr_hlc."))),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts(opts("refused_total",
+			"Statements and connections refused by the proxy, by reason.")), []string{"reason"}),
+		backendErrors: prometheus.NewCounter(prometheus.CounterOpts(opts("backend_errors_total",
+			"Backend connections that failed (dial, handshake, lost mid-command)."))),
+		cacheHits: prometheus.NewCounter(prometheus.CounterOpts(opts("statement_cache_hits_total",
+			"Statement classifications found in the cache."))),
+		cacheMisses: prometheus.NewCounter(prometheus.CounterOpts(opts("statement_cache_misses_total",
+			"Statements parsed because they were not in the cache."))),
+	}
+	if reg != nil {
+		for _, c := range []prometheus.Collector{m.connections, m.connectionsTotal, m.statements,
+			m.stamped, m.refused, m.backendErrors, m.cacheHits, m.cacheMisses} {
+			if err := reg.Register(c); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return m, nil
+}

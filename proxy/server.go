@@ -1,0 +1,298 @@
+// Package proxy is mlproxy's front door: a MySQL-protocol server that apps
+// connect to instead of their MySQL/MariaDB server. Each client connection
+// gets its own backend connection to the region's local server; the proxy
+// relays the authentication exchange (the backend's own scramble: no
+// passwords are stored here) and then every command as raw bytes, parsing
+// only packet headers.
+//
+// Its one addition to the traffic is the stamp (docs/internals.md): before
+// a statement that may write a replicated table, the proxy pipelines
+//
+//	SET @_mlr_hlc=<fresh stamp>,@_mlr_origin=<region id>
+//
+// in the same TCP write as the client's command and swallows its OK; the
+// server-side triggers put the stamp on the rows. Statements are classified
+// with the tidb parser, cached by (current database, text). A few
+// statements that would break replication are refused with an ERR whose
+// message starts "mlproxy: ".
+//
+// Invariants:
+//   - Result sets stream packet by packet; they are never decoded or
+//     re-encoded. Affected rows, last insert id, warnings and errors are the
+//     backend's own bytes.
+//   - COM_STMT_EXECUTE is relayed without decoding its parameters; only its
+//     statement id is read, to find the class recorded at PREPARE.
+//   - A malformed or hostile client closes only its own connection.
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/mlproxy/mlproxy/config"
+	"github.com/mlproxy/mlproxy/hlc"
+)
+
+// Stamper issues fresh stamps; *hlc.Clock implements it.
+type Stamper interface{ Now() hlc.Timestamp }
+
+// Tables says which tables are replicated. Names are as the server reports
+// them; the proxy passes lower-cased names for unquoted identifiers.
+type Tables interface{ Replicated(schema, table string) bool }
+
+// Config configures a Server.
+type Config struct {
+	// Listen is the client-facing host:port.
+	Listen string
+	// Backend is the region's local server. Only Addr is used for the data
+	// path (clients authenticate as themselves); its TLS settings are
+	// consulted when BackendTLS is nil (see BackendTLS).
+	Backend config.Server
+	// ClientTLS, when set, is offered to clients (CLIENT_SSL); nil means
+	// clients cannot use TLS.
+	ClientTLS *tls.Config
+	// BackendTLS, when set, makes every backend connection use TLS
+	// (SSLRequest, then the relayed handshake response). When nil, the
+	// backend leg is TLS only if the client's leg is and Backend.TLS says
+	// insecure_skip_verify (then without certificate checks, for a local
+	// server only); otherwise it is plain TCP. Accounts with REQUIRE SSL need
+	// a TLS backend leg: set BackendTLS.
+	BackendTLS *tls.Config
+	// RegionID is the origin stamped into writes (@_mlr_origin).
+	RegionID uint16
+	// MaxConnections bounds concurrent clients (0 = 1000); beyond it a
+	// client gets ERR 1040 and is closed.
+	MaxConnections int
+	// CacheSize is the number of classified statements kept (0 = 10000).
+	CacheSize int
+	// ShutdownTimeout bounds draining in Run (0 = 30s).
+	ShutdownTimeout time.Duration
+}
+
+// Defaults for zero Config fields.
+const (
+	defaultMaxConnections  = 1000
+	defaultCacheSize       = 10000
+	defaultShutdownTimeout = 30 * time.Second
+	// handshakeTimeout bounds the connection phase (greeting to auth OK),
+	// like the server's connect_timeout.
+	handshakeTimeout = 10 * time.Second
+	dialTimeout      = 5 * time.Second
+)
+
+// ErrClosed is returned by Run when the server was never bound or its
+// listener failed for a reason other than shutdown.
+var ErrClosed = errors.New("proxy: listener closed")
+
+// Server is the client-facing proxy. Create it with New, bind with Listen
+// (optional) and serve with Run.
+type Server struct {
+	cfg     Config
+	stamper Stamper
+	tables  Tables
+	log     *zap.Logger
+	m       *metrics
+	cls     *classifier
+
+	mu       sync.Mutex
+	ln       net.Listener
+	conns    map[*conn]struct{} // live connections, for draining
+	draining bool               // set once Run's ctx is done
+
+	nconns atomic.Int64  // live client connections (MaxConnections)
+	nextID atomic.Uint64 // proxy-side connection ids, for logs
+}
+
+// New checks cfg and builds a Server. reg may be nil (no metrics exported);
+// log may be nil (no logs).
+func New(cfg Config, st Stamper, tables Tables, log *zap.Logger, reg prometheus.Registerer) (*Server, error) {
+	if st == nil || tables == nil {
+		return nil, errors.New("proxy: a Stamper and a Tables are required")
+	}
+	if cfg.Backend.Addr == "" {
+		return nil, errors.New("proxy: Backend.Addr is required (the local server's host:port)")
+	}
+	if cfg.MaxConnections <= 0 {
+		cfg.MaxConnections = defaultMaxConnections
+	}
+	if cfg.CacheSize <= 0 {
+		cfg.CacheSize = defaultCacheSize
+	}
+	if cfg.ShutdownTimeout <= 0 {
+		cfg.ShutdownTimeout = defaultShutdownTimeout
+	}
+	if log == nil {
+		log = zap.NewNop()
+	}
+	m, err := newMetrics(reg)
+	if err != nil {
+		return nil, fmt.Errorf("proxy: register metrics: %w", err)
+	}
+	cls, err := newClassifier(cfg.CacheSize, m.cacheHits.Inc, m.cacheMisses.Inc)
+	if err != nil {
+		return nil, fmt.Errorf("proxy: statement cache: %w", err)
+	}
+	return &Server{
+		cfg: cfg, stamper: st, tables: tables, log: log, m: m, cls: cls,
+		conns: map[*conn]struct{}{},
+	}, nil
+}
+
+// Listen binds the client-facing address, so Addr works before Run.
+// Calling it again is a no-op.
+func (s *Server) Listen() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ln != nil {
+		return nil
+	}
+	ln, err := net.Listen("tcp", s.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("proxy: listen on %s: %w", s.cfg.Listen, err)
+	}
+	s.ln = ln
+	return nil
+}
+
+// Addr is the bound address (nil before Listen).
+func (s *Server) Addr() net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ln == nil {
+		return nil
+	}
+	return s.ln.Addr()
+}
+
+// Run serves until ctx is done. Then it stops accepting and drains: a
+// connection waiting for a command outside a transaction is closed at
+// once; one running a command or inside a transaction is closed when it is
+// next idle outside a transaction, or when ShutdownTimeout has passed,
+// whichever comes first. Run returns nil after a clean shutdown, once every
+// connection goroutine has ended.
+func (s *Server) Run(ctx context.Context) error {
+	if err := s.Listen(); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	ln := s.ln
+	s.mu.Unlock()
+
+	// Connections outlive ctx while draining; force cancels them.
+	base, force := context.WithCancel(context.WithoutCancel(ctx))
+	defer force()
+	var wg sync.WaitGroup
+	acceptErr := make(chan error, 1)
+	go func() { acceptErr <- s.accept(base, ln, &wg) }()
+
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-acceptErr:
+		err = fmt.Errorf("proxy: accept on %s: %w", ln.Addr(), err)
+	}
+	_ = ln.Close()
+	if err == nil {
+		<-acceptErr
+	}
+	s.log.Info("proxy draining connections", zap.Duration("timeout", s.cfg.ShutdownTimeout))
+	s.mu.Lock()
+	s.draining = true
+	for c := range s.conns {
+		c.drain()
+	}
+	s.mu.Unlock()
+
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	t := time.NewTimer(s.cfg.ShutdownTimeout)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+		s.log.Warn("proxy shutdown timeout: closing busy connections")
+		force()
+		<-done
+	}
+	s.log.Info("proxy stopped")
+	return err
+}
+
+// accept runs the accept loop until the listener is closed.
+func (s *Server) accept(base context.Context, ln net.Listener, wg *sync.WaitGroup) error {
+	var delay time.Duration
+	for {
+		nc, err := ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				// Temporary (e.g. out of file descriptors): back off.
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				s.log.Warn("proxy accept", zap.Error(err), zap.Duration("retry_in", delay))
+				time.Sleep(delay)
+				continue
+			}
+			return err
+		}
+		delay = 0
+		s.m.connectionsTotal.Inc()
+		if n := s.nconns.Add(1); n > int64(s.cfg.MaxConnections) {
+			s.nconns.Add(-1)
+			s.m.refused.WithLabelValues("max_connections").Inc()
+			s.log.Info("proxy refused connection: too many connections",
+				zap.Int("max_connections", s.cfg.MaxConnections))
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				rejectConn(nc, errPacket(erConCount, "08004", "Too many connections"))
+			}()
+			continue
+		}
+		c := s.newConn(base, nc)
+		s.mu.Lock()
+		if s.draining {
+			s.mu.Unlock()
+			s.nconns.Add(-1)
+			_ = nc.Close()
+			continue
+		}
+		s.conns[c] = struct{}{}
+		s.mu.Unlock()
+		s.m.connections.Inc()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() {
+				s.mu.Lock()
+				delete(s.conns, c)
+				s.mu.Unlock()
+				s.nconns.Add(-1)
+				s.m.connections.Dec()
+			}()
+			c.serve()
+		}()
+	}
+}
+
+// rejectConn sends an ERR as the first packet (instead of a greeting) and
+// closes.
+func rejectConn(nc net.Conn, pkt []byte) {
+	_ = nc.SetWriteDeadline(time.Now().Add(time.Second))
+	w := newWire(nc)
+	if _, err := w.writePacket(pkt, 0); err == nil {
+		_ = w.w.Flush()
+	}
+	_ = nc.Close()
+}
