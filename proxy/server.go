@@ -45,9 +45,13 @@ import (
 // Stamper issues fresh stamps; *hlc.Clock implements it.
 type Stamper interface{ Now() hlc.Timestamp }
 
-// Tables says which tables are replicated. Names are as the server reports
-// them; the proxy passes lower-cased names for unquoted identifiers.
-type Tables interface{ Replicated(schema, table string) bool }
+// Tables says which tables are replicated. The proxy passes names as the
+// client wrote them (case preserved, unqualified names qualified with the
+// connection's current database); an implementation that wants
+// case-insensitive matching folds case itself.
+type Tables interface {
+	Replicated(schema, table string) bool
+}
 
 // Config configures a Server.
 type Config struct {
