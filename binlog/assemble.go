@@ -476,6 +476,7 @@ func (a *assembler) emit(ctx context.Context, n int, last bool, pos Position, wh
 		if last {
 			return fmt.Errorf("%w: transaction %s had %d pieces sent, now ends at piece %d", ErrReplayDiverged, a.id, s.pieces, piece)
 		}
+		a.m.resumed.Inc()
 		return nil // sent before the reconnect
 	}
 	t := &Txn{

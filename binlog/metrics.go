@@ -18,6 +18,7 @@ type metrics struct {
 	orphans    prometheus.Counter // tombstones without a delete (PrevUnknown deletes)
 	bypass     prometheus.Counter // emitted inserts/updates stamped by the trigger (bypassed the proxy)
 	pieces     prometheus.Counter // pieces emitted for transactions larger than MaxTxnBytes
+	resumed    prometheus.Counter // pieces re-read after a reconnect mid-transaction and not sent again
 }
 
 func newMetrics(reg prometheus.Registerer, peer string) *metrics {
@@ -46,11 +47,13 @@ func newMetrics(reg prometheus.Registerer, peer string) *metrics {
 			Help: "Inserts and updates stamped by the server trigger: writes that bypassed the proxy."}),
 		pieces: prometheus.NewCounter(prometheus.CounterOpts{Name: "mlproxy_binlog_txn_pieces_total",
 			Help: "Pieces emitted for transactions larger than the memory bound."}),
+		resumed: prometheus.NewCounter(prometheus.CounterOpts{Name: "mlproxy_binlog_pieces_not_resent_total",
+			Help: "Pieces of a transaction re-read after a reconnect mid-transaction and not sent again."}),
 	}
 	if reg != nil {
 		r := prometheus.WrapRegistererWith(prometheus.Labels{"peer": peer}, reg)
 		for _, c := range []prometheus.Collector{m.link, m.reconnects, m.txns, m.rows, m.bytes,
-			m.filtered, m.lastEvent, m.lastCommit, m.unpaired, m.orphans, m.bypass, m.pieces} {
+			m.filtered, m.lastEvent, m.lastCommit, m.unpaired, m.orphans, m.bypass, m.pieces, m.resumed} {
 			if err := r.Register(c); err != nil {
 				// Registering twice for one peer is a wiring mistake, but
 				// metrics must never stop replication: keep the
