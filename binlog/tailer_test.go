@@ -238,7 +238,7 @@ func TestLargeDeleteInPieces(t *testing.T) {
 	const n = 20000
 	db := openPeer(t)
 	createReplicated(t, db, "app6", "t", "id", "INT", "pad VARCHAR(40)")
-	if _, err := db.Exec(fmt.Sprintf("INSERT INTO app6.t SELECT seq, REPEAT('p', 30) FROM seq_1_to_%d", n)); err != nil {
+	if _, err := db.Exec(fmt.Sprintf("INSERT INTO app6.t SELECT seq, REPEAT('p', 30) FROM app6.seq_1_to_%d", n)); err != nil {
 		t.Fatal(err)
 	}
 	r := startTailer(t, tailOpts{maxTxnBytes: 256 << 10}, Checkpoint{})
@@ -284,20 +284,26 @@ func TestLargeDeleteInPieces(t *testing.T) {
 	}
 }
 
-// TestCascadeDeleteGetsDerivedStamp: a foreign-key cascade fires no
-// trigger, so its deletes carry the stamp derived from the event.
-func TestCascadeDeleteGetsDerivedStamp(t *testing.T) {
+// TestDeleteWithoutTombstoneGetsDerivedStamp: a delete whose trigger did
+// not write a tombstone carries the stamp derived from its event. (MariaDB
+// does not log foreign-key cascades in the binlog at all, so the case
+// internals.md names cannot be produced that way; a table whose AFTER
+// DELETE trigger is missing can.)
+func TestDeleteWithoutTombstoneGetsDerivedStamp(t *testing.T) {
 	db := openPeer(t)
 	createReplicated(t, db, "app7", "parent", "id", "INT", "v INT")
-	createReplicated(t, db, "app7", "child", "id", "INT", "parent_id INT, FOREIGN KEY (parent_id) REFERENCES app7.parent (id) ON DELETE CASCADE")
-	if _, err := db.Exec("INSERT INTO app7.parent VALUES (1, 1); INSERT INTO app7.child VALUES (10, 1), (11, 1)"); err != nil {
+	createReplicated(t, db, "app7", "child", "id", "INT", "v INT")
+	if _, err := db.Exec("DROP TRIGGER app7._mlr_ad_child; INSERT INTO app7.parent VALUES (1, 1); INSERT INTO app7.child VALUES (10, 1), (11, 1)"); err != nil {
 		t.Fatal(err)
 	}
 	r := startTailer(t, tailOpts{}, Checkpoint{})
 	r.waitReady(t)
 	s := newSession(t, db)
 	s.stamp(999<<16, 1)
+	s.exec("BEGIN")
 	s.exec("DELETE FROM app7.parent WHERE id = 1")
+	s.exec("DELETE FROM app7.child")
+	s.exec("COMMIT")
 	x := r.nextData(t)
 	var children int
 	for _, c := range x.Changes {
@@ -313,12 +319,12 @@ func TestCascadeDeleteGetsDerivedStamp(t *testing.T) {
 			// second before the commit's.
 			d := x.Timestamp.Unix()*1000 - ts.Millis()
 			if !ts.Bypass() || ts.Logical() != hlc.BypassBit || d < 0 || d > 1000 || c.Origin != peerID {
-				t.Errorf("cascaded delete stamp %x origin %d: want derived from %v", c.Stamp, c.Origin, x.Timestamp)
+				t.Errorf("unpaired delete stamp %x origin %d: want derived from %v", c.Stamp, c.Origin, x.Timestamp)
 			}
 		}
 	}
-	if children != 2 {
-		t.Fatalf("%d cascaded deletes, want 2: %+v", children, x.Changes)
+	if children != 2 || len(x.Changes) != 3 {
+		t.Fatalf("%d unpaired deletes in %d changes, want 2 in 3: %+v", children, len(x.Changes), x.Changes)
 	}
 }
 
@@ -444,7 +450,7 @@ func TestNetworkCutMidTransaction(t *testing.T) {
 	const n = 30000
 	db := openPeer(t)
 	createReplicated(t, db, "app10", "t", "id", "INT", "pad VARCHAR(600)")
-	if _, err := db.Exec(fmt.Sprintf("INSERT INTO app10.t SELECT seq, REPEAT('q', 500) FROM seq_1_to_%d", n)); err != nil {
+	if _, err := db.Exec(fmt.Sprintf("INSERT INTO app10.t SELECT seq, REPEAT('q', 500) FROM app10.seq_1_to_%d", n)); err != nil {
 		t.Fatal(err)
 	}
 	proxy := newCutProxy(t, peerSrv.Addr())
