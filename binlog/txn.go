@@ -24,9 +24,11 @@ func (o Op) String() string {
 }
 
 // Row is one row image keyed by column name, values as go-mysql decodes them
-// (int64/uint64 for integers, string or []byte for text and blobs, string
-// for decimals and temporal types, nil for NULL). Invisible columns
-// (_mlr_origin, _mlr_hlc) are included.
+// (int64/uint64 for integers, signedness from the table map, so
+// BIGINT UNSIGNED is uint64; float32/float64; string or []byte for text and
+// blobs; string for decimals and temporal types, TIMESTAMP formatted in UTC;
+// int64 index for ENUM and int64 bitmask for SET and BIT; nil for NULL).
+// Invisible columns (_mlr_origin, _mlr_hlc) are included.
 type Row map[string]any
 
 // RowChange is one changed row of one table. Before is nil for an insert,
@@ -52,9 +54,15 @@ type RowChange struct {
 	PrevUnknown bool
 }
 
-// Position is where a transaction ends in the source's binlog. GTID is the
-// MariaDB GTID of the transaction ("domain-server-seq") or a MySQL GTID set
-// when the source has GTIDs; File/Pos always point after its commit.
+// Position is where a transaction ends in the source's binlog, and where a
+// tailer resumes after it (binlog.Checkpoint takes the same three fields).
+//
+// GTID is the source's GTID position after the transaction: for MariaDB one
+// "domain-server-seq" per domain seen, comma separated and sorted (with the
+// usual single domain that is exactly the transaction's own GTID); for
+// MySQL with gtid_mode=ON the executed GTID set. It is empty when the
+// source has no GTIDs (or, when resuming by file/position, until the first
+// one is read). File/Pos always point after the transaction's commit event.
 type Position struct {
 	GTID string
 	File string
@@ -67,13 +75,21 @@ type Position struct {
 // every piece carries the same Seq, Piece counts from 0 and Last is set on
 // the final one; the applier applies all pieces in one local transaction and
 // commits only after Last. Small transactions are a single piece with Last.
+// Only the Last piece's Pos is a checkpoint; an earlier piece carries the
+// transaction's own GTID and the file/position read so far (for progress).
+//
+// Every source transaction is sent, also when loop suppression leaves it
+// no changes (DDL, an applier's transaction in all-to-all): its Last piece
+// then has no Changes and serves checkpoint progress only.
 type Txn struct {
 	// Source is the region id of the server this transaction was read from
-	// (the peer), Origin the region whose client wrote it (equal to Source
-	// unless the transaction was forwarded by an applier there).
+	// (the peer). Each RowChange's Origin names the region that wrote that
+	// row version (equal to Source unless an applier there forwarded it).
 	Source uint16
 	// Applied is true when the transaction was written by an applier in the
 	// source region (it carries a mlr.checkpoints row, the loop marker).
+	// The applier writes that row last, so on pieces before the Last one
+	// Applied is only true once the marker has been read.
 	Applied bool
 	// ForwardedFrom is the peer id in that checkpoint row when Applied.
 	ForwardedFrom uint16
