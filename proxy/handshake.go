@@ -259,15 +259,15 @@ func (c *conn) handshake() error {
 	}
 	clientTLS := false
 	if hr.caps&mysql.CLIENT_SSL != 0 {
-		if c.s.cfg.ClientTLS == nil || len(resp) != sslRequestLen || c.client.r.Buffered() > 0 {
+		if c.s.cfg.ClientTLS == nil || len(resp) != sslRequestLen {
 			c.sendErr(cseq+1, &sqlError{erHandshake, "08S01", "Bad handshake"})
 			return fmt.Errorf("%w: unexpected SSL request", errMalformed)
 		}
-		tc := tls.Server(c.client.nc, c.s.cfg.ClientTLS)
+		tc := tls.Server(c.client.raw(), c.s.cfg.ClientTLS)
 		if err := tc.HandshakeContext(c.ctx); err != nil {
 			return fmt.Errorf("client TLS handshake: %w", err)
 		}
-		c.client.reset(tc)
+		c.client.upgrade(tc)
 		clientTLS = true
 		if resp, _, cseq, err = c.client.readPacket(maxAuthPacket); err != nil {
 			return c.clientReadErr(err, 2, "read handshake response")
@@ -307,14 +307,14 @@ func (c *conn) handshake() error {
 		if err := c.backend.w.Flush(); err != nil {
 			return c.backendErr(err, cseq+1, "send SSL request")
 		}
-		tc := tls.Client(c.backend.nc, bcfg)
+		tc := tls.Client(c.backend.raw(), bcfg)
 		if err := tc.HandshakeContext(c.ctx); err != nil {
 			c.s.m.backendErrors.Inc()
 			c.sendErr(cseq+1, &sqlError{crSSLConnectError, "HY000",
 				fmt.Sprintf("mlproxy: TLS to the MySQL server at '%s' failed: %v", addr, err)})
 			return fmt.Errorf("backend TLS handshake: %w", err)
 		}
-		c.backend.reset(tc)
+		c.backend.upgrade(tc)
 		bseq = 2
 	} else {
 		ccaps &^= mysql.CLIENT_SSL

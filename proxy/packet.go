@@ -46,13 +46,25 @@ func newWire(nc net.Conn) *wire {
 	return &wire{nc: nc, r: bufio.NewReaderSize(nc, bufSize), w: bufio.NewWriterSize(nc, bufSize)}
 }
 
-// reset rebinds the wire to nc (after a TLS upgrade). Buffered input must be
-// empty: a client may not send anything between SSLRequest and handshake.
-func (w *wire) reset(nc net.Conn) {
-	w.nc = nc
-	w.r.Reset(nc)
-	w.w.Reset(nc)
+// raw is the connection a TLS layer wraps: the socket, read through the
+// wire's buffer, which may already hold the start of the TLS handshake
+// (clients send their ClientHello right behind the SSLRequest).
+func (w *wire) raw() net.Conn { return &bufConn{Conn: w.nc, r: w.r} }
+
+// upgrade rebinds the wire to tc, the TLS connection over raw().
+func (w *wire) upgrade(tc net.Conn) {
+	w.nc = tc
+	w.r = bufio.NewReaderSize(tc, bufSize)
+	w.w.Reset(tc)
 }
+
+// bufConn is a net.Conn whose reads go through a buffered reader.
+type bufConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (b *bufConn) Read(p []byte) (int, error) { return b.r.Read(p) }
 
 // readHeader reads a physical packet header.
 func (w *wire) readHeader() (length int, seq byte, err error) {
