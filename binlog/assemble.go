@@ -137,7 +137,7 @@ func (a *assembler) begin(id string, when time.Time) error {
 			}
 			return nil
 		}
-		return fmt.Errorf("binlog: transaction %s has no commit before the next transaction %s", a.id, id)
+		return fmt.Errorf("%w: transaction %s has no commit before the next transaction %s", ErrUnsupported, a.id, id)
 	}
 	a.open = true
 	a.id = id
@@ -182,9 +182,14 @@ func (a *assembler) rows(ctx context.Context, ev *rowsEvent, at Position) error 
 			return err
 		}
 	}
-	if ev.schema == schema.Internal {
+	switch {
+	case ev.schema == schema.Internal:
 		a.internal(ev)
-	} else {
+	case len(ev.rows) > 0 && !hasStamp(ev.rows[0]):
+		// Not a replicated table (no stamp columns): the peer's own
+		// business, like the mysql schema.
+		a.m.filtered.Add(float64(len(ev.rows)))
+	default:
 		a.data(ev)
 	}
 	if a.bufBytes >= a.maxBytes {
@@ -323,6 +328,13 @@ func (a *assembler) data(ev *rowsEvent) {
 			p.byKey[key] = append(p.byKey[key], idx)
 		}
 	}
+}
+
+// hasStamp reports whether r has the stamp columns schema apply adds to
+// every replicated table.
+func hasStamp(r Row) bool {
+	_, ok := r[schema.ColHLC]
+	return ok
 }
 
 // stamped sets an insert's or update's Stamp and Origin from its after image.

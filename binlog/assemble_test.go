@@ -58,6 +58,9 @@ func TestAssemblerStampsAndPairs(t *testing.T) {
 	must(t, a.rows(ctx, &rowsEvent{schema: "mlr", table: "app.t", op: Insert, rows: []Row{tombRow(3, 13, 1)}, when: 100}, Position{}))
 	must(t, a.rows(ctx, &rowsEvent{schema: "mlr", table: "conflicts", op: Insert, rows: []Row{{"id": int64(1)}}, when: 100}, Position{}))
 	must(t, a.rows(ctx, &rowsEvent{schema: "mlr", table: "hlc", op: Update, rows: []Row{{"id": int64(1)}, {"id": int64(1)}}, when: 100}, Position{}))
+	// A table without stamp columns is not replicated.
+	must(t, a.rows(ctx, &rowsEvent{schema: "app", table: "plain", op: Insert, rows: []Row{{"id": int64(1)}}, when: 100}, Position{}))
+	must(t, a.rows(ctx, &rowsEvent{schema: "mysql", table: "gtid_slave_pos", op: Insert, rows: []Row{{"domain_id": uint64(1)}}, when: 100}, Position{}))
 	must(t, a.commit(ctx, Position{GTID: "1-1-5", File: "binlog.000001", Pos: 900}, time.Unix(101, 0)))
 
 	if len(c.txns) != 1 {

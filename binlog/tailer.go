@@ -48,6 +48,8 @@ const (
 	readTimeout = 5 * heartbeatPeriod
 	// dialTimeout bounds connecting and each probe query.
 	dialTimeout = 10 * time.Second
+	// eventReadAhead is how many decoded events go-mysql may buffer.
+	eventReadAhead = 256
 )
 
 // ErrNoBinlog is returned when the peer has no binary log (log_bin=OFF).
@@ -335,9 +337,13 @@ func (t *Tailer) stream(ctx context.Context, st *runState) (connected bool, err 
 		// The tailer reconnects itself, from the last whole transaction;
 		// go-mysql's own retry would resume mid-transaction.
 		DisableRetrySync: true,
-		DiscardGTIDSet:   true,
-		FillZeroLogPos:   info.flavor == mysql.MariaDBFlavor,
-		Logger:           newSlog(t.log),
+		// go-mysql reads ahead into a channel of this many events; keep it
+		// small so that read-ahead stays well below MaxTxnBytes (a rows
+		// event is up to about 8 KiB, or one row if larger).
+		EventCacheCount: eventReadAhead,
+		DiscardGTIDSet:  true,
+		FillZeroLogPos:  info.flavor == mysql.MariaDBFlavor,
+		Logger:          newSlog(t.log),
 	})
 	stop := context.AfterFunc(ctx, syncer.Close)
 	defer func() {
