@@ -470,7 +470,7 @@ func (c *conn) send(p []byte, stamp bool, next byte) (dst *bufio.Writer, setErr 
 	}
 	if len(r) > 0 && r[0] == mysql.ERR_HEADER {
 		c.log.Warn("proxy stamp SET failed; the command's response is discarded and the client gets the SET's error")
-		return nil, r, nil
+		return nil, append([]byte(nil), r...), nil
 	}
 	return c.client.w, nil, nil
 }

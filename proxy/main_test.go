@@ -50,7 +50,15 @@ func TestMain(m *testing.M) {
 	os.Exit(runMain(m))
 }
 
+// sharedServerEnv carries the server's port and certificate directory from
+// the test process to `go test -fuzz` worker processes (which run TestMain
+// again), so that fuzzing starts the backend once.
+const sharedServerEnv = "MLPROXY_PROXY_TEST_SERVER"
+
 func runMain(m *testing.M) int {
+	if shared := os.Getenv(sharedServerEnv); shared != "" {
+		return runShared(m, shared)
+	}
 	dir, err := os.MkdirTemp("", "mlproxy-proxy-test-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -80,6 +88,37 @@ func runMain(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "proxy tests: schema:", err)
 		return 1
 	}
+	os.Setenv(sharedServerEnv, fmt.Sprintf("%d %s", srv.Port, dir))
+	return m.Run()
+}
+
+// runShared runs a fuzz worker against the coordinator's server.
+func runShared(m *testing.M, shared string) int {
+	var dir string
+	srv = &dbtest.Server{}
+	if _, err := fmt.Sscanf(shared, "%d %s", &srv.Port, &dir); err != nil {
+		fmt.Fprintf(os.Stderr, "proxy tests: bad %s=%q: %v\n", sharedServerEnv, shared, err)
+		return 1
+	}
+	var err error
+	if certPEM, err = os.ReadFile(filepath.Join(dir, "cert.pem")); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	keyPEM, err := os.ReadFile(filepath.Join(dir, "key.pem"))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	if tlsCert, err = tls.X509KeyPair(certPEM, keyPEM); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	if direct, err = srv.Open(""); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer direct.Close()
 	return m.Run()
 }
 

@@ -40,7 +40,11 @@ type wire struct {
 	nc net.Conn
 	r  *bufio.Reader
 	w  *bufio.Writer
+	in bytes.Buffer // readPacket's buffer, reused
 }
+
+// keepBuffer is the largest readPacket buffer kept between packets.
+const keepBuffer = 1 << 20
 
 func newWire(nc net.Conn) *wire {
 	return &wire{nc: nc, r: bufio.NewReaderSize(nc, bufSize), w: bufio.NewWriterSize(nc, bufSize)}
@@ -79,8 +83,14 @@ func (w *wire) readHeader() (length int, seq byte, err error) {
 // maxPayload bytes) and returns its payload with the sequence ids of its
 // first and last physical packets. Consecutive physical packets must carry
 // consecutive sequence ids. A packet beyond limit is errMalformed.
+//
+// The payload is only valid until the next readPacket on w.
 func (w *wire) readPacket(limit int) (payload []byte, first, last byte, err error) {
-	var buf bytes.Buffer
+	buf := &w.in
+	buf.Reset()
+	if buf.Cap() > keepBuffer {
+		*buf = bytes.Buffer{}
+	}
 	for i := 0; ; i++ {
 		n, seq, err := w.readHeader()
 		if err != nil {
@@ -178,12 +188,17 @@ func relayPacket(src *wire, dst *bufio.Writer) (relayed, error) {
 			if _, err := dst.Write(h[:]); err != nil {
 				return p, &writeError{err}
 			}
-			if _, err := io.CopyN(dst, src.r, int64(n)); err != nil {
-				// bufio.Writer keeps its error: a nil write reports it.
-				if _, werr := dst.Write(nil); werr != nil {
-					return p, &writeError{werr}
+			// Copy through the reader's own buffer: no allocation.
+			for left := n; left > 0; {
+				b, err := src.r.Peek(min(left, bufSize))
+				if len(b) == 0 && err != nil {
+					return p, err
 				}
-				return p, err
+				if _, err := dst.Write(b); err != nil {
+					return p, &writeError{err}
+				}
+				_, _ = src.r.Discard(len(b))
+				left -= len(b)
 			}
 		}
 		if n < maxPayload {
