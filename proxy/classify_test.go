@@ -1,0 +1,123 @@
+package proxy
+
+import (
+	"fmt"
+	"testing"
+)
+
+func TestClassify(t *testing.T) {
+	cases := []struct {
+		db, sql string
+		kind    kind
+		writes  string // fmt of the written tables
+		reason  string
+	}{
+		{"app", "SELECT * FROM t", kindRead, "[]", ""},
+		{"app", "select 1 union select 2", kindRead, "[]", ""},
+		{"app", "SHOW TABLES", kindRead, "[]", ""},
+		{"app", "EXPLAIN UPDATE t SET a = 1", kindRead, "[]", ""},
+		{"app", "SELECT * FROM t FOR UPDATE", kindRead, "[]", ""},
+		{"app", "SELECT @_mlr_hlc", kindRead, "[]", ""},
+		{"app", "BEGIN", kindSession, "[]", ""},
+		{"app", "SET NAMES utf8mb4", kindSession, "[]", ""},
+		{"app", "SET autocommit = 0, @x = 1", kindSession, "[]", ""},
+		{"app", "SET sql_log_bin = 1", kindSession, "[]", ""},
+		{"app", "SET sql_log_bin = ON", kindSession, "[]", ""},
+		{"app", "USE other", kindSession, "[]", ""},
+		{"app", "PREPARE s FROM 'SELECT 1'", kindSession, "[]", ""},
+		{"app", "CREATE TABLE t2 (a INT)", kindDDL, "[]", ""},
+		{"app", "INSERT INTO t VALUES (1)", kindWrite, "[{app t}]", ""},
+		{"", "INSERT INTO App.T VALUES (1)", kindWrite, "[{App T}]", ""},
+		{"app", "INSERT INTO t (a) VALUES (1), (2) ON DUPLICATE KEY UPDATE a = a + 1", kindWrite, "[{app t}]", ""},
+		{"app", "INSERT INTO t SELECT * FROM other.s", kindWrite, "[{app t}]", ""},
+		{"app", "REPLACE INTO x.t VALUES (1)", kindWrite, "[{x t}]", ""},
+		{"app", "UPDATE t SET a = 1", kindWrite, "[{app t}]", ""},
+		{"app", "UPDATE t JOIN o.u ON t.id = u.id SET t.a = u.a", kindWrite, "[{app t}]", ""},
+		{"app", "UPDATE t AS x JOIN u AS y ON x.id = y.id SET y.a = 1", kindWrite, "[{app u}]", ""},
+		{"app", "UPDATE t, u SET a = 1", kindWrite, "[{app t} {app u}]", ""},
+		{"app", "DELETE FROM t WHERE a = 1", kindWrite, "[{app t}]", ""},
+		{"app", "DELETE a FROM t AS a JOIN u ON a.id = u.id", kindWrite, "[{app t}]", ""},
+		{"app", "DELETE FROM t, o.u USING t JOIN o.u", kindWrite, "[{app t} {o u}]", ""},
+		{"app", "LOAD DATA LOCAL INFILE 'f' INTO TABLE t", kindWrite, "[{app t}]", ""},
+		{"app", "CALL p()", kindWriteUnknown, "[]", ""},
+		{"app", "EXECUTE s", kindWriteUnknown, "[]", ""},
+		{"app", "DO f()", kindWriteUnknown, "[]", ""},
+		{"app", "INSERT INTO t VALUES (1) RETURNING id", kindWriteUnknown, "[]", ""},
+		{"app", "USE o; INSERT INTO t VALUES (1)", kindWrite, "[{o t}]", ""},
+		{"app", "SELECT 1; UPDATE t SET a = 1", kindWrite, "[{app t}]", ""},
+		// Refused.
+		{"app", "INSERT INTO mlr.checkpoints VALUES (1)", kindRefused, "[]", reasonInternalSchema},
+		{"mlr", "DELETE FROM conflicts", kindRefused, "[]", reasonInternalSchema},
+		{"app", "UPDATE t JOIN MLR.x SET x.a = 1", kindRefused, "[]", reasonInternalSchema},
+		{"app", "DROP DATABASE mlr", kindRefused, "[]", reasonInternalSchema},
+		{"app", "TRUNCATE mlr.conflicts", kindRefused, "[]", reasonInternalSchema},
+		{"app", "RENAME TABLE t TO mlr.t", kindRefused, "[]", reasonInternalSchema},
+		{"app", "INSERT INTO `mlr`.t VALUES (1) RETURNING a", kindRefused, "[]", reasonInternalSchema},
+		{"mlr", "INSERT INTO t VALUES (1) RETURNING a", kindRefused, "[]", reasonInternalSchema},
+		{"app", "SET @_mlr_hlc = 1", kindRefused, "[]", reasonStampVariable},
+		{"app", "SET @`_MLR_origin` = NULL", kindRefused, "[]", reasonStampVariable},
+		{"app", "SELECT @_mlr_apply := 1", kindRefused, "[]", reasonStampVariable},
+		{"app", "SELECT 1 INTO @_mlr_hlc", kindRefused, "[]", reasonStampVariable},
+		{"app", "SELECT 1, 2 INTO @a, @_mlr_hlc", kindRefused, "[]", reasonStampVariable},
+		{"app", "PREPARE s FROM 'SET @_mlr_hlc = 1'", kindRefused, "[]", reasonStampVariable},
+		{"app", "SET sql_log_bin = 0", kindRefused, "[]", reasonSQLLogBin},
+		{"app", "SET @@session.sql_log_bin = OFF", kindRefused, "[]", reasonSQLLogBin},
+		{"app", "SET sql_log_bin = @x", kindRefused, "[]", reasonSQLLogBin},
+		{"app", "SET STATEMENT sql_log_bin=0 FOR DELETE FROM t", kindRefused, "[]", reasonSQLLogBin},
+		{"app", "DROP TRIGGER _mlr_bi_t", kindRefused, "[]", reasonTrigger},
+		{"app", "drop trigger if exists app.`_mlr_ad_t`", kindRefused, "[]", reasonTrigger},
+		{"app", "CREATE OR REPLACE TRIGGER _mlr_bu_t BEFORE UPDATE ON t FOR EACH ROW SET @a = 1", kindRefused, "[]", reasonTrigger},
+		{"app", "ALTER TABLE t DROP COLUMN _mlr_hlc", kindRefused, "[]", reasonMetadataColumn},
+		{"app", "ALTER TABLE t MODIFY _mlr_origin INT", kindRefused, "[]", reasonMetadataColumn},
+		{"app", "SELECT 1; SET @_mlr_hlc = 2", kindRefused, "[]", reasonStampVariable},
+		// Not refused: other triggers, reading mlr, other @ variables.
+		{"app", "DROP TRIGGER my_trigger", kindWriteUnknown, "[]", ""},
+		{"app", "SELECT * FROM mlr.checkpoints", kindRead, "[]", ""},
+		{"app", "SET @mlr_x = 1", kindSession, "[]", ""},
+	}
+	c, err := newClassifier(100, func() {}, func() {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range cases {
+		cl := c.classify(tc.db, tc.sql)
+		if cl.kind != tc.kind || cl.reason != tc.reason || fmt.Sprint(cl.writes) != tc.writes && tc.writes != "[]" {
+			t.Errorf("classify(%q, %q) = kind %d writes %v reason %q; want kind %d writes %s reason %q",
+				tc.db, tc.sql, cl.kind, cl.writes, cl.reason, tc.kind, tc.writes, tc.reason)
+		}
+		if tc.writes == "[]" && len(cl.writes) != 0 {
+			t.Errorf("classify(%q, %q) writes %v, want none", tc.db, tc.sql, cl.writes)
+		}
+		if cl.kind == kindRefused && (len(cl.msg) < 10 || cl.msg[:9] != "mlproxy: ") {
+			t.Errorf("classify(%q): message %q does not start with mlproxy: ", tc.sql, cl.msg)
+		}
+	}
+}
+
+func TestClassifyCacheKeyIncludesDatabase(t *testing.T) {
+	hits, misses := 0, 0
+	c, err := newClassifier(100, func() { hits++ }, func() { misses++ })
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := c.classify("a", "INSERT INTO t VALUES (1)")
+	b := c.classify("b", "INSERT INTO t VALUES (1)")
+	if fmt.Sprint(a.writes) != "[{a t}]" || fmt.Sprint(b.writes) != "[{b t}]" {
+		t.Fatalf("writes under a: %v, under b: %v", a.writes, b.writes)
+	}
+	c.classify("a", "INSERT INTO t VALUES (1)")
+	if hits != 1 || misses != 2 {
+		t.Fatalf("hits %d misses %d, want 1 and 2", hits, misses)
+	}
+}
+
+func TestUsesTrackedPerStatement(t *testing.T) {
+	c, err := newClassifier(10, func() {}, func() {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl := c.classify("", "SELECT 1; USE a; USE b; CALL p()")
+	if fmt.Sprintf("%q", cl.uses) != `["" "a" "b" ""]` || !cl.calls {
+		t.Fatalf("uses %q calls %v", cl.uses, cl.calls)
+	}
+}
