@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -532,5 +533,76 @@ func TestShutdownDrains(t *testing.T) {
 	}
 	if err := idle.PingContext(ctx); err == nil {
 		t.Fatal("idle connection still open after shutdown")
+	}
+}
+
+// TestStampSetFails puts a man in the middle between proxy and server that
+// breaks the stamping SET: the client gets the SET's error for its
+// command, the command's own response is consumed, and the connection
+// stays in step.
+func TestStampSetFails(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			cn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			sn, err := net.Dial("tcp", srv.Addr())
+			if err != nil {
+				cn.Close()
+				continue
+			}
+			go func() { _, _ = io.Copy(cn, sn); cn.Close() }()
+			go func() {
+				defer sn.Close()
+				in, out := newWire(cn), newWire(sn)
+				for {
+					p, first, _, err := in.readPacket(maxCommand)
+					if err != nil {
+						return
+					}
+					if bytes.HasPrefix(p, []byte("\x03SET @_mlr_hlc=")) {
+						p = append([]byte("\x03SET @_mlr_hlc=("), p[len("\x03SET @_mlr_hlc="):]...)
+					}
+					if _, err := out.writePacket(p, first); err != nil {
+						return
+					}
+					if out.w.Flush() != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	p := startProxy(t, func(c *Config) { c.Backend.Addr = ln.Addr().String() })
+	db := p.open(t, "app")
+	db.SetMaxOpenConns(1)
+	for _, q := range []string{
+		"INSERT INTO rt (v) VALUES ('set-fails')",
+		"SELECT * FROM rt; UPDATE rt SET n = 1 WHERE v = 'set-fails'",
+	} {
+		_, err = db.Exec(q)
+		var me *mysql.MySQLError
+		if !errors.As(err, &me) || me.Number != 1064 {
+			t.Fatalf("%s with a failing SET: %v, want the SET's 1064", q, err)
+		}
+		var one int
+		if err := db.QueryRow("SELECT 1").Scan(&one); err != nil {
+			t.Fatalf("connection out of step after a failed SET: %v", err)
+		}
+	}
+	_, err = db.Exec("INSERT INTO rt (v) VALUES (?)", "set-fails-prepared")
+	var me *mysql.MySQLError
+	if !errors.As(err, &me) || me.Number != 1064 {
+		t.Fatalf("prepared insert with a failing SET: %v", err)
+	}
+	var one int
+	if err := db.QueryRow("SELECT ?", 1).Scan(&one); err != nil {
+		t.Fatalf("connection out of step after a failed SET: %v", err)
 	}
 }

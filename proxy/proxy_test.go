@@ -10,6 +10,7 @@ import (
 	"io"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/go-sql-driver/mysql"
 )
@@ -393,6 +394,30 @@ func TestLargeBlob(t *testing.T) {
 		if _, o := stampOfV(t, "rt", v); o != testRegion {
 			t.Fatalf("%s not stamped", v)
 		}
+	}
+}
+
+// TestLongData sends a parameter with COM_STMT_SEND_LONG_DATA (the driver
+// does so for values above max_allowed_packet/(params+1)).
+func TestLongData(t *testing.T) {
+	p := startProxy(t, nil)
+	db, err := sql.Open("mysql", p.dsn("root", "", "app", func(c *mysql.Config) { c.MaxAllowedPacket = 4 << 20 }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	val := bytes.Repeat([]byte{0, 1, 2, 0xfe, 0xff}, 3<<20/5) // 3 MiB > 4 MiB/3
+	v := fmt.Sprintf("long-data-%d", time.Now().UnixNano())
+	mustExec(t, db, "INSERT INTO rt (v, b) VALUES (?, ?)", v, val)
+	var got []byte
+	if err := direct.QueryRow("SELECT b FROM app.rt WHERE v = ?", v).Scan(&got); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, val) {
+		t.Fatalf("long data: stored %d bytes, sent %d", len(got), len(val))
+	}
+	if _, o := stampOfV(t, "rt", v); o != testRegion {
+		t.Fatal("insert with long data not stamped")
 	}
 }
 

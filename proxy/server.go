@@ -45,6 +45,8 @@ import (
 // Stamper issues fresh stamps; *hlc.Clock implements it.
 type Stamper interface{ Now() hlc.Timestamp }
 
+var _ Stamper = (*hlc.Clock)(nil)
+
 // Tables says which tables are replicated. The proxy passes names as the
 // client wrote them (case preserved, unqualified names qualified with the
 // connection's current database); an implementation that wants
