@@ -1,28 +1,3 @@
-// Package proxy is mlproxy's front door: a MySQL-protocol server that apps
-// connect to instead of their MySQL/MariaDB server. Each client connection
-// gets its own backend connection to the region's local server; the proxy
-// relays the authentication exchange (the backend's own scramble: no
-// passwords are stored here) and then every command as raw bytes, parsing
-// only packet headers.
-//
-// Its one addition to the traffic is the stamp (docs/internals.md): before
-// a statement that may write a replicated table, the proxy pipelines
-//
-//	SET @_mlr_hlc=<fresh stamp>,@_mlr_origin=<region id>
-//
-// in the same TCP write as the client's command and swallows its OK; the
-// server-side triggers put the stamp on the rows. Statements are classified
-// with the tidb parser, cached by (current database, text). A few
-// statements that would break replication are refused with an ERR whose
-// message starts "mlproxy: ".
-//
-// Invariants:
-//   - Result sets stream packet by packet; they are never decoded or
-//     re-encoded. Affected rows, last insert id, warnings and errors are the
-//     backend's own bytes.
-//   - COM_STMT_EXECUTE is relayed without decoding its parameters; only its
-//     statement id is read, to find the class recorded at PREPARE.
-//   - A malformed or hostile client closes only its own connection.
 package proxy
 
 import (
