@@ -20,7 +20,8 @@
 //
 //   - Result sets stream packet by packet; they are never decoded or
 //     re-encoded, and never held whole. Affected rows, last insert id,
-//     warnings and errors are the backend's own bytes.
+//     warnings and errors are the backend's own bytes. Client commands are
+//     read whole (at most 1 GiB, the server's own limit) to classify them.
 //   - COM_STMT_EXECUTE and COM_STMT_SEND_LONG_DATA are relayed untouched:
 //     only the statement id is read, to find the class recorded when the
 //     statement was prepared (go-mysql's issue #915 cannot happen here).
