@@ -1,0 +1,600 @@
+// Package applier applies one peer's transactions to the local server.
+//
+// An Applier consumes whole source transactions (binlog.Txn) in source
+// order and, for each row change, reads the local version of the row (the
+// live row, or its tombstone), lets the table's conflict rule decide, and
+// writes the outcome with the winning version's stamp. The rows of one or
+// more source transactions, the conflict log entries and the peer's
+// checkpoint row are committed in ONE local transaction, so after a crash at
+// any point the tailer resumes from Checkpoint with nothing applied twice
+// and nothing skipped.
+//
+// Invariants:
+//   - A source transaction is applied whole or not at all; transactions of
+//     one peer are committed in source order. Batching groups consecutive
+//     transactions into one local commit; it never splits one.
+//   - Rows are applied one after another in source order on one session:
+//     changes to one row are never reordered. (Config.Workers is accepted
+//     for the configuration's sake; parallel apply is not implemented.)
+//   - mlr.checkpoints holds the end of the last committed source
+//     transaction and is written in every local transaction the applier
+//     commits (it is also the loop marker tailers look for).
+//   - The session runs with @_mlr_apply = 1, so the table triggers keep the
+//     stamps the applier writes and write no tombstone of their own; the
+//     session is never handed back to the pool (it is discarded on Close).
+//   - The local clock moves past every remote stamp the applier decides on,
+//     whatever the decision.
+package applier
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/cenkalti/backoff/v5"
+	"github.com/go-sql-driver/mysql"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/mlproxy/mlproxy/binlog"
+	"github.com/mlproxy/mlproxy/config"
+	"github.com/mlproxy/mlproxy/hlc"
+	"github.com/mlproxy/mlproxy/schema"
+)
+
+// Config is one applier's part of the region's configuration.
+type Config struct {
+	// Self is this region's id: changes whose origin is Self are never
+	// applied.
+	Self uint16
+	// Peer is the region whose binlog this applier applies.
+	Peer config.Peer
+	// RegionIDs maps region names to ids (for rules that rank regions).
+	RegionIDs map[string]uint16
+	// BatchTxns groups up to this many source transactions already waiting
+	// in the relay into one local commit (0 = 64; 1 = one commit each).
+	BatchTxns int
+	// Workers is reserved for parallel apply keyed by primary key; rows are
+	// applied sequentially today.
+	Workers int
+}
+
+// Clock is the region's hybrid logical clock as the applier uses it.
+type Clock interface {
+	// Update moves the clock past a remote stamp. An error (a stamp too
+	// far ahead of local time) is reported but the stamp still counts.
+	Update(remote hlc.Timestamp) error
+}
+
+// TableSource resolves a replicated table and its conflict rule.
+type TableSource interface {
+	// Table returns db.name as last read, and its rule.
+	Table(ctx context.Context, db, name string) (*schema.Table, Rule, error)
+	// Reload re-reads db.name from the server (after DDL) and returns it.
+	Reload(ctx context.Context, db, name string) (*schema.Table, Rule, error)
+}
+
+// ErrResume is returned when a transaction streamed in pieces fails after
+// pieces of it were consumed: they cannot be replayed from memory. Restart
+// the tailer from Applier.Checkpoint and run the applier again.
+var ErrResume = errors.New("a transaction streamed in pieces failed part way: restart the tailer from the applier's checkpoint")
+
+// ErrPieceOrder is returned when the pieces of a large transaction arrive
+// out of order or interleaved with another transaction (a tailer bug).
+var ErrPieceOrder = errors.New("transaction pieces out of order: restart the tailer from the applier's checkpoint")
+
+// maxBatchBytes bounds the memory of the source transactions gathered into
+// one local commit.
+const maxBatchBytes = 32 << 20
+
+// Status is a snapshot of an applier's progress.
+type Status struct {
+	Peer   string
+	PeerID uint16
+	// Pos is the end of the last committed source transaction.
+	Pos binlog.Position
+	// SourceTime is that transaction's source commit time; AppliedAt when
+	// this region committed it.
+	SourceTime time.Time
+	AppliedAt  time.Time
+	// HLC is the highest stamp applied from the peer.
+	HLC hlc.Timestamp
+	// Txns, Rows and Conflicts count what this applier committed since it
+	// was created (Txns: source transactions; Rows: remote row changes
+	// decided).
+	Txns      uint64
+	Rows      uint64
+	Conflicts uint64
+	// Lag is AppliedAt - SourceTime of the last committed transaction: how
+	// far behind the source this region was when it caught up to it.
+	Lag time.Duration
+}
+
+// Applier applies one peer's stream. Run owns the session and the plans;
+// Status and Checkpoint may be called from any goroutine.
+type Applier struct {
+	cfg    Config
+	db     *sql.DB
+	tables TableSource
+	clock  Clock
+	log    *zap.Logger
+	m      *metrics
+	peer   string // metric label: the peer's name
+
+	// Owned by Run's goroutine.
+	conn  *sql.Conn              // the @_mlr_apply session; nil until used or after a loss
+	stmts map[string]*sql.Stmt   // table-independent statements on conn
+	plans map[tableKey]*plan     // compiled per table, reset on DDL
+	ahead error                  // the last clock error of the current batch, logged once
+	newBO func() backoff.BackOff // retry schedule (tests shorten it)
+
+	// sessionID is the server's CONNECTION_ID() of the current session.
+	sessionID atomic.Int64
+
+	mu     sync.Mutex
+	status Status // guarded by mu
+}
+
+// New returns an applier for cfg.Peer writing into db (the local server).
+// log and reg may be nil.
+func New(cfg Config, db *sql.DB, tables TableSource, clock Clock, log *zap.Logger, reg prometheus.Registerer) *Applier {
+	if cfg.BatchTxns <= 0 {
+		cfg.BatchTxns = 64
+	}
+	if log == nil {
+		log = zap.NewNop()
+	}
+	a := &Applier{
+		cfg:    cfg,
+		db:     db,
+		tables: tables,
+		clock:  clock,
+		log:    log.With(zap.String("peer", cfg.Peer.Name)),
+		m:      newMetrics(reg),
+		peer:   cfg.Peer.Name,
+		stmts:  map[string]*sql.Stmt{},
+		plans:  map[tableKey]*plan{},
+		newBO: func() backoff.BackOff {
+			b := backoff.NewExponentialBackOff()
+			b.InitialInterval = 50 * time.Millisecond
+			b.MaxInterval = 10 * time.Second
+			return b // RandomizationFactor 0.5: jitter
+		},
+	}
+	a.status.Peer, a.status.PeerID = cfg.Peer.Name, cfg.Peer.ID
+	return a
+}
+
+// Checkpoint reads this peer's row of mlr.checkpoints: where the tailer
+// must resume. Found is false when nothing was ever applied from the peer.
+func (a *Applier) Checkpoint(ctx context.Context) (Checkpoint, error) {
+	c, err := readCheckpoint(ctx, a.db, a.cfg.Peer.ID, "")
+	if err != nil {
+		return Checkpoint{}, fmt.Errorf("read checkpoint of peer %s: %w", a.cfg.Peer.Name, err)
+	}
+	return c, nil
+}
+
+// Status returns a snapshot of the applier's progress.
+func (a *Applier) Status() Status {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.status
+}
+
+// Run applies transactions from in until ctx ends (returning ctx's error),
+// in is closed (nil: a clean stop after everything received was
+// committed), or an error that retrying cannot fix. Deadlocks, lock wait
+// timeouts and a lost local connection roll back and retry the same batch
+// with exponential backoff and jitter. Run must not be called twice at
+// once.
+func (a *Applier) Run(ctx context.Context, in <-chan *binlog.Txn) error {
+	defer a.dropSession()
+	ck, err := a.Checkpoint(ctx)
+	if err != nil {
+		return a.fail(err)
+	}
+	// The clock may have lost stamps accepted before a crash (it persists
+	// them lazily): move it past everything ever applied from this peer.
+	if ck.HLC != 0 {
+		if err := a.clock.Update(ck.HLC); err != nil {
+			a.m.clockAhead.WithLabelValues(a.peer).Inc()
+			a.log.Warn("checkpoint stamp too far ahead of local time", zap.Error(err))
+		}
+	}
+	a.log.Info("applier started", zap.Int("batch_txns", a.cfg.BatchTxns),
+		zap.String("gtid", ck.Pos.GTID), zap.String("file", ck.Pos.File), zap.Uint32("pos", ck.Pos.Pos))
+	var carry *binlog.Txn
+	for {
+		first := carry
+		carry = nil
+		if first == nil {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case t, ok := <-in:
+				if !ok {
+					a.log.Info("applier stopped: relay closed")
+					return nil
+				}
+				first = t
+			}
+		}
+		if first.Piece != 0 {
+			return a.fail(fmt.Errorf("apply from peer %s: piece %d of seq %d arrived first: %w", a.peer, first.Piece, first.Seq, ErrPieceOrder))
+		}
+		if !first.Last {
+			if err := a.applyPieces(ctx, first, in); err != nil {
+				return a.fail(err)
+			}
+			continue
+		}
+		txns := []*binlog.Txn{first}
+		size := first.Size
+		closed := false
+	gather:
+		for len(txns) < a.cfg.BatchTxns && size < maxBatchBytes {
+			select {
+			case t, ok := <-in:
+				if !ok {
+					closed = true
+					break gather
+				}
+				if !t.Last || t.Piece != 0 {
+					carry = t
+					break gather
+				}
+				txns = append(txns, t)
+				size += t.Size
+			default:
+				break gather
+			}
+		}
+		if err := a.applyBatch(ctx, txns); err != nil {
+			return a.fail(err)
+		}
+		if closed {
+			a.log.Info("applier stopped: relay closed")
+			return nil
+		}
+	}
+}
+
+// fail counts and logs a stopping error (a cancellation is not one).
+func (a *Applier) fail(err error) error {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	a.m.applyErrors.WithLabelValues(a.peer).Inc()
+	a.log.Error("applier stopped", zap.Error(err))
+	return err
+}
+
+// applyBatch commits txns (whole source transactions) in one local
+// transaction, retrying retryable failures.
+func (a *Applier) applyBatch(ctx context.Context, txns []*binlog.Txn) error {
+	attempt := 0
+	_, err := backoff.Retry(ctx, func() (struct{}, error) {
+		attempt++
+		err := a.commitBatch(ctx, txns, attempt > 1)
+		switch {
+		case err == nil:
+			return struct{}{}, nil
+		case ctx.Err() != nil:
+			return struct{}{}, backoff.Permanent(ctx.Err())
+		case !retryable(err):
+			return struct{}{}, backoff.Permanent(err)
+		}
+		a.m.retries.WithLabelValues(a.peer).Inc()
+		last := txns[len(txns)-1]
+		a.log.Warn("apply batch failed, retrying", zap.String("gtid", last.Pos.GTID),
+			zap.Int("txns", len(txns)), zap.Int("attempt", attempt), zap.Error(err))
+		return struct{}{}, err
+	}, backoff.WithBackOff(a.newBO()), backoff.WithMaxElapsedTime(0))
+	return err
+}
+
+// batchState accumulates one local transaction.
+type batchState struct {
+	ck       Checkpoint // the checkpoint as read at BEGIN
+	gtid     string     // merged GTID position so far
+	last     *binlog.Txn
+	txns     uint64 // source transactions completed (Last pieces)
+	rows     map[binlog.Op]uint64
+	maxStamp hlc.Timestamp
+	skipped  uint64
+	ahead    uint64
+	confl    []conflictKey
+}
+
+type conflictKey struct{ db, table, rule, outcome string }
+
+// commitBatch runs one attempt. retry says a previous attempt failed: if
+// its COMMIT reached the server before the connection was lost, the
+// checkpoint already points at the batch's end and nothing is applied.
+func (a *Applier) commitBatch(ctx context.Context, txns []*binlog.Txn, retry bool) error {
+	conn, st, err := a.begin(ctx)
+	if err != nil {
+		return err
+	}
+	last := txns[len(txns)-1]
+	if retry && st.ck.Found && last.Pos.File != "" && st.ck.Pos.File == last.Pos.File && st.ck.Pos.Pos == last.Pos.Pos {
+		a.rollback(ctx, conn)
+		a.log.Info("batch was committed before the connection was lost", zap.String("gtid", last.Pos.GTID))
+		a.afterCommit(&batchState{ck: st.ck, gtid: st.ck.Pos.GTID, last: last}, st.ck.AppliedAt)
+		return nil
+	}
+	for _, t := range txns {
+		if err := a.applyTxn(ctx, conn, st, t); err != nil {
+			a.rollback(ctx, conn)
+			return err
+		}
+	}
+	return a.commit(ctx, conn, st)
+}
+
+// applyPieces applies a transaction that arrives in pieces, streaming each
+// piece into one local transaction that commits after the last one.
+func (a *Applier) applyPieces(ctx context.Context, first *binlog.Txn, in <-chan *binlog.Txn) error {
+	conn, st, err := a.begin(ctx)
+	if err != nil {
+		return a.resumable(err)
+	}
+	cur := first
+	for {
+		if err := a.applyTxn(ctx, conn, st, cur); err != nil {
+			a.rollback(ctx, conn)
+			return a.resumable(err)
+		}
+		if cur.Last {
+			break
+		}
+		var next *binlog.Txn
+		select {
+		case <-ctx.Done():
+			a.rollback(ctx, conn)
+			return ctx.Err()
+		case t, ok := <-in:
+			if !ok {
+				a.rollback(ctx, conn)
+				return fmt.Errorf("apply from peer %s: relay closed inside seq %d at piece %d: %w", a.peer, cur.Seq, cur.Piece, ErrResume)
+			}
+			next = t
+		}
+		if next.Seq != cur.Seq || next.Piece != cur.Piece+1 {
+			a.rollback(ctx, conn)
+			return fmt.Errorf("apply from peer %s: seq %d piece %d followed by seq %d piece %d: %w",
+				a.peer, cur.Seq, cur.Piece, next.Seq, next.Piece, ErrPieceOrder)
+		}
+		cur = next
+	}
+	if err := a.commit(ctx, conn, st); err != nil {
+		return a.resumable(err)
+	}
+	return nil
+}
+
+// resumable marks a failure of a streamed transaction: a retryable one
+// becomes ErrResume (the pieces are gone); others pass through.
+func (a *Applier) resumable(err error) error {
+	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	if retryable(err) {
+		a.dropSession()
+		return fmt.Errorf("%w: %w", ErrResume, err)
+	}
+	return err
+}
+
+// begin opens a local transaction on the session and reads (and locks)
+// the peer's checkpoint row.
+func (a *Applier) begin(ctx context.Context) (*sql.Conn, *batchState, error) {
+	conn, err := a.session(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	a.ahead = nil
+	if _, err := conn.ExecContext(ctx, "START TRANSACTION"); err != nil {
+		a.dropSession()
+		return nil, nil, fmt.Errorf("begin apply from peer %s: %w", a.peer, err)
+	}
+	s, err := a.stmt(ctx, conn, selectCheckpointSQL+" FOR UPDATE")
+	if err == nil {
+		var ck Checkpoint
+		ck, err = readCheckpoint(ctx, stmtQueryer{s}, a.cfg.Peer.ID, "")
+		if err == nil {
+			return conn, &batchState{ck: ck, gtid: ck.Pos.GTID, rows: map[binlog.Op]uint64{}}, nil
+		}
+	}
+	a.rollback(ctx, conn)
+	return nil, nil, fmt.Errorf("read checkpoint of peer %s: %w", a.peer, err)
+}
+
+// stmtQueryer runs a prepared statement as readCheckpoint's query (its
+// query text argument is the statement's own).
+type stmtQueryer struct{ s *sql.Stmt }
+
+func (q stmtQueryer) QueryRowContext(ctx context.Context, _ string, args ...any) *sql.Row {
+	return q.s.QueryRowContext(ctx, args...)
+}
+
+// commit writes the checkpoint and commits; then publishes the batch.
+func (a *Applier) commit(ctx context.Context, conn *sql.Conn, st *batchState) error {
+	t := st.last
+	file, pos := st.ck.Pos.File, st.ck.Pos.Pos
+	if t.Pos.File != "" {
+		file, pos = t.Pos.File, t.Pos.Pos
+	}
+	s, err := a.stmt(ctx, conn, upsertCheckpointSQL)
+	if err == nil {
+		_, err = s.ExecContext(ctx, a.cfg.Peer.ID, a.cfg.Peer.Name, st.gtid, file, pos,
+			uint64(st.maxStamp), st.txns, unixArg(t.Timestamp))
+	}
+	if err != nil {
+		a.rollback(ctx, conn)
+		return fmt.Errorf("write checkpoint of peer %s at gtid %s: %w", a.peer, t.Pos.GTID, err)
+	}
+	if _, err := conn.ExecContext(ctx, "COMMIT"); err != nil {
+		a.dropSession()
+		return fmt.Errorf("commit apply from peer %s at gtid %s: %w", a.peer, t.Pos.GTID, err)
+	}
+	st.ck.Pos = binlog.Position{GTID: st.gtid, File: file, Pos: pos}
+	a.afterCommit(st, time.Now())
+	return nil
+}
+
+// afterCommit publishes a committed batch to Status and metrics.
+func (a *Applier) afterCommit(st *batchState, appliedAt time.Time) {
+	var rows uint64
+	for op, n := range st.rows {
+		rows += n
+		a.m.rows.WithLabelValues(a.peer, op.String()).Add(float64(n))
+	}
+	for _, c := range st.confl {
+		a.m.conflicts.WithLabelValues(a.peer, c.db, c.table, c.rule, c.outcome).Inc()
+	}
+	if st.skipped > 0 {
+		a.m.skipped.WithLabelValues(a.peer).Add(float64(st.skipped))
+	}
+	if st.ahead > 0 {
+		a.m.clockAhead.WithLabelValues(a.peer).Add(float64(st.ahead))
+		a.log.Warn("applied stamps too far ahead of local time", zap.Uint64("rows", st.ahead), zap.Error(a.ahead))
+	}
+	a.m.txns.WithLabelValues(a.peer).Add(float64(st.txns))
+	a.m.batches.WithLabelValues(a.peer).Inc()
+	a.m.batchTxns.WithLabelValues(a.peer).Observe(float64(st.txns))
+
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	s := &a.status
+	s.Pos = st.ck.Pos
+	if !st.last.Timestamp.IsZero() {
+		s.SourceTime = st.last.Timestamp
+		s.Lag = max(appliedAt.Sub(st.last.Timestamp), 0)
+		a.m.lag.WithLabelValues(a.peer).Set(s.Lag.Seconds())
+	}
+	s.AppliedAt = appliedAt
+	if st.maxStamp > s.HLC {
+		s.HLC = st.maxStamp
+	}
+	if st.ck.HLC > s.HLC {
+		s.HLC = st.ck.HLC
+	}
+	s.Txns += st.txns
+	s.Rows += rows
+	s.Conflicts += uint64(len(st.confl))
+}
+
+// rollback ends the open transaction; a session that cannot is dropped.
+// It runs even when ctx is done (the driver then closed the connection).
+func (a *Applier) rollback(ctx context.Context, conn *sql.Conn) {
+	if ctx.Err() != nil {
+		a.dropSession()
+		return
+	}
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if _, err := conn.ExecContext(rctx, "ROLLBACK"); err != nil {
+		a.dropSession()
+	}
+}
+
+// session returns the applier's connection, opening it with
+// @_mlr_apply = 1 when needed.
+func (a *Applier) session(ctx context.Context) (*sql.Conn, error) {
+	if a.conn != nil {
+		return a.conn, nil
+	}
+	c, err := a.db.Conn(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("connect to local server for peer %s: %w", a.peer, err)
+	}
+	var id int64
+	_, err = c.ExecContext(ctx, "SET @_mlr_apply = 1")
+	if err == nil {
+		err = c.QueryRowContext(ctx, "SELECT CONNECTION_ID()").Scan(&id)
+	}
+	if err != nil {
+		discard(c)
+		return nil, fmt.Errorf("set up apply session for peer %s: %w", a.peer, err)
+	}
+	a.conn = c
+	a.sessionID.Store(id)
+	a.log.Debug("apply session opened", zap.Int64("connection_id", id))
+	return c, nil
+}
+
+// dropSession closes the session and every statement prepared on it. The
+// connection is discarded, never returned to the pool: it carries
+// @_mlr_apply, under which triggers do not stamp.
+func (a *Applier) dropSession() {
+	for _, p := range a.plans {
+		p.closeStmts()
+	}
+	for k, s := range a.stmts {
+		_ = s.Close()
+		delete(a.stmts, k)
+	}
+	if a.conn != nil {
+		discard(a.conn)
+		a.conn = nil
+	}
+}
+
+// discard closes c's driver connection instead of pooling it.
+func discard(c *sql.Conn) {
+	_ = c.Raw(func(any) error { return driver.ErrBadConn })
+	_ = c.Close()
+}
+
+// stmt returns a table-independent statement prepared on conn.
+func (a *Applier) stmt(ctx context.Context, conn *sql.Conn, text string) (*sql.Stmt, error) {
+	if s, ok := a.stmts[text]; ok {
+		return s, nil
+	}
+	s, err := conn.PrepareContext(ctx, text)
+	if err != nil {
+		return nil, err
+	}
+	a.stmts[text] = s
+	return s, nil
+}
+
+// retryable reports a failure that rolling back and retrying can fix:
+// deadlock, lock wait timeout, a lost or killed local connection.
+func retryable(err error) bool {
+	var me *mysql.MySQLError
+	if errors.As(err, &me) {
+		switch me.Number {
+		case 1213, // ER_LOCK_DEADLOCK
+			1205, // ER_LOCK_WAIT_TIMEOUT
+			1053, // ER_SERVER_SHUTDOWN
+			1317, // ER_QUERY_INTERRUPTED
+			1927, // ER_CONNECTION_KILLED (MariaDB)
+			2006, // CR_SERVER_GONE_ERROR
+			2013, // CR_SERVER_LOST
+			4031: // ER_CLIENT_INTERACTION_TIMEOUT (MySQL)
+			return true
+		}
+		return false
+	}
+	var ne net.Error
+	return errors.Is(err, driver.ErrBadConn) ||
+		errors.Is(err, mysql.ErrInvalidConn) ||
+		errors.Is(err, sql.ErrConnDone) ||
+		errors.Is(err, io.EOF) ||
+		errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNREFUSED) ||
+		errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, syscall.EPIPE) ||
+		errors.As(err, &ne)
+}

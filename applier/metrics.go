@@ -1,0 +1,87 @@
+package applier
+
+import (
+	"errors"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the applier's Prometheus series. Every applier of a region
+// shares one set of collectors (registered once; later appliers reuse
+// them), labelled by peer.
+type metrics struct {
+	txns        *prometheus.CounterVec   // peer
+	batches     *prometheus.CounterVec   // peer
+	rows        *prometheus.CounterVec   // peer, op
+	conflicts   *prometheus.CounterVec   // peer, schema, table, rule, outcome
+	skipped     *prometheus.CounterVec   // peer: changes whose origin is this region
+	retries     *prometheus.CounterVec   // peer
+	clockAhead  *prometheus.CounterVec   // peer: stamps beyond the clock's max offset
+	lag         *prometheus.GaugeVec     // peer
+	batchTxns   *prometheus.HistogramVec // peer
+	applyErrors *prometheus.CounterVec   // peer
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		txns: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mlproxy_applier_txns_total", Help: "Source transactions applied, by peer.",
+		}, []string{"peer"}),
+		batches: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mlproxy_applier_commits_total", Help: "Local commits (each covers one or more source transactions), by peer.",
+		}, []string{"peer"}),
+		rows: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mlproxy_applier_rows_total", Help: "Remote row changes decided, by peer and operation.",
+		}, []string{"peer", "op"}),
+		conflicts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mlproxy_applier_conflicts_total", Help: "Remote changes that met a concurrent local version, by rule and outcome.",
+		}, []string{"peer", "schema", "table", "rule", "outcome"}),
+		skipped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mlproxy_applier_own_origin_skipped_total", Help: "Changes not applied because this region wrote them.",
+		}, []string{"peer"}),
+		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mlproxy_applier_retries_total", Help: "Batches rolled back and retried (deadlock, lock wait timeout, lost connection).",
+		}, []string{"peer"}),
+		clockAhead: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mlproxy_applier_clock_ahead_total", Help: "Applied stamps further ahead of local time than the clock's max offset.",
+		}, []string{"peer"}),
+		lag: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "mlproxy_applier_lag_seconds", Help: "Local commit time minus source commit time of the last applied transaction.",
+		}, []string{"peer"}),
+		batchTxns: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "mlproxy_applier_batch_txns", Help: "Source transactions per local commit.",
+			Buckets: []float64{1, 2, 4, 8, 16, 32, 64, 128, 256},
+		}, []string{"peer"}),
+		applyErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mlproxy_applier_errors_total", Help: "Applier stops on a non-retryable error.",
+		}, []string{"peer"}),
+	}
+	if reg == nil {
+		return m
+	}
+	m.txns = register(reg, m.txns)
+	m.batches = register(reg, m.batches)
+	m.rows = register(reg, m.rows)
+	m.conflicts = register(reg, m.conflicts)
+	m.skipped = register(reg, m.skipped)
+	m.retries = register(reg, m.retries)
+	m.clockAhead = register(reg, m.clockAhead)
+	m.lag = register(reg, m.lag)
+	m.batchTxns = register(reg, m.batchTxns)
+	m.applyErrors = register(reg, m.applyErrors)
+	return m
+}
+
+// register registers c, or returns the collector already registered under
+// the same description (a second applier in the same process).
+func register[C prometheus.Collector](reg prometheus.Registerer, c C) C {
+	if err := reg.Register(c); err != nil {
+		var are prometheus.AlreadyRegisteredError
+		if errors.As(err, &are) {
+			if existing, ok := are.ExistingCollector.(C); ok {
+				return existing
+			}
+		}
+	}
+	return c
+}

@@ -1,0 +1,100 @@
+package applier
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+
+	"github.com/mlproxy/mlproxy/config"
+	"github.com/mlproxy/mlproxy/schema"
+)
+
+// ErrNotReplicated is returned for a change to a table no rule of this
+// region names: add the table to this region's configuration (every region
+// must replicate the same tables).
+var ErrNotReplicated = errors.New("table is not replicated by this region: add it to the configuration's tables")
+
+// RuleFactory builds a table's conflict rule from its configuration.
+type RuleFactory func(config.TableRule) (Rule, error)
+
+// Tables is a TableSource over the local server: tables are read with
+// schema.ReadTable when first named and again on Reload; the rule is the
+// configuration's rule for the table (an exact schema.table rule wins over
+// a "*" one), built by newRule. Safe for concurrent use by several
+// appliers.
+type Tables struct {
+	db      *sql.DB
+	rules   []config.TableRule
+	newRule RuleFactory
+
+	mu    sync.Mutex
+	cache map[tableKey]tableEntry // guarded by mu
+}
+
+type tableEntry struct {
+	t    *schema.Table
+	rule Rule
+}
+
+var _ TableSource = (*Tables)(nil)
+
+// NewTables returns a TableSource reading db's tables under rules.
+func NewTables(db *sql.DB, rules []config.TableRule, newRule RuleFactory) *Tables {
+	return &Tables{db: db, rules: rules, newRule: newRule, cache: map[tableKey]tableEntry{}}
+}
+
+// Table returns db.name, read once, and its rule.
+func (s *Tables) Table(ctx context.Context, db, name string) (*schema.Table, Rule, error) {
+	s.mu.Lock()
+	e, ok := s.cache[tableKey{db, name}]
+	s.mu.Unlock()
+	if ok {
+		return e.t, e.rule, nil
+	}
+	return s.Reload(ctx, db, name)
+}
+
+// Reload re-reads db.name from the server and returns it with its rule.
+func (s *Tables) Reload(ctx context.Context, db, name string) (*schema.Table, Rule, error) {
+	cfg, ok := s.ruleFor(db, name)
+	if !ok {
+		return nil, nil, fmt.Errorf("table %s.%s: %w", db, name, ErrNotReplicated)
+	}
+	t, err := schema.ReadTable(ctx, s.db, db, name)
+	if err != nil {
+		return nil, nil, err
+	}
+	t.Rule = cfg
+	rule, err := s.newRule(cfg)
+	if err != nil {
+		return nil, nil, fmt.Errorf("rule %q for %s.%s: %w", cfg.Rule, db, name, err)
+	}
+	s.mu.Lock()
+	s.cache[tableKey{db, name}] = tableEntry{t, rule}
+	s.mu.Unlock()
+	return t, rule, nil
+}
+
+// ruleFor picks the configuration rule of db.name (names compared as
+// information_schema does, without case).
+func (s *Tables) ruleFor(db, name string) (config.TableRule, bool) {
+	var wild *config.TableRule
+	for i, r := range s.rules {
+		if !strings.EqualFold(r.Schema, db) {
+			continue
+		}
+		if strings.EqualFold(r.Table, name) {
+			return r, true
+		}
+		if r.Table == "*" && wild == nil {
+			wild = &s.rules[i]
+		}
+	}
+	if wild != nil {
+		return *wild, true
+	}
+	return config.TableRule{}, false
+}
