@@ -46,6 +46,7 @@ import (
 
 	"github.com/mlproxy/mlproxy/binlog"
 	"github.com/mlproxy/mlproxy/config"
+	"github.com/mlproxy/mlproxy/conflict"
 	"github.com/mlproxy/mlproxy/hlc"
 	"github.com/mlproxy/mlproxy/schema"
 )
@@ -77,9 +78,9 @@ type Clock interface {
 // TableSource resolves a replicated table and its conflict rule.
 type TableSource interface {
 	// Table returns db.name as last read, and its rule.
-	Table(ctx context.Context, db, name string) (*schema.Table, Rule, error)
+	Table(ctx context.Context, db, name string) (*schema.Table, conflict.Rule, error)
 	// Reload re-reads db.name from the server (after DDL) and returns it.
-	Reload(ctx context.Context, db, name string) (*schema.Table, Rule, error)
+	Reload(ctx context.Context, db, name string) (*schema.Table, conflict.Rule, error)
 }
 
 // ErrResume is returned when a transaction streamed in pieces fails after

@@ -420,6 +420,7 @@ func TestCheckpointGTIDMergesDomains(t *testing.T) {
 	require.Equal(t, "0-1-6,2-2-9", mergeGTID("2-2-9,0-1-5", "0-1-6"))
 	require.Equal(t, "0-1-5,10-3-1", mergeGTID("0-1-5", "10-3-1"))
 	require.Equal(t, "0-1-5", mergeGTID("0-1-5", ""))
+	require.Equal(t, "0-1-7,2-2-9,5-5-1", mergeGTID("0-1-5,2-2-8,5-5-1", "0-1-7,2-2-9"), "a full position merges per domain")
 	require.Equal(t, "3E11FA47-71CA-11E1-9E33-C80AA9429562:1-5", mergeGTID("0-1-5", "3E11FA47-71CA-11E1-9E33-C80AA9429562:1-5"))
 }
 

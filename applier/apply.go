@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/mlproxy/mlproxy/binlog"
+	"github.com/mlproxy/mlproxy/conflict"
 	"github.com/mlproxy/mlproxy/hlc"
 	"github.com/mlproxy/mlproxy/schema"
 )
@@ -57,7 +58,7 @@ func (a *Applier) applyChange(ctx context.Context, conn *sql.Conn, st *batchStat
 	if err != nil {
 		return fmt.Errorf("read local version: %w", err)
 	}
-	ch := Change{
+	ch := conflict.Change{
 		Op:          rc.Op,
 		PrevUnknown: rc.PrevUnknown,
 		Stamp:       hlc.Timestamp(rc.Stamp),
@@ -69,7 +70,7 @@ func (a *Applier) applyChange(ctx context.Context, conn *sql.Conn, st *batchStat
 		h, okH := toUint64(rc.Before[schema.ColHLC])
 		o, okO := toUint64(rc.Before[schema.ColOrigin])
 		if okH && okO {
-			ch.Prev = Version{Exists: true, Stamp: hlc.Timestamp(h), Origin: uint16(o), Row: ch.Before}
+			ch.Prev = conflict.Version{Exists: true, Stamp: hlc.Timestamp(h), Origin: uint16(o), Row: ch.Before}
 		} else {
 			ch.PrevUnknown = true // a before image without stamps
 		}
@@ -83,7 +84,7 @@ func (a *Applier) applyChange(ctx context.Context, conn *sql.Conn, st *batchStat
 		if err := a.logConflict(ctx, conn, p, pk, local, ch, d); err != nil {
 			return fmt.Errorf("log conflict: %w", err)
 		}
-		st.confl = append(st.confl, conflictKey{p.t.Schema, p.t.Name, p.rule.Name(), string(d.Outcome)})
+		st.confl = append(st.confl, conflictKey{p.t.Schema, p.t.Name, p.rule.Name(), d.Outcome.String()})
 	}
 	st.rows[rc.Op]++
 	if ch.Stamp > st.maxStamp {
@@ -138,10 +139,10 @@ func (a *Applier) planFor(ctx context.Context, rc *binlog.RowChange) (*plan, err
 // pk: the live row, else its tombstone, else nothing. Locking the
 // tombstone (or the gap where it would be) keeps a concurrent local delete
 // or insert from slipping between the read and the write.
-func (a *Applier) readLocal(ctx context.Context, conn *sql.Conn, p *plan, pk []any) (Version, error) {
+func (a *Applier) readLocal(ctx context.Context, conn *sql.Conn, p *plan, pk []any) (conflict.Version, error) {
 	s, err := p.stmt(ctx, conn, p.selectVersion)
 	if err != nil {
-		return Version{}, err
+		return conflict.Version{}, err
 	}
 	vals := make([]any, len(p.user)+2)
 	ptrs := make([]any, len(vals))
@@ -156,41 +157,42 @@ func (a *Applier) readLocal(ctx context.Context, conn *sql.Conn, p *plan, pk []a
 		}
 		h, _ := toUint64(vals[len(p.user)])
 		o, _ := toUint64(vals[len(p.user)+1])
-		return Version{Exists: true, Stamp: hlc.Timestamp(h), Origin: uint16(o), Row: row}, nil
+		return conflict.Version{Exists: true, Stamp: hlc.Timestamp(h), Origin: uint16(o), Row: row}, nil
 	}
 	if !errors.Is(err, sql.ErrNoRows) {
-		return Version{}, err
+		return conflict.Version{}, err
 	}
 	ts, err := p.stmt(ctx, conn, p.selectTomb)
 	if err != nil {
-		return Version{}, err
+		return conflict.Version{}, err
 	}
 	var h uint64
 	var o uint16
 	err = ts.QueryRowContext(ctx, pk...).Scan(&h, &o)
 	if errors.Is(err, sql.ErrNoRows) {
-		return Version{}, nil
+		return conflict.Version{}, nil
 	}
 	if err != nil {
-		return Version{}, err
+		return conflict.Version{}, err
 	}
-	return Version{Deleted: true, Stamp: hlc.Timestamp(h), Origin: o}, nil
+	return conflict.Version{Deleted: true, Stamp: hlc.Timestamp(h), Origin: o}, nil
 }
 
 // write carries out a decision on the row addressed by pk. A delete writes
 // the tombstone after the row's delete, in the same transaction; a
 // tombstone only ever moves to a newer stamp.
-func (a *Applier) write(ctx context.Context, conn *sql.Conn, p *plan, pk []any, local Version, d Decision) error {
-	switch d.Action {
-	case Keep:
+func (a *Applier) write(ctx context.Context, conn *sql.Conn, p *plan, pk []any, local conflict.Version, d conflict.Decision) error {
+	w := d.Write
+	switch w.Action {
+	case conflict.Nothing:
 		return nil
-	case Write:
-		cols := p.writeColumns(d.Row)
+	case conflict.WriteRow:
+		cols := p.writeColumns(w.Row)
 		args := make([]any, 0, len(cols)+2+len(pk))
 		for _, c := range cols {
-			args = append(args, d.Row[c])
+			args = append(args, w.Row[c])
 		}
-		args = append(args, uint64(d.Stamp), d.Origin)
+		args = append(args, uint64(w.Stamp), w.Origin)
 		var text string
 		if local.Exists {
 			text = p.cachedSQL("u", cols, p.updateSQL)
@@ -199,16 +201,16 @@ func (a *Applier) write(ctx context.Context, conn *sql.Conn, p *plan, pk []any, 
 			text = p.cachedSQL("i", cols, p.insertSQL)
 		}
 		return p.exec(ctx, conn, text, args...)
-	case Delete:
+	case conflict.WriteDelete:
 		if local.Exists {
 			if err := p.exec(ctx, conn, p.deleteRow, pk...); err != nil {
 				return err
 			}
 		}
-		args := append(append(make([]any, 0, len(pk)+2), pk...), uint64(d.Stamp), d.Origin)
+		args := append(append(make([]any, 0, len(pk)+2), pk...), uint64(w.Stamp), w.Origin)
 		return p.exec(ctx, conn, p.upsertTomb, args...)
 	}
-	return fmt.Errorf("unknown action %d", d.Action)
+	return fmt.Errorf("unknown action %d", w.Action)
 }
 
 const insertConflictSQL = "INSERT INTO mlr.conflicts (peer_id, db, tbl, pk, rule, " +
@@ -217,7 +219,7 @@ const insertConflictSQL = "INSERT INTO mlr.conflicts (peer_id, db, tbl, pk, rule
 
 // logConflict records a remote change that met a concurrent local version:
 // both versions (NULL row = absent or deleted), the rule and the outcome.
-func (a *Applier) logConflict(ctx context.Context, conn *sql.Conn, p *plan, pk []any, local Version, ch Change, d Decision) error {
+func (a *Applier) logConflict(ctx context.Context, conn *sql.Conn, p *plan, pk []any, local conflict.Version, ch conflict.Change, d conflict.Decision) error {
 	pkJSON, err := jsonText(pk)
 	if err != nil {
 		return err
@@ -241,7 +243,7 @@ func (a *Applier) logConflict(ctx context.Context, conn *sql.Conn, p *plan, pk [
 		return err
 	}
 	_, err = s.ExecContext(ctx, a.cfg.Peer.ID, p.t.Schema, p.t.Name, pkJSON, p.rule.Name(),
-		localHLC, localOrigin, uint64(ch.Stamp), ch.Origin, localRow, remoteRow, string(d.Outcome))
+		localHLC, localOrigin, uint64(ch.Stamp), ch.Origin, localRow, remoteRow, d.Outcome.String())
 	return err
 }
 

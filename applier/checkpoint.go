@@ -38,6 +38,12 @@ type Checkpoint struct {
 	AppliedAt  time.Time
 }
 
+// Resume is where the peer's tailer resumes: after the last applied
+// transaction (the zero Checkpoint, first start, when nothing was applied).
+func (c Checkpoint) Resume() binlog.Checkpoint {
+	return binlog.Checkpoint{GTID: c.Pos.GTID, File: c.Pos.File, Pos: c.Pos.Pos}
+}
+
 const selectCheckpointSQL = "SELECT gtid, file, pos, hlc, txns, " +
 	"COALESCE(UNIX_TIMESTAMP(source_ts), 0), COALESCE(UNIX_TIMESTAMP(applied_at), 0) " +
 	"FROM mlr.checkpoints WHERE peer_id = ?"
@@ -99,31 +105,45 @@ func unixArg(t time.Time) any {
 
 var mariaGTID = regexp.MustCompile(`^\d+-\d+-\d+$`)
 
-// mergeGTID folds the GTID of the last applied transaction into the stored
-// position. MariaDB GTIDs ("domain-server-seq") keep one entry per domain,
-// the newest replacing the domain's old one, so a source that writes in
-// several domains resumes correctly in each. Anything else (a MySQL GTID
-// set, empty) replaces the stored value as the tailer reported it.
+// mariaPos splits a MariaDB GTID position ("d-s-n,d-s-n") by domain; ok is
+// false for anything else (a MySQL GTID set, a malformed value).
+func mariaPos(pos string) (map[string]string, bool) {
+	m := map[string]string{}
+	if pos == "" {
+		return m, true
+	}
+	for _, g := range strings.Split(pos, ",") {
+		g = strings.TrimSpace(g)
+		if !mariaGTID.MatchString(g) {
+			return nil, false
+		}
+		d, _, _ := strings.Cut(g, "-")
+		m[d] = g
+	}
+	return m, true
+}
+
+// mergeGTID folds the GTID position after the last applied transaction
+// into the stored one. For MariaDB the result keeps one "domain-server-seq"
+// per domain (sorted by domain), the new entries replacing their domain's
+// old ones, so a position that names only the domains a tailer run has
+// seen never drops another domain. Anything else (a MySQL GTID set)
+// replaces the stored value; an empty one leaves it.
 func mergeGTID(stored, last string) string {
 	if last == "" {
 		return stored
 	}
-	if !mariaGTID.MatchString(last) {
+	next, ok := mariaPos(last)
+	if !ok {
 		return last
 	}
-	domains := map[string]string{}
-	if stored != "" {
-		for _, g := range strings.Split(stored, ",") {
-			g = strings.TrimSpace(g)
-			if !mariaGTID.MatchString(g) {
-				return last // a MySQL set before: start over
-			}
-			d, _, _ := strings.Cut(g, "-")
-			domains[d] = g
-		}
+	domains, ok := mariaPos(stored)
+	if !ok {
+		domains = map[string]string{}
 	}
-	d, _, _ := strings.Cut(last, "-")
-	domains[d] = last
+	for d, g := range next {
+		domains[d] = g
+	}
 	keys := make([]string, 0, len(domains))
 	for k := range domains {
 		keys = append(keys, k)

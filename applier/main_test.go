@@ -76,7 +76,7 @@ func newEnv(t testing.TB, name string) *env {
 	return &env{
 		t:      t,
 		db:     name,
-		tables: NewTables(db, rules, func(config.TableRule) (Rule, error) { return lww{}, nil }),
+		tables: NewTables(db, rules, nil),
 		peer:   config.Peer{Name: fmt.Sprintf("peer%d", id), ID: id},
 		clock:  hlc.NewClock(hlc.Options{MaxOffset: time.Hour}),
 	}
@@ -219,30 +219,4 @@ func (e *env) local(h uint64, stmts string, args ...any) {
 	require.NoError(e.t, err)
 	_, err = conn.ExecContext(context.Background(), "SET @_mlr_hlc = NULL, @_mlr_origin = NULL")
 	require.NoError(e.t, err)
-}
-
-// lww is a minimal last-writer-wins rule for these tests (package conflict
-// owns the real rules): a change that replaces the local version, or meets
-// nothing, applies; otherwise the higher (stamp, origin) wins.
-type lww struct{}
-
-func (lww) Name() string { return "lww" }
-
-func (lww) Resolve(local Version, ch Change) Decision {
-	apply := Decision{Outcome: RemoteWon, Action: Write, Row: ch.Row, Stamp: ch.Stamp, Origin: ch.Origin}
-	if ch.Op == binlog.Delete {
-		apply.Action, apply.Row = Delete, nil
-	}
-	if !local.Exists && !local.Deleted {
-		return apply
-	}
-	if local.Exists && ch.Op != binlog.Insert && !ch.PrevUnknown &&
-		local.Stamp == ch.Prev.Stamp && local.Origin == ch.Prev.Origin {
-		return apply
-	}
-	apply.Conflict = true
-	if ch.Stamp > local.Stamp || (ch.Stamp == local.Stamp && ch.Origin > local.Origin) {
-		return apply
-	}
-	return Decision{Conflict: true, Outcome: LocalWon, Action: Keep}
 }

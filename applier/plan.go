@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/mlproxy/mlproxy/binlog"
+	"github.com/mlproxy/mlproxy/conflict"
 	"github.com/mlproxy/mlproxy/schema"
 )
 
@@ -32,7 +33,7 @@ func (k tableKey) String() string { return k.db + "." + k.table }
 // and live as long as the plan and that connection.
 type plan struct {
 	t    *schema.Table
-	rule Rule
+	rule conflict.Rule
 	// user are the columns a write may set (no metadata, no generated).
 	user []schema.Column
 	// known holds every column name of the local table.
@@ -49,7 +50,7 @@ type plan struct {
 	texts map[string]string
 }
 
-func newPlan(t *schema.Table, rule Rule) (*plan, error) {
+func newPlan(t *schema.Table, rule conflict.Rule) (*plan, error) {
 	if len(t.PK) == 0 {
 		return nil, fmt.Errorf("table %s.%s has no primary key: %w", t.Schema, t.Name, ErrNotPrepared)
 	}

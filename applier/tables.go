@@ -9,6 +9,7 @@ import (
 	"sync"
 
 	"github.com/mlproxy/mlproxy/config"
+	"github.com/mlproxy/mlproxy/conflict"
 	"github.com/mlproxy/mlproxy/schema"
 )
 
@@ -17,18 +18,15 @@ import (
 // must replicate the same tables).
 var ErrNotReplicated = errors.New("table is not replicated by this region: add it to the configuration's tables")
 
-// RuleFactory builds a table's conflict rule from its configuration.
-type RuleFactory func(config.TableRule) (Rule, error)
-
 // Tables is a TableSource over the local server: tables are read with
 // schema.ReadTable when first named and again on Reload; the rule is the
 // configuration's rule for the table (an exact schema.table rule wins over
-// a "*" one), built by newRule. Safe for concurrent use by several
+// a "*" one), compiled by conflict.NewRule. Safe for concurrent use by several
 // appliers.
 type Tables struct {
-	db      *sql.DB
-	rules   []config.TableRule
-	newRule RuleFactory
+	db        *sql.DB
+	rules     []config.TableRule
+	regionIDs map[string]uint16
 
 	mu    sync.Mutex
 	cache map[tableKey]tableEntry // guarded by mu
@@ -36,18 +34,19 @@ type Tables struct {
 
 type tableEntry struct {
 	t    *schema.Table
-	rule Rule
+	rule conflict.Rule
 }
 
 var _ TableSource = (*Tables)(nil)
 
-// NewTables returns a TableSource reading db's tables under rules.
-func NewTables(db *sql.DB, rules []config.TableRule, newRule RuleFactory) *Tables {
-	return &Tables{db: db, rules: rules, newRule: newRule, cache: map[tableKey]tableEntry{}}
+// NewTables returns a TableSource reading db's tables under rules;
+// regionIDs maps region names to ids (for origin-priority).
+func NewTables(db *sql.DB, rules []config.TableRule, regionIDs map[string]uint16) *Tables {
+	return &Tables{db: db, rules: rules, regionIDs: regionIDs, cache: map[tableKey]tableEntry{}}
 }
 
 // Table returns db.name, read once, and its rule.
-func (s *Tables) Table(ctx context.Context, db, name string) (*schema.Table, Rule, error) {
+func (s *Tables) Table(ctx context.Context, db, name string) (*schema.Table, conflict.Rule, error) {
 	s.mu.Lock()
 	e, ok := s.cache[tableKey{db, name}]
 	s.mu.Unlock()
@@ -58,7 +57,7 @@ func (s *Tables) Table(ctx context.Context, db, name string) (*schema.Table, Rul
 }
 
 // Reload re-reads db.name from the server and returns it with its rule.
-func (s *Tables) Reload(ctx context.Context, db, name string) (*schema.Table, Rule, error) {
+func (s *Tables) Reload(ctx context.Context, db, name string) (*schema.Table, conflict.Rule, error) {
 	cfg, ok := s.ruleFor(db, name)
 	if !ok {
 		return nil, nil, fmt.Errorf("table %s.%s: %w", db, name, ErrNotReplicated)
@@ -68,7 +67,7 @@ func (s *Tables) Reload(ctx context.Context, db, name string) (*schema.Table, Ru
 		return nil, nil, err
 	}
 	t.Rule = cfg
-	rule, err := s.newRule(cfg)
+	rule, err := conflict.NewRule(cfg, s.regionIDs)
 	if err != nil {
 		return nil, nil, fmt.Errorf("rule %q for %s.%s: %w", cfg.Rule, db, name, err)
 	}
