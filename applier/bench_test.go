@@ -1,0 +1,32 @@
+package applier
+
+import (
+	"context"
+	"fmt"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/mlproxy/mlproxy/binlog"
+)
+
+// The pair tells what batching buys: the same stream of one-row source
+// transactions applied with one local commit each, and with up to 64
+// gathered per commit. rows/s is the figure to compare.
+func BenchmarkApplyBatch1(b *testing.B)  { benchmarkApply(b, 1) }
+func BenchmarkApplyBatch64(b *testing.B) { benchmarkApply(b, 64) }
+
+func benchmarkApply(b *testing.B, batch int) {
+	e := newEnv(b, fmt.Sprintf("bench_%d", batch))
+	in := make(chan *binlog.Txn, b.N)
+	for i := 0; i < b.N; i++ {
+		in <- e.txn(uint64(i+1), e.ins(int64(i+1), "bench", int64(i), stamp(int64(i/1000), uint16(i%1000)), peerOrigin))
+	}
+	close(in)
+	a := e.applier(batch)
+	b.ResetTimer()
+	require.NoError(b, a.Run(context.Background(), in))
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "rows/s")
+	require.Equal(b, uint64(b.N), a.Status().Txns)
+}

@@ -1,0 +1,129 @@
+package applier
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/mlproxy/mlproxy/hlc"
+	"github.com/mlproxy/mlproxy/schema"
+)
+
+// Tombstone garbage collection.
+//
+// A tombstone at stamp T guards this region against a change stamped below
+// T that has not arrived yet: without it, a concurrent update older than
+// the delete would bring the row back. Such a change can only come from a
+// peer's stream, and each stream is applied in the peer's commit order. So
+// the rule is local and needs no reply from the peers:
+//
+//	horizon = min over every peer P of
+//	    max(P's checkpoint hlc, P's checkpoint source_ts as a stamp) - slack
+//
+// and tombstones stamped below the horizon go. A change P commits after
+// the last transaction applied from it carries a stamp at least P's clock
+// at the time its statement ran, which is within slack of P's commit time
+// and of the stamps P issued before; slack must therefore cover the
+// longest transaction a peer runs (a stamp is taken at statement time, the
+// commit comes later), the clock offset between a peer's proxy and its
+// server (binlog times are the server's, in whole seconds), and, with
+// star or ring topologies, the delivery delay of a forwarding hop (a
+// forwarded change keeps its origin's older stamp). Every source
+// transaction reaches the applier, also an empty one, so source_ts keeps
+// moving while a peer is up even if it writes nothing of its own; a peer
+// that is down, or was never applied from, holds collection back (its
+// changes may still come): horizon 0, nothing is dropped.
+//
+// What this does not cover: a region that restores a backup older than the
+// horizon, or a peer added later that replays history; both need a full
+// resync anyway.
+
+const checkpointsForGCSQL = "SELECT peer_id, hlc, COALESCE(UNIX_TIMESTAMP(source_ts), 0) FROM mlr.checkpoints"
+
+// GCHorizon returns the stamp below which tombstones may be dropped,
+// given every peer this region applies from and the slack described
+// above; 0 when some peer has no checkpoint yet.
+func GCHorizon(ctx context.Context, db *sql.DB, peers []uint16, slack time.Duration) (hlc.Timestamp, error) {
+	if len(peers) == 0 {
+		return 0, nil // no peers, no stream to guard against; also nothing to protect for
+	}
+	rows, err := db.QueryContext(ctx, checkpointsForGCSQL)
+	if err != nil {
+		return 0, fmt.Errorf("tombstone gc: read checkpoints: %w", err)
+	}
+	defer rows.Close()
+	applied := map[uint16]hlc.Timestamp{}
+	for rows.Next() {
+		var id uint16
+		var h uint64
+		var src string
+		if err := rows.Scan(&id, &h, &src); err != nil {
+			return 0, fmt.Errorf("tombstone gc: read checkpoints: %w", err)
+		}
+		at := hlc.Timestamp(h)
+		if t := parseUnix(src); !t.IsZero() {
+			if s := hlc.New(t.UnixMilli(), 0); s > at {
+				at = s
+			}
+		}
+		applied[id] = at
+	}
+	if err := rows.Err(); err != nil {
+		return 0, fmt.Errorf("tombstone gc: read checkpoints: %w", err)
+	}
+	slackStamp := hlc.New(slack.Milliseconds(), 0)
+	var horizon hlc.Timestamp
+	for i, p := range peers {
+		at, ok := applied[p]
+		if !ok || at <= slackStamp {
+			return 0, nil
+		}
+		if h := at - slackStamp; i == 0 || h < horizon {
+			horizon = h
+		}
+	}
+	return horizon, nil
+}
+
+// GCTombstones deletes the tombstones of tables stamped below olderThan,
+// batch rows per statement (each its own short transaction, so the app's
+// deletes never wait long on the collector). It returns how many went.
+// The deletes are region-local: tailers drop deletes of the mlr schema.
+func GCTombstones(ctx context.Context, db *sql.DB, tables []*schema.Table, olderThan hlc.Timestamp, batch int, log *zap.Logger) (int64, error) {
+	if log == nil {
+		log = zap.NewNop()
+	}
+	if batch <= 0 {
+		batch = 1000
+	}
+	var total int64
+	if olderThan == 0 {
+		return 0, nil
+	}
+	for _, t := range tables {
+		q := t.GCTombstonesSQL()
+		var n int64
+		for {
+			res, err := db.ExecContext(ctx, q, uint64(olderThan), batch)
+			if err != nil {
+				return total, fmt.Errorf("tombstone gc of %s.%s: %w", t.Schema, t.Name, err)
+			}
+			k, err := res.RowsAffected()
+			if err != nil {
+				return total, fmt.Errorf("tombstone gc of %s.%s: %w", t.Schema, t.Name, err)
+			}
+			n += k
+			if k < int64(batch) {
+				break
+			}
+		}
+		total += n
+		if n > 0 {
+			log.Info("tombstones collected", zap.String("schema", t.Schema), zap.String("table", t.Name), zap.Int64("rows", n))
+		}
+	}
+	return total, nil
+}
