@@ -63,11 +63,19 @@ type env struct {
 // prepared by schema.Apply, replicated under lww.
 func newEnv(t testing.TB, name string) *env {
 	t.Helper()
+	return newEnvRule(t, name, config.TableRule{Table: "*", Rule: "lww"})
+}
+
+// newEnvRule is newEnv with the table replicated under rule (its Schema is
+// set to name).
+func newEnvRule(t testing.TB, name string, rule config.TableRule) *env {
+	t.Helper()
 	ctx := context.Background()
 	_, err := db.ExecContext(ctx, "DROP DATABASE IF EXISTS "+schema.Quote(name)+"; CREATE DATABASE "+schema.Quote(name)+
 		"; CREATE TABLE "+schema.Quote(name)+".items (id INT NOT NULL PRIMARY KEY, name VARCHAR(64) NOT NULL, qty INT NOT NULL DEFAULT 0)")
 	require.NoError(t, err)
-	rules := []config.TableRule{{Schema: name, Table: "*", Rule: "lww"}}
+	rule.Schema = name
+	rules := []config.TableRule{rule}
 	ts, err := schema.Inspect(ctx, db, rules)
 	require.NoError(t, err)
 	_, err = schema.Apply(ctx, db, self, ts, nil)

@@ -1,0 +1,124 @@
+package applier
+
+import (
+	"context"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/stretchr/testify/require"
+
+	"github.com/mlproxy/mlproxy/binlog"
+	"github.com/mlproxy/mlproxy/config"
+	"github.com/mlproxy/mlproxy/schema"
+)
+
+// TestCounterMerges applies a remote increment concurrent with a local
+// one under the counter rule: both count, and the merged row keeps the
+// newer version's stamp.
+func TestCounterMerges(t *testing.T) {
+	e := newEnvRule(t, "t_counter", config.TableRule{Table: "items", Rule: "counter", Columns: []string{"qty"}})
+	s0 := stamp(0, 1)
+	e.runAll(64, e.txn(1, e.ins(1, "c", 10, s0, peerOrigin)))
+	e.local(stamp(10, 0), "UPDATE "+schema.Quote(e.db)+".items SET qty = qty + 5 WHERE id = 1")
+
+	u := e.upd(1, s0, peerOrigin, "c", 13, stamp(5, 0), peerOrigin) // +3 at the peer
+	u.Before["qty"], u.Before["name"] = int64(10), "c"
+	e.runAll(64, e.txn(2, u))
+
+	r, _ := e.get(1)
+	require.Equal(t, row{"c", 18, stamp(10, 0), self}, r)
+	cs := e.conflicts()
+	require.Len(t, cs, 1)
+	require.Equal(t, "merged", cs[0].Outcome)
+	require.Equal(t, "counter", cs[0].Rule)
+}
+
+// TestManualKeepsLocalPending leaves a concurrent remote update to an
+// operator: the local row stays, the conflict is logged as pending.
+func TestManualKeepsLocalPending(t *testing.T) {
+	e := newEnvRule(t, "t_manual", config.TableRule{Table: "*", Rule: "manual"})
+	s0 := stamp(0, 1)
+	e.runAll(64, e.txn(1, e.ins(1, "m", 1, s0, peerOrigin)))
+	e.local(stamp(3, 0), "UPDATE "+schema.Quote(e.db)+".items SET qty = 2 WHERE id = 1")
+	e.runAll(64, e.txn(2, e.upd(1, s0, peerOrigin, "remote", 9, stamp(9, 0), peerOrigin)))
+	r, _ := e.get(1)
+	require.Equal(t, row{"m", 2, stamp(3, 0), self}, r)
+	cs := e.conflicts()
+	require.Len(t, cs, 1)
+	require.Equal(t, "pending", cs[0].Outcome)
+	require.JSONEq(t, `{"id":1,"name":"remote","qty":9}`, cs[0].RemoteRow.String)
+}
+
+// TestConflictMetric counts each logged conflict once in the metric, by
+// table, rule and outcome.
+func TestConflictMetric(t *testing.T) {
+	e := newEnv(t, "t_metric")
+	reg := prometheus.NewRegistry()
+	s0 := stamp(0, 1)
+	in := make(chan *binlog.Txn, 1)
+	in <- e.txn(1, e.ins(1, "a", 1, s0, peerOrigin), e.ins(2, "b", 1, s0, peerOrigin))
+	close(in)
+	require.NoError(t, New(Config{Self: self, Peer: e.peer}, db, e.tables, e.clock, nil, reg).Run(context.Background(), in))
+	e.local(stamp(10, 0), "UPDATE "+schema.Quote(e.db)+".items SET qty = 7")
+	in = make(chan *binlog.Txn, 2)
+	in <- e.txn(2, e.upd(1, s0, peerOrigin, "x", 2, stamp(5, 0), peerOrigin))
+	in <- e.txn(3, e.upd(2, s0, peerOrigin, "y", 2, stamp(6, 0), peerOrigin))
+	close(in)
+	// A second applier in the process shares the registered collectors.
+	a := New(Config{Self: self, Peer: e.peer}, db, e.tables, e.clock, nil, reg)
+	require.NoError(t, a.Run(context.Background(), in))
+	require.Equal(t, uint64(2), a.Status().Conflicts)
+
+	mfs, err := reg.Gather()
+	require.NoError(t, err)
+	var got float64
+	var txns float64
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			switch mf.GetName() {
+			case "mlproxy_applier_conflicts_total":
+				require.Equal(t, map[string]string{"peer": e.peer.Name, "schema": e.db, "table": "items", "rule": "lww", "outcome": "local_won"}, labels)
+				got += m.GetCounter().GetValue()
+			case "mlproxy_applier_txns_total":
+				txns += m.GetCounter().GetValue()
+			}
+		}
+	}
+	require.Equal(t, 2.0, got)
+	require.Equal(t, 3.0, txns)
+}
+
+// TestUpdateChangesPrimaryKey moves a row to a new key.
+func TestUpdateChangesPrimaryKey(t *testing.T) {
+	e := newEnv(t, "t_pkmove")
+	s0 := stamp(0, 1)
+	u := e.upd(1, s0, peerOrigin, "moved", 1, stamp(1, 0), peerOrigin)
+	u.After["id"] = int64(5)
+	e.runAll(64, e.txn(1, e.ins(1, "m", 1, s0, peerOrigin)), e.txn(2, u))
+	_, ok := e.get(1)
+	require.False(t, ok)
+	r, ok := e.get(5)
+	require.True(t, ok)
+	require.Equal(t, row{"moved", 1, stamp(1, 0), peerOrigin}, r)
+	require.Empty(t, e.conflicts())
+}
+
+func TestTableNotReplicated(t *testing.T) {
+	e := newEnv(t, "t_notrepl")
+	_, err := db.Exec("CREATE TABLE " + schema.Quote(e.db) + ".other (id INT PRIMARY KEY)")
+	require.NoError(t, err)
+	e.tables = NewTables(db, []config.TableRule{{Schema: e.db, Table: "items"}}, nil)
+	ch := e.ins(1, "x", 1, stamp(0, 1), peerOrigin)
+	ch.Table = "other"
+	in := make(chan *binlog.Txn, 1)
+	in <- e.txn(1, ch)
+	close(in)
+	err = e.applier(64).Run(context.Background(), in)
+	require.ErrorIs(t, err, ErrNotReplicated)
+	require.ErrorContains(t, err, e.db+".other")
+	require.ErrorContains(t, err, e.peer.Name)
+}
