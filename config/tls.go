@@ -44,8 +44,11 @@ func (s Server) TLSConfig() (*tls.Config, error) {
 // Config builds the listener's TLS configuration from its PEM files. When
 // CA is set, client certificates that are presented are verified against
 // it (clients without one are still accepted; MySQL accounts decide
-// whether TLS is required).
+// whether TLS is required). A nil TLSServer (no tls key) gives nil, nil.
 func (t *TLSServer) Config() (*tls.Config, error) {
+	if t == nil {
+		return nil, nil
+	}
 	cert, err := loadPair(t.Cert, t.Key)
 	if err != nil {
 		return nil, fmt.Errorf("proxy tls: %w", err)

@@ -119,14 +119,14 @@ func moduleRoot() (string, error) {
 
 // Start starts every region's server, applies the setup SQL and
 // `mlproxy schema apply`, then starts every region's mlproxy.
-func Start(ctx context.Context, opts Options) (c *Cluster, err error) {
+func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	if len(opts.Names) == 0 {
 		opts.Names = []string{"eu", "us", "ap"}
 	}
 	if opts.Topology == "" {
 		opts.Topology = "all-to-all"
 	}
-	c = &Cluster{Opts: opts, Dir: opts.Dir, Bin: opts.Bin}
+	c := &Cluster{Opts: opts, Dir: opts.Dir, Bin: opts.Bin}
 	defer func() {
 		if err != nil {
 			c.Close()

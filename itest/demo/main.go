@@ -80,7 +80,7 @@ func run(ctx context.Context, bin string, dur time.Duration) error {
 		if _, err := eu.ExecContext(ctx, "INSERT INTO products VALUES (?, ?, ?)", i, fmt.Sprintf("product-%d", i), 10+i); err != nil {
 			return err
 		}
-		if _, err := eu.ExecContext(ctx, "INSERT INTO stock VALUES (?, 100)", i); err != nil {
+		if _, err := eu.ExecContext(ctx, "INSERT INTO stock VALUES (?, 1000)", i); err != nil {
 			return err
 		}
 	}
@@ -150,9 +150,9 @@ func run(ctx context.Context, bin string, dur time.Duration) error {
 	if err := dbs["us"].QueryRowContext(ctx, "SELECT SUM(quantity) FROM stock").Scan(&total); err != nil {
 		return err
 	}
-	fmt.Printf("\n  stock: %d units left = 1000 - %d decrements made across all regions (counter rule: concurrent decrements all count)\n", total, decrements)
-	if total != 1000-decrements {
-		return fmt.Errorf("stock total %d, want %d: counter merge lost or doubled decrements", total, 1000-decrements)
+	fmt.Printf("\n  stock: %d units left = 10000 - %d decrements made across all regions (counter rule: concurrent decrements all count)\n", total, decrements)
+	if total != 10000-decrements {
+		return fmt.Errorf("stock total %d, want %d: counter merge lost or doubled decrements", total, 10000-decrements)
 	}
 	say("conflicts each region detected and how its rule resolved them (mlr.conflicts):")
 	if err := showConflicts(ctx, c); err != nil {

@@ -1,0 +1,51 @@
+package main
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"time"
+
+	"github.com/go-sql-driver/mysql"
+
+	"github.com/mlproxy/mlproxy/config"
+)
+
+// openServer opens a database/sql pool to s (the local server or a peer's),
+// with TLS when s says so, and checks that it answers.
+func openServer(ctx context.Context, name string, s config.Server) (*sql.DB, error) {
+	mc := mysql.NewConfig()
+	mc.User = s.User
+	mc.Passwd = s.Password
+	mc.Net = "tcp"
+	mc.Addr = s.Addr
+	mc.Timeout = 5 * time.Second
+	mc.ReadTimeout = 60 * time.Second
+	mc.WriteTimeout = 60 * time.Second
+	mc.MultiStatements = true
+	mc.Params = map[string]string{"time_zone": "'+00:00'"}
+	if s.TLS != nil {
+		tc, err := s.TLSConfig()
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", name, err)
+		}
+		key := "mlproxy-" + name
+		if err := mysql.RegisterTLSConfig(key, tc); err != nil {
+			return nil, err
+		}
+		mc.TLSConfig = key
+	}
+	conn, err := mysql.NewConnector(mc)
+	if err != nil {
+		return nil, err
+	}
+	db := sql.OpenDB(conn)
+	db.SetConnMaxIdleTime(5 * time.Minute)
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := db.PingContext(pctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("%s server %s: %w", name, s.Addr, err)
+	}
+	return db, nil
+}

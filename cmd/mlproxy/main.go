@@ -1,0 +1,76 @@
+// Command mlproxy runs one region of multi-leader MySQL/MariaDB replication:
+// the SQL proxy that stamps writes, a binlog tailer and an applier per peer,
+// and the operator commands (schema, status).
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/mlproxy/mlproxy/config"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+// errProblems makes the process exit 1 after a command already printed what
+// is wrong (schema check).
+var errProblems = errors.New("problems found")
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	root := &cobra.Command{
+		Use:           "mlproxy",
+		Short:         "Multi-leader replication for MySQL and MariaDB",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.AddCommand(runCmd(), schemaCmd(), statusCmd(), versionCmd())
+	if err := root.ExecuteContext(ctx); err != nil {
+		if !errors.Is(err, errProblems) {
+			fmt.Fprintln(os.Stderr, "mlproxy:", err)
+		}
+		os.Exit(1)
+	}
+}
+
+func versionCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print the version",
+		Run:   func(cmd *cobra.Command, _ []string) { fmt.Fprintln(cmd.OutOrStdout(), "mlproxy", version) },
+	}
+}
+
+// configFlag adds -c/--config to cmd.
+func configFlag(cmd *cobra.Command, path *string) {
+	cmd.Flags().StringVarP(path, "config", "c", "region.yaml", "the region's YAML configuration")
+}
+
+// newLogger logs JSON lines to stderr at the configured level, every line
+// carrying the region.
+func newLogger(cfg *config.Config) (*zap.Logger, error) {
+	level, err := zapcore.ParseLevel(cfg.Log.Level)
+	if err != nil {
+		return nil, fmt.Errorf("%s: log.level: %w", cfg.Path, err)
+	}
+	zc := zap.NewProductionConfig()
+	zc.Level = zap.NewAtomicLevelAt(level)
+	zc.Sampling = nil
+	zc.EncoderConfig.TimeKey = "ts"
+	zc.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
+	log, err := zc.Build()
+	if err != nil {
+		return nil, err
+	}
+	return log.With(zap.String("region", cfg.Region.Name)), nil
+}

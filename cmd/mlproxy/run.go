@@ -1,0 +1,439 @@
+package main
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/cenkalti/backoff/v5"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spf13/cobra"
+	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/mlproxy/mlproxy/applier"
+	"github.com/mlproxy/mlproxy/binlog"
+	"github.com/mlproxy/mlproxy/config"
+	"github.com/mlproxy/mlproxy/hlc"
+	"github.com/mlproxy/mlproxy/proxy"
+	"github.com/mlproxy/mlproxy/schema"
+)
+
+func runCmd() *cobra.Command {
+	var path string
+	cmd := &cobra.Command{
+		Use:   "run",
+		Short: "Run the region: SQL proxy, and a binlog tailer and applier per peer",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := config.Load(path)
+			if err != nil {
+				return err
+			}
+			log, err := newLogger(cfg)
+			if err != nil {
+				return err
+			}
+			defer log.Sync() //nolint:errcheck // stderr
+			err = runRegion(cmd.Context(), cfg, log)
+			if err != nil {
+				log.Error("mlproxy stopped with an error", zap.Error(err))
+			}
+			return err
+		},
+	}
+	configFlag(cmd, &path)
+	return cmd
+}
+
+// region is one `mlproxy run` process: it owns the local pool, the clock,
+// the proxy and one link per source peer.
+type region struct {
+	cfg   *config.Config
+	log   *zap.Logger
+	reg   *prometheus.Registry
+	db    *sql.DB
+	clock *hlc.Clock
+	proxy *proxy.Server
+	links []*link
+}
+
+// runRegion runs until ctx ends (SIGTERM), then shuts down in this order:
+// the proxy stops accepting and drains its clients; the links stop (the
+// tailer first; an applier batch in flight rolls back, its checkpoint
+// uncommitted); the clock persists its last reservation; the metrics
+// server and the local pool close. A clean stop returns nil.
+func runRegion(ctx context.Context, cfg *config.Config, log *zap.Logger) error {
+	r := &region{cfg: cfg, log: log, reg: prometheus.NewRegistry()}
+	r.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	db, err := waitLocal(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	r.db = db
+
+	r.clock = hlc.NewClock(hlc.Options{
+		MaxOffset:  cfg.Clock.MaxOffset,
+		Store:      hlc.NewSQLStore(db),
+		Registerer: r.reg,
+		Logger:     log.Named("hlc"),
+	})
+	if err := r.clock.Restore(ctx); err != nil {
+		return fmt.Errorf("%w (did `mlproxy schema apply -c %s` run?)", err, cfg.Path)
+	}
+
+	clientTLS, err := cfg.Proxy.TLS.Config()
+	if err != nil {
+		return err
+	}
+	backendTLS, err := cfg.Local.TLSConfig()
+	if err != nil {
+		return err
+	}
+	r.proxy, err = proxy.New(proxy.Config{
+		Listen:          cfg.Proxy.Listen,
+		Backend:         cfg.Local,
+		ClientTLS:       clientTLS,
+		BackendTLS:      backendTLS,
+		RegionID:        cfg.Region.ID,
+		MaxConnections:  cfg.Proxy.MaxConnections,
+		CacheSize:       cfg.Proxy.StatementCacheSize,
+		ShutdownTimeout: cfg.Proxy.ShutdownTimeout,
+	}, r.clock, replicatedTables{cfg}, log.Named("proxy"), r.reg)
+	if err != nil {
+		return err
+	}
+	if err := r.proxy.Listen(); err != nil {
+		return fmt.Errorf("proxy.listen %s: %w", cfg.Proxy.Listen, err)
+	}
+
+	tables := applier.NewTables(db, cfg.Tables, cfg.RegionIDs())
+	for _, p := range cfg.Sources() {
+		r.links = append(r.links, newLink(r, p, tables))
+	}
+
+	var srv *http.Server
+	if cfg.Metrics.Listen != "" {
+		if srv, err = r.metricsServer(); err != nil {
+			return err
+		}
+	}
+	log.Info("mlproxy started", zap.String("version", version), zap.Stringer("proxy", r.proxy.Addr()),
+		zap.Int("peers", len(r.links)), zap.String("topology", cfg.Topology.Mode))
+
+	// Each part stops when ctx ends; none of them ends the others by failing
+	// (a broken peer link must never stop local writes).
+	var wg sync.WaitGroup
+	errs := make(chan error, 2)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := r.clock.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
+			errs <- fmt.Errorf("hlc: %w", err)
+		}
+	}()
+	for _, l := range r.links {
+		wg.Add(1)
+		go func(l *link) { defer wg.Done(); l.run(ctx) }(l)
+	}
+	wg.Add(1)
+	go func() { defer wg.Done(); r.gcLoop(ctx) }()
+
+	perr := r.proxy.Run(ctx) // returns once ctx ends and clients drained
+	wg.Wait()
+	if srv != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_ = srv.Shutdown(sctx)
+		cancel()
+	}
+	close(errs)
+	for err := range errs {
+		perr = errors.Join(perr, err)
+	}
+	if perr != nil && !errors.Is(perr, context.Canceled) {
+		return perr
+	}
+	log.Info("mlproxy stopped cleanly")
+	return nil
+}
+
+// waitLocal opens the local server, retrying for up to two minutes: at boot
+// the database may come up after mlproxy.
+func waitLocal(ctx context.Context, cfg *config.Config, log *zap.Logger) (*sql.DB, error) {
+	op := func() (*sql.DB, error) {
+		db, err := openServer(ctx, "local", cfg.Local)
+		if err != nil {
+			log.Warn("local server not reachable; retrying", zap.String("addr", cfg.Local.Addr), zap.Error(err))
+		}
+		return db, err
+	}
+	return backoff.Retry(ctx, op, backoff.WithBackOff(backoff.NewExponentialBackOff()), backoff.WithMaxElapsedTime(2*time.Minute))
+}
+
+// replicatedTables answers the proxy's question from the config's rules.
+type replicatedTables struct{ cfg *config.Config }
+
+func (t replicatedTables) Replicated(schema, table string) bool {
+	_, ok := t.cfg.TableRule(schema, table)
+	return ok
+}
+
+func (r *region) metricsServer() (*http.Server, error) {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(r.reg, promhttp.HandlerOpts{Registry: r.reg}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, req *http.Request) {
+		ctx, cancel := context.WithTimeout(req.Context(), 2*time.Second)
+		defer cancel()
+		if err := r.db.PingContext(ctx); err != nil {
+			http.Error(w, "local server: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("/status", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(r.status())
+	})
+	ln, err := net.Listen("tcp", r.cfg.Metrics.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("metrics.listen %s: %w", r.cfg.Metrics.Listen, err)
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	return srv, nil
+}
+
+// linkStatus is one peer link as /status reports it.
+type linkStatus struct {
+	Peer       string    `json:"peer"`
+	PeerID     uint16    `json:"peer_id"`
+	State      string    `json:"state"`
+	LastError  string    `json:"last_error,omitempty"`
+	GTID       string    `json:"gtid"`
+	File       string    `json:"file"`
+	Pos        uint32    `json:"pos"`
+	SourceTime time.Time `json:"source_time"`
+	Txns       uint64    `json:"txns"`
+	Conflicts  uint64    `json:"conflicts"`
+}
+
+func (r *region) status() []linkStatus {
+	out := make([]linkStatus, 0, len(r.links))
+	for _, l := range r.links {
+		out = append(out, l.status())
+	}
+	return out
+}
+
+// link replicates one source peer into the local server: a tailer and an
+// applier joined by a bounded relay, restarted with backoff when they fail.
+type link struct {
+	r       *region
+	peer    config.Peer
+	tailer  *binlog.Tailer
+	applier *applier.Applier
+	log     *zap.Logger
+
+	mu      sync.Mutex
+	state   string // starting, running, retrying, stopped
+	lastErr error
+}
+
+// relayTxns bounds the relay between tailer and applier by count; with the
+// tailer's piece size (relay_bytes / relayTxns) it is bounded by bytes too.
+const relayTxns = 256
+
+func newLink(r *region, p config.Peer, tables applier.TableSource) *link {
+	cfg := r.cfg
+	hub := uint16(0)
+	if id, ok := cfg.RegionIDs()[cfg.Topology.Hub]; ok {
+		hub = id
+	}
+	piece := cfg.Apply.RelayBytes / relayTxns
+	if piece < 64<<10 {
+		piece = 64 << 10
+	}
+	log := r.log.With(zap.String("peer", p.Name))
+	return &link{
+		r:    r,
+		peer: p,
+		log:  log,
+		tailer: binlog.New(binlog.Config{
+			Peer:        p,
+			Self:        cfg.Region.ID,
+			Topology:    cfg.Topology.Mode,
+			Hub:         hub,
+			MaxTxnBytes: piece,
+		}, log.Named("tailer"), r.reg),
+		applier: applier.New(applier.Config{
+			Self:      cfg.Region.ID,
+			Peer:      p,
+			RegionIDs: cfg.RegionIDs(),
+			BatchTxns: cfg.Apply.BatchTxns,
+			Workers:   cfg.Apply.Workers,
+		}, r.db, tables, r.clock, log.Named("applier"), r.reg),
+		state: "starting",
+	}
+}
+
+func (l *link) set(state string, err error) {
+	l.mu.Lock()
+	l.state, l.lastErr = state, err
+	l.mu.Unlock()
+}
+
+func (l *link) status() linkStatus {
+	l.mu.Lock()
+	s := linkStatus{Peer: l.peer.Name, PeerID: l.peer.ID, State: l.state}
+	if l.lastErr != nil {
+		s.LastError = l.lastErr.Error()
+	}
+	l.mu.Unlock()
+	as := l.applier.Status()
+	ts := l.tailer.Status()
+	if s.State == "running" && !ts.Connected {
+		s.State = "connecting"
+		if ts.LastError != nil {
+			s.LastError = ts.LastError.Error()
+		}
+	}
+	s.GTID, s.File, s.Pos = as.Pos.GTID, as.Pos.File, as.Pos.Pos
+	s.SourceTime, s.Txns, s.Conflicts = as.SourceTime, as.Txns, as.Conflicts
+	return s
+}
+
+// run keeps the link going until ctx ends. A failure (a fatal tailer error
+// such as a peer not in ROW format, or an applier error retries cannot
+// fix) is logged with the peer's name and retried with backoff and jitter,
+// from the committed checkpoint.
+func (l *link) run(ctx context.Context) {
+	bo := backoff.NewExponentialBackOff()
+	bo.InitialInterval = time.Second
+	bo.MaxInterval = time.Minute
+	for {
+		started := time.Now()
+		err := l.once(ctx)
+		if ctx.Err() != nil {
+			l.set("stopped", nil)
+			return
+		}
+		if time.Since(started) > 5*time.Minute {
+			bo.Reset()
+		}
+		wait := bo.NextBackOff()
+		l.set("retrying", err)
+		l.log.Error("replication link failed; retrying from the checkpoint", zap.Error(err), zap.Duration("retry_in", wait))
+		select {
+		case <-ctx.Done():
+			l.set("stopped", nil)
+			return
+		case <-time.After(wait):
+		}
+	}
+}
+
+func (l *link) once(ctx context.Context) error {
+	cp, err := l.applier.Checkpoint(ctx)
+	if err != nil {
+		return err
+	}
+	// The clock persists stamps taken in by Update a moment later; after a
+	// crash, the checkpoint still holds the highest stamp applied.
+	if cp.HLC > 0 {
+		_ = l.r.clock.Update(cp.HLC)
+	}
+	from := cp.Resume()
+	if !cp.Found {
+		if from, err = l.startPosition(ctx); err != nil {
+			return err
+		}
+	}
+	l.set("running", nil)
+	relay := make(chan *binlog.Txn, relayTxns)
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		defer close(relay)
+		if err := l.tailer.Run(gctx, from, relay); err != nil {
+			return fmt.Errorf("tail peer %s: %w", l.peer.Name, err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		if err := l.applier.Run(gctx, relay); err != nil {
+			return fmt.Errorf("apply from peer %s: %w", l.peer.Name, err)
+		}
+		return nil
+	})
+	return g.Wait()
+}
+
+// startPosition is where a link starts when this region never applied
+// anything from the peer: the peer's binlog position recorded by `schema
+// apply` there, before its first stamped write could happen. Starting at
+// the peer's current position instead would lose writes made between the
+// peer's start and this region's first connection.
+func (l *link) startPosition(ctx context.Context) (binlog.Checkpoint, error) {
+	db, err := openServer(ctx, "peer "+l.peer.Name, l.peer.Server)
+	if err != nil {
+		return binlog.Checkpoint{}, err
+	}
+	defer db.Close()
+	var cp binlog.Checkpoint
+	err = db.QueryRowContext(ctx, "SELECT gtid, file, pos FROM mlr.binlog_start WHERE id = 1").Scan(&cp.GTID, &cp.File, &cp.Pos)
+	if err != nil {
+		return cp, fmt.Errorf("peer %s: reading where its replication starts (mlr.binlog_start): %w; run `mlproxy schema apply` in region %s first", l.peer.Name, err, l.peer.Name)
+	}
+	l.log.Info("first start: replicating from where the peer's schema apply began", zap.String("gtid", cp.GTID), zap.String("file", cp.File), zap.Uint32("pos", cp.Pos))
+	return cp, nil
+}
+
+// gcSlack covers what a stamp may trail its commit by (a long transaction,
+// a forwarding hop, clock offset between a proxy and its server); see
+// applier.GCHorizon.
+const gcSlack = 5 * time.Minute
+
+// gcLoop drops tombstones every peer has applied past, every
+// apply.tombstone_gc_interval.
+func (r *region) gcLoop(ctx context.Context) {
+	var peers []uint16
+	for _, p := range r.cfg.Sources() {
+		peers = append(peers, p.ID)
+	}
+	t := time.NewTicker(r.cfg.Apply.TombstoneGCInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		horizon, err := applier.GCHorizon(ctx, r.db, peers, gcSlack)
+		if err != nil || horizon == 0 {
+			if err != nil && ctx.Err() == nil {
+				r.log.Warn("tombstone gc skipped", zap.Error(err))
+			}
+			continue
+		}
+		tables, err := schema.Inspect(ctx, r.db, r.cfg.Tables)
+		if err != nil {
+			r.log.Warn("tombstone gc skipped: reading tables", zap.Error(err))
+			continue
+		}
+		n, err := applier.GCTombstones(ctx, r.db, tables, horizon, 1000, r.log)
+		if err != nil && ctx.Err() == nil {
+			r.log.Warn("tombstone gc failed", zap.Error(err))
+		}
+		if n > 0 {
+			r.log.Info("tombstones collected", zap.Int64("rows", n), zap.Stringer("horizon", horizon))
+		}
+	}
+}

@@ -1,0 +1,148 @@
+package main
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/mlproxy/mlproxy/config"
+)
+
+func statusCmd() *cobra.Command {
+	var path string
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Per peer: link state, last applied position, lag in seconds and transactions",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			cfg, err := config.Load(path)
+			if err != nil {
+				return err
+			}
+			local, err := openServer(ctx, "local", cfg.Local)
+			if err != nil {
+				return err
+			}
+			defer local.Close()
+			links := liveLinks(ctx, cfg)
+			w := tabwriter.NewWriter(cmd.OutOrStdout(), 2, 4, 2, ' ', 0)
+			fmt.Fprintln(w, "PEER\tLINK\tAPPLIED GTID\tFILE:POS\tLAG (s)\tLAG (txns)\tAPPLIED TXNS\tLAST ERROR")
+			for _, p := range cfg.Sources() {
+				row := peerStatus(ctx, local, p, links)
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", p.Name, row.link, orDash(row.gtid), row.filePos, row.lagSec, row.lagTxns, row.txns, orDash(row.lastErr))
+			}
+			return w.Flush()
+		},
+	}
+	configFlag(cmd, &path)
+	return cmd
+}
+
+type statusRow struct {
+	link, gtid, filePos, lagSec, lagTxns, lastErr string
+	txns                                          uint64
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// liveLinks asks the running `mlproxy run` (its metrics listener) for the
+// state of its links; nil when it is not reachable.
+func liveLinks(ctx context.Context, cfg *config.Config) map[string]linkStatus {
+	if cfg.Metrics.Listen == "" {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+cfg.Metrics.Listen+"/status", nil)
+	if err != nil {
+		return nil
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil
+	}
+	defer resp.Body.Close()
+	var ls []linkStatus
+	if json.NewDecoder(resp.Body).Decode(&ls) != nil {
+		return nil
+	}
+	m := make(map[string]linkStatus, len(ls))
+	for _, l := range ls {
+		m[l.Peer] = l
+	}
+	return m
+}
+
+func peerStatus(ctx context.Context, local *sql.DB, p config.Peer, links map[string]linkStatus) statusRow {
+	row := statusRow{link: "unknown (mlproxy run not reachable)", filePos: "-", lagSec: "-", lagTxns: "-"}
+	if l, ok := links[p.Name]; ok {
+		row.link, row.lastErr = l.State, l.LastError
+	}
+	var file string
+	var pos uint64
+	var sourceTS sql.NullFloat64
+	err := local.QueryRowContext(ctx, "SELECT gtid, file, pos, txns, UNIX_TIMESTAMP(source_ts) FROM mlr.checkpoints WHERE peer_id = ?", p.ID).
+		Scan(&row.gtid, &file, &pos, &row.txns, &sourceTS)
+	switch {
+	case err == sql.ErrNoRows:
+		row.gtid = "(nothing applied yet)"
+	case err != nil:
+		row.lastErr = "reading mlr.checkpoints: " + err.Error()
+		return row
+	default:
+		row.filePos = fmt.Sprintf("%s:%d", file, pos)
+	}
+	pdb, err := openServer(ctx, "peer "+p.Name, p.Server)
+	if err != nil {
+		if row.lastErr == "" {
+			row.lastErr = err.Error()
+		}
+		return row
+	}
+	defer pdb.Close()
+	var peerPos string
+	var domain uint32
+	if err := pdb.QueryRowContext(ctx, "SELECT @@gtid_binlog_pos, @@gtid_domain_id").Scan(&peerPos, &domain); err != nil {
+		row.lastErr = err.Error()
+		return row
+	}
+	behind := gtidSeq(peerPos, domain) - gtidSeq(row.gtid, domain)
+	if behind < 0 {
+		behind = 0
+	}
+	row.lagTxns = strconv.FormatInt(behind, 10)
+	switch {
+	case behind == 0:
+		row.lagSec = "0"
+	case sourceTS.Valid:
+		row.lagSec = fmt.Sprintf("%.1f", float64(time.Now().UnixMicro())/1e6-sourceTS.Float64)
+	}
+	return row
+}
+
+// gtidSeq is the sequence number of domain's GTID in a MariaDB GTID list
+// ("1-1-42,2-2-7"), 0 when absent.
+func gtidSeq(list string, domain uint32) int64 {
+	d := strconv.FormatUint(uint64(domain), 10)
+	for _, g := range strings.Split(list, ",") {
+		f := strings.Split(strings.TrimSpace(g), "-")
+		if len(f) == 3 && f[0] == d {
+			n, _ := strconv.ParseInt(f[2], 10, 64)
+			return n
+		}
+	}
+	return 0
+}
