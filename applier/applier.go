@@ -137,6 +137,13 @@ type Applier struct {
 	ahead error                  // the last clock error of the current batch, logged once
 	newBO func() backoff.BackOff // retry schedule (tests shorten it)
 
+	// uncertain is the batch whose COMMIT failed (it may have committed),
+	// kept for the retry to publish if it did.
+	uncertain *batchState
+	// commitHook, when set (tests), runs after a successful COMMIT; an
+	// error is treated as a COMMIT whose reply was lost.
+	commitHook func() error
+
 	// sessionID is the server's CONNECTION_ID() of the current session.
 	sessionID atomic.Int64
 
@@ -327,10 +334,16 @@ func (a *Applier) commitBatch(ctx context.Context, txns []*binlog.Txn, retry boo
 		return err
 	}
 	last := txns[len(txns)-1]
+	uncertain := a.uncertain
+	a.uncertain = nil
 	if retry && st.ck.Found && last.Pos.File != "" && st.ck.Pos.File == last.Pos.File && st.ck.Pos.Pos == last.Pos.Pos {
 		a.rollback(ctx, conn)
 		a.log.Info("batch was committed before the connection was lost", zap.String("gtid", last.Pos.GTID))
-		a.afterCommit(&batchState{ck: st.ck, gtid: st.ck.Pos.GTID, last: last}, st.ck.AppliedAt)
+		if uncertain == nil || uncertain.last != last {
+			uncertain = &batchState{ck: st.ck, gtid: st.ck.Pos.GTID, last: last}
+		}
+		uncertain.ck = st.ck
+		a.afterCommit(uncertain, st.ck.AppliedAt)
 		return nil
 	}
 	for _, t := range txns {
@@ -444,7 +457,14 @@ func (a *Applier) commit(ctx context.Context, conn *sql.Conn, st *batchState) er
 		a.rollback(ctx, conn)
 		return fmt.Errorf("write checkpoint of peer %s at gtid %s: %w", a.peer, t.Pos.GTID, err)
 	}
-	if _, err := conn.ExecContext(ctx, "COMMIT"); err != nil {
+	_, err = conn.ExecContext(ctx, "COMMIT")
+	if err == nil && a.commitHook != nil {
+		err = a.commitHook()
+	}
+	if err != nil {
+		// The COMMIT may or may not have reached the server: the retry
+		// tells by the checkpoint, and publishes st if it did.
+		a.uncertain = st
 		a.dropSession()
 		return fmt.Errorf("commit apply from peer %s at gtid %s: %w", a.peer, t.Pos.GTID, err)
 	}

@@ -432,3 +432,36 @@ func TestRetryable(t *testing.T) {
 	require.False(t, retryable(errors.New("syntax")))
 	require.False(t, retryable(fmt.Errorf("x: %w", ErrUnknownColumn)))
 }
+
+// TestLostCommitReplyNotReapplied loses the reply to a COMMIT that went
+// through: the retry finds the checkpoint at the batch's end and applies
+// nothing again.
+func TestLostCommitReplyNotReapplied(t *testing.T) {
+	e := newEnv(t, "t_lostcommit")
+	a := e.applier(64)
+	lost := false
+	a.commitHook = func() error {
+		if lost {
+			return nil
+		}
+		lost = true
+		return fmt.Errorf("read reply: %w", mysql.ErrInvalidConn)
+	}
+	in := make(chan *binlog.Txn, 2)
+	in <- e.txn(1, e.ins(1, "a", 1, stamp(0, 1), peerOrigin))
+	in <- e.txn(2, e.upd(1, stamp(0, 1), peerOrigin, "a", 2, stamp(1, 0), peerOrigin))
+	close(in)
+	require.NoError(t, a.Run(context.Background(), in))
+	require.True(t, lost)
+
+	r, _ := e.get(1)
+	require.Equal(t, row{"a", 2, stamp(1, 0), peerOrigin}, r)
+	require.Empty(t, e.conflicts())
+	ck, err := a.Checkpoint(context.Background())
+	require.NoError(t, err)
+	require.Equal(t, uint64(2), ck.Txns, "applied twice would count 4")
+	st := a.Status()
+	require.Equal(t, uint64(2), st.Txns)
+	require.Equal(t, uint64(2), st.Rows)
+	require.Equal(t, ck.Pos, st.Pos)
+}
