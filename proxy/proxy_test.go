@@ -61,6 +61,7 @@ func TestStampEveryWriteKind(t *testing.T) {
 	mustExec(t, direct, "DELETE FROM app.rt")
 	mustExec(t, direct, "DELETE FROM app.rt2")
 	mustExec(t, direct, "DELETE FROM mlr.tomb_rt")
+	mustExec(t, direct, "INSERT INTO app.plain (v) VALUES (NULL)") // joined by the multi-table writes
 
 	var last uint64
 	check := func(name, table string, id int64) {

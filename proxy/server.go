@@ -70,9 +70,9 @@ const (
 	dialTimeout      = 5 * time.Second
 )
 
-// ErrClosed is returned by Run when the server was never bound or its
-// listener failed for a reason other than shutdown.
-var ErrClosed = errors.New("proxy: listener closed")
+// ErrClosed is returned by Run when its listener was closed before ctx
+// was done (connections are still drained).
+var ErrClosed = errors.New("proxy: listener closed before shutdown")
 
 // Server is the client-facing proxy. Create it with New, bind with Listen
 // (optional) and serve with Run.
@@ -159,7 +159,7 @@ func (s *Server) Addr() net.Addr {
 // once; one running a command or inside a transaction is closed when it is
 // next idle outside a transaction, or when ShutdownTimeout has passed,
 // whichever comes first. Run returns nil after a clean shutdown, once every
-// connection goroutine has ended.
+// connection goroutine has ended. Run is called once per Server.
 func (s *Server) Run(ctx context.Context) error {
 	if err := s.Listen(); err != nil {
 		return err
@@ -178,12 +178,17 @@ func (s *Server) Run(ctx context.Context) error {
 	var err error
 	select {
 	case <-ctx.Done():
+		_ = ln.Close()
+		err = <-acceptErr
 	case err = <-acceptErr:
-		err = fmt.Errorf("proxy: accept on %s: %w", ln.Addr(), err)
+		// The listener was closed under us (Close of the Addr's socket).
+		_ = ln.Close()
+		if err == nil {
+			err = ErrClosed
+		}
 	}
-	_ = ln.Close()
-	if err == nil {
-		<-acceptErr
+	if err != nil && !errors.Is(err, ErrClosed) {
+		err = fmt.Errorf("proxy: accept on %s: %w", ln.Addr(), err)
 	}
 	s.log.Info("proxy draining connections", zap.Duration("timeout", s.cfg.ShutdownTimeout))
 	s.mu.Lock()
@@ -217,15 +222,18 @@ func (s *Server) accept(base context.Context, ln net.Listener, wg *sync.WaitGrou
 			if errors.Is(err, net.ErrClosed) {
 				return nil
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				// Temporary (e.g. out of file descriptors): back off.
-				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-				s.log.Warn("proxy accept", zap.Error(err), zap.Duration("retry_in", delay))
-				time.Sleep(delay)
-				continue
+			// Out of file descriptors, aborted handshakes...: back off and
+			// keep serving, as net/http does.
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			s.log.Warn("proxy accept", zap.Error(err), zap.Duration("retry_in", delay))
+			t := time.NewTimer(delay)
+			select {
+			case <-t.C:
+			case <-base.Done():
+				t.Stop()
+				return nil
 			}
-			return err
+			continue
 		}
 		delay = 0
 		s.m.connectionsTotal.Inc()
