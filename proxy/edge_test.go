@@ -249,9 +249,26 @@ func TestChangeUserAndResetConnection(t *testing.T) {
 	if _, o := stampOfV(t, "rt", "after-reset2"); o != testRegion {
 		t.Fatal("prepared write after reset not stamped")
 	}
-	// Other commands: ping, field list, statistics, init db.
+	// Other commands: ping, statistics, set option, field list, init db.
 	if err := c.Ping(); err != nil {
 		t.Fatal(err)
+	}
+	c.ResetSequence()
+	if err := c.WritePacket([]byte{0, 0, 0, 0, gmysql.COM_STATISTICS}); err != nil {
+		t.Fatal(err)
+	}
+	if pkt, err := c.ReadPacket(); err != nil || !strings.HasPrefix(string(pkt), "Uptime: ") {
+		t.Fatalf("statistics: %v %q", err, pkt)
+	}
+	c.ResetSequence()
+	if err := c.WritePacket([]byte{0, 0, 0, 0, gmysql.COM_SET_OPTION, 1, 0}); err != nil { // multi-statements off
+		t.Fatal(err)
+	}
+	if pkt, err := c.ReadPacket(); err != nil || pkt[0] == gmysql.ERR_HEADER {
+		t.Fatalf("set option: %v %x", err, pkt)
+	}
+	if _, err := c.Execute("SELECT 1; SELECT 2"); err == nil {
+		t.Fatal("multi-statement accepted after COM_SET_OPTION turned them off")
 	}
 	dc, err := client.Connect(srv.Addr(), "root", "", "app")
 	if err != nil {
