@@ -4,7 +4,6 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"strconv"
 	"unicode/utf8"
@@ -140,42 +139,32 @@ func (a *Applier) planFor(ctx context.Context, rc *binlog.RowChange) (*plan, err
 // tombstone (or the gap where it would be) keeps a concurrent local delete
 // or insert from slipping between the read and the write.
 func (a *Applier) readLocal(ctx context.Context, conn *sql.Conn, p *plan, pk []any) (conflict.Version, error) {
-	s, err := p.stmt(ctx, conn, p.selectVersion)
+	s, err := p.stmt(ctx, conn, p.lookup)
 	if err != nil {
 		return conflict.Version{}, err
 	}
-	vals := make([]any, len(p.user)+2)
+	n := len(p.user)
+	vals := make([]any, n+4)
 	ptrs := make([]any, len(vals))
 	for i := range vals {
 		ptrs[i] = &vals[i]
 	}
-	err = s.QueryRowContext(ctx, pk...).Scan(ptrs...)
-	if err == nil {
-		row := make(map[string]any, len(p.user))
+	if err := s.QueryRowContext(ctx, pk...).Scan(ptrs...); err != nil {
+		return conflict.Version{}, err
+	}
+	if h, ok := toUint64(vals[n]); ok {
+		row := make(map[string]any, n)
 		for i, c := range p.user {
 			row[c.Name] = localValue(vals[i])
 		}
-		h, _ := toUint64(vals[len(p.user)])
-		o, _ := toUint64(vals[len(p.user)+1])
+		o, _ := toUint64(vals[n+1])
 		return conflict.Version{Exists: true, Stamp: hlc.Timestamp(h), Origin: uint16(o), Row: row}, nil
 	}
-	if !errors.Is(err, sql.ErrNoRows) {
-		return conflict.Version{}, err
+	if h, ok := toUint64(vals[n+2]); ok {
+		o, _ := toUint64(vals[n+3])
+		return conflict.Version{Deleted: true, Stamp: hlc.Timestamp(h), Origin: uint16(o)}, nil
 	}
-	ts, err := p.stmt(ctx, conn, p.selectTomb)
-	if err != nil {
-		return conflict.Version{}, err
-	}
-	var h uint64
-	var o uint16
-	err = ts.QueryRowContext(ctx, pk...).Scan(&h, &o)
-	if errors.Is(err, sql.ErrNoRows) {
-		return conflict.Version{}, nil
-	}
-	if err != nil {
-		return conflict.Version{}, err
-	}
-	return conflict.Version{Deleted: true, Stamp: hlc.Timestamp(h), Origin: o}, nil
+	return conflict.Version{}, nil
 }
 
 // write carries out a decision on the row addressed by pk. A delete writes

@@ -39,10 +39,13 @@ type plan struct {
 	// known holds every column name of the local table.
 	known map[string]schema.Column
 
-	selectVersion string // args: pk; result: user columns, _mlr_hlc, _mlr_origin
-	selectTomb    string // args: pk; result: _mlr_hlc, _mlr_origin
-	deleteRow     string // args: pk
-	upsertTomb    string // args: pk, _mlr_hlc, _mlr_origin
+	// lookup reads and locks the row and its tombstone in one round trip.
+	// Args: pk; result: user columns, _mlr_hlc, _mlr_origin of the row
+	// (NULL stamps: no row), then the tombstone's _mlr_hlc, _mlr_origin
+	// (NULL: none).
+	lookup     string
+	deleteRow  string // args: pk
+	upsertTomb string // args: pk, _mlr_hlc, _mlr_origin
 
 	// stmts are prepared on the session connection, keyed by SQL text.
 	stmts map[string]*sql.Stmt
@@ -61,21 +64,42 @@ func newPlan(t *schema.Table, rule conflict.Rule) (*plan, error) {
 		return nil, fmt.Errorf("table %s.%s has no %s column: %w", t.Schema, t.Name, schema.ColOrigin, ErrNotPrepared)
 	}
 	p := &plan{
-		t:             t,
-		rule:          rule,
-		user:          t.UserColumns(),
-		known:         make(map[string]schema.Column, len(t.Columns)),
-		selectVersion: t.SelectVersionSQL(),
-		selectTomb:    t.SelectTombstoneSQL(),
-		deleteRow:     t.DeleteByPKSQL(),
-		upsertTomb:    upsertTombstoneSQL(t),
-		stmts:         map[string]*sql.Stmt{},
-		texts:         map[string]string{},
+		t:          t,
+		rule:       rule,
+		user:       t.UserColumns(),
+		known:      make(map[string]schema.Column, len(t.Columns)),
+		lookup:     lookupSQL(t),
+		deleteRow:  t.DeleteByPKSQL(),
+		upsertTomb: upsertTombstoneSQL(t),
+		stmts:      map[string]*sql.Stmt{},
+		texts:      map[string]string{},
 	}
 	for _, c := range t.Columns {
 		p.known[c.Name] = c
 	}
 	return p, nil
+}
+
+// lookupSQL reads the local version of one row, live row and tombstone
+// together, locking both (or the gaps where they would be). The key is
+// bound once into a one-row derived table that both are joined to.
+func lookupSQL(t *schema.Table) string {
+	var cols, keys, onT, onB []string
+	for _, c := range t.UserColumns() {
+		cols = append(cols, "t."+schema.Quote(c.Name))
+	}
+	h, o := schema.Quote(schema.ColHLC), schema.Quote(schema.ColOrigin)
+	cols = append(cols, "t."+h, "t."+o, "b."+h, "b."+o)
+	for i, c := range t.PK {
+		k := fmt.Sprintf("k%d", i)
+		keys = append(keys, "? AS "+k)
+		onT = append(onT, "t."+schema.Quote(c)+" = k."+k)
+		onB = append(onB, "b."+schema.Quote(c)+" = k."+k)
+	}
+	return "SELECT " + strings.Join(cols, ", ") + " FROM (SELECT " + strings.Join(keys, ", ") + ") k" +
+		" LEFT JOIN " + t.QualifiedName() + " t ON " + strings.Join(onT, " AND ") +
+		" LEFT JOIN " + t.TombstoneQualifiedName() + " b ON " + strings.Join(onB, " AND ") +
+		" FOR UPDATE"
 }
 
 // upsertTombstoneSQL records a tombstone, or moves an existing one forward:
