@@ -147,7 +147,7 @@ func New(cfg Config, log *zap.Logger, reg prometheus.Registerer) *Tailer {
 	if cfg.MaxTxnBytes <= 0 {
 		cfg.MaxTxnBytes = DefaultMaxTxnBytes
 	}
-	log = log.With(zap.Uint16("region", cfg.Self), zap.String("peer", cfg.Peer.Name))
+	log = log.With(zap.String("peer", cfg.Peer.Name)) // the caller's logger carries the region
 	t := &Tailer{cfg: cfg, log: log, m: newMetrics(reg, cfg.Peer.Name)}
 	t.breaker = gobreaker.NewCircuitBreaker[struct{}](gobreaker.Settings{
 		Name:    "binlog " + cfg.Peer.Name,

@@ -273,14 +273,14 @@ func newLink(r *region, p config.Peer, tables applier.TableSource) *link {
 			Topology:    cfg.Topology.Mode,
 			Hub:         hub,
 			MaxTxnBytes: piece,
-		}, log.Named("tailer"), r.reg),
+		}, r.log.Named("tailer"), r.reg), // tailer and applier add the peer field
 		applier: applier.New(applier.Config{
 			Self:      cfg.Region.ID,
 			Peer:      p,
 			RegionIDs: cfg.RegionIDs(),
 			BatchTxns: cfg.Apply.BatchTxns,
 			Workers:   cfg.Apply.Workers,
-		}, r.db, tables, r.clock, log.Named("applier"), r.reg),
+		}, r.db, tables, r.clock, r.log.Named("applier"), r.reg),
 		state: "starting",
 	}
 }
