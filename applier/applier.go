@@ -529,8 +529,8 @@ func (a *Applier) rollback(ctx context.Context, conn *sql.Conn) {
 	}
 }
 
-// session returns the applier's connection, opening it with
-// @_mlr_apply = 1 when needed.
+// session returns the applier's connection, opening it with sessionSetup
+// when needed.
 func (a *Applier) session(ctx context.Context) (*sql.Conn, error) {
 	if a.conn != nil {
 		return a.conn, nil
@@ -540,7 +540,7 @@ func (a *Applier) session(ctx context.Context) (*sql.Conn, error) {
 		return nil, fmt.Errorf("connect to local server for peer %s: %w", a.peer, err)
 	}
 	var id int64
-	_, err = c.ExecContext(ctx, "SET @_mlr_apply = 1")
+	_, err = c.ExecContext(ctx, sessionSetup)
 	if err == nil {
 		err = c.QueryRowContext(ctx, "SELECT CONNECTION_ID()").Scan(&id)
 	}
@@ -553,6 +553,17 @@ func (a *Applier) session(ctx context.Context) (*sql.Conn, error) {
 	a.log.Debug("apply session opened", zap.Int64("connection_id", id))
 	return c, nil
 }
+
+// sessionSetup prepares the apply session:
+//   - @_mlr_apply = 1: triggers keep the stamps the applier writes and
+//     write no tombstone;
+//   - time_zone UTC: the binlog decoder formats TIMESTAMP values in UTC;
+//   - sql_mode: NO_AUTO_VALUE_ON_ZERO so an explicit 0 in an AUTO_INCREMENT
+//     key stays 0 (as row-based replication does); strict, so a value the
+//     local column cannot hold stops the applier instead of being changed
+//     silently; zero dates allowed, as the source accepted them.
+const sessionSetup = "SET @_mlr_apply = 1, time_zone = '+00:00', " +
+	"sql_mode = 'STRICT_ALL_TABLES,NO_AUTO_VALUE_ON_ZERO,NO_ENGINE_SUBSTITUTION'"
 
 // dropSession closes the session and every statement prepared on it. The
 // connection is discarded, never returned to the pool: it carries

@@ -122,3 +122,26 @@ func TestTableNotReplicated(t *testing.T) {
 	require.ErrorContains(t, err, e.db+".other")
 	require.ErrorContains(t, err, e.peer.Name)
 }
+
+// TestSessionSettings: TIMESTAMP values arrive formatted in UTC whatever
+// the server's time zone, and an explicit 0 in an AUTO_INCREMENT key stays 0.
+func TestSessionSettings(t *testing.T) {
+	e := newEnv(t, "t_session")
+	_, err := db.Exec("CREATE TABLE " + schema.Quote(e.db) + ".ev (id INT AUTO_INCREMENT PRIMARY KEY, at TIMESTAMP NULL)")
+	require.NoError(t, err)
+	ts, err := schema.Inspect(context.Background(), db, []config.TableRule{{Schema: e.db, Table: "ev"}})
+	require.NoError(t, err)
+	_, err = schema.Apply(context.Background(), db, self, ts, nil)
+	require.NoError(t, err)
+	_, err = db.Exec("SET GLOBAL time_zone = '+05:00'")
+	require.NoError(t, err)
+	defer func() { _, _ = db.Exec("SET GLOBAL time_zone = 'SYSTEM'") }()
+
+	ch := binlog.RowChange{Schema: e.db, Table: "ev", Op: binlog.Insert,
+		After: binlog.Row{"id": int64(0), "at": "2024-01-02 03:04:05", "_mlr_hlc": stamp(0, 1), "_mlr_origin": int64(peerOrigin)},
+		Stamp: stamp(0, 1), Origin: peerOrigin}
+	e.runAll(64, e.txn(1, ch))
+	var unix int64
+	require.NoError(t, db.QueryRow("SELECT UNIX_TIMESTAMP(at) FROM "+schema.Quote(e.db)+".ev WHERE id = 0").Scan(&unix))
+	require.Equal(t, int64(1704164645), unix)
+}
