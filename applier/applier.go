@@ -470,6 +470,14 @@ func (a *Applier) commit(ctx context.Context, conn *sql.Conn, st *batchState) er
 	}
 	st.ck.Pos = binlog.Position{GTID: st.gtid, File: file, Pos: pos}
 	a.afterCommit(st, time.Now())
+	if ce := a.log.Check(zap.DebugLevel, "batch committed"); ce != nil {
+		var rows uint64
+		for _, n := range st.rows {
+			rows += n
+		}
+		ce.Write(zap.String("gtid", st.gtid), zap.Uint64("txns", st.txns), zap.Uint64("rows", rows),
+			zap.Int("conflicts", len(st.confl)))
+	}
 	return nil
 }
 

@@ -211,6 +211,22 @@ func TestUnknownColumn(t *testing.T) {
 	require.NoError(t, db.QueryRow("SELECT color FROM "+schema.Quote(e.db)+".items WHERE id = 3").Scan(&color))
 	require.Equal(t, "red", color)
 
+	// A column dropped here after the plan was built (the source dropped it
+	// first): the lookup fails, the table is re-read, the change applies.
+	_, err = db.Exec("ALTER TABLE " + schema.Quote(e.db) + ".items DROP COLUMN color")
+	require.NoError(t, err)
+	in = make(chan *binlog.Txn, 1)
+	in <- e.txn(4, e.ins(5, "e", 1, stamp(0, 5), peerOrigin))
+	close(in)
+	a2 := e.applier(64)
+	a2.plans = a.plans // the plan built before the DROP
+	for _, p := range a2.plans {
+		p.stmts = map[string]*sql.Stmt{}
+	}
+	require.NoError(t, a2.Run(context.Background(), in))
+	_, ok := e.get(5)
+	require.True(t, ok)
+
 	// A column the local table lacks even after re-reading it.
 	ch = e.ins(4, "d", 1, stamp(0, 4), peerOrigin)
 	ch.After["size"] = int64(3)
@@ -221,7 +237,7 @@ func TestUnknownColumn(t *testing.T) {
 	require.ErrorIs(t, err, ErrUnknownColumn)
 	require.ErrorContains(t, err, e.db+".items")
 	require.ErrorContains(t, err, "size")
-	_, ok := e.get(4)
+	_, ok = e.get(4)
 	require.False(t, ok)
 }
 

@@ -4,10 +4,12 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"unicode/utf8"
 
+	"github.com/go-sql-driver/mysql"
 	"go.uber.org/zap"
 
 	"github.com/mlproxy/mlproxy/binlog"
@@ -54,6 +56,16 @@ func (a *Applier) applyChange(ctx context.Context, conn *sql.Conn, st *batchStat
 		return err
 	}
 	local, err := a.readLocal(ctx, conn, p, pk)
+	if badField(err) {
+		// The lookup is the first statement of the change: nothing was
+		// written yet, so re-read the table and look again.
+		if p, err = a.reloadPlan(ctx, rc, "the local table lost a column"); err == nil {
+			if col := p.unknownColumn(rc); col != "" {
+				return fmt.Errorf("table %s.%s has no column %s: %w", rc.Schema, rc.Table, col, ErrUnknownColumn)
+			}
+			local, err = a.readLocal(ctx, conn, p, pk)
+		}
+	}
 	if err != nil {
 		return fmt.Errorf("read local version: %w", err)
 	}
@@ -116,22 +128,41 @@ func (a *Applier) planFor(ctx context.Context, rc *binlog.RowChange) (*plan, err
 	if col == "" {
 		return p, nil
 	}
+	np, err := a.reloadPlan(ctx, rc, "a change named an unknown column")
+	if err != nil {
+		return nil, err
+	}
+	if col := np.unknownColumn(rc); col != "" {
+		return nil, fmt.Errorf("table %s.%s has no column %s: %w", rc.Schema, rc.Table, col, ErrUnknownColumn)
+	}
+	return np, nil
+}
+
+// reloadPlan re-reads rc's table after DDL and replaces its plan (closing
+// the old plan's statements).
+func (a *Applier) reloadPlan(ctx context.Context, rc *binlog.RowChange, why string) (*plan, error) {
+	k := tableKey{rc.Schema, rc.Table}
 	t, rule, err := a.tables.Reload(ctx, rc.Schema, rc.Table)
 	if err != nil {
-		return nil, fmt.Errorf("re-read table for column %s: %w", col, err)
+		return nil, fmt.Errorf("re-read table: %w", err)
 	}
 	np, err := newPlan(t, rule)
 	if err != nil {
 		return nil, err
 	}
-	p.closeStmts()
-	a.plans[k] = np
-	a.log.Info("table re-read after a change named an unknown column",
-		zap.String("schema", rc.Schema), zap.String("table", rc.Table))
-	if col := np.unknownColumn(rc); col != "" {
-		return nil, fmt.Errorf("table %s.%s has no column %s: %w", rc.Schema, rc.Table, col, ErrUnknownColumn)
+	if p := a.plans[k]; p != nil {
+		p.closeStmts()
 	}
+	a.plans[k] = np
+	a.log.Info("table re-read: "+why, zap.String("schema", rc.Schema), zap.String("table", rc.Table))
 	return np, nil
+}
+
+// badField reports the server's "unknown column" error: the local table
+// lost a column the plan names (DDL here since the plan was built).
+func badField(err error) bool {
+	var me *mysql.MySQLError
+	return errors.As(err, &me) && me.Number == 1054 // ER_BAD_FIELD_ERROR
 }
 
 // readLocal reads and locks the local version of the row with primary key
