@@ -143,6 +143,12 @@ type Applier struct {
 	// commitHook, when set (tests), runs after a successful COMMIT; an
 	// error is treated as a COMMIT whose reply was lost.
 	commitHook func() error
+	// changeHook, when set (tests), runs before each row change is applied.
+	changeHook func(*binlog.RowChange)
+	// binlogLocked is set once the server refused SET sql_log_bin (the
+	// user lacks BINLOG ADMIN): progress over empty transactions is then
+	// kept in memory only.
+	binlogLocked bool
 
 	// sessionID is the server's CONNECTION_ID() of the current session.
 	sessionID atomic.Int64
@@ -310,6 +316,58 @@ func (a *Applier) applyBatch(ctx context.Context, txns []*binlog.Txn) error {
 	return err
 }
 
+// empty reports whether no source transaction of the batch carries a row
+// change (transactions the tailer filtered: the peer's applier wrote them,
+// or they held only DDL or mlproxy's own bookkeeping).
+func empty(txns []*binlog.Txn) bool {
+	for _, t := range txns {
+		if len(t.Changes) > 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// quiet switches binary logging off on the session for a batch without
+// row changes, and returns the function that switches it back on. Logged,
+// such a checkpoint-only transaction would land in this region's binlog,
+// which every peer reads, filters to nothing and checkpoints in turn: two
+// idle regions would ping-pong checkpoint updates forever. The loop marker
+// is only needed on transactions that carry rows, and those are logged.
+// Without the privilege to switch sql_log_bin (BINLOG ADMIN), ok is false
+// and progress over empty transactions is not saved: after a restart the
+// tailer reads them again and they are filtered again.
+func (a *Applier) quiet(ctx context.Context) (restore func(), ok bool, err error) {
+	if a.binlogLocked {
+		return nil, false, nil
+	}
+	conn, err := a.session(ctx)
+	if err != nil {
+		return nil, false, err
+	}
+	if _, err := conn.ExecContext(ctx, "SET SESSION sql_log_bin = 0"); err != nil {
+		var me *mysql.MySQLError
+		if errors.As(err, &me) && (me.Number == 1227 || me.Number == 1044) { // ER_SPECIFIC_ACCESS_DENIED_ERROR, ER_DBACCESS_DENIED_ERROR
+			a.binlogLocked = true
+			a.log.Warn("cannot switch off binary logging for checkpoint-only updates (grant BINLOG ADMIN to mlproxy's user): "+
+				"progress over transactions without changes is saved with the next change", zap.Error(err))
+			return nil, false, nil
+		}
+		a.dropSession()
+		return nil, false, fmt.Errorf("apply from peer %s: %w", a.peer, err)
+	}
+	return func() {
+		if a.conn != conn {
+			return // dropped meanwhile: the setting went with it
+		}
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if _, err := conn.ExecContext(rctx, "SET SESSION sql_log_bin = 1"); err != nil {
+			a.dropSession()
+		}
+	}, true, nil
+}
+
 // batchState accumulates one local transaction.
 type batchState struct {
 	ck       Checkpoint // the checkpoint as read at BEGIN
@@ -329,6 +387,13 @@ type conflictKey struct{ db, table, rule, outcome string }
 // its COMMIT reached the server before the connection was lost, the
 // checkpoint already points at the batch's end and nothing is applied.
 func (a *Applier) commitBatch(ctx context.Context, txns []*binlog.Txn, retry bool) error {
+	if empty(txns) {
+		restore, ok, err := a.quiet(ctx)
+		if err != nil || !ok {
+			return err
+		}
+		defer restore()
+	}
 	conn, st, err := a.begin(ctx)
 	if err != nil {
 		return err

@@ -27,6 +27,9 @@ func (a *Applier) applyTxn(ctx context.Context, conn *sql.Conn, st *batchState, 
 			st.skipped++ // the tailer filters these; never apply our own change
 			continue
 		}
+		if a.changeHook != nil {
+			a.changeHook(rc)
+		}
 		if err := a.applyChange(ctx, conn, st, rc); err != nil {
 			return fmt.Errorf("apply %s %s.%s from peer %s at gtid %s (%s:%d): %w",
 				rc.Op, rc.Schema, rc.Table, a.peer, t.Pos.GTID, t.Pos.File, t.Pos.Pos, err)
