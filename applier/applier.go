@@ -15,15 +15,26 @@
 //     transactions into one local commit; it never splits one.
 //   - Rows are applied one after another in source order on one session:
 //     changes to one row are never reordered. (Config.Workers is accepted
-//     for the configuration's sake; parallel apply is not implemented.)
+//     for the configuration's sake; parallel apply is not implemented: rows
+//     applied on several connections could not commit atomically with one
+//     checkpoint without XA and a recovery log.)
 //   - mlr.checkpoints holds the end of the last committed source
 //     transaction and is written in every local transaction the applier
-//     commits (it is also the loop marker tailers look for).
+//     commits; in a transaction that carries rows it is also the loop marker
+//     tailers look for. A commit that only advances the checkpoint (the
+//     batch had no row changes) is kept out of the binlog, so idle regions
+//     do not echo checkpoint updates to each other.
+//   - A COMMIT whose reply is lost is recognised on retry by the checkpoint
+//     already pointing at the batch's end, and not applied again.
 //   - The session runs with @_mlr_apply = 1, so the table triggers keep the
 //     stamps the applier writes and write no tombstone of their own; the
-//     session is never handed back to the pool (it is discarded on Close).
+//     session is never handed back to the pool (it is discarded when Run
+//     returns or the connection fails).
 //   - The local clock moves past every remote stamp the applier decides on,
-//     whatever the decision.
+//     whatever the decision, and past the checkpoint's stamp at start.
+//
+// Tombstones are collected by GCTombstones below GCHorizon (see gc.go for
+// the rule and why it is sound).
 package applier
 
 import (
@@ -58,7 +69,9 @@ type Config struct {
 	Self uint16
 	// Peer is the region whose binlog this applier applies.
 	Peer config.Peer
-	// RegionIDs maps region names to ids (for rules that rank regions).
+	// RegionIDs maps region names to ids. Rules are compiled by the
+	// TableSource (NewTables takes the same map); kept here for logs and
+	// callers that build both from one Config.
 	RegionIDs map[string]uint16
 	// BatchTxns groups up to this many source transactions already waiting
 	// in the relay into one local commit (0 = 64; 1 = one commit each).
@@ -146,9 +159,11 @@ type Applier struct {
 	// changeHook, when set (tests), runs before each row change is applied.
 	changeHook func(*binlog.RowChange)
 	// binlogLocked is set once the server refused SET sql_log_bin (the
-	// user lacks BINLOG ADMIN): progress over empty transactions is then
-	// kept in memory only.
+	// user lacks BINLOG ADMIN): progress over batches without rows is then
+	// saved only with the next batch that has rows.
 	binlogLocked bool
+	// unsaved counts source transactions of batches not saved that way.
+	unsaved uint64
 
 	// sessionID is the server's CONNECTION_ID() of the current session.
 	sessionID atomic.Int64
@@ -389,8 +404,12 @@ type conflictKey struct{ db, table, rule, outcome string }
 func (a *Applier) commitBatch(ctx context.Context, txns []*binlog.Txn, retry bool) error {
 	if empty(txns) {
 		restore, ok, err := a.quiet(ctx)
-		if err != nil || !ok {
+		if err != nil {
 			return err
+		}
+		if !ok {
+			a.unsaved += uint64(len(txns)) // counted with the next saved batch
+			return nil
 		}
 		defer restore()
 	}
@@ -513,6 +532,7 @@ func (a *Applier) commit(ctx context.Context, conn *sql.Conn, st *batchState) er
 	if t.Pos.File != "" {
 		file, pos = t.Pos.File, t.Pos.Pos
 	}
+	st.txns += a.unsaved
 	s, err := a.stmt(ctx, conn, upsertCheckpointSQL)
 	if err == nil {
 		_, err = s.ExecContext(ctx, a.cfg.Peer.ID, a.cfg.Peer.Name, st.gtid, file, pos,
@@ -533,6 +553,7 @@ func (a *Applier) commit(ctx context.Context, conn *sql.Conn, st *batchState) er
 		a.dropSession()
 		return fmt.Errorf("commit apply from peer %s at gtid %s: %w", a.peer, t.Pos.GTID, err)
 	}
+	a.unsaved = 0
 	st.ck.Pos = binlog.Position{GTID: st.gtid, File: file, Pos: pos}
 	a.afterCommit(st, time.Now())
 	if ce := a.log.Check(zap.DebugLevel, "batch committed"); ce != nil {

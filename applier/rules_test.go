@@ -2,7 +2,10 @@ package applier
 
 import (
 	"context"
+	"database/sql"
 	"testing"
+
+	"github.com/go-sql-driver/mysql"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
@@ -144,4 +147,51 @@ func TestSessionSettings(t *testing.T) {
 	var unix int64
 	require.NoError(t, db.QueryRow("SELECT UNIX_TIMESTAMP(at) FROM "+schema.Quote(e.db)+".ev WHERE id = 0").Scan(&unix))
 	require.Equal(t, int64(1704164645), unix)
+}
+
+// TestEmptyTxnsWithoutBinlogAdmin: a user that may not switch sql_log_bin
+// leaves progress over change-less transactions unsaved (never binlogged,
+// so no echo) until a transaction with rows carries it.
+func TestEmptyTxnsWithoutBinlogAdmin(t *testing.T) {
+	e := newEnv(t, "t_nobinlogadmin")
+	_, err := db.Exec("CREATE USER IF NOT EXISTS 'applier'@'%' IDENTIFIED BY 'pw'; " +
+		"GRANT SELECT, INSERT, UPDATE, DELETE ON *.* TO 'applier'@'%'")
+	require.NoError(t, err)
+	c := mysql.NewConfig()
+	c.User, c.Passwd, c.Net, c.Addr = "applier", "pw", "tcp", srv.Addr()
+	limited, err := sql.Open("mysql", c.FormatDSN())
+	require.NoError(t, err)
+	defer limited.Close()
+
+	run := func(txns ...*binlog.Txn) *Applier {
+		in := make(chan *binlog.Txn, len(txns))
+		for _, tx := range txns {
+			in <- tx
+		}
+		close(in)
+		a := New(Config{Self: self, Peer: e.peer}, limited, NewTables(limited, []config.TableRule{{Schema: e.db, Table: "*"}}, nil), e.clock, nil, nil)
+		require.NoError(t, a.Run(context.Background(), in))
+		return a
+	}
+	a := run(e.txn(1), e.txn(2))
+	ck, err := a.Checkpoint(context.Background())
+	require.NoError(t, err)
+	require.False(t, ck.Found, "not saved")
+
+	// One applier run: the empty batch is counted with the next one.
+	in := make(chan *binlog.Txn)
+	a = New(Config{Self: self, Peer: e.peer}, limited, NewTables(limited, []config.TableRule{{Schema: e.db, Table: "*"}}, nil), e.clock, nil, nil)
+	done := make(chan error, 1)
+	go func() { done <- a.Run(context.Background(), in) }()
+	in <- e.txn(1)
+	in <- e.txn(2)
+	in <- e.txn(3, e.ins(1, "a", 1, stamp(0, 1), peerOrigin))
+	close(in)
+	require.NoError(t, <-done)
+	ck, err = a.Checkpoint(context.Background())
+	require.NoError(t, err)
+	require.Equal(t, uint32(300), ck.Pos.Pos)
+	require.Equal(t, uint64(3), ck.Txns)
+	_, ok := e.get(1)
+	require.True(t, ok)
 }
