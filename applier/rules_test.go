@@ -3,6 +3,7 @@ package applier
 import (
 	"context"
 	"database/sql"
+	"fmt"
 	"testing"
 
 	"github.com/go-sql-driver/mysql"
@@ -194,4 +195,46 @@ func TestEmptyTxnsWithoutBinlogAdmin(t *testing.T) {
 	require.Equal(t, uint64(3), ck.Txns)
 	_, ok := e.get(1)
 	require.True(t, ok)
+}
+
+// TestPiecesLostConnectionResume: a retryable failure after pieces were
+// consumed cannot be retried from memory: the applier stops with
+// ErrResume and nothing of the transaction is applied.
+func TestPiecesLostConnectionResume(t *testing.T) {
+	e := newEnv(t, "t_piecesresume")
+	in := make(chan *binlog.Txn, 3)
+	for i := 0; i < 3; i++ {
+		p := e.txn(1, e.ins(int64(i+1), "p", 1, stamp(1, uint16(i)), peerOrigin))
+		p.Piece, p.Last = i, i == 2
+		in <- p
+	}
+	close(in)
+	a := e.applier(64)
+	a.changeHook = func(rc *binlog.RowChange) {
+		if rc.After["id"] == int64(2) {
+			_, err := db.Exec("KILL CONNECTION " + fmt.Sprint(a.sessionID.Load()))
+			require.NoError(t, err)
+		}
+	}
+	err := a.Run(context.Background(), in)
+	require.ErrorIs(t, err, ErrResume)
+	require.Equal(t, 0, e.count())
+	ck, err := a.Checkpoint(context.Background())
+	require.NoError(t, err)
+	require.False(t, ck.Found)
+}
+
+// TestTableNotPrepared: a table without mlproxy's metadata columns is
+// refused with a message that says to run schema apply.
+func TestTableNotPrepared(t *testing.T) {
+	e := newEnv(t, "t_notprepared")
+	_, err := db.Exec("CREATE TABLE " + schema.Quote(e.db) + ".bare (id INT PRIMARY KEY)")
+	require.NoError(t, err)
+	ch := binlog.RowChange{Schema: e.db, Table: "bare", Op: binlog.Insert, After: binlog.Row{"id": int64(1)}, Stamp: stamp(0, 1), Origin: peerOrigin}
+	in := make(chan *binlog.Txn, 1)
+	in <- e.txn(1, ch)
+	close(in)
+	err = e.applier(64).Run(context.Background(), in)
+	require.ErrorIs(t, err, ErrNotPrepared)
+	require.ErrorContains(t, err, e.db+".bare")
 }
