@@ -127,3 +127,33 @@ func GCTombstones(ctx context.Context, db *sql.DB, tables []*schema.Table, older
 	}
 	return total, nil
 }
+
+// RunTombstoneGC collects tombstones every interval (0 = 1m) until ctx
+// ends, returning ctx's error: each round computes GCHorizon over peers
+// with slack and deletes below it. A failed round is logged and retried
+// at the next tick (collection is never urgent); tables is read once, so a
+// caller that adds tables restarts it.
+func RunTombstoneGC(ctx context.Context, db *sql.DB, tables []*schema.Table, peers []uint16, slack, interval time.Duration, log *zap.Logger) error {
+	if log == nil {
+		log = zap.NewNop()
+	}
+	if interval <= 0 {
+		interval = time.Minute
+	}
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for {
+		h, err := GCHorizon(ctx, db, peers, slack)
+		if err == nil {
+			_, err = GCTombstones(ctx, db, tables, h, 1000, log)
+		}
+		if err != nil && ctx.Err() == nil {
+			log.Warn("tombstone gc round failed", zap.Error(err))
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+		}
+	}
+}

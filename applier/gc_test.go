@@ -60,3 +60,28 @@ func TestGCTombstones(t *testing.T) {
 	require.NoError(t, err)
 	require.Zero(t, h)
 }
+
+func TestRunTombstoneGC(t *testing.T) {
+	e := newEnv(t, "t_rungc")
+	tables, err := schema.Inspect(context.Background(), db, []config.TableRule{{Schema: e.db, Table: "*"}})
+	require.NoError(t, err)
+	old := e.txn(1, e.del(1, 0, 0, stamp(0, 0), peerOrigin))
+	old.Timestamp = time.UnixMilli(base + 60_000) // the peer has moved a minute on since
+	e.runAll(64, old)
+	_, _, ok := e.tomb(1)
+	require.True(t, ok)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- RunTombstoneGC(ctx, db, tables, []uint16{e.peer.ID}, time.Second, 10*time.Millisecond, nil)
+	}()
+	for {
+		if _, _, ok := e.tomb(1); !ok {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	require.ErrorIs(t, <-done, context.Canceled)
+}
