@@ -113,7 +113,8 @@ const maxBatchBytes = 32 << 20
 type Status struct {
 	Peer   string
 	PeerID uint16
-	// Pos is the end of the last committed source transaction.
+	// Pos is the end of the last committed source transaction (from the
+	// checkpoint once Run has started).
 	Pos binlog.Position
 	// SourceTime is that transaction's source commit time; AppliedAt when
 	// this region committed it.
@@ -239,6 +240,11 @@ func (a *Applier) Run(ctx context.Context, in <-chan *binlog.Txn) error {
 			a.log.Warn("checkpoint stamp too far ahead of local time", zap.Error(err))
 		}
 	}
+	a.mu.Lock()
+	if a.status.Pos == (binlog.Position{}) {
+		a.status.Pos, a.status.HLC, a.status.SourceTime, a.status.AppliedAt = ck.Pos, ck.HLC, ck.SourceTime, ck.AppliedAt
+	}
+	a.mu.Unlock()
 	a.log.Info("applier started", zap.Int("batch_txns", a.cfg.BatchTxns),
 		zap.String("gtid", ck.Pos.GTID), zap.String("file", ck.Pos.File), zap.Uint32("pos", ck.Pos.Pos))
 	var carry *binlog.Txn
