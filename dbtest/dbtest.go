@@ -84,8 +84,12 @@ func template() (string, error) {
 			return
 		}
 		data := filepath.Join(dir, "data")
+		// Every server gets its own tmpdir: mariadbd deletes stray #sql*
+		// files in its tmpdir when it starts, which would pull temporary
+		// tables from under other servers sharing /tmp.
 		cmd := exec.Command("mariadb-install-db", "--no-defaults", "--datadir="+data,
-			"--user="+currentUser(), "--auth-root-authentication-method=normal", "--skip-test-db")
+			"--user="+currentUser(), "--auth-root-authentication-method=normal", "--skip-test-db",
+			"--tmpdir="+dir)
 		out, err := cmd.CombinedOutput()
 		if err != nil {
 			templateErr = fmt.Errorf("dbtest: mariadb-install-db: %v\n%s", err, out)
@@ -157,6 +161,7 @@ func (s *Server) args() []string {
 		"--socket=" + filepath.Join(s.Dir, "mysqld.sock"),
 		"--pid-file=" + filepath.Join(s.Dir, "mysqld.pid"),
 		"--log-error=" + filepath.Join(s.Dir, "error.log"),
+		"--tmpdir=" + s.Dir, // its own (see template)
 		"--server-id=" + strconv.Itoa(int(o.ServerID)),
 		"--gtid-domain-id=" + strconv.Itoa(int(o.ServerID)),
 		"--log-bin=binlog",
