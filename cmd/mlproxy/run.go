@@ -331,7 +331,7 @@ func (l *link) run(ctx context.Context) {
 		}
 		wait := bo.NextBackOff()
 		l.set("retrying", err)
-		l.log.Error("replication link failed; retrying from the checkpoint", zap.Error(err), zap.Duration("retry_in", wait))
+		l.log.Warn("replication link down; retrying from the checkpoint", zap.Error(err), zap.Duration("retry_in", wait))
 		select {
 		case <-ctx.Done():
 			l.set("stopped", nil)
