@@ -177,7 +177,7 @@ func benchReplication(ctx context.Context, bin string, dur, backlog time.Duratio
 		}
 		ph := phase{name: name}
 		if err := waitCaughtUp(ctx, &s, 3*time.Minute); err != nil {
-			return ph, res, err
+			return ph, res, fmt.Errorf("%w; native replica: %s", err, slaveErrors(ctx, ndb))
 		}
 		w := s.between(start, end)
 		if len(w) < 2 {
@@ -275,4 +275,32 @@ func waitCaughtUp(ctx context.Context, s *sampler, max time.Duration) error {
 	}
 	x := s.last()
 	return fmt.Errorf("replicas not caught up after %v: source at %d, mlproxy applied %d, native applied %d", max, x.source, x.peer, x.native)
+}
+
+// slaveErrors returns the native replica's last replication errors.
+func slaveErrors(ctx context.Context, db *sql.DB) string {
+	rows, err := db.QueryContext(ctx, "SHOW SLAVE STATUS")
+	if err != nil {
+		return err.Error()
+	}
+	defer rows.Close()
+	cols, _ := rows.Columns()
+	vals := make([]sql.NullString, len(cols))
+	ptrs := make([]any, len(cols))
+	for i := range vals {
+		ptrs[i] = &vals[i]
+	}
+	if !rows.Next() {
+		return "not configured"
+	}
+	if err := rows.Scan(ptrs...); err != nil {
+		return err.Error()
+	}
+	var out []string
+	for i, c := range cols {
+		if (c == "Last_IO_Error" || c == "Last_SQL_Error" || c == "Slave_SQL_Running" || c == "Slave_IO_Running") && vals[i].String != "" {
+			out = append(out, c+"="+vals[i].String)
+		}
+	}
+	return strings.Join(out, "; ")
 }

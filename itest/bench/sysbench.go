@@ -51,7 +51,7 @@ func sysbench(ctx context.Context, addr, test, command string, args ...string) (
 	base := []string{test,
 		"--db-driver=mysql", "--mysql-host=" + host, "--mysql-port=" + port,
 		"--mysql-user=root", "--mysql-db=sbtest", "--tables=4", "--table-size=10000",
-		"--rand-seed=1", "--report-interval=0",
+		"--rand-seed=1", "--report-interval=0", "--auto_inc=off", // explicit ids: every server loads identical rows
 	}
 	cmd := exec.CommandContext(ctx, "sysbench", append(append(base, args...), command)...)
 	out, err := cmd.CombinedOutput()
