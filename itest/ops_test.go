@@ -2,6 +2,8 @@ package itest
 
 import (
 	"context"
+	"io"
+	"net/http"
 	"os"
 	"strings"
 	"testing"
@@ -50,6 +52,20 @@ func TestOperations(t *testing.T) {
 		t.Errorf("mlproxy status on us after convergence: want lag 0 s and 0 txns, got:\n%s", out)
 	}
 
+	// Metrics and health for alerting.
+	for path, want := range map[string]string{
+		"/metrics": "mlproxy_applier_txns_total",
+		"/healthz": "ok",
+	} {
+		body := httpGet(t, "http://"+us.Metrics+path)
+		if !strings.Contains(body, want) {
+			t.Errorf("GET %s on us: no %q in:\n%.500s", path, want, body)
+		}
+	}
+	if body := httpGet(t, "http://"+eu.Metrics+"/metrics"); !strings.Contains(body, `mlproxy_proxy_stamped_total`) {
+		t.Errorf("eu's /metrics lacks mlproxy_proxy_stamped_total")
+	}
+
 	// SIGTERM: clean exit, logged.
 	if err := c.StopProxy(eu, false); err != nil {
 		t.Fatalf("mlproxy exited with %v on SIGTERM; want exit status 0", err)
@@ -93,4 +109,18 @@ func TestOperations(t *testing.T) {
 	if err := c.WaitConverged(wctx2, map[string]string{"app.kv": "k"}, "k, v, n, _mlr_hlc, _mlr_origin"); err != nil {
 		t.Fatalf("with peer ghost down, eu and us stop converging: %v", err)
 	}
+}
+
+func httpGet(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }

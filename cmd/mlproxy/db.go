@@ -49,3 +49,16 @@ func openServer(ctx context.Context, name string, s config.Server) (*sql.DB, err
 	}
 	return db, nil
 }
+
+// loadLocal loads the region's config and opens its local server.
+func loadLocal(ctx context.Context, path string) (*config.Config, *sql.DB, error) {
+	cfg, err := config.Load(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	db, err := openServer(ctx, "local", cfg.Local)
+	if err != nil {
+		return nil, nil, err
+	}
+	return cfg, db, nil
+}

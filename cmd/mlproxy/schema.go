@@ -8,7 +8,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/mlproxy/mlproxy/config"
 	"github.com/mlproxy/mlproxy/schema"
 )
 
@@ -28,19 +27,15 @@ func schemaApplyCmd() *cobra.Command {
 		Short: "Add stamp columns and triggers to replicated tables and create the mlr schema (idempotent)",
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			cfg, err := config.Load(path)
-			if err != nil {
-				return err
-			}
-			log, err := newLogger(cfg)
-			if err != nil {
-				return err
-			}
-			db, err := openServer(ctx, "local", cfg.Local)
+			cfg, db, err := loadLocal(ctx, path)
 			if err != nil {
 				return err
 			}
 			defer db.Close()
+			log, err := newLogger(cfg)
+			if err != nil {
+				return err
+			}
 			tables, err := schema.Inspect(ctx, db, cfg.Tables)
 			if err != nil {
 				return err
@@ -76,11 +71,7 @@ func schemaCheckCmd() *cobra.Command {
 		Short: "Report every problem that would stop replication (exit 1 if any)",
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			cfg, err := config.Load(path)
-			if err != nil {
-				return err
-			}
-			local, err := openServer(ctx, "local", cfg.Local)
+			cfg, local, err := loadLocal(ctx, path)
 			if err != nil {
 				return err
 			}

@@ -23,11 +23,7 @@ func statusCmd() *cobra.Command {
 		Short: "Per peer: link state, last applied position, lag in seconds and transactions",
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			cfg, err := config.Load(path)
-			if err != nil {
-				return err
-			}
-			local, err := openServer(ctx, "local", cfg.Local)
+			cfg, local, err := loadLocal(ctx, path)
 			if err != nil {
 				return err
 			}
