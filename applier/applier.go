@@ -436,11 +436,22 @@ func (a *Applier) commitBatch(ctx context.Context, txns []*binlog.Txn, retry boo
 		a.afterCommit(uncertain, st.ck.AppliedAt)
 		return nil
 	}
-	for _, t := range txns {
-		if err := a.applyTxn(ctx, conn, st, t); err != nil {
-			a.rollback(ctx, conn)
+	err = a.applyTxns(ctx, conn, st, txns, false)
+	if errors.Is(err, errSplit) {
+		// A key constraint refused a multi-row write: apply the batch
+		// again one change at a time, which fails (or not) exactly where
+		// one-by-one apply does.
+		a.rollback(ctx, conn)
+		a.log.Info("multi-row write refused by a key constraint, applying the batch one change at a time",
+			zap.String("gtid", last.Pos.GTID), zap.Error(err))
+		if conn, st, err = a.begin(ctx); err != nil {
 			return err
 		}
+		err = a.applyTxns(ctx, conn, st, txns, true)
+	}
+	if err != nil {
+		a.rollback(ctx, conn)
+		return err
 	}
 	return a.commit(ctx, conn, st)
 }
@@ -454,7 +465,7 @@ func (a *Applier) applyPieces(ctx context.Context, first *binlog.Txn, in <-chan 
 	}
 	cur := first
 	for {
-		if err := a.applyTxn(ctx, conn, st, cur); err != nil {
+		if err := a.applyTxns(ctx, conn, st, []*binlog.Txn{cur}, false); err != nil {
 			a.rollback(ctx, conn)
 			return a.resumable(err)
 		}

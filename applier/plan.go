@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/mlproxy/mlproxy/binlog"
@@ -39,14 +40,6 @@ type plan struct {
 	// known holds every column name of the local table.
 	known map[string]schema.Column
 
-	// lookup reads and locks the row and its tombstone in one round trip.
-	// Args: pk; result: user columns, _mlr_hlc, _mlr_origin of the row
-	// (NULL stamps: no row), then the tombstone's _mlr_hlc, _mlr_origin
-	// (NULL: none).
-	lookup     string
-	deleteRow  string // args: pk
-	upsertTomb string // args: pk, _mlr_hlc, _mlr_origin
-
 	// stmts are prepared on the session connection, keyed by SQL text.
 	stmts map[string]*sql.Stmt
 	// texts caches insert/update SQL by kind and column list.
@@ -64,60 +57,17 @@ func newPlan(t *schema.Table, rule conflict.Rule) (*plan, error) {
 		return nil, fmt.Errorf("table %s.%s has no %s column: %w", t.Schema, t.Name, schema.ColOrigin, ErrNotPrepared)
 	}
 	p := &plan{
-		t:          t,
-		rule:       rule,
-		user:       t.UserColumns(),
-		known:      make(map[string]schema.Column, len(t.Columns)),
-		lookup:     lookupSQL(t),
-		deleteRow:  t.DeleteByPKSQL(),
-		upsertTomb: upsertTombstoneSQL(t),
-		stmts:      map[string]*sql.Stmt{},
-		texts:      map[string]string{},
+		t:     t,
+		rule:  rule,
+		user:  t.UserColumns(),
+		known: make(map[string]schema.Column, len(t.Columns)),
+		stmts: map[string]*sql.Stmt{},
+		texts: map[string]string{},
 	}
 	for _, c := range t.Columns {
 		p.known[c.Name] = c
 	}
 	return p, nil
-}
-
-// lookupSQL reads the local version of one row, live row and tombstone
-// together, locking both (or the gaps where they would be). The key is
-// bound once into a one-row derived table that both are joined to.
-func lookupSQL(t *schema.Table) string {
-	var cols, keys, onT, onB []string
-	for _, c := range t.UserColumns() {
-		cols = append(cols, "t."+schema.Quote(c.Name))
-	}
-	h, o := schema.Quote(schema.ColHLC), schema.Quote(schema.ColOrigin)
-	cols = append(cols, "t."+h, "t."+o, "b."+h, "b."+o)
-	for i, c := range t.PK {
-		k := fmt.Sprintf("k%d", i)
-		keys = append(keys, "? AS "+k)
-		onT = append(onT, "t."+schema.Quote(c)+" = k."+k)
-		onB = append(onB, "b."+schema.Quote(c)+" = k."+k)
-	}
-	return "SELECT " + strings.Join(cols, ", ") + " FROM (SELECT " + strings.Join(keys, ", ") + ") k" +
-		" LEFT JOIN " + t.QualifiedName() + " t ON " + strings.Join(onT, " AND ") +
-		" LEFT JOIN " + t.TombstoneQualifiedName() + " b ON " + strings.Join(onB, " AND ") +
-		" FOR UPDATE"
-}
-
-// upsertTombstoneSQL records a tombstone, or moves an existing one forward:
-// a tombstone is replaced only by a newer one ((hlc, origin) compared as a
-// pair, as ties break by origin). Assignments run left to right, so the
-// origin is decided against the old stamp first; the stamp then only grows.
-// Args: the primary key values, _mlr_hlc, _mlr_origin.
-func upsertTombstoneSQL(t *schema.Table) string {
-	cs := make([]string, 0, len(t.PK)+2)
-	for _, c := range t.PK {
-		cs = append(cs, schema.Quote(c))
-	}
-	h, o := schema.Quote(schema.ColHLC), schema.Quote(schema.ColOrigin)
-	cs = append(cs, h, o)
-	return "INSERT INTO " + t.TombstoneQualifiedName() + " (" + strings.Join(cs, ", ") + ") VALUES (" +
-		strings.TrimSuffix(strings.Repeat("?, ", len(cs)), ", ") + ") ON DUPLICATE KEY UPDATE " +
-		o + " = IF(VALUES(" + h + ") > " + h + " OR (VALUES(" + h + ") = " + h + " AND VALUES(" + o + ") > " + o + "), VALUES(" + o + "), " + o + "), " +
-		h + " = GREATEST(" + h + ", VALUES(" + h + "))"
 }
 
 // writeColumns are the user columns present in row, in table order: a
@@ -132,17 +82,6 @@ func (p *plan) writeColumns(row map[string]any) []string {
 		}
 	}
 	return cs
-}
-
-// insertSQL inserts the named columns then _mlr_hlc, _mlr_origin.
-func (p *plan) insertSQL(cols []string) string {
-	q := make([]string, 0, len(cols)+2)
-	for _, c := range cols {
-		q = append(q, schema.Quote(c))
-	}
-	q = append(q, schema.Quote(schema.ColHLC), schema.Quote(schema.ColOrigin))
-	return "INSERT INTO " + p.t.QualifiedName() + " (" + strings.Join(q, ", ") + ") VALUES (" +
-		strings.TrimSuffix(strings.Repeat("?, ", len(q)), ", ") + ")"
 }
 
 // updateSQL sets the named columns then _mlr_hlc, _mlr_origin, by the
@@ -222,4 +161,139 @@ func (p *plan) closeStmts() {
 		_ = s.Close()
 		delete(p.stmts, k)
 	}
+}
+
+// sized returns build(cols, n), built once per kind, column list and row
+// count. Callers use powers of two for n, so a plan holds at most
+// log2(maxChunkRows)+1 statements per kind and column list.
+func (p *plan) sized(kind string, cols []string, n int, build func([]string, int) string) string {
+	k := kind + "\x00" + strconv.Itoa(n) + "\x00" + strings.Join(cols, "\x00")
+	if s, ok := p.texts[k]; ok {
+		return s
+	}
+	s := build(cols, n)
+	p.texts[k] = s
+	return s
+}
+
+// pkUserIndex returns the positions of the primary key columns among the
+// user columns, or nil when one of them is not a user column (generated).
+func (p *plan) pkUserIndex() []int {
+	ix := make([]int, 0, len(p.t.PK))
+	for _, k := range p.t.PK {
+		found := false
+		for i, c := range p.user {
+			if c.Name == k {
+				ix = append(ix, i)
+				found = true
+				break
+			}
+		}
+		if !found {
+			return nil
+		}
+	}
+	return ix
+}
+
+// lookupSQL reads the local versions of n keys, live rows and tombstones
+// together, locking both (or the gaps where they would be). The keys are
+// bound into a derived table numbered 0..n-1 that both are joined to.
+// Args: the keys' primary key values in order; result rows: the key's
+// number, the row's user columns, _mlr_hlc, _mlr_origin (NULL stamps: no
+// row), the tombstone's primary key columns, _mlr_hlc, _mlr_origin (NULL:
+// none). Exactly one result row per key number.
+func (p *plan) lookupSQL(_ []string, n int) string {
+	t := p.t
+	cols := []string{"k.i"}
+	for _, c := range p.user {
+		cols = append(cols, "t."+schema.Quote(c.Name))
+	}
+	h, o := schema.Quote(schema.ColHLC), schema.Quote(schema.ColOrigin)
+	cols = append(cols, "t."+h, "t."+o)
+	var onT, onB []string
+	for i, c := range t.PK {
+		cols = append(cols, "b."+schema.Quote(c))
+		k := fmt.Sprintf("k%d", i)
+		onT = append(onT, "t."+schema.Quote(c)+" = k."+k)
+		onB = append(onB, "b."+schema.Quote(c)+" = k."+k)
+	}
+	cols = append(cols, "b."+h, "b."+o)
+	var keys strings.Builder
+	for r := 0; r < n; r++ {
+		if r > 0 {
+			keys.WriteString(" UNION ALL ")
+		}
+		fmt.Fprintf(&keys, "SELECT %d", r)
+		if r == 0 {
+			keys.WriteString(" AS i")
+		}
+		for i := range t.PK {
+			keys.WriteString(", ?")
+			if r == 0 {
+				fmt.Fprintf(&keys, " AS k%d", i)
+			}
+		}
+	}
+	return "SELECT " + strings.Join(cols, ", ") + " FROM (" + keys.String() + ") k" +
+		" LEFT JOIN " + t.QualifiedName() + " t ON " + strings.Join(onT, " AND ") +
+		" LEFT JOIN " + t.TombstoneQualifiedName() + " b ON " + strings.Join(onB, " AND ") +
+		" FOR UPDATE"
+}
+
+// valuesList is n rows of w placeholders each.
+func valuesList(n, w int) string {
+	row := "(" + strings.TrimSuffix(strings.Repeat("?, ", w), ", ") + ")"
+	return strings.TrimSuffix(strings.Repeat(row+", ", n), ", ")
+}
+
+// deleteSQL deletes the rows of n primary keys. Args: the keys in order.
+func (p *plan) deleteSQL(_ []string, n int) string {
+	ks := make([]string, len(p.t.PK))
+	for i, c := range p.t.PK {
+		ks[i] = schema.Quote(c)
+	}
+	return "DELETE FROM " + p.t.QualifiedName() + " WHERE (" + strings.Join(ks, ", ") + ") IN (" + valuesList(n, len(ks)) + ")"
+}
+
+// insertRowsSQL inserts n rows of the named columns then _mlr_hlc,
+// _mlr_origin.
+func (p *plan) insertRowsSQL(cols []string, n int) string {
+	q := make([]string, 0, len(cols)+2)
+	for _, c := range cols {
+		q = append(q, schema.Quote(c))
+	}
+	q = append(q, schema.Quote(schema.ColHLC), schema.Quote(schema.ColOrigin))
+	return "INSERT INTO " + p.t.QualifiedName() + " (" + strings.Join(q, ", ") + ") VALUES " + valuesList(n, len(q))
+}
+
+// upsertRowsSQL updates n existing rows: the named columns (primary key
+// columns among them keep their key, or change only its spelling) then
+// _mlr_hlc, _mlr_origin. Used only for keys whose row was read live and
+// locked, so the insert branch never runs.
+func (p *plan) upsertRowsSQL(cols []string, n int) string {
+	sets := make([]string, 0, len(cols)+2)
+	for _, c := range append(append([]string{}, cols...), schema.ColHLC, schema.ColOrigin) {
+		q := schema.Quote(c)
+		sets = append(sets, q+" = VALUES("+q+")")
+	}
+	return p.insertRowsSQL(cols, n) + " ON DUPLICATE KEY UPDATE " + strings.Join(sets, ", ")
+}
+
+// tombSQL records n tombstones, or moves existing ones forward: a
+// tombstone is replaced only by a newer one ((hlc, origin) compared as a
+// pair, as ties break by origin). Assignments run left to right, so the
+// origin is decided against the old stamp first; the stamp then only
+// grows. Args per row: the primary key values, _mlr_hlc, _mlr_origin.
+func (p *plan) tombSQL(_ []string, n int) string {
+	cs := make([]string, 0, len(p.t.PK)+2)
+	for _, c := range p.t.PK {
+		cs = append(cs, schema.Quote(c))
+	}
+	h, o := schema.Quote(schema.ColHLC), schema.Quote(schema.ColOrigin)
+	cs = append(cs, h, o)
+	return "INSERT INTO " + p.t.TombstoneQualifiedName() + " (" + strings.Join(cs, ", ") + ") VALUES " +
+		valuesList(n, len(cs)) + " ON DUPLICATE KEY UPDATE " +
+		o + " = IF(VALUES(" + h + ") > " + h + " OR (VALUES(" + h + ") = " + h + " AND VALUES(" + o + ") > " + o + "), VALUES(" + o + "), " + o + "), " +
+		h + " = GREATEST(" + h + ", VALUES(" + h + "))"
 }
