@@ -1,9 +1,12 @@
 // Package applier applies one peer's transactions to the local server.
 //
 // An Applier consumes whole source transactions (binlog.Txn) in source
-// order and, for each row change, reads the local version of the row (the
-// live row, or its tombstone), lets the table's conflict rule decide, and
-// writes the outcome with the winning version's stamp. The rows of one or
+// order and applies them set-based (batch.go): it reads and locks the local
+// versions (live row, tombstone) of every key a batch touches with one
+// query per table, lets the table's conflict rule decide each row change in
+// source order against an in-memory version that each decision updates,
+// and writes the net outcome per key, with the winning versions' stamps,
+// in multi-row statements. The rows of one or
 // more source transactions, the conflict log entries and the peer's
 // checkpoint row are committed in ONE local transaction, so after a crash at
 // any point the tailer resumes from Checkpoint with nothing applied twice
@@ -13,8 +16,10 @@
 //   - A source transaction is applied whole or not at all; transactions of
 //     one peer are committed in source order. Batching groups consecutive
 //     transactions into one local commit; it never splits one.
-//   - Rows are applied one after another in source order on one session:
-//     changes to one row are never reordered. (Config.Workers is accepted
+//   - Changes are decided one after another in source order on one
+//     session, each seeing the outcome of the ones before it: the tables
+//     end exactly as applying the rows one by one would leave them.
+//     (Config.Workers is accepted
 //     for the configuration's sake; parallel apply is not implemented: rows
 //     applied on several connections could not commit atomically with one
 //     checkpoint without XA and a recovery log.)
@@ -157,7 +162,8 @@ type Applier struct {
 	// commitHook, when set (tests), runs after a successful COMMIT; an
 	// error is treated as a COMMIT whose reply was lost.
 	commitHook func() error
-	// changeHook, when set (tests), runs before each row change is applied.
+	// changeHook, when set (tests), runs as each row change is gathered,
+	// before the statements of its segment run.
 	changeHook func(*binlog.RowChange)
 	// binlogLocked is set once the server refused SET sql_log_bin (the
 	// user lacks BINLOG ADMIN): progress over batches without rows is then
@@ -443,7 +449,7 @@ func (a *Applier) commitBatch(ctx context.Context, txns []*binlog.Txn, retry boo
 		// one-by-one apply does.
 		a.rollback(ctx, conn)
 		a.log.Info("multi-row write refused by a key constraint, applying the batch one change at a time",
-			zap.String("gtid", last.Pos.GTID), zap.Error(err))
+			zap.String("gtid", last.Pos.GTID), zap.Int("txns", len(txns)), zap.Uint16("mysql_error", errNumber(err)))
 		if conn, st, err = a.begin(ctx); err != nil {
 			return err
 		}

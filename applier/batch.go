@@ -289,6 +289,16 @@ func constraintErr(err error) bool {
 	return false
 }
 
+// errNumber is err's server error number, 0 if none (logged instead of the
+// message, which may quote row values).
+func errNumber(err error) uint16 {
+	var me *mysql.MySQLError
+	if errors.As(err, &me) {
+		return me.Number
+	}
+	return 0
+}
+
 // change is rc as the rule sees it.
 func (p *plan) change(rc *binlog.RowChange) conflict.Change {
 	ch := conflict.Change{
