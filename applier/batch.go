@@ -42,7 +42,10 @@ import (
 // When a multi-row write meets a key constraint (a secondary unique key
 // swapped between rows within the segment, a foreign key whose order of
 // writes mattered), the whole batch is rolled back and applied again with
-// one change per segment: the one-by-one semantics, errors included.
+// one change per segment: the one-by-one semantics, errors included. A
+// transaction streamed in pieces cannot be applied again from memory: such
+// a failure in one of its pieces stops the applier instead, although one
+// change at a time would have succeeded.
 //
 // Keys are matched by their binlog values; two spellings of one key that
 // the column's collation equates (case, trailing spaces) are merged when
