@@ -138,7 +138,8 @@ type Clock struct {
 // Apply tunes the appliers.
 type Apply struct {
 	// BatchTxns groups up to this many source transactions in one local
-	// commit (0 = 64).
+	// commit (0 = 512). Batches form only from transactions already waiting,
+	// so a region that keeps up still commits each one at once.
 	BatchTxns int `yaml:"batch_txns"`
 	// RelayBytes bounds the memory of the relay between tailer and applier,
 	// and the size of the pieces a large transaction is streamed in
@@ -189,7 +190,7 @@ const (
 const (
 	DefaultShutdownTimeout     = 30 * time.Second
 	DefaultMaxOffset           = 500 * time.Millisecond
-	DefaultBatchTxns           = 64
+	DefaultBatchTxns           = 512
 	DefaultRelayBytes          = 64 << 20
 	DefaultWorkers             = 4
 	DefaultTombstoneGCInterval = time.Minute

@@ -40,7 +40,7 @@ func TestParseMinimalAppliesDefaults(t *testing.T) {
 	assert.Equal(t, 10000, c.Proxy.StatementCacheSize)
 	assert.Equal(t, 30*time.Second, c.Proxy.ShutdownTimeout)
 	assert.Equal(t, 500*time.Millisecond, c.Clock.MaxOffset)
-	assert.Equal(t, 64, c.Apply.BatchTxns)
+	assert.Equal(t, 512, c.Apply.BatchTxns)
 	assert.Equal(t, int64(64<<20), c.Apply.RelayBytes)
 	assert.Equal(t, 4, c.Apply.Workers)
 	assert.Equal(t, time.Minute, c.Apply.TombstoneGCInterval)
@@ -65,7 +65,7 @@ func TestDefaultKeepsExplicitValues(t *testing.T) {
 	assert.Equal(t, time.Second, c.Proxy.ShutdownTimeout)
 	assert.Equal(t, RuleManual, c.Tables[0].Rule)
 	assert.Equal(t, 9, c.Apply.Workers)
-	assert.Equal(t, 64, c.Apply.BatchTxns)
+	assert.Equal(t, 512, c.Apply.BatchTxns)
 	assert.Equal(t, "debug", c.Log.Level)
 }
 

@@ -250,7 +250,7 @@ type link struct {
 
 // relayTxns bounds the relay between tailer and applier by count; with the
 // tailer's piece size (relay_bytes / relayTxns) it is bounded by bytes too.
-const relayTxns = 256
+const relayTxns = 1024
 
 func newLink(r *region, p config.Peer, tables applier.TableSource) *link {
 	cfg := r.cfg
