@@ -3,8 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"os"
-	"text/tabwriter"
 	"time"
 
 	"github.com/mlproxy/mlproxy/itest/cluster"
@@ -34,8 +32,8 @@ func benchProxy(ctx context.Context, bin string, dur time.Duration) error {
 	}
 	defer relay.Close()
 	secs := fmt.Sprintf("--time=%d", int(dur.Seconds()))
-	w := tabwriter.NewWriter(os.Stdout, 2, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(w, "test\tthreads\tdirect tps\tproxy tps\tratio\trelay tps\tratio\tdirect avg ms\tproxy avg ms\tadded µs/stmt\trelay added µs/stmt\t")
+	const row = "%-18s %7v %10v %10v %6v %10v %6v %13v %12v %14v %20v\n"
+	fmt.Printf(row, "test", "threads", "direct tps", "proxy tps", "ratio", "relay tps", "ratio", "direct avg ms", "proxy avg ms", "added µs/stmt", "relay added µs/stmt")
 	for _, test := range []string{"oltp_point_select", "oltp_read_write"} {
 		for _, threads := range []int{1, 4, 16} {
 			th := fmt.Sprintf("--threads=%d", threads)
@@ -54,9 +52,9 @@ func benchProxy(ctx context.Context, bin string, dur time.Duration) error {
 			perTxn := p.Queries / p.Txns
 			added := (p.AvgLatencyMs - d.AvgLatencyMs) * 1000 / perTxn
 			relayAdded := (b.AvgLatencyMs - d.AvgLatencyMs) * 1000 / perTxn
-			fmt.Fprintf(w, "%s\t%d\t%.0f\t%.0f\t%.2fx\t%.0f\t%.2fx\t%.3f\t%.3f\t%.1f\t%.1f\t\n", test, threads, d.TPS, p.TPS, p.TPS/d.TPS,
-				b.TPS, b.TPS/d.TPS, d.AvgLatencyMs, p.AvgLatencyMs, added, relayAdded)
-			w.Flush()
+			fmt.Printf(row, test, threads, fmt.Sprintf("%.0f", d.TPS), fmt.Sprintf("%.0f", p.TPS), fmt.Sprintf("%.2fx", p.TPS/d.TPS),
+				fmt.Sprintf("%.0f", b.TPS), fmt.Sprintf("%.2fx", b.TPS/d.TPS), fmt.Sprintf("%.3f", d.AvgLatencyMs),
+				fmt.Sprintf("%.3f", p.AvgLatencyMs), fmt.Sprintf("%.1f", added), fmt.Sprintf("%.1f", relayAdded))
 		}
 	}
 	fmt.Println("ratio = tps / direct tps; added µs/stmt = (proxy or relay - direct) average transaction latency / statements per transaction;")
