@@ -376,8 +376,14 @@ func TestKilledConnectionRetries(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- a.Run(context.Background(), in) }()
 	in <- e.txn(1, e.ins(1, "a", 1, stamp(0, 1), peerOrigin))
-	// Sending txn 2 returns once txn 1's batch is done and its session idle.
 	in <- e.txn(2)
+	// Wait until both are committed (a send only says the applier took the
+	// transaction, maybe into a batch still being applied): the session
+	// is then idle.
+	require.Eventually(t, func() bool {
+		ck, err := a.Checkpoint(context.Background())
+		return err == nil && ck.Pos.Pos == 200
+	}, 30*time.Second, 10*time.Millisecond, "txns 1 and 2 committed")
 	id := a.sessionID.Load()
 	require.NotZero(t, id)
 	_, err := db.Exec(fmt.Sprintf("KILL CONNECTION %d", id))
