@@ -68,8 +68,9 @@ type region struct {
 // runRegion runs until ctx ends (SIGTERM), then shuts down in this order:
 // the proxy stops accepting and drains its clients; the links stop (the
 // tailer first; an applier batch in flight rolls back, its checkpoint
-// uncommitted); the clock persists its last reservation; the metrics
-// server and the local pool close. A clean stop returns nil.
+// uncommitted); the clock stops (its saved reservation already covers
+// every stamp it issued); the metrics server and the local pool close. A
+// clean stop returns nil.
 func runRegion(ctx context.Context, cfg *config.Config, log *zap.Logger) error {
 	r := &region{cfg: cfg, log: log, reg: prometheus.NewRegistry()}
 	r.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
