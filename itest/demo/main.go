@@ -14,6 +14,7 @@ import (
 	"math/rand"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -22,6 +23,7 @@ import (
 
 	_ "github.com/go-sql-driver/mysql"
 
+	"github.com/mlproxy/mlproxy/hlc"
 	"github.com/mlproxy/mlproxy/itest/cluster"
 )
 
@@ -183,10 +185,10 @@ func showProducts(ctx context.Context, c *cluster.Cluster) error {
 		names[fmt.Sprint(r.ID)] = r.Name
 	}
 	w := tabwriter.NewWriter(os.Stdout, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "  id\tname\tprice\twritten in\tstamp")
+	fmt.Fprintln(w, "  id\tname\tprice\twritten in\tstamp (wall time + logical)")
 	for _, row := range rows {
 		f := strings.Split(row, "|")
-		fmt.Fprintf(w, "  %s\t%s\t%s\t%s\t%s\n", f[0], f[1], f[2], names[f[3]], f[4])
+		fmt.Fprintf(w, "  %s\t%s\t%s\t%s\t%s\n", f[0], f[1], f[2], names[f[3]], readable(f[4]))
 	}
 	return w.Flush()
 }
@@ -218,4 +220,14 @@ func showConflicts(ctx context.Context, c *cluster.Cluster) error {
 		db.Close()
 	}
 	return w.Flush()
+}
+
+// readable shows a stamp as its wall-clock time and logical counter.
+func readable(stamp string) string {
+	n, err := strconv.ParseUint(stamp, 10, 64)
+	if err != nil {
+		return stamp
+	}
+	ts := hlc.Timestamp(n)
+	return fmt.Sprintf("%s +%d", ts.Time().UTC().Format("15:04:05.000"), ts.Logical())
 }
