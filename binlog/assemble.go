@@ -458,7 +458,7 @@ func (a *assembler) rollback(ctx context.Context, pos Position, when time.Time) 
 // buffer. An empty piece that is not the last is not sent.
 func (a *assembler) emit(ctx context.Context, n int, last bool, pos Position, when time.Time) error {
 	changes := make([]RowChange, 0, n)
-	var size, dropped int64
+	var size, dropped, bypass int64
 	for i := range a.buf[:n] {
 		e := &a.buf[i]
 		a.bufBytes -= e.size
@@ -466,7 +466,7 @@ func (a *assembler) emit(ctx context.Context, n int, last bool, pos Position, wh
 			changes = append(changes, e.rc)
 			size += e.size
 			if e.rc.Op != Delete && hlc.Timestamp(e.rc.Stamp).Bypass() {
-				a.m.bypass.Inc()
+				bypass++
 			}
 		} else {
 			dropped++
@@ -476,6 +476,15 @@ func (a *assembler) emit(ctx context.Context, n int, last bool, pos Position, wh
 	a.buf = a.buf[n:]
 	a.base += n
 	a.m.filtered.Add(float64(dropped))
+	if bypass > 0 {
+		a.m.bypass.Add(float64(bypass))
+		if a.log != nil {
+			// One line per transaction piece, never per row: an operator
+			// sees that someone writes to the server directly.
+			a.log.Info("rows written around the proxy (stamped by the server trigger)",
+				zap.String("gtid", a.id), zap.Int64("rows", bypass))
+		}
+	}
 	if !last && len(changes) == 0 {
 		return nil
 	}

@@ -38,6 +38,12 @@ func TestOperations(t *testing.T) {
 	if stamp&0x8000 == 0 || origin != int(eu.ID) {
 		t.Errorf("bypass write arrived with stamp %#x origin %d; want the bypass bit 0x8000 and origin %d", stamp, origin, eu.ID)
 	}
+	if n := metric(t, us, "mlproxy_binlog_bypass_rows_total"); n < 1 {
+		t.Errorf("us counted %v rows that bypassed eu's proxy; want at least 1", n)
+	}
+	if !strings.Contains(mustRead(t, us.LogPath), "rows written around the proxy") {
+		t.Errorf("us did not log the rows that bypassed eu's proxy:\n%s", tailFile(us.LogPath, 10))
+	}
 
 	// status: the link to eu is up, nothing behind.
 	out, err := c.Command(ctx, "status", "-c", us.ConfigPath)
