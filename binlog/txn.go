@@ -1,6 +1,10 @@
 package binlog
 
-import "time"
+import (
+	"strconv"
+	"strings"
+	"time"
+)
 
 // Op is the kind of a row change.
 type Op uint8
@@ -103,4 +107,20 @@ type Txn struct {
 	Changes []RowChange
 	// Size is the approximate memory held by Changes, in bytes.
 	Size int64
+}
+
+// SeqNo returns the sequence number of domain's GTID in a MariaDB GTID
+// position such as "1-1-42,2-2-7" (0 when the domain is absent). Comparing
+// a peer's @@gtid_binlog_pos with a checkpoint this way counts the
+// transactions between them.
+func SeqNo(pos string, domain uint32) int64 {
+	d := strconv.FormatUint(uint64(domain), 10)
+	for _, g := range strings.Split(pos, ",") {
+		f := strings.Split(strings.TrimSpace(g), "-")
+		if len(f) == 3 && f[0] == d {
+			n, _ := strconv.ParseInt(f[2], 10, 64)
+			return n
+		}
+	}
+	return 0
 }

@@ -115,26 +115,34 @@ func TestConvergeAllToAll(t *testing.T) {
 }
 
 func runConvergence(t *testing.T, c *cluster.Cluster, dur time.Duration, connsPerRegion int) {
-	ctx, cancel := context.WithTimeout(context.Background(), dur)
-	defer cancel()
-	var h history
-	var wg sync.WaitGroup
-	for _, r := range c.Regions {
-		db := openProxy(t, r, connsPerRegion)
-		for j := 0; j < connsPerRegion; j++ {
-			wg.Add(1)
-			go func(r *cluster.Region, seed int64) {
-				defer wg.Done()
-				randomWriter(ctx, db, r.ID, 20, seed, &h)
-			}(r, int64(r.ID)*100+int64(j))
-		}
-	}
-	wg.Wait()
+	h := writeConcurrently(t, c.Regions, connsPerRegion, 20, dur)
 	t.Logf("%d acknowledged writes, %d failed writes", len(h.writes), h.errs)
 	if len(h.writes) < 100 {
 		t.Fatalf("only %d writes were acknowledged in %v; the proxies are not taking writes", len(h.writes), dur)
 	}
-	checkConverged(t, c, &h)
+	checkConverged(t, c, h)
+}
+
+// writeConcurrently runs randomWriter on conns connections of every region
+// in regions, over keys [1, keys], for dur, and returns what was written.
+func writeConcurrently(t *testing.T, regions []*cluster.Region, conns, keys int, dur time.Duration) *history {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), dur)
+	defer cancel()
+	var h history
+	var wg sync.WaitGroup
+	for _, r := range regions {
+		db := openProxy(t, r, conns)
+		for j := 0; j < conns; j++ {
+			wg.Add(1)
+			go func(r *cluster.Region, seed int64) {
+				defer wg.Done()
+				randomWriter(ctx, db, r.ID, keys, seed, &h)
+			}(r, int64(r.ID)*100+int64(j))
+		}
+	}
+	wg.Wait()
+	return &h
 }
 
 func checkConverged(t *testing.T, c *cluster.Cluster, h *history) {

@@ -72,40 +72,12 @@ func startCluster(t *testing.T, opts cluster.Options) *cluster.Cluster {
 	t.Cleanup(func() {
 		if t.Failed() {
 			for _, r := range c.Regions {
-				t.Logf("region %s mlproxy log tail:\n%s", r.Name, tailFile(r.LogPath, 30))
+				t.Logf("region %s mlproxy log tail:\n%s", r.Name, cluster.Tail(r.LogPath, 30))
 			}
 		}
 		c.Close()
 	})
 	return c
-}
-
-func tailFile(path string, n int) string {
-	b, _ := os.ReadFile(path)
-	lines := splitLines(string(b))
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	out := ""
-	for _, l := range lines {
-		out += l + "\n"
-	}
-	return out
-}
-
-func splitLines(s string) []string {
-	var out []string
-	start := 0
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\n' {
-			out = append(out, s[start:i])
-			start = i + 1
-		}
-	}
-	if start < len(s) {
-		out = append(out, s[start:])
-	}
-	return out
 }
 
 func openProxy(t *testing.T, r *cluster.Region, conns int) *sql.DB {

@@ -42,7 +42,7 @@ func TestOperations(t *testing.T) {
 		t.Errorf("us counted %v rows that bypassed eu's proxy; want at least 1", n)
 	}
 	if !strings.Contains(mustRead(t, us.LogPath), "rows written around the proxy") {
-		t.Errorf("us did not log the rows that bypassed eu's proxy:\n%s", tailFile(us.LogPath, 10))
+		t.Errorf("us did not log the rows that bypassed eu's proxy:\n%s", cluster.Tail(us.LogPath, 10))
 	}
 
 	// status: the link to eu is up, nothing behind.
@@ -77,7 +77,7 @@ func TestOperations(t *testing.T) {
 		t.Fatalf("mlproxy exited with %v on SIGTERM; want exit status 0", err)
 	}
 	if log := mustRead(t, eu.LogPath); !strings.Contains(log, `"msg":"mlproxy stopped cleanly"`) {
-		t.Errorf("no clean-stop line in eu's JSON log:\n%s", tailFile(eu.LogPath, 10))
+		t.Errorf("no clean-stop line in eu's JSON log:\n%s", cluster.Tail(eu.LogPath, 10))
 	}
 
 	// A peer that cannot be reached at start: eu still serves, and says
@@ -102,7 +102,7 @@ func TestOperations(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("no warning naming peer ghost in eu's log:\n%s", tailFile(eu.LogPath, 15))
+			t.Fatalf("no warning naming peer ghost in eu's log:\n%s", cluster.Tail(eu.LogPath, 15))
 		}
 		time.Sleep(200 * time.Millisecond)
 	}

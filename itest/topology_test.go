@@ -4,7 +4,6 @@ import (
 	"context"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -29,21 +28,7 @@ func TestPeerDown(t *testing.T) {
 	if err := down.Server.Stop(); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), soak(30*time.Second))
-	defer cancel()
-	var h history
-	var wg sync.WaitGroup
-	for _, r := range c.Regions[:2] {
-		db := openProxy(t, r, 2)
-		for j := 0; j < 2; j++ {
-			wg.Add(1)
-			go func(r *cluster.Region, seed int64) {
-				defer wg.Done()
-				randomWriter(ctx, db, r.ID, 50, seed, &h)
-			}(r, int64(r.ID)*7+int64(j))
-		}
-	}
-	wg.Wait()
+	h := writeConcurrently(t, c.Regions[:2], 2, 50, soak(30*time.Second))
 	if len(h.writes) < 100 {
 		t.Fatalf("only %d writes acknowledged while region %s was down: a down peer blocks local writes", len(h.writes), down.Name)
 	}
@@ -57,7 +42,7 @@ func TestPeerDown(t *testing.T) {
 	if err := down.Server.Restart(); err != nil {
 		t.Fatal(err)
 	}
-	checkConverged(t, c, &h)
+	checkConverged(t, c, h)
 }
 
 // TestBadInput: a replicated table without a primary key and a peer whose

@@ -403,38 +403,18 @@ func (l *link) startPosition(ctx context.Context) (binlog.Checkpoint, error) {
 const gcSlack = 5 * time.Minute
 
 // gcLoop drops tombstones every peer has applied past, every
-// apply.tombstone_gc_interval.
+// apply.tombstone_gc_interval (applier.RunTombstoneGC). The tables are the
+// configured ones as the server has them at start; a change of the table
+// rules needs a restart anyway.
 func (r *region) gcLoop(ctx context.Context) {
 	var peers []uint16
 	for _, p := range r.cfg.Sources() {
 		peers = append(peers, p.ID)
 	}
-	t := time.NewTicker(r.cfg.Apply.TombstoneGCInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		horizon, err := applier.GCHorizon(ctx, r.db, peers, gcSlack)
-		if err != nil || horizon == 0 {
-			if err != nil && ctx.Err() == nil {
-				r.log.Warn("tombstone gc skipped", zap.Error(err))
-			}
-			continue
-		}
-		tables, err := schema.Inspect(ctx, r.db, r.cfg.Tables)
-		if err != nil {
-			r.log.Warn("tombstone gc skipped: reading tables", zap.Error(err))
-			continue
-		}
-		n, err := applier.GCTombstones(ctx, r.db, tables, horizon, 1000, r.log)
-		if err != nil && ctx.Err() == nil {
-			r.log.Warn("tombstone gc failed", zap.Error(err))
-		}
-		if n > 0 {
-			r.log.Info("tombstones collected", zap.Int64("rows", n), zap.Stringer("horizon", horizon))
-		}
+	tables, err := schema.Inspect(ctx, r.db, r.cfg.Tables)
+	if err != nil {
+		r.log.Warn("tombstone gc off until restart: reading the replicated tables failed", zap.Error(err))
+		return
 	}
+	_ = applier.RunTombstoneGC(ctx, r.db, tables, peers, gcSlack, r.cfg.Apply.TombstoneGCInterval, r.log.Named("gc"))
 }

@@ -7,12 +7,12 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
-	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/mlproxy/mlproxy/binlog"
 	"github.com/mlproxy/mlproxy/config"
 )
 
@@ -115,7 +115,7 @@ func peerStatus(ctx context.Context, local *sql.DB, p config.Peer, links map[str
 		row.lastErr = err.Error()
 		return row
 	}
-	behind := gtidSeq(peerPos, domain) - gtidSeq(row.gtid, domain)
+	behind := binlog.SeqNo(peerPos, domain) - binlog.SeqNo(row.gtid, domain)
 	if behind < 0 {
 		behind = 0
 	}
@@ -127,18 +127,4 @@ func peerStatus(ctx context.Context, local *sql.DB, p config.Peer, links map[str
 		row.lagSec = fmt.Sprintf("%.1f", float64(time.Now().UnixMicro())/1e6-sourceTS.Float64)
 	}
 	return row
-}
-
-// gtidSeq is the sequence number of domain's GTID in a MariaDB GTID list
-// ("1-1-42,2-2-7"), 0 when absent.
-func gtidSeq(list string, domain uint32) int64 {
-	d := strconv.FormatUint(uint64(domain), 10)
-	for _, g := range strings.Split(list, ",") {
-		f := strings.Split(strings.TrimSpace(g), "-")
-		if len(f) == 3 && f[0] == d {
-			n, _ := strconv.ParseInt(f[2], 10, 64)
-			return n
-		}
-	}
-	return 0
 }

@@ -5,11 +5,11 @@ import (
 	"database/sql"
 	"fmt"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/mlproxy/mlproxy/binlog"
 	"github.com/mlproxy/mlproxy/dbtest"
 	"github.com/mlproxy/mlproxy/itest/cluster"
 )
@@ -49,14 +49,14 @@ func (s *sampler) between(from, to time.Time) []sample {
 	return out
 }
 
-func (s *sampler) run(ctx context.Context, src, peer, native *sql.DB, domain int, every time.Duration) {
+func (s *sampler) run(ctx context.Context, src, peer, native *sql.DB, domain uint32, every time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
 		x := sample{at: time.Now()}
-		x.source = gtidSeq(queryString(ctx, src, "SELECT @@gtid_binlog_pos"), domain)
-		x.peer = gtidSeq(queryString(ctx, peer, "SELECT gtid FROM mlr.checkpoints WHERE peer_id = 1"), domain)
-		x.native = gtidSeq(queryString(ctx, native, "SELECT @@gtid_slave_pos"), domain)
+		x.source = binlog.SeqNo(queryString(ctx, src, "SELECT @@gtid_binlog_pos"), domain)
+		x.peer = binlog.SeqNo(queryString(ctx, peer, "SELECT gtid FROM mlr.checkpoints WHERE peer_id = 1"), domain)
+		x.native = binlog.SeqNo(queryString(ctx, native, "SELECT @@gtid_slave_pos"), domain)
 		s.mu.Lock()
 		s.samples = append(s.samples, x)
 		s.mu.Unlock()
@@ -72,19 +72,6 @@ func queryString(ctx context.Context, db *sql.DB, q string) string {
 	var s sql.NullString
 	_ = db.QueryRowContext(ctx, q).Scan(&s)
 	return s.String
-}
-
-// gtidSeq returns the sequence number of domain's GTID in a MariaDB GTID
-// list such as "1-1-42,2-2-7".
-func gtidSeq(list string, domain int) int64 {
-	for _, g := range strings.Split(list, ",") {
-		f := strings.Split(strings.TrimSpace(g), "-")
-		if len(f) == 3 && f[0] == strconv.Itoa(domain) {
-			n, _ := strconv.ParseInt(f[2], 10, 64)
-			return n
-		}
-	}
-	return 0
 }
 
 // phase summarises one load phase.

@@ -315,11 +315,11 @@ func (r *Region) waitProxy(ctx context.Context) error {
 			r.mu.Lock()
 			r.cmd = nil
 			r.mu.Unlock()
-			return fmt.Errorf("cluster: mlproxy of region %s exited at start (%v); log %s:\n%s", r.Name, werr, r.LogPath, tail(r.LogPath, 20))
+			return fmt.Errorf("cluster: mlproxy of region %s exited at start (%v); log %s:\n%s", r.Name, werr, r.LogPath, Tail(r.LogPath, 20))
 		default:
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("cluster: mlproxy of region %s not serving on %s after 30s: %v; log:\n%s", r.Name, r.ProxyAddr, err, tail(r.LogPath, 20))
+			return fmt.Errorf("cluster: mlproxy of region %s not serving on %s after 30s: %v; log:\n%s", r.Name, r.ProxyAddr, err, Tail(r.LogPath, 20))
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -380,7 +380,8 @@ func (c *Cluster) Close() {
 	}
 }
 
-func tail(path string, n int) string {
+// Tail returns the last n lines of the file at path (a region's log).
+func Tail(path string, n int) string {
 	b, _ := os.ReadFile(path)
 	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
 	if len(lines) > n {
