@@ -71,12 +71,16 @@ func TestGenerateTriggers(t *testing.T) {
 		return s[:i] + s[i+j+3:]
 	}
 	const bypass = "(FLOOR(UNIX_TIMESTAMP(NOW(6))*1000) << 16) | 0x8000 | (MICROSECOND(NOW(6)) % 1000)"
-	after := "COALESCE(@_mlr_hlc, GREATEST(" + bypass + ", (OLD.`_mlr_hlc` + 1) | 0x8000))"
+	// Every new version is stamped above the one it replaces: the old row
+	// (update, delete) or the key's tombstone (insert).
+	after := "IF(@_mlr_hlc IS NULL, GREATEST(" + bypass + ", (OLD.`_mlr_hlc` + 1) | 0x8000), GREATEST(@_mlr_hlc, OLD.`_mlr_hlc` + 1))"
+	tomb := "COALESCE((SELECT `_mlr_hlc` FROM `mlr`.`shop.order``s` WHERE `region` = NEW.`region` AND `id` = NEW.`id`), 0)"
+	inserted := "IF(@_mlr_hlc IS NULL, GREATEST(" + bypass + ", (" + tomb + " + 1) | 0x8000), GREATEST(@_mlr_hlc, " + tomb + " + 1))"
 	want := []string{
 		"CREATE TRIGGER `shop`.`_mlr_bi_order``s` BEFORE INSERT ON `shop`.`order``s` FOR EACH ROW\n" +
 			"BEGIN\n" +
 			"  IF COALESCE(@_mlr_apply, 0) = 0 THEN\n" +
-			"    SET NEW.`_mlr_hlc` = COALESCE(@_mlr_hlc, " + bypass + "),\n" +
+			"    SET NEW.`_mlr_hlc` = " + inserted + ",\n" +
 			"        NEW.`_mlr_origin` = COALESCE(@_mlr_origin, 7);\n" +
 			"  END IF;\n" +
 			"END",

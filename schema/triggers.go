@@ -59,13 +59,27 @@ func GenerateTriggers(t *Table, regionID uint16) []string {
 func triggers(t *Table, regionID uint16) []Trigger {
 	origin := fmt.Sprintf("COALESCE(@_mlr_origin, %d)", regionID)
 	hlc, origCol := Quote(ColHLC), Quote(ColOrigin)
-	// A bypass stamp replacing a version must be newer than it: at least
-	// OLD + 1, with the bypass bit kept set.
-	after := fmt.Sprintf("COALESCE(@_mlr_hlc, GREATEST(%s, (OLD.%s + 1) | 0x8000))", BypassStampSQL, hlc)
+	// A new version is always stamped above the version it replaces: the
+	// old row's stamp (update, delete) or the key's tombstone (insert).
+	// The proxy takes its stamp before the statement waits for the row
+	// lock, so two sessions can commit in the other order than their
+	// stamps; without this the later commit would carry the smaller stamp
+	// and last-writer-wins elsewhere would disagree with this region.
+	// Bypass stamps keep the bypass bit.
+	newer := func(prev string) string {
+		return fmt.Sprintf("IF(@_mlr_hlc IS NULL, GREATEST(%s, (%s + 1) | 0x8000), GREATEST(@_mlr_hlc, %s + 1))",
+			BypassStampSQL, prev, prev)
+	}
+	after := newer("OLD." + hlc)
+	pkMatch := make([]string, 0, len(t.PK))
+	for _, c := range t.PK {
+		pkMatch = append(pkMatch, Quote(c)+" = NEW."+Quote(c))
+	}
+	tomb := fmt.Sprintf("COALESCE((SELECT %s FROM %s WHERE %s), 0)", hlc, t.TombstoneQualifiedName(), strings.Join(pkMatch, " AND "))
 
 	bi := "BEGIN\n" +
 		"  IF COALESCE(@_mlr_apply, 0) = 0 THEN\n" +
-		fmt.Sprintf("    SET NEW.%s = COALESCE(@_mlr_hlc, %s),\n", hlc, BypassStampSQL) +
+		fmt.Sprintf("    SET NEW.%s = %s,\n", hlc, newer(tomb)) +
 		fmt.Sprintf("        NEW.%s = %s;\n", origCol, origin) +
 		"  END IF;\n" +
 		"END"
