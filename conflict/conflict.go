@@ -1,78 +1,112 @@
-// Package conflict decides, without I/O, what a remote row change does to the local version of its row, under one of the rules lww, first-writer-wins, origin-priority, counter, max, min, manual.
+// Package conflict decides, without I/O, what a remote version of a row
+// does to the local version, under one of the rules lww,
+// first-writer-wins, origin-priority, counter, max, min, manual.
 //
-// Detection follows DESIGN.md: a change carries the version it replaced
-// (Prev, from the before image's _mlr_hlc/_mlr_origin). If the local row
-// still holds Prev, the change is causally later and is applied without a
-// conflict. Otherwise the two writes were concurrent and the rule decides.
-// An insert meeting a row, an update meeting a tombstone and a delete
-// meeting a newer row are conflicts too.
+// Every version (live row or tombstone) carries a version vector
+// (change.Meta). Resolve compares the two vectors:
 //
-// Shared decisions (all rules):
-//   - An insert or update meeting no row and no tombstone is applied (an
-//     update of a row never seen is applied as an insert).
-//   - An insert stamped after the local tombstone is a re-insert: applied,
-//     no conflict. A delete meeting no row keeps the tombstone the rule's
-//     order puts first (lww: the higher stamp).
-//   - A row version against a tombstone (delete vs concurrent update) is
-//     decided by the rule's order: by stamp for lww, counter, max and min
-//     (a delete at h beats every change stamped before h and loses to every
-//     change stamped after), lowest first for first-writer-wins, rank then
-//     stamp for origin-priority.
-//   - Equal stamps break by origin id, higher wins.
-//   - A resolution keeps the winning version's stamp; a merged row takes the
-//     higher (stamp, origin) of the two versions.
-//   - counter adds every change's delta (after - before; an insert's value)
-//     to the local value, causal or not, so each increment counts once; max
-//     and min columns only grow (shrink): a write moving them the other way
-//     is undone by merges elsewhere.
-//   - manual keeps the local version on every conflict (Outcome Pending);
-//     the applier records it for an operator.
+//   - the local vector dominates or equals the remote one: the remote
+//     version was already seen here; nothing is written, no conflict;
+//   - the remote vector dominates: the remote version is causally later
+//     and replaces the local one, no conflict;
+//   - neither: the versions are concurrent, a conflict, and the table's
+//     rule decides. The result's vector is the join of both; its stamp,
+//     origin and rank are the winner's (a later write anywhere is stamped
+//     above the row's stamp and above its own region's vector entry).
 //
-// Convergence (property-tested under per-source FIFO, all-to-all): lww
-// always; counter, max and min for rows not deleted concurrently with
-// updates; first-writer-wins and origin-priority for one round of
-// concurrent writes (no region writes the row again before it has received
-// the others'). Beyond that the last two, and a delete racing merged
-// counter/max/min updates, can leave regions different: a stamp and origin
-// per row cannot tell which concurrent writes a later write had seen.
+// Resolve is a merge of states, not the application of a delta: applying
+// one version twice, or in any order, gives the same result. Every rule
+// is a join-semilattice over versions, which is why all regions converge
+// for any history, any delivery order and any topology (property-tested
+// at 3 and 5 regions):
+//
+//   - lww orders concurrent versions by (stamp, origin), higher wins;
+//     tombstones compete like rows (a delete beats concurrent changes
+//     stamped before it and loses to those stamped after).
+//   - first-writer-wins orders concurrent versions by their lineage's birth
+//     (the stamp of the lineage's first version, inherited by every later
+//     version of it, a re-insert after a delete included), lower wins;
+//     versions of one lineage by (stamp, origin), higher wins.
+//   - origin-priority compares the vectors' entries in priority order
+//     (highest-ranked region first, unlisted regions after by id): the
+//     version that has seen the later writes of the higher-ranked region
+//     wins; equal vectors by (stamp, origin). A version by a high-ranked
+//     region beats a concurrent one by a lower-ranked region; a version
+//     that built on a high-ranked region's write keeps that standing.
+//   - counter, max and min decide existence and the other columns as lww;
+//     their named columns merge. A counter column is a sum of per-region
+//     contributions, each region's taken from the version that has seen
+//     more of that region's writes (a PN-counter keyed by the vector), so
+//     every increment counts exactly once, also when merged rows are
+//     forwarded by a star hub or around a ring. A delete racing an
+//     increment: the higher stamp decides whether the row exists; the
+//     increment is never lost (a surviving row includes it; if the delete
+//     survives, a later re-insert sets the value and the increments the
+//     delete had not seen are added to it). max and min columns only grow
+//     (shrink) over a key's lineage: the merge takes the larger (smaller)
+//     value, and the triggers keep local writes from moving them the
+//     other way.
+//   - manual keeps the local version on every conflict (Outcome Pending)
+//     and leaves it to an operator; regions differ in that row until it is
+//     resolved.
 package conflict
 
 import (
-	"github.com/mlproxy/mlproxy/binlog"
+	"github.com/mlproxy/mlproxy/change"
 	"github.com/mlproxy/mlproxy/hlc"
 )
 
-// Version is the local state of one row: a row (Exists), a tombstone and no
-// row (Deleted), or neither (absent: never seen, or tombstone collected).
+// Version is the state of one row at one region: a row (Exists), a
+// tombstone and no row (Deleted), or neither (absent: never seen, or
+// tombstone collected).
 type Version struct {
 	Exists  bool
 	Deleted bool
 	Stamp   hlc.Timestamp
-	Origin  uint16
-	// Row is the row image when Exists; nil otherwise.
+	Origin  change.Origin
+	// Row is the row image (user columns) when Exists; nil otherwise.
 	Row map[string]any
+	// Meta is the version's vector and rule metadata.
+	Meta change.Meta
+	// Home is the region whose server stored this version: the region
+	// whose own counter contributions Meta leaves implicit. For the local
+	// version it is this region, also when the row is absent.
+	Home uint16
 }
 
 // Absent reports whether there is neither a row nor a tombstone.
 func (v Version) Absent() bool { return !v.Exists && !v.Deleted }
 
-// Change is a remote row change as the applier hands it over.
-type Change struct {
-	Op binlog.Op
-	// Prev is the version the change replaced: from the before image's
-	// _mlr_hlc/_mlr_origin for an update or delete, absent for an insert.
-	Prev Version
-	// PrevUnknown is set when the replaced version is not known; the change
-	// is then never treated as causally later.
-	PrevUnknown bool
-	// Stamp and Origin name the version the change creates.
-	Stamp  hlc.Timestamp
-	Origin uint16
-	// Row is the after image (nil for a delete).
-	Row map[string]any
-	// Before is the before image (nil for an insert); counter deltas are
-	// Row - Before.
-	Before map[string]any
+// vector is v's vector, completed for versions written before vectors
+// existed: the writer's entry is at least the version's stamp.
+func (v Version) vector() change.Vector {
+	vv := v.Meta.VV
+	if v.Absent() || v.Stamp == 0 {
+		return vv
+	}
+	if r := v.Origin.Region(); vv[r] < uint64(v.Stamp) {
+		vv = vv.Clone()
+		vv[r] = uint64(v.Stamp)
+	}
+	return vv
+}
+
+// rankVector is the vector origin-priority ranks v by: its own vector
+// (Meta.Own, for a merged version), else its vector.
+func (v Version) rankVector() change.Vector {
+	if len(v.Meta.Own) > 0 {
+		return v.Meta.Own
+	}
+	return v.vector()
+}
+
+// birth is v's lineage birth; a version without one (written before
+// births were kept) is its own.
+func (v Version) birth() change.Birth {
+	if v.Meta.Birth != (change.Birth{}) {
+		return v.Meta.Birth
+	}
+	return change.Birth{Stamp: uint64(v.Stamp), Origin: v.Origin}
 }
 
 // Outcome says whose version survived.
@@ -107,55 +141,59 @@ type Action uint8
 const (
 	// Nothing leaves the local row and tombstone as they are.
 	Nothing Action = iota
-	// WriteRow writes Row with Stamp/Origin (insert or replace the row).
+	// WriteRow writes Row with Stamp, Origin and Meta (insert or replace
+	// the row).
 	WriteRow
 	// WriteDelete deletes the row if present and writes the tombstone
-	// with Stamp/Origin.
+	// with Stamp, Origin and Meta.
 	WriteDelete
 )
 
-// Write is the applier's instruction.
+// Write is the applier's instruction. Its Meta is encoded for storage at
+// the local region (Home of the local version).
 type Write struct {
 	Action Action
 	// Row is the full row to store for WriteRow (a fresh map, safe to keep).
 	Row    map[string]any
 	Stamp  hlc.Timestamp
-	Origin uint16
+	Origin change.Origin
+	Meta   change.Meta
 }
 
-// Decision is the result of Resolve. Conflict is true when the remote change
-// met a concurrent local version; the applier logs it in mlr.conflicts with
-// Outcome.
+// Version is the local version the write leaves.
+func (w Write) Version(home uint16) Version {
+	switch w.Action {
+	case WriteRow:
+		return Version{Exists: true, Stamp: w.Stamp, Origin: w.Origin, Row: w.Row, Meta: w.Meta, Home: home}
+	case WriteDelete:
+		return Version{Deleted: true, Stamp: w.Stamp, Origin: w.Origin, Meta: w.Meta, Home: home}
+	}
+	return Version{Home: home}
+}
+
+// Decision is the result of Resolve. Conflict is true when the remote
+// version was concurrent with the local one; the applier logs it in
+// mlr.conflicts with Outcome.
 type Decision struct {
 	Conflict bool
 	Outcome  Outcome
 	Write    Write
 }
 
-// Rule resolves one table's changes. Implementations are pure and safe for
-// concurrent use.
+// Rule resolves one table's versions. Implementations are pure and safe
+// for concurrent use.
 type Rule interface {
 	Name() string
-	Resolve(local Version, remote Change) Decision
+	Resolve(local, remote Version) Decision
 }
 
 // newer reports whether (s1, o1) is above (s2, o2): higher stamp, ties by
 // higher origin.
-func newer(s1 hlc.Timestamp, o1 uint16, s2 hlc.Timestamp, o2 uint16) bool {
+func newer(s1 hlc.Timestamp, o1 change.Origin, s2 hlc.Timestamp, o2 change.Origin) bool {
 	if s1 != s2 {
 		return s1 > s2
 	}
-	return o1 > o2
-}
-
-func sameVersion(a, b Version) bool {
-	switch {
-	case a.Absent() && b.Absent():
-		return true
-	case a.Exists != b.Exists || a.Deleted != b.Deleted:
-		return false
-	}
-	return a.Stamp == b.Stamp && a.Origin == b.Origin
+	return o2.Less(o1)
 }
 
 func copyRow(r map[string]any) map[string]any {

@@ -79,8 +79,10 @@ func decNum(s string) (num, bool) {
 	if _, ok := n.r.SetString(s); !ok {
 		return n, false
 	}
-	n.kind = kDec
+	// Decimal text without a point (a DECIMAL(p,0) column, a stored
+	// contribution) is an integer.
 	if i := strings.IndexByte(s, '.'); i >= 0 {
+		n.kind = kDec
 		n.scale = len(s) - i - 1
 	}
 	return n, true

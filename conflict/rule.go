@@ -3,13 +3,26 @@ package conflict
 import (
 	"errors"
 	"fmt"
+	"slices"
 
-	"github.com/mlproxy/mlproxy/binlog"
-	"github.com/mlproxy/mlproxy/config"
+	"github.com/mlproxy/mlproxy/change"
 )
 
 // ErrUnknownRule names a rule that does not exist.
 var ErrUnknownRule = errors.New("unknown conflict rule (want lww, first-writer-wins, origin-priority, counter, max, min or manual)")
+
+// Spec is a table's rule as configured, with region names resolved to ids.
+type Spec struct {
+	// Name is the rule ("" = lww).
+	Name string
+	// Columns are the merged columns of counter, max and min.
+	Columns []string
+	// Priority lists region ids, highest first (origin-priority).
+	Priority []uint16
+	// Where names the table rule for errors (e.g. "table rule shop.stock
+	// (line 12)").
+	Where string
+}
 
 // mergeKind is how a merge rule combines its named columns.
 type mergeKind uint8
@@ -24,8 +37,10 @@ const (
 // rule implements every Rule; the fields select the behaviour.
 type rule struct {
 	name string
-	// beats reports whether version a wins a conflict against version b
-	// (rows and tombstones alike).
+	// beats reports whether version a wins a conflict against the
+	// concurrent version b (rows and tombstones alike). Every order is
+	// monotone in causality: a version causally later than a beats
+	// everything a beats, which makes the merge associative.
 	beats func(a, b Version) bool
 	merge mergeKind
 	cols  []string
@@ -33,14 +48,16 @@ type rule struct {
 	manual bool
 }
 
-// NewRule compiles a table's configured rule. regionIDs maps region names to
-// ids (for origin-priority).
-func NewRule(cfg config.TableRule, regionIDs map[string]uint16) (Rule, error) {
-	name := cfg.Rule
+// NewRule compiles a table's rule.
+func NewRule(s Spec) (Rule, error) {
+	name := s.Name
 	if name == "" {
 		name = "lww"
 	}
-	where := fmt.Sprintf("table rule %s.%s (line %d)", cfg.Schema, cfg.Table, cfg.Line)
+	where := s.Where
+	if where == "" {
+		where = "table rule"
+	}
 	r := &rule{name: name, beats: lwwBeats}
 	switch name {
 	case "lww", "manual":
@@ -48,39 +65,34 @@ func NewRule(cfg config.TableRule, regionIDs map[string]uint16) (Rule, error) {
 	case "first-writer-wins":
 		r.beats = fwwBeats
 	case "origin-priority":
-		if len(cfg.Priority) == 0 {
+		if len(s.Priority) == 0 {
 			return nil, fmt.Errorf("%s: origin-priority needs a priority list of region names, highest first", where)
 		}
-		rank := make(map[uint16]int, len(cfg.Priority))
-		for i, region := range cfg.Priority {
-			id, ok := regionIDs[region]
-			if !ok {
-				return nil, fmt.Errorf("%s: priority names unknown region %q", where, region)
+		for i, id := range s.Priority {
+			if slices.Contains(s.Priority[:i], id) {
+				return nil, fmt.Errorf("%s: priority names region %d twice", where, id)
 			}
-			if _, dup := rank[id]; dup {
-				return nil, fmt.Errorf("%s: priority names region %q twice", where, region)
-			}
-			rank[id] = len(cfg.Priority) - i // unlisted regions rank 0
 		}
+		prio := slices.Clone(s.Priority)
 		r.beats = func(a, b Version) bool {
-			if ra, rb := rank[a.Origin], rank[b.Origin]; ra != rb {
-				return ra > rb
+			if c := rankCompare(prio, a.rankVector(), b.rankVector()); c != 0 {
+				return c > 0
 			}
 			return lwwBeats(a, b)
 		}
 	case "counter", "max", "min":
-		if len(cfg.Columns) == 0 {
+		if len(s.Columns) == 0 {
 			return nil, fmt.Errorf("%s: rule %s needs columns: the numeric columns to merge", where, name)
 		}
 		r.merge = map[string]mergeKind{"counter": mergeCounter, "max": mergeMax, "min": mergeMin}[name]
-		r.cols = append([]string(nil), cfg.Columns...)
+		r.cols = slices.Clone(s.Columns)
 	default:
 		return nil, fmt.Errorf("%s: rule %q: %w", where, name, ErrUnknownRule)
 	}
-	if len(cfg.Priority) > 0 && name != "origin-priority" {
+	if len(s.Priority) > 0 && name != "origin-priority" {
 		return nil, fmt.Errorf("%s: priority is only used by origin-priority, not %s", where, name)
 	}
-	if len(cfg.Columns) > 0 && r.merge == noMerge {
+	if len(s.Columns) > 0 && r.merge == noMerge {
 		return nil, fmt.Errorf("%s: columns are only used by counter, max and min, not %s", where, name)
 	}
 	return r, nil
@@ -90,133 +102,257 @@ func (r *rule) Name() string { return r.name }
 
 func lwwBeats(a, b Version) bool { return newer(a.Stamp, a.Origin, b.Stamp, b.Origin) }
 
-// fwwBeats: the lower stamp wins; equal stamps break by higher origin.
+// fwwBeats: the lineage born first wins; within a lineage the later
+// version.
 func fwwBeats(a, b Version) bool {
-	if a.Stamp != b.Stamp {
-		return a.Stamp < b.Stamp
+	ba, bb := a.birth(), b.birth()
+	if ba != bb {
+		if ba.Stamp != bb.Stamp {
+			return ba.Stamp < bb.Stamp
+		}
+		return bb.Origin.Less(ba.Origin)
 	}
-	return a.Origin > b.Origin
+	return lwwBeats(a, b)
 }
 
-// Resolve decides what remote does to local. See the package doc for the
-// shared decisions; the rule adds its order and merge.
-func (r *rule) Resolve(local Version, ch Change) Decision {
-	remote := Version{Exists: ch.Op != binlog.Delete, Deleted: ch.Op == binlog.Delete, Stamp: ch.Stamp, Origin: ch.Origin, Row: ch.Row}
-	keep := Decision{Outcome: LocalWon}
-	if !local.Absent() && local.Stamp == ch.Stamp && local.Origin == ch.Origin {
-		return keep // this very version is already here
-	}
-	causal := !ch.PrevUnknown && sameVersion(local, ch.Prev)
-
-	if ch.Op == binlog.Delete {
-		switch {
-		case !local.Exists: // no row: keep the tombstone the rule orders first, no conflict
-			if local.Deleted && !r.beats(remote, local) {
-				return keep
+// rankCompare compares two vectors entry by entry in priority order
+// (listed regions first, then the others by id): +1 when a is ahead at the
+// first entry that differs, -1 when b is, 0 when equal.
+func rankCompare(prio []uint16, a, b change.Vector) int {
+	for _, r := range prio {
+		if a[r] != b[r] {
+			if a[r] > b[r] {
+				return 1
 			}
-			return remoteWon(remote, false)
-		case causal:
-			return remoteWon(remote, false)
+			return -1
 		}
-		return r.conflict(local, remote)
 	}
-
-	switch {
-	case local.Absent():
-		// Nothing here: apply (an update of a row never seen, as an insert).
-		return remoteWon(Version{Exists: true, Stamp: ch.Stamp, Origin: ch.Origin, Row: r.onAbsent(ch)}, false)
-	case local.Deleted:
-		if ch.Op == binlog.Insert && lwwBeats(remote, local) {
-			return remoteWon(remote, false) // re-insert after the delete
-		}
-		return r.conflict(local, remote)
-	case causal:
-		if r.merge != noMerge {
-			return remoteWon(Version{Exists: true, Stamp: ch.Stamp, Origin: ch.Origin, Row: r.mergeRow(local, ch)}, false)
-		}
-		return remoteWon(remote, false)
+	rest := make([]uint16, 0, len(a)+len(b))
+	for r := range a {
+		rest = append(rest, r)
 	}
-	// Two row versions, concurrent.
-	if r.merge != noMerge && !r.manual {
-		w := local
-		if lwwBeats(remote, local) {
-			w = remote
-		}
-		return Decision{Conflict: true, Outcome: Merged, Write: Write{Action: WriteRow, Row: r.mergeRow(local, ch), Stamp: w.Stamp, Origin: w.Origin}}
+	for r := range b {
+		rest = append(rest, r)
 	}
-	return r.conflict(local, remote)
+	slices.Sort(rest)
+	for _, r := range rest {
+		if slices.Contains(prio, r) || a[r] == b[r] {
+			continue
+		}
+		if a[r] > b[r] {
+			return 1
+		}
+		return -1
+	}
+	return 0
 }
 
-// conflict settles two concurrent versions by the rule's order (or leaves
-// it to an operator).
-func (r *rule) conflict(local, remote Version) Decision {
-	switch {
-	case r.manual:
+// Resolve merges the remote version into the local one. See the package
+// doc.
+func (r *rule) Resolve(local, remote Version) Decision {
+	lv, rv := local.vector(), remote.vector()
+	local.Meta.VV, remote.Meta.VV = lv, rv
+	ord := lv.Compare(rv)
+	if ord == change.Equal || ord == change.After || remote.Absent() {
+		return Decision{Outcome: LocalWon} // already seen here
+	}
+	causal := ord == change.Before
+	if r.merge != noMerge {
+		d := Decision{Conflict: !causal, Outcome: Merged, Write: r.mergeWrite(local, remote, causal)}
+		if causal {
+			d.Outcome = RemoteWon
+		}
+		return d
+	}
+	if causal {
+		return Decision{Outcome: RemoteWon, Write: r.winner(remote, local, local.Home)}
+	}
+	if r.manual {
 		return Decision{Conflict: true, Outcome: Pending}
-	case r.beats(remote, local):
-		return remoteWon(remote, true)
 	}
-	return Decision{Conflict: true, Outcome: LocalWon}
+	if r.beats(remote, local) {
+		return Decision{Conflict: true, Outcome: RemoteWon, Write: r.winner(remote, local, local.Home)}
+	}
+	return Decision{Conflict: true, Outcome: LocalWon, Write: r.winner(local, remote, local.Home)}
 }
 
-func remoteWon(v Version, conflict bool) Decision {
-	w := Write{Action: WriteRow, Row: copyRow(v.Row), Stamp: v.Stamp, Origin: v.Origin}
-	if v.Deleted {
-		w = Write{Action: WriteDelete, Stamp: v.Stamp, Origin: v.Origin}
+// winner is the write that keeps w's row (or tombstone), stamp and origin,
+// with the join of both vectors. The merged version ranks as w did (its
+// stamp, birth and, for origin-priority, own vector are w's): ranking it
+// by the join would let it beat versions w itself does not beat, and the
+// merge would depend on the order versions arrive in.
+func (r *rule) winner(w, other Version, home uint16) Write {
+	out := Write{Action: WriteRow, Row: copyRow(w.Row), Stamp: w.Stamp, Origin: w.Origin}
+	if w.Deleted {
+		out = Write{Action: WriteDelete, Stamp: w.Stamp, Origin: w.Origin}
 	}
-	return Decision{Conflict: conflict, Outcome: RemoteWon, Write: w}
+	out.Meta = change.Meta{VV: w.Meta.VV.Join(other.Meta.VV)}
+	switch r.name {
+	case "first-writer-wins":
+		out.Meta.Birth = w.birth()
+	case "origin-priority":
+		if own := w.rankVector(); own.Compare(out.Meta.VV) != change.Equal {
+			out.Meta.Own = own
+		}
+	}
+	return out
 }
 
-// onAbsent is the row an insert or update writes where nothing is known. A
-// counter update contributes only its delta (after - before): the row it
-// updated has not arrived yet and will add its own value when it does.
-func (r *rule) onAbsent(ch Change) map[string]any {
-	row := copyRow(ch.Row)
-	if r.merge == mergeCounter && ch.Op == binlog.Update {
+// mergeWrite merges two versions under counter, max or min: existence and
+// the other columns from the lww winner (the remote version when it is
+// causally later), the named columns merged.
+func (r *rule) mergeWrite(local, remote Version, causal bool) Write {
+	w, other := local, remote
+	if causal || lwwBeats(remote, local) {
+		w, other = remote, local
+	}
+	if local.Absent() {
+		w, other = remote, local
+	}
+	out := r.winner(w, other, local.Home)
+	merged := make(map[string]any, len(r.cols))
+	switch r.merge {
+	case mergeCounter:
+		out.Meta.Contrib = map[string]map[uint16]string{}
 		for _, c := range r.cols {
-			if d, ok := delta(ch.Row[c], ch.Before[c]); ok {
-				row[c] = d
+			total, per := r.sumContrib(c, local, remote)
+			merged[c] = total
+			delete(per, local.Home) // implicit at home
+			if len(per) > 0 {
+				out.Meta.Contrib[c] = per
+			}
+		}
+	case mergeMax, mergeMin:
+		for _, c := range r.cols {
+			lvl, lok := colValue(local, c)
+			rvl, rok := colValue(remote, c)
+			switch {
+			case !lok:
+				merged[c] = rvl
+			case !rok:
+				merged[c] = lvl
+			default:
+				merged[c] = r.pick(lvl, rvl)
 			}
 		}
 	}
-	return row
+	if out.Action == WriteRow {
+		for c, v := range merged {
+			out.Row[c] = v
+		}
+	} else {
+		out.Meta.Values = merged
+	}
+	return out
 }
 
-// mergeRow combines local and remote rows: the named columns by the merge
-// (counter: local + delta; max/min of both), every other column from the
-// version with the higher (stamp, origin).
-func (r *rule) mergeRow(local Version, ch Change) map[string]any {
-	var row map[string]any
-	if newer(ch.Stamp, ch.Origin, local.Stamp, local.Origin) {
-		row = copyRow(ch.Row)
-	} else {
-		row = copyRow(local.Row)
+// pick is the max (min) of two values of a max (min) column; a value that
+// cannot be ordered against the other leaves the first.
+func (r *rule) pick(a, b any) any {
+	c, ok := compare(a, b)
+	if !ok {
+		return a
 	}
-	for _, c := range r.cols {
-		lv, rv := local.Row[c], ch.Row[c]
-		switch r.merge {
-		case mergeCounter:
-			var d any = rv // an insert's delta is its value
-			ok := true
-			if ch.Op == binlog.Update {
-				d, ok = delta(rv, ch.Before[c])
-			}
-			if ok {
-				if s, ok := sum(lv, d); ok {
-					row[c] = s
-				}
-			}
-		case mergeMax, mergeMin:
-			if cmp, ok := compare(lv, rv); ok {
-				if (cmp >= 0) == (r.merge == mergeMax) {
-					row[c] = lv
-				} else {
-					row[c] = rv
-				}
-			}
+	if (c >= 0) == (r.merge == mergeMax) {
+		return a
+	}
+	return b
+}
+
+// colValue is a merge column's value in v: the row's, or the value the
+// tombstone kept. ok is false when v holds none (absent).
+func colValue(v Version, col string) (any, bool) {
+	switch {
+	case v.Exists:
+		x, ok := v.Row[col]
+		return x, ok
+	case v.Deleted:
+		x, ok := v.Meta.Values[col]
+		return x, ok
+	}
+	return nil, false
+}
+
+// contributions returns v's per-region contributions to counter column
+// col: the stored ones, and v.Home's implicit one (the value minus the
+// others).
+func contributions(v Version, col string) map[uint16]any {
+	out := map[uint16]any{}
+	if v.Absent() {
+		return out
+	}
+	var others any = int64(0)
+	for r, n := range v.Meta.Contrib[col] {
+		if r == v.Home {
+			continue
+		}
+		out[r] = n
+		if s, ok := sum(others, n); ok {
+			others = s
 		}
 	}
-	return row
+	total, _ := colValue(v, col)
+	if d, ok := delta(total, others); ok {
+		out[v.Home] = d
+	}
+	return out
+}
+
+// sumContrib merges the contributions of both versions to col, each
+// region's from the version whose vector has the higher entry for it
+// (local on a tie: equal entries have seen the same writes), and returns
+// the total and the merged contributions as decimal text.
+func (r *rule) sumContrib(col string, local, remote Version) (any, map[uint16]string) {
+	lc, rc := contributions(local, col), contributions(remote, col)
+	regions := map[uint16]bool{}
+	for k := range lc {
+		regions[k] = true
+	}
+	for k := range rc {
+		regions[k] = true
+	}
+	var total any = int64(0)
+	per := map[uint16]string{}
+	ids := make([]uint16, 0, len(regions))
+	for k := range regions {
+		ids = append(ids, k)
+	}
+	slices.Sort(ids)
+	for _, k := range ids {
+		// A region's contribution comes from the version that has seen
+		// more of its writes; a version without an entry holds 0.
+		var v any = int64(0)
+		if remote.Meta.VV[k] > local.Meta.VV[k] {
+			if x, ok := rc[k]; ok {
+				v = x
+			}
+		} else if x, ok := lc[k]; ok {
+			v = x
+		}
+		if s, ok := sum(total, v); ok {
+			total = s
+		}
+		if t := text(v); t != "0" {
+			per[k] = t
+		}
+	}
+	return total, per
+}
+
+// text is a number as decimal text.
+func text(v any) string {
+	n, ok := toNum(v)
+	if !ok {
+		return "0"
+	}
+	if n.kind == kDec {
+		return n.r.FloatString(n.scale)
+	}
+	if n.kind == kFloat {
+		f, _ := n.r.Float64()
+		return fmt.Sprint(f)
+	}
+	return n.r.RatString()
 }
 
 var _ Rule = (*rule)(nil)
