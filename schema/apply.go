@@ -22,6 +22,7 @@ var InternalTables = map[string]string{
 		"  pos         BIGINT UNSIGNED NOT NULL DEFAULT 0,\n" +
 		"  hlc         BIGINT UNSIGNED NOT NULL DEFAULT 0,\n" +
 		"  txns        BIGINT UNSIGNED NOT NULL DEFAULT 0,\n" +
+		"  batches     BIGINT UNSIGNED NOT NULL DEFAULT 0,\n" +
 		"  source_ts   TIMESTAMP(6) NULL,\n" +
 		"  applied_at  TIMESTAMP(6) NULL\n" +
 		") ENGINE=InnoDB",
@@ -45,11 +46,48 @@ var InternalTables = map[string]string{
 // internalOrder fixes the order InternalTables are created and reported in.
 var internalOrder = []string{"checkpoints", "conflicts", "hlc"}
 
-// Metadata column definitions, as schema apply adds them.
+// internalColumn is a column an Internal table gained after its first
+// release: schema apply adds it to an existing table that lacks it.
+type internalColumn struct{ table, column, def string }
+
+// internalColumns are the columns added since, in the order they are added.
+// checkpoints.batches counts the applier's transactions from a peer: the
+// applier increments it as the first write of each, so the checkpoint row
+// (the loop marker) precedes every row event of the transaction.
+var internalColumns = []internalColumn{
+	{"checkpoints", "batches", "BIGINT UNSIGNED NOT NULL DEFAULT 0 AFTER txns"},
+}
+
+// missingInternalColumns are the internalColumns that existing Internal
+// tables lack (a missing table lacks none: its CREATE has them all).
+func missingInternalColumns(ctx context.Context, db *sql.DB) ([]internalColumn, error) {
+	var out []internalColumn
+	for _, ic := range internalColumns {
+		var tables, cols int
+		if err := db.QueryRowContext(ctx, `SELECT COUNT(*), COALESCE(SUM(c.COLUMN_NAME IS NOT NULL), 0)
+FROM information_schema.TABLES t LEFT JOIN information_schema.COLUMNS c
+  ON c.TABLE_SCHEMA = t.TABLE_SCHEMA AND c.TABLE_NAME = t.TABLE_NAME AND c.COLUMN_NAME = ?
+WHERE t.TABLE_SCHEMA = ? AND t.TABLE_NAME = ?`, ic.column, Internal, ic.table).Scan(&tables, &cols); err != nil {
+			return nil, fmt.Errorf("look for column %s.%s.%s: %w", Internal, ic.table, ic.column, err)
+		}
+		if tables > 0 && cols == 0 {
+			out = append(out, ic)
+		}
+	}
+	return out, nil
+}
+
+// Metadata column definitions, as schema apply adds them to a replicated
+// table. _mlr_vv is NULL in rows written before version vectors.
 const (
 	DefOrigin = "SMALLINT UNSIGNED NOT NULL DEFAULT 0 INVISIBLE"
 	DefHLC    = "BIGINT UNSIGNED NOT NULL DEFAULT 0 INVISIBLE"
+	DefMeta   = "TEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL DEFAULT NULL INVISIBLE"
 )
+
+// DefTombstoneMeta is the definition of a tombstone table's _mlr_vv
+// (visible; NULL in tombstones written before version vectors).
+const DefTombstoneMeta = "TEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL"
 
 // Report lists what Apply changed, one human-readable line per change
 // (no row values). Empty means the server already matched.
@@ -161,6 +199,16 @@ func (a *applier) internal(ctx context.Context) error {
 		}
 		a.changed(nil, "created table "+Internal+"."+name)
 	}
+	missing, err := missingInternalColumns(ctx, a.db)
+	if err != nil {
+		return fmt.Errorf("schema apply: %w", err)
+	}
+	for _, ic := range missing {
+		if _, err := a.db.ExecContext(ctx, "ALTER TABLE "+Quote(Internal)+"."+Quote(ic.table)+" ADD COLUMN "+Quote(ic.column)+" "+ic.def); err != nil {
+			return fmt.Errorf("schema apply: add column %s to %s.%s: %w", ic.column, Internal, ic.table, err)
+		}
+		a.changed(nil, "added column "+ic.column+" to table "+Internal+"."+ic.table)
+	}
 	return nil
 }
 
@@ -187,6 +235,9 @@ func (a *applier) table(ctx context.Context, in *Table) error {
 	if len(t.PK) == 0 {
 		return fmt.Errorf("schema apply %s: %w", t, ErrNoPrimaryKey)
 	}
+	if _, err := t.ruleColumns(); err != nil {
+		return fmt.Errorf("schema apply %s: %w", t, err)
+	}
 	if err := a.columns(ctx, t); err != nil {
 		return err
 	}
@@ -199,18 +250,27 @@ func (a *applier) table(ctx context.Context, in *Table) error {
 // metadataOK reports whether an existing metadata column has the type,
 // nullability and invisibility apply gives it.
 func metadataOK(c Column) bool {
-	want := "bigint"
-	if c.Name == ColOrigin {
-		want = "smallint"
+	if !c.Invisible || c.Generated {
+		return false
 	}
-	return c.DataType == want && c.Unsigned && !c.Nullable && c.Invisible && !c.Generated
+	switch c.Name {
+	case ColMeta:
+		return c.DataType == "text" && c.Nullable && c.Charset == "utf8mb4"
+	case ColOrigin:
+		return c.DataType == "smallint" && c.Unsigned && !c.Nullable
+	}
+	return c.DataType == "bigint" && c.Unsigned && !c.Nullable
 }
 
-// columns adds (or corrects) the two invisible metadata columns.
+// metadataColumns are the metadata columns of a replicated table with
+// their definitions, in the order apply adds them.
+var metadataColumns = []struct{ name, def string }{{ColOrigin, DefOrigin}, {ColHLC, DefHLC}, {ColMeta, DefMeta}}
+
+// columns adds (or corrects) the three invisible metadata columns.
 func (a *applier) columns(ctx context.Context, t *Table) error {
 	var clauses []string
 	instant := true
-	for _, m := range []struct{ name, def string }{{ColOrigin, DefOrigin}, {ColHLC, DefHLC}} {
+	for _, m := range metadataColumns {
 		c, ok := t.Column(m.name)
 		switch {
 		case !ok:
@@ -223,20 +283,7 @@ func (a *applier) columns(ctx context.Context, t *Table) error {
 	if len(clauses) == 0 {
 		return nil
 	}
-	stmt := "ALTER TABLE " + t.QualifiedName() + " " + strings.Join(clauses, ", ")
-	var err error
-	if instant {
-		_, err = a.db.ExecContext(ctx, stmt+", ALGORITHM=INSTANT")
-		var me *mysql.MySQLError
-		// 1845/1846: ALGORITHM=INSTANT not supported for this table.
-		if errors.As(err, &me) && (me.Number == 1845 || me.Number == 1846) {
-			a.log.Info("instant ADD COLUMN refused; altering with the default algorithm",
-				zap.String("schema", t.Schema), zap.String("table", t.Name))
-			_, err = a.db.ExecContext(ctx, stmt)
-		}
-	} else {
-		_, err = a.db.ExecContext(ctx, stmt)
-	}
+	err := a.alter(ctx, t, "ALTER TABLE "+t.QualifiedName()+" "+strings.Join(clauses, ", "), instant)
 	if err != nil {
 		return fmt.Errorf("schema apply %s: add metadata columns: %w", t, err)
 	}
@@ -244,9 +291,28 @@ func (a *applier) columns(ctx context.Context, t *Table) error {
 	return nil
 }
 
+// alter runs an ALTER TABLE on t, first with ALGORITHM=INSTANT when
+// instant, falling back to the default algorithm when the server refuses.
+func (a *applier) alter(ctx context.Context, t *Table, stmt string, instant bool) error {
+	if !instant {
+		_, err := a.db.ExecContext(ctx, stmt)
+		return err
+	}
+	_, err := a.db.ExecContext(ctx, stmt+", ALGORITHM=INSTANT")
+	var me *mysql.MySQLError
+	// 1845/1846: ALGORITHM=INSTANT not supported for this table.
+	if errors.As(err, &me) && (me.Number == 1845 || me.Number == 1846) {
+		a.log.Info("instant ADD COLUMN refused; altering with the default algorithm",
+			zap.String("schema", t.Schema), zap.String("table", t.Name))
+		_, err = a.db.ExecContext(ctx, stmt)
+	}
+	return err
+}
+
 // CreateTombstoneSQL is the CREATE TABLE of t's tombstone table: the
 // primary key columns with their exact types (collation included), then
-// _mlr_hlc and _mlr_origin; primary key = t's; a key on _mlr_hlc for GC.
+// _mlr_hlc, _mlr_origin and _mlr_vv; primary key = t's; a key on _mlr_hlc
+// for GC.
 func (t *Table) CreateTombstoneSQL() string {
 	var b strings.Builder
 	b.WriteString("CREATE TABLE " + t.TombstoneQualifiedName() + " (\n")
@@ -255,6 +321,7 @@ func (t *Table) CreateTombstoneSQL() string {
 	}
 	b.WriteString("  " + Quote(ColHLC) + " BIGINT UNSIGNED NOT NULL,\n")
 	b.WriteString("  " + Quote(ColOrigin) + " SMALLINT UNSIGNED NOT NULL,\n")
+	b.WriteString("  " + Quote(ColMeta) + " " + DefTombstoneMeta + ",\n")
 	pk := make([]string, len(t.PK))
 	for i, c := range t.PK {
 		pk[i] = Quote(c)
@@ -266,30 +333,44 @@ func (t *Table) CreateTombstoneSQL() string {
 }
 
 // tombstoneMismatch describes how an existing tombstone table differs from
-// what CreateTombstoneSQL makes for t ("" when it matches).
-func tombstoneMismatch(t, tomb *Table) string {
+// what CreateTombstoneSQL makes for t ("" when it matches). addMeta is set
+// (with diff "") for a table of the shape before version vectors, which
+// matches but for the missing _mlr_vv: apply adds the column and keeps the
+// tombstones.
+func tombstoneMismatch(t, tomb *Table) (diff string, addMeta bool) {
 	want := t.PKColumns()
-	if len(tomb.Columns) != len(want)+2 {
-		return "its columns differ from the table's primary key"
+	n := len(want)
+	switch len(tomb.Columns) {
+	case n + 3:
+	case n + 2:
+		addMeta = true
+	default:
+		return "its columns differ from the table's primary key", false
 	}
 	for i, c := range want {
 		got := tomb.Columns[i]
 		if got.Name != c.Name || !strings.EqualFold(got.Definition(), c.Definition()) {
-			return "column " + c.Name + " differs from the table's primary key column"
+			return "column " + c.Name + " differs from the table's primary key column", false
 		}
 	}
-	h, o := tomb.Columns[len(want)], tomb.Columns[len(want)+1]
+	h, o := tomb.Columns[n], tomb.Columns[n+1]
 	if h.Name != ColHLC || h.DataType != "bigint" || !h.Unsigned || o.Name != ColOrigin || o.DataType != "smallint" || !o.Unsigned {
-		return "its stamp columns are not " + ColHLC + " BIGINT UNSIGNED, " + ColOrigin + " SMALLINT UNSIGNED"
+		return "its stamp columns are not " + ColHLC + " BIGINT UNSIGNED, " + ColOrigin + " SMALLINT UNSIGNED", false
+	}
+	if !addMeta {
+		if m := tomb.Columns[n+2]; m.Name != ColMeta || m.DataType != "text" || !m.Nullable || m.Generated {
+			return "its last column is not " + ColMeta + " TEXT NULL", false
+		}
 	}
 	if strings.Join(tomb.PK, ",") != strings.Join(t.PK, ",") {
-		return "its primary key differs from the table's"
+		return "its primary key differs from the table's", false
 	}
-	return ""
+	return "", addMeta
 }
 
-// tombstone creates t's tombstone table, or recreates it when its shape no
-// longer matches t's primary key and it holds no tombstones.
+// tombstone creates t's tombstone table, adds _mlr_vv to one made before
+// version vectors, or recreates it when its shape no longer matches t's
+// primary key and it holds no tombstones.
 func (a *applier) tombstone(ctx context.Context, t *Table) error {
 	name := TombstoneTable(t.Schema, t.Name)
 	tomb, err := ReadTable(ctx, a.db, Internal, name)
@@ -298,7 +379,15 @@ func (a *applier) tombstone(ctx context.Context, t *Table) error {
 	case err != nil:
 		return fmt.Errorf("schema apply %s: read tombstone table: %w", t, err)
 	default:
-		diff := tombstoneMismatch(t, tomb)
+		diff, addMeta := tombstoneMismatch(t, tomb)
+		if diff == "" && addMeta {
+			stmt := "ALTER TABLE " + t.TombstoneQualifiedName() + " ADD COLUMN " + Quote(ColMeta) + " " + DefTombstoneMeta + " AFTER " + Quote(ColOrigin)
+			if err := a.alter(ctx, t, stmt, true); err != nil {
+				return fmt.Errorf("schema apply %s: add %s to tombstone table: %w", t, ColMeta, err)
+			}
+			a.changed(t, "tombstone table "+Internal+"."+name+": ADD COLUMN "+Quote(ColMeta)+" "+DefTombstoneMeta)
+			return nil
+		}
 		if diff == "" {
 			return nil
 		}

@@ -94,7 +94,7 @@ func TestApplyIdempotent(t *testing.T) {
 	assert.True(t, rep.Changed())
 	changes := strings.Join(rep.Changes, "\n")
 	for _, want := range []string{
-		"app.users: metadata columns: ADD COLUMN `_mlr_origin` " + DefOrigin + ", ADD COLUMN `_mlr_hlc` " + DefHLC,
+		"app.users: metadata columns: ADD COLUMN `_mlr_origin` " + DefOrigin + ", ADD COLUMN `_mlr_hlc` " + DefHLC + ", ADD COLUMN `_mlr_vv` " + DefMeta,
 		"app.users: created tombstone table mlr.app.users",
 		"app.users: created trigger _mlr_bi_users",
 		"app.users: created trigger _mlr_bu_users",
@@ -107,7 +107,7 @@ func TestApplyIdempotent(t *testing.T) {
 	// The tombstone table and the metadata columns are as specified.
 	users, err := ReadTable(ctx, dbA, "app", "users")
 	require.NoError(t, err)
-	for _, name := range []string{ColOrigin, ColHLC} {
+	for _, name := range []string{ColOrigin, ColHLC, ColMeta} {
 		c, ok := users.Column(name)
 		require.True(t, ok, name)
 		assert.True(t, metadataOK(c), "%s: %+v", name, c)
@@ -115,7 +115,8 @@ func TestApplyIdempotent(t *testing.T) {
 	tomb, err := ReadTable(ctx, dbA, Internal, "app.users")
 	require.NoError(t, err)
 	assert.Equal(t, []string{"id"}, tomb.PK)
-	assert.Equal(t, []string{"id", ColHLC, ColOrigin}, names(tomb.Columns))
+	assert.Equal(t, []string{"id", ColHLC, ColOrigin, ColMeta}, names(tomb.Columns))
+	assert.Equal(t, []string{"id", "name", "n"}, names(users.UserColumns()))
 	var keyCol string
 	require.NoError(t, dbA.QueryRow("SELECT COLUMN_NAME FROM information_schema.STATISTICS WHERE TABLE_SCHEMA='mlr' AND TABLE_NAME='app.users' AND INDEX_NAME <> 'PRIMARY'").Scan(&keyCol))
 	assert.Equal(t, ColHLC, keyCol)
@@ -361,24 +362,25 @@ func TestPlanRunsOnServer(t *testing.T) {
 	p := tables[0].Plan()
 	s := newSession(t)
 	s.exec("SET @_mlr_apply = 1")
-	assert.EqualValues(t, 1, s.exec(p.Insert, "a", 1, "one", 100, 2))
-	assert.EqualValues(t, 1, s.exec(p.UpdateByPK, "a", 2, "two", 101, 3, 1, "a"))
-	var v string
+	assert.EqualValues(t, 1, s.exec(p.Insert, "a", 1, "one", 100, 2, `{"2":100}`))
+	assert.EqualValues(t, 1, s.exec(p.UpdateByPK, "a", 2, "two", 101, 3, `{"2":100,"3":101}`, 1, "a"))
+	var v, m string
 	var h uint64
 	var o uint16
 	var k string
 	var id int
 	tx, err := s.conn.BeginTx(ctx, nil)
 	require.NoError(t, err)
-	require.NoError(t, tx.QueryRow(p.SelectVersion, 2, "a").Scan(&k, &id, &v, &h, &o))
+	require.NoError(t, tx.QueryRow(p.SelectVersion, 2, "a").Scan(&k, &id, &v, &h, &o, &m))
 	require.NoError(t, tx.Commit())
-	assert.Equal(t, []any{"a", 2, "two", uint64(101), uint16(3)}, []any{k, id, v, h, o})
-	assert.EqualValues(t, 2, s.exec(p.Replace, "a", 2, "deux", 102, 3), "REPLACE of an existing row: delete + insert")
+	assert.Equal(t, []any{"a", 2, "two", uint64(101), uint16(3), `{"2":100,"3":101}`}, []any{k, id, v, h, o, m})
+	assert.EqualValues(t, 2, s.exec(p.Replace, "a", 2, "deux", 102, 3, `{"3":102}`), "REPLACE of an existing row: delete + insert")
 	assert.EqualValues(t, 1, s.exec(p.DeleteByPK, 2, "a"))
-	assert.EqualValues(t, 1, s.exec(p.UpsertTombstone, 2, "a", 103, 3))
-	assert.EqualValues(t, 2, s.exec(p.UpsertTombstone, 2, "a", 104, 4), "upsert moves the stamp")
-	require.NoError(t, dbA.QueryRow(p.SelectTombstone, 2, "a").Scan(&h, &o))
+	assert.EqualValues(t, 1, s.exec(p.UpsertTombstone, 2, "a", 103, 3, `{"3":103}`))
+	assert.EqualValues(t, 2, s.exec(p.UpsertTombstone, 2, "a", 104, 4, `{"3":103,"4":104}`), "upsert moves the stamp")
+	require.NoError(t, dbA.QueryRow(p.SelectTombstone, 2, "a").Scan(&h, &o, &m))
 	assert.Equal(t, uint64(104), h)
+	assert.Equal(t, `{"3":103,"4":104}`, m)
 	assert.EqualValues(t, 0, s.exec(p.GCTombstones, 104, 10))
 	assert.EqualValues(t, 1, s.exec(p.GCTombstones, 105, 10))
 	assert.EqualValues(t, 0, s.exec(p.DeleteTombstone, 2, "a"))

@@ -260,16 +260,20 @@ func checkTable(ctx context.Context, db *sql.DB, t *Table, regionID uint16) ([]P
 	if len(t.PK) == 0 {
 		add("%v", ErrNoPrimaryKey)
 	}
-	for _, name := range []string{ColOrigin, ColHLC} {
-		c, ok := t.Column(name)
+	for _, m := range metadataColumns {
+		c, ok := t.Column(m.name)
 		switch {
 		case !ok:
-			add("metadata column %s is missing: run `mlproxy schema apply`", name)
+			add("metadata column %s is missing: run `mlproxy schema apply`", m.name)
 		case !c.Invisible:
-			add("metadata column %s is visible: SELECT * and INSERT without a column list would see it; run `mlproxy schema apply` to make it INVISIBLE", name)
+			add("metadata column %s is visible: SELECT * and INSERT without a column list would see it; run `mlproxy schema apply` to make it INVISIBLE", m.name)
 		case !metadataOK(c):
-			add("metadata column %s is %s, not %s: run `mlproxy schema apply`", name, c.ColumnType, map[string]string{ColOrigin: DefOrigin, ColHLC: DefHLC}[name])
+			add("metadata column %s is %s, not %s: run `mlproxy schema apply`", m.name, c.ColumnType, m.def)
 		}
+	}
+	if _, err := t.ruleColumns(); err != nil {
+		add("%v: fix the columns of the rule in the configuration", err)
+		return ps, nil // the triggers cannot be generated
 	}
 	if len(t.PK) == 0 {
 		return ps, nil // tombstones and triggers need the key
@@ -282,8 +286,12 @@ func checkTable(ctx context.Context, db *sql.DB, t *Table, regionID uint16) ([]P
 	case err != nil:
 		return ps, err
 	default:
-		if diff := tombstoneMismatch(t, tomb); diff != "" {
+		diff, addMeta := tombstoneMismatch(t, tomb)
+		switch {
+		case diff != "":
 			add("tombstone table %s.%s is stale (%s): run `mlproxy schema apply`", Internal, name, diff)
+		case addMeta:
+			add("tombstone table %s.%s has no %s column (made before version vectors): run `mlproxy schema apply` to add it", Internal, name, ColMeta)
 		}
 	}
 	want := triggers(t, regionID)
@@ -307,7 +315,7 @@ func checkTable(ctx context.Context, db *sql.DB, t *Table, regionID uint16) ([]P
 	return ps, nil
 }
 
-// checkInternal reports missing tables of the Internal schema.
+// checkInternal reports missing tables and columns of the Internal schema.
 func checkInternal(ctx context.Context, db *sql.DB) ([]Problem, error) {
 	have, err := baseTables(ctx, db, Internal)
 	if err != nil {
@@ -323,6 +331,14 @@ func checkInternal(ctx context.Context, db *sql.DB) ([]Problem, error) {
 			ps = append(ps, Problem{Severity: Error, Where: Internal + "." + name,
 				Message: "internal table is missing: run `mlproxy schema apply`"})
 		}
+	}
+	missing, err := missingInternalColumns(ctx, db)
+	if err != nil {
+		return ps, err
+	}
+	for _, ic := range missing {
+		ps = append(ps, Problem{Severity: Error, Where: Internal + "." + ic.table,
+			Message: "internal table has no column " + ic.column + " (made by an older mlproxy): run `mlproxy schema apply`"})
 	}
 	return ps, nil
 }

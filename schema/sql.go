@@ -5,7 +5,7 @@ import "strings"
 // SQL the applier and the tombstone collector run against one table. Every
 // identifier is quoted; every value is a ? placeholder. Columns are the
 // table's user columns (UserColumns: generated and metadata columns left
-// out) in ordinal order, then _mlr_hlc, _mlr_origin; primary key columns
+// out) in ordinal order, then _mlr_hlc, _mlr_origin, _mlr_vv; primary key columns
 // are in key order. The argument order of each statement is documented on
 // its method.
 
@@ -14,14 +14,18 @@ func (t *Table) TombstoneQualifiedName() string {
 	return Quote(Internal) + "." + Quote(TombstoneTable(t.Schema, t.Name))
 }
 
-// versionColumns are the user columns then the two metadata columns, quoted.
+// metaColumns are the three metadata columns in the order every statement
+// uses, quoted.
+func metaColumns() []string { return []string{Quote(ColHLC), Quote(ColOrigin), Quote(ColMeta)} }
+
+// versionColumns are the user columns then the three metadata columns, quoted.
 func (t *Table) versionColumns() []string {
 	uc := t.UserColumns()
-	cs := make([]string, 0, len(uc)+2)
+	cs := make([]string, 0, len(uc)+3)
 	for _, c := range uc {
 		cs = append(cs, Quote(c.Name))
 	}
-	return append(cs, Quote(ColHLC), Quote(ColOrigin))
+	return append(cs, metaColumns()...)
 }
 
 // pkWhere is "`a` = ? AND `b` = ?" over the primary key.
@@ -38,30 +42,35 @@ func placeholders(n int) string {
 }
 
 // SelectVersionSQL reads and locks the local version of one row. Args: the
-// primary key values. Result: the user columns, _mlr_hlc, _mlr_origin.
+// primary key values. Result: the user columns, _mlr_hlc, _mlr_origin,
+// _mlr_vv (TEXT, NULL for a row written before version vectors).
 func (t *Table) SelectVersionSQL() string {
 	return "SELECT " + strings.Join(t.versionColumns(), ", ") + " FROM " + t.QualifiedName() +
 		" WHERE " + t.pkWhere() + " FOR UPDATE"
 }
 
 // SelectTombstoneSQL reads and locks one row's tombstone. Args: the
-// primary key values. Result: _mlr_hlc, _mlr_origin.
+// primary key values. Result: _mlr_hlc, _mlr_origin, _mlr_vv (NULL for a
+// tombstone written before version vectors).
 func (t *Table) SelectTombstoneSQL() string {
-	return "SELECT " + Quote(ColHLC) + ", " + Quote(ColOrigin) + " FROM " + t.TombstoneQualifiedName() +
+	return "SELECT " + strings.Join(metaColumns(), ", ") + " FROM " + t.TombstoneQualifiedName() +
 		" WHERE " + t.pkWhere() + " FOR UPDATE"
 }
 
 // UpsertTombstoneSQL records (or moves forward) one row's tombstone. Args:
-// the primary key values, _mlr_hlc, _mlr_origin.
+// the primary key values, _mlr_hlc, _mlr_origin, _mlr_vv.
 func (t *Table) UpsertTombstoneSQL() string {
-	cs := make([]string, 0, len(t.PK)+2)
+	cs := make([]string, 0, len(t.PK)+3)
 	for _, c := range t.PK {
 		cs = append(cs, Quote(c))
 	}
-	cs = append(cs, Quote(ColHLC), Quote(ColOrigin))
-	h, o := Quote(ColHLC), Quote(ColOrigin)
+	cs = append(cs, metaColumns()...)
+	sets := make([]string, 0, 3)
+	for _, m := range metaColumns() {
+		sets = append(sets, m+" = VALUES("+m+")")
+	}
 	return "INSERT INTO " + t.TombstoneQualifiedName() + " (" + strings.Join(cs, ", ") + ") VALUES (" +
-		placeholders(len(cs)) + ") ON DUPLICATE KEY UPDATE " + h + " = VALUES(" + h + "), " + o + " = VALUES(" + o + ")"
+		placeholders(len(cs)) + ") ON DUPLICATE KEY UPDATE " + strings.Join(sets, ", ")
 }
 
 // DeleteTombstoneSQL drops one row's tombstone. Args: the primary key values.
@@ -70,7 +79,7 @@ func (t *Table) DeleteTombstoneSQL() string {
 }
 
 // InsertSQL inserts one row with its stamp. Args: the user columns,
-// _mlr_hlc, _mlr_origin.
+// _mlr_hlc, _mlr_origin, _mlr_vv.
 func (t *Table) InsertSQL() string { return t.insertLike("INSERT") }
 
 // ReplaceSQL is InsertSQL as REPLACE. Under @_mlr_apply = 1 the delete it
@@ -84,8 +93,8 @@ func (t *Table) insertLike(verb string) string {
 }
 
 // UpdateByPKSQL overwrites one row, primary key included (a remote update
-// may change it). Args: the user columns, _mlr_hlc, _mlr_origin, then the
-// primary key values the row had before.
+// may change it). Args: the user columns, _mlr_hlc, _mlr_origin, _mlr_vv,
+// then the primary key values the row had before.
 func (t *Table) UpdateByPKSQL() string {
 	cs := t.versionColumns()
 	sets := make([]string, len(cs))

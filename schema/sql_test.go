@@ -5,6 +5,8 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/assert"
+
+	"github.com/mlproxy/mlproxy/config"
 )
 
 func sampleTable() *Table {
@@ -19,6 +21,7 @@ func sampleTable() *Table {
 			{Name: "twice", DataType: "int", ColumnType: "int(11)", Nullable: true, Generated: true},
 			{Name: ColOrigin, DataType: "smallint", ColumnType: "smallint(5) unsigned", Unsigned: true, Invisible: true},
 			{Name: ColHLC, DataType: "bigint", ColumnType: "bigint(20) unsigned", Unsigned: true, Invisible: true},
+			{Name: ColMeta, DataType: "text", ColumnType: "text", Nullable: true, Invisible: true, Charset: "utf8mb4", Collation: "utf8mb4_bin"},
 		},
 		PK: []string{"region", "id"},
 	}
@@ -28,19 +31,19 @@ func TestSQLHelpers(t *testing.T) {
 	tb := sampleTable()
 	for _, tc := range []struct{ name, got, want string }{
 		{"SelectVersionSQL", tb.SelectVersionSQL(),
-			"SELECT `region`, `id`, `note`, `total`, `_mlr_hlc`, `_mlr_origin` FROM `shop`.`order``s` WHERE `region` = ? AND `id` = ? FOR UPDATE"},
+			"SELECT `region`, `id`, `note`, `total`, `_mlr_hlc`, `_mlr_origin`, `_mlr_vv` FROM `shop`.`order``s` WHERE `region` = ? AND `id` = ? FOR UPDATE"},
 		{"SelectTombstoneSQL", tb.SelectTombstoneSQL(),
-			"SELECT `_mlr_hlc`, `_mlr_origin` FROM `mlr`.`shop.order``s` WHERE `region` = ? AND `id` = ? FOR UPDATE"},
+			"SELECT `_mlr_hlc`, `_mlr_origin`, `_mlr_vv` FROM `mlr`.`shop.order``s` WHERE `region` = ? AND `id` = ? FOR UPDATE"},
 		{"UpsertTombstoneSQL", tb.UpsertTombstoneSQL(),
-			"INSERT INTO `mlr`.`shop.order``s` (`region`, `id`, `_mlr_hlc`, `_mlr_origin`) VALUES (?, ?, ?, ?) ON DUPLICATE KEY UPDATE `_mlr_hlc` = VALUES(`_mlr_hlc`), `_mlr_origin` = VALUES(`_mlr_origin`)"},
+			"INSERT INTO `mlr`.`shop.order``s` (`region`, `id`, `_mlr_hlc`, `_mlr_origin`, `_mlr_vv`) VALUES (?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE `_mlr_hlc` = VALUES(`_mlr_hlc`), `_mlr_origin` = VALUES(`_mlr_origin`), `_mlr_vv` = VALUES(`_mlr_vv`)"},
 		{"DeleteTombstoneSQL", tb.DeleteTombstoneSQL(),
 			"DELETE FROM `mlr`.`shop.order``s` WHERE `region` = ? AND `id` = ?"},
 		{"InsertSQL", tb.InsertSQL(),
-			"INSERT INTO `shop`.`order``s` (`region`, `id`, `note`, `total`, `_mlr_hlc`, `_mlr_origin`) VALUES (?, ?, ?, ?, ?, ?)"},
+			"INSERT INTO `shop`.`order``s` (`region`, `id`, `note`, `total`, `_mlr_hlc`, `_mlr_origin`, `_mlr_vv`) VALUES (?, ?, ?, ?, ?, ?, ?)"},
 		{"ReplaceSQL", tb.ReplaceSQL(),
-			"REPLACE INTO `shop`.`order``s` (`region`, `id`, `note`, `total`, `_mlr_hlc`, `_mlr_origin`) VALUES (?, ?, ?, ?, ?, ?)"},
+			"REPLACE INTO `shop`.`order``s` (`region`, `id`, `note`, `total`, `_mlr_hlc`, `_mlr_origin`, `_mlr_vv`) VALUES (?, ?, ?, ?, ?, ?, ?)"},
 		{"UpdateByPKSQL", tb.UpdateByPKSQL(),
-			"UPDATE `shop`.`order``s` SET `region` = ?, `id` = ?, `note` = ?, `total` = ?, `_mlr_hlc` = ?, `_mlr_origin` = ? WHERE `region` = ? AND `id` = ?"},
+			"UPDATE `shop`.`order``s` SET `region` = ?, `id` = ?, `note` = ?, `total` = ?, `_mlr_hlc` = ?, `_mlr_origin` = ?, `_mlr_vv` = ? WHERE `region` = ? AND `id` = ?"},
 		{"DeleteByPKSQL", tb.DeleteByPKSQL(),
 			"DELETE FROM `shop`.`order``s` WHERE `region` = ? AND `id` = ?"},
 		{"GCTombstonesSQL", tb.GCTombstonesSQL(),
@@ -50,6 +53,7 @@ func TestSQLHelpers(t *testing.T) {
 			"  `id` bigint(20) unsigned NOT NULL,\n" +
 			"  `_mlr_hlc` BIGINT UNSIGNED NOT NULL,\n" +
 			"  `_mlr_origin` SMALLINT UNSIGNED NOT NULL,\n" +
+			"  `_mlr_vv` TEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL,\n" +
 			"  PRIMARY KEY (`region`, `id`),\n" +
 			"  KEY `_mlr_hlc` (`_mlr_hlc`)\n" +
 			") ENGINE=InnoDB"},
@@ -58,54 +62,86 @@ func TestSQLHelpers(t *testing.T) {
 	}
 }
 
+// stripMarker removes a trigger's version marker (a hash of its body).
+func stripMarker(s string) string {
+	i := strings.Index(s, "  "+triggerMarker)
+	j := strings.Index(s[i:], "*/\n")
+	return s[:i] + s[i+j+3:]
+}
+
 func TestGenerateTriggers(t *testing.T) {
 	tb := sampleTable()
 	got := GenerateTriggers(tb, 7)
 	if len(got) != 3 {
 		t.Fatalf("got %d triggers, want 3", len(got))
 	}
-	// Strip the version marker (a hash of the body) before comparing.
-	strip := func(s string) string {
-		i := strings.Index(s, "  "+triggerMarker)
-		j := strings.Index(s[i:], "*/\n")
-		return s[:i] + s[i+j+3:]
-	}
 	const bypass = "(FLOOR(UNIX_TIMESTAMP(NOW(6))*1000) << 16) | 0x8000 | (MICROSECOND(NOW(6)) % 1000)"
 	// Every new version is stamped above the one it replaces: the old row
 	// (update, delete) or the key's tombstone (insert).
-	after := "IF(@_mlr_hlc IS NULL, GREATEST(" + bypass + ", (OLD.`_mlr_hlc` + 1) | 0x8000), GREATEST(@_mlr_hlc, OLD.`_mlr_hlc` + 1))"
-	tomb := "COALESCE((SELECT `_mlr_hlc` FROM `mlr`.`shop.order``s` WHERE `region` = NEW.`region` AND `id` = NEW.`id`), 0)"
-	inserted := "IF(@_mlr_hlc IS NULL, GREATEST(" + bypass + ", (" + tomb + " + 1) | 0x8000), GREATEST(@_mlr_hlc, " + tomb + " + 1))"
+	// ... and above this region's own entry in the replaced version's
+	// vector (a merge keeps the winner's stamp, which may be lower).
+	newer := func(stamp, meta string) string {
+		floor := "GREATEST(" + stamp + ", COALESCE(CAST(JSON_VALUE(" + meta + ", '$.\"7\"') AS UNSIGNED), 0))"
+		return "IF(@_mlr_hlc IS NULL, GREATEST(" + bypass + ", (" + floor + " + 1) | 0x8000), GREATEST(CAST(@_mlr_hlc AS UNSIGNED), " + floor + " + 1))"
+	}
+	where := " FROM `mlr`.`shop.order``s` WHERE `region` = NEW.`region` AND `id` = NEW.`id`"
+	live := " FROM `shop`.`order``s` WHERE `region` = NEW.`region` AND `id` = NEW.`id`"
+	legacy := "COALESCE(`_mlr_vv`, IF(`_mlr_hlc` = 0, '{}', JSON_OBJECT(CAST(`_mlr_origin` & 0xFFFF AS CHAR), `_mlr_hlc`)))"
+	// The metadata of a version written before version vectors.
+	oldMeta := "COALESCE(OLD.`_mlr_vv`, IF(OLD.`_mlr_hlc` = 0, '{}', JSON_OBJECT(CAST(OLD.`_mlr_origin` & 0xFFFF AS CHAR), OLD.`_mlr_hlc`)))"
+	after := newer("OLD.`_mlr_hlc`", oldMeta)
+	inserted := newer("_mlr_prev_hlc", "COALESCE(_mlr_prev_vv, '{}')")
+	// A REPLACE of a live row: the stamp its delete gives the tombstone.
+	replaced := newer("`_mlr_hlc`", legacy)
 	want := []string{
 		"CREATE TRIGGER `shop`.`_mlr_bi_order``s` BEFORE INSERT ON `shop`.`order``s` FOR EACH ROW\n" +
 			"BEGIN\n" +
+			"  DECLARE _mlr_prev_hlc BIGINT UNSIGNED;\n" +
+			"  DECLARE _mlr_prev_vv TEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin;\n" +
 			"  IF COALESCE(@_mlr_apply, 0) = 0 THEN\n" +
+			"    SET _mlr_prev_vv = (SELECT " + legacy + live + ");\n" +
+			"    IF _mlr_prev_vv IS NULL THEN\n" +
+			"      SET _mlr_prev_vv = (SELECT " + legacy + where + "),\n" +
+			"          _mlr_prev_hlc = IF(_mlr_prev_vv IS NULL, 0, COALESCE((SELECT `_mlr_hlc`" + where + "), 0));\n" +
+			"    ELSE\n" +
+			"      SET _mlr_prev_hlc = (SELECT " + replaced + live + ");\n" +
+			"    END IF;\n" +
 			"    SET NEW.`_mlr_hlc` = " + inserted + ",\n" +
-			"        NEW.`_mlr_origin` = COALESCE(@_mlr_origin, 7);\n" +
+			"        NEW.`_mlr_origin` = COALESCE(@_mlr_origin, 7),\n" +
+			"        NEW.`_mlr_vv` = JSON_COMPACT(JSON_SET(JSON_REMOVE(COALESCE(_mlr_prev_vv, '{}'), '$.m', '$.w'), '$.\"7\"', NEW.`_mlr_hlc`));\n" +
 			"  END IF;\n" +
 			"END",
 		"CREATE TRIGGER `shop`.`_mlr_bu_order``s` BEFORE UPDATE ON `shop`.`order``s` FOR EACH ROW\n" +
 			"BEGIN\n" +
-			"  IF COALESCE(@_mlr_apply, 0) = 0 AND NOT (CAST(NEW.`region` AS BINARY) <=> CAST(OLD.`region` AS BINARY)\n" +
-			"      AND NEW.`id` <=> OLD.`id`\n" +
-			"      AND CAST(NEW.`note` AS BINARY) <=> CAST(OLD.`note` AS BINARY)\n" +
-			"      AND NEW.`total` <=> OLD.`total`) THEN\n" +
-			"    SET NEW.`_mlr_hlc` = " + after + ",\n" +
-			"        NEW.`_mlr_origin` = COALESCE(@_mlr_origin, 7);\n" +
+			"  IF COALESCE(@_mlr_apply, 0) = 0 THEN\n" +
+			"    IF NOT (CAST(NEW.`region` AS BINARY) <=> CAST(OLD.`region` AS BINARY)\n" +
+			"        AND NEW.`id` <=> OLD.`id`\n" +
+			"        AND CAST(NEW.`note` AS BINARY) <=> CAST(OLD.`note` AS BINARY)\n" +
+			"        AND NEW.`total` <=> OLD.`total`) THEN\n" +
+			"      SET NEW.`_mlr_hlc` = " + after + ",\n" +
+			"          NEW.`_mlr_origin` = COALESCE(@_mlr_origin, 7),\n" +
+			"          NEW.`_mlr_vv` = JSON_COMPACT(JSON_SET(" + oldMeta + ", '$.\"7\"', NEW.`_mlr_hlc`));\n" +
+			"    ELSE\n" +
+			"      SET NEW.`_mlr_hlc` = OLD.`_mlr_hlc`,\n" +
+			"          NEW.`_mlr_origin` = OLD.`_mlr_origin`,\n" +
+			"          NEW.`_mlr_vv` = OLD.`_mlr_vv`;\n" +
+			"    END IF;\n" +
 			"  END IF;\n" +
 			"END",
 		"CREATE TRIGGER `shop`.`_mlr_ad_order``s` AFTER DELETE ON `shop`.`order``s` FOR EACH ROW\n" +
 			"BEGIN\n" +
+			"  DECLARE _mlr_stamp BIGINT UNSIGNED;\n" +
 			"  IF COALESCE(@_mlr_apply, 0) = 0 THEN\n" +
-			"    INSERT INTO `mlr`.`shop.order``s` (`region`, `id`, `_mlr_hlc`, `_mlr_origin`)\n" +
-			"    VALUES (OLD.`region`, OLD.`id`, " + after + ", COALESCE(@_mlr_origin, 7))\n" +
-			"    ON DUPLICATE KEY UPDATE `_mlr_hlc` = VALUES(`_mlr_hlc`), `_mlr_origin` = VALUES(`_mlr_origin`);\n" +
+			"    SET _mlr_stamp = " + after + ";\n" +
+			"    INSERT INTO `mlr`.`shop.order``s` (`region`, `id`, `_mlr_hlc`, `_mlr_origin`, `_mlr_vv`)\n" +
+			"    VALUES (OLD.`region`, OLD.`id`, _mlr_stamp, COALESCE(@_mlr_origin, 7), JSON_COMPACT(JSON_SET(" + oldMeta + ", '$.\"7\"', _mlr_stamp)))\n" +
+			"    ON DUPLICATE KEY UPDATE `_mlr_hlc` = VALUES(`_mlr_hlc`), `_mlr_origin` = VALUES(`_mlr_origin`), `_mlr_vv` = VALUES(`_mlr_vv`);\n" +
 			"  END IF;\n" +
 			"END",
 	}
 	for i := range want {
 		assert.Contains(t, got[i], "BEGIN\n  "+triggerMarker)
-		assert.Equal(t, want[i], strip(got[i]))
+		assert.Equal(t, want[i], stripMarker(got[i]))
 	}
 
 	// The marker changes with the body: another region, another column.
@@ -116,6 +152,74 @@ func TestGenerateTriggers(t *testing.T) {
 	assert.Equal(t, got[0], more[0], "BEFORE INSERT does not depend on the columns")
 	assert.NotEqual(t, got[1], more[1], "BEFORE UPDATE compares every user column")
 	assert.Equal(t, got[2], more[2], "AFTER DELETE depends on the key only")
+}
+
+func TestGenerateTriggersByRule(t *testing.T) {
+	gen := func(rule string, cols ...string) []string {
+		tb := sampleTable()
+		tb.Rule = config.TableRule{Rule: rule, Columns: cols}
+		out := GenerateTriggers(tb, 7)
+		for i := range out {
+			out[i] = stripMarker(out[i])
+		}
+		return out
+	}
+	lww := gen(config.RuleLWW)
+	prio := gen(config.RuleOriginPriority)
+	assert.Contains(t, prio[1], "JSON_REMOVE("+"COALESCE(OLD.`_mlr_vv`", "origin-priority: a merged version's own vector is dropped by the next write")
+	assert.Equal(t, lww, gen(config.RuleLWW, "total"), "columns matter only to counter, max, min")
+
+	fww := gen(config.RuleFirstWriterWins)
+	assert.Contains(t, fww[0], "JSON_INSERT(JSON_SET(JSON_REMOVE(COALESCE(_mlr_prev_vv, '{}'), '$.m', '$.w'), '$.\"7\"', NEW.`_mlr_hlc`), '$.b', JSON_ARRAY(NEW.`_mlr_hlc`, NEW.`_mlr_origin`))",
+		"insert: the tombstone's birth, else this version's")
+	assert.Contains(t, fww[1], "'$.\"7\"', NEW.`_mlr_hlc`), '$.b', JSON_ARRAY(OLD.`_mlr_hlc`, OLD.`_mlr_origin`))", "update: a legacy row's birth is its stamp")
+	assert.Contains(t, fww[2], "'$.\"7\"', _mlr_stamp), '$.b', JSON_ARRAY(OLD.`_mlr_hlc`, OLD.`_mlr_origin`))")
+
+	counter := gen(config.RuleCounter, "TOTAL", "total")
+	assert.Equal(t, lww[0], counter[0])
+	assert.Equal(t, lww[1], counter[1])
+	assert.Contains(t, counter[2], "'$.\"7\"', _mlr_stamp), '$.m', JSON_OBJECT('total', OLD.`total`))",
+		"the tombstone keeps the merged columns' values, as the table spells them, once")
+
+	mx := gen(config.RuleMax, "total", "note")
+	assert.Contains(t, mx[0], "    SET NEW.`total` = COALESCE(GREATEST(NEW.`total`, CAST(JSON_VALUE(_mlr_prev_vv, '$.m.\"total\"') AS SIGNED)), NEW.`total`, CAST(JSON_VALUE(_mlr_prev_vv, '$.m.\"total\"') AS SIGNED));\n")
+	assert.Contains(t, mx[0], "CONVERT(JSON_VALUE(_mlr_prev_vv, '$.m.\"note\"') USING utf8mb4) COLLATE utf8mb4_general_ci")
+	assert.Contains(t, mx[1], "  IF COALESCE(@_mlr_apply, 0) = 0 THEN\n    SET NEW.`total` = COALESCE(GREATEST(NEW.`total`, OLD.`total`), NEW.`total`, OLD.`total`);\n",
+		"the clamp comes before the changed check")
+	assert.Contains(t, mx[2], "'$.m', JSON_OBJECT('total', OLD.`total`, 'note', OLD.`note`))")
+
+	mn := gen(config.RuleMin, "total")
+	assert.Contains(t, mn[0], "    SET NEW.`total` = IF(JSON_CONTAINS_PATH(_mlr_prev_vv, 'one', '$.m.\"total\"'), LEAST(NEW.`total`, CAST(JSON_VALUE(_mlr_prev_vv, '$.m.\"total\"') AS SIGNED)), NEW.`total`);\n")
+	assert.Contains(t, mn[1], "    SET NEW.`total` = LEAST(NEW.`total`, OLD.`total`);\n")
+
+	tb := sampleTable()
+	tb.Rule = config.TableRule{Rule: config.RuleMax, Columns: []string{"nosuch"}}
+	_, err := tb.ruleColumns()
+	assert.ErrorContains(t, err, `rule max names column "nosuch"`)
+	tb.Rule.Columns = []string{"twice"}
+	_, err = tb.ruleColumns()
+	assert.Error(t, err, "a generated column cannot be merged")
+}
+
+func TestCastType(t *testing.T) {
+	for _, tc := range []struct {
+		c    Column
+		want string
+	}{
+		{Column{DataType: "int", ColumnType: "int(11)"}, "SIGNED"},
+		{Column{DataType: "bigint", ColumnType: "bigint(20) unsigned", Unsigned: true}, "UNSIGNED"},
+		{Column{DataType: "decimal", ColumnType: "decimal(12,3) unsigned", Unsigned: true}, "DECIMAL(12,3)"},
+		{Column{DataType: "double", ColumnType: "double"}, "DOUBLE"},
+		{Column{DataType: "float", ColumnType: "float"}, "DOUBLE"},
+		{Column{DataType: "date", ColumnType: "date"}, "DATE"},
+		{Column{DataType: "datetime", ColumnType: "datetime(6)"}, "DATETIME(6)"},
+		{Column{DataType: "timestamp", ColumnType: "timestamp"}, "DATETIME"},
+		{Column{DataType: "time", ColumnType: "time(3)"}, "TIME(3)"},
+		{Column{DataType: "varchar", ColumnType: "varchar(10)", Charset: "latin1"}, "CHAR"},
+		{Column{DataType: "varbinary", ColumnType: "varbinary(10)"}, "BINARY"},
+	} {
+		assert.Equal(t, tc.want, tc.c.castType(), tc.c.ColumnType)
+	}
 }
 
 func TestSameBody(t *testing.T) {

@@ -8,17 +8,23 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/mlproxy/mlproxy/change"
 	"github.com/mlproxy/mlproxy/config"
 )
 
 // Internal is the schema that holds mlproxy's own tables.
 const Internal = "mlr"
 
-// Metadata column names, present (INVISIBLE) in every replicated table.
+// Metadata column names, present (INVISIBLE) in every replicated table
+// and (visible) in its tombstone table: the change package's names.
 const (
-	ColOrigin = "_mlr_origin"
-	ColHLC    = "_mlr_hlc"
+	ColOrigin = change.ColOrigin
+	ColHLC    = change.ColHLC
+	ColMeta   = change.ColMeta
 )
+
+// isMetadata reports whether name is one of the metadata columns.
+func isMetadata(name string) bool { return name == ColOrigin || name == ColHLC || name == ColMeta }
 
 // Column is one column of a table as information_schema describes it.
 type Column struct {
@@ -78,7 +84,7 @@ func (t *Table) QualifiedName() string { return Quote(t.Schema) + "." + Quote(t.
 func (t *Table) UserColumns() []Column {
 	var cs []Column
 	for _, c := range t.Columns {
-		if c.Name == ColOrigin || c.Name == ColHLC || c.Generated {
+		if isMetadata(c.Name) || c.Generated {
 			continue
 		}
 		cs = append(cs, c)

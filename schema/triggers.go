@@ -4,7 +4,10 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"slices"
 	"strings"
+
+	"github.com/mlproxy/mlproxy/config"
 )
 
 // Trigger name prefixes (docs/internals.md): the table's name follows.
@@ -25,7 +28,7 @@ const BypassStampSQL = "(FLOOR(UNIX_TIMESTAMP(NOW(6))*1000) << 16) | 0x8000 | (M
 // triggerMarker starts the comment that names a trigger body's version; the
 // hash covers the body without the comment, so a body that still carries
 // the marker of what Apply would create is up to date.
-const triggerMarker = "/* mlproxy trigger v1 "
+const triggerMarker = "/* mlproxy trigger v2 "
 
 // Trigger is one trigger mlproxy installs on a replicated table.
 type Trigger struct {
@@ -44,8 +47,9 @@ func (tr Trigger) CreateSQL(t *Table) string {
 // GenerateTriggers returns the CREATE TRIGGER statements that stamp writes
 // to t for region regionID, in the order BEFORE INSERT, BEFORE UPDATE, AFTER
 // DELETE (docs/internals.md, "How a write gets its stamp"). The statements
-// depend only on t's schema, name, user columns and primary key, and on
-// regionID: Apply recreates a trigger exactly when its statement changed.
+// depend only on t's schema, name, user columns, primary key and rule
+// (its name and columns), and on regionID: Apply recreates a trigger
+// exactly when its statement changed.
 func GenerateTriggers(t *Table, regionID uint16) []string {
 	trs := triggers(t, regionID)
 	out := make([]string, len(trs))
@@ -55,35 +59,239 @@ func GenerateTriggers(t *Table, regionID uint16) []string {
 	return out
 }
 
-// triggers builds the three triggers of t.
+// Trigger-local variables (DECLAREd: a client can neither read nor set
+// them, unlike @variables). The _mlr_ prefix keeps them apart from the
+// columns of the table and its tombstone table, which the triggers'
+// subqueries name unqualified (a local variable would shadow a column of
+// the same name).
+const (
+	varStamp   = "_mlr_stamp"    // the new version's stamp (AFTER DELETE)
+	varPrevHLC = "_mlr_prev_hlc" // BEFORE INSERT: the stamp of the version replaced, 0 for none
+	varPrevVV  = "_mlr_prev_vv"  // BEFORE INSERT: the metadata of the version replaced, NULL for none
+)
+
+// declareMeta is the type of a local variable that holds metadata.
+const declareMeta = "TEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+
+// legacyMeta is the metadata of a version written before version vectors
+// (its _mlr_vv is NULL): one entry, the writer's region at the version's
+// stamp; nothing for a row that was never stamped. prefix is "OLD." or ""
+// (the row of a subquery: a tombstone, or the live row a REPLACE deletes).
+func legacyMeta(prefix string) string {
+	h, o := prefix+Quote(ColHLC), prefix+Quote(ColOrigin)
+	return fmt.Sprintf("IF(%s = 0, '{}', JSON_OBJECT(CAST(%s & 0xFFFF AS CHAR), %s))", h, o, h)
+}
+
+// sqlString is s as a string literal (for the default sql_mode, in which
+// trigger bodies are created).
+func sqlString(s string) string {
+	return "'" + strings.NewReplacer(`\`, `\\`, "'", "''").Replace(s) + "'"
+}
+
+// jsonPath is the path of a member key under prefix ("$" or "$.m"), as a
+// string literal.
+func jsonPath(prefix, key string) string {
+	return sqlString(prefix + `."` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(key) + `"`)
+}
+
+// ruleColumns are the columns t's rule merges by value (counter, max,
+// min: t.Rule.Columns), in the rule's order and as the table spells them;
+// nil for other rules. A name that is not a user column is an error.
+func (t *Table) ruleColumns() ([]Column, error) {
+	switch t.Rule.Rule {
+	case config.RuleCounter, config.RuleMax, config.RuleMin:
+	default:
+		return nil, nil
+	}
+	user := t.UserColumns()
+	var cs []Column
+	seen := map[string]bool{}
+	for _, n := range t.Rule.Columns {
+		i := slices.IndexFunc(user, func(c Column) bool { return strings.EqualFold(c.Name, n) })
+		if i < 0 {
+			return nil, fmt.Errorf("rule %s names column %q, which is not a writable column of the table", t.Rule.Rule, n)
+		}
+		if !seen[user[i].Name] {
+			seen[user[i].Name] = true
+			cs = append(cs, user[i])
+		}
+	}
+	return cs, nil
+}
+
+// castType is the CAST target that reads a column's value back from JSON
+// (JSON_VALUE returns text) so that it compares as the column does.
+func (c Column) castType() string {
+	ct := strings.ToLower(c.ColumnType)
+	paren := func() string { // "(p,s)" or "(n)" of the column type, if any
+		if i := strings.IndexByte(ct, '('); i >= 0 {
+			if j := strings.IndexByte(ct[i:], ')'); j >= 0 {
+				return ct[i : i+j+1]
+			}
+		}
+		return ""
+	}
+	switch c.DataType {
+	case "tinyint", "smallint", "mediumint", "int", "integer", "bigint", "bit":
+		if c.Unsigned || c.DataType == "bit" {
+			return "UNSIGNED"
+		}
+		return "SIGNED"
+	case "year":
+		return "UNSIGNED"
+	case "decimal", "numeric":
+		return "DECIMAL" + paren()
+	case "float", "double", "real":
+		return "DOUBLE"
+	case "date":
+		return "DATE"
+	case "datetime", "timestamp":
+		return "DATETIME" + paren()
+	case "time":
+		return "TIME" + paren()
+	case "binary", "varbinary", "tinyblob", "blob", "mediumblob", "longblob":
+		return "BINARY"
+	}
+	return "CHAR"
+}
+
+// fromJSON reads column c's value at path from the metadata in v, typed as
+// the column (a JSON null, or a missing path, is NULL).
+func (c Column) fromJSON(v, path string) string {
+	val := "JSON_VALUE(" + v + ", " + path + ")"
+	if ct := c.castType(); ct != "CHAR" || c.Charset == "" {
+		return "CAST(" + val + " AS " + ct + ")"
+	}
+	e := "CONVERT(" + val + " USING " + c.Charset + ")"
+	if c.Collation != "" {
+		e += " COLLATE " + c.Collation
+	}
+	return e
+}
+
+// triggers builds the three triggers of t (docs/internals.md): each
+// stamps the new version above the one it replaces and maintains its
+// metadata (_mlr_vv, change.Meta): the vector's entry for regionID is the
+// new stamp, other entries are carried over; first-writer-wins tables keep
+// the lineage's birth, counter/max/min tables record the merged columns'
+// values in the tombstone, and max/min tables never let a local write
+// lower (raise) a merged column below (above) the version it replaces.
 func triggers(t *Table, regionID uint16) []Trigger {
 	origin := fmt.Sprintf("COALESCE(@_mlr_origin, %d)", regionID)
-	hlc, origCol := Quote(ColHLC), Quote(ColOrigin)
+	hlc, origCol, meta := Quote(ColHLC), Quote(ColOrigin), Quote(ColMeta)
+	entry := jsonPath("$", fmt.Sprint(regionID))
+	fww := t.Rule.Rule == config.RuleFirstWriterWins
+	merged, _ := t.ruleColumns() // Apply and Check refuse a rule naming unknown columns
+	clampMax, clampMin := t.Rule.Rule == config.RuleMax, t.Rule.Rule == config.RuleMin
 	// A new version is always stamped above the version it replaces: the
 	// old row's stamp (update, delete) or the key's tombstone (insert).
 	// The proxy takes its stamp before the statement waits for the row
 	// lock, so two sessions can commit in the other order than their
 	// stamps; without this the later commit would carry the smaller stamp
 	// and last-writer-wins elsewhere would disagree with this region.
-	// Bypass stamps keep the bypass bit.
+	// Bypass stamps keep the bypass bit. The CAST gives both branches an
+	// integer type: with a NULL (or unset) @_mlr_hlc, which has no integer
+	// type, the IF is computed in DOUBLE, which rounds stamps (they exceed
+	// 2^53) and can lose the + 1 (a bypass REPLACE then stamped the row it
+	// inserts equal to the tombstone it wrote).
 	newer := func(prev string) string {
-		return fmt.Sprintf("IF(@_mlr_hlc IS NULL, GREATEST(%s, (%s + 1) | 0x8000), GREATEST(@_mlr_hlc, %s + 1))",
+		return fmt.Sprintf("IF(@_mlr_hlc IS NULL, GREATEST(%s, (%s + 1) | 0x8000), GREATEST(CAST(@_mlr_hlc AS UNSIGNED), %s + 1))",
 			BypassStampSQL, prev, prev)
 	}
-	after := newer("OLD." + hlc)
+	// The metadata of the version an update or delete replaces.
+	oldMeta := fmt.Sprintf("COALESCE(OLD.%s, %s)", meta, legacyMeta("OLD."))
+	if t.Rule.Rule == config.RuleOriginPriority {
+		// "w", a merged version's rank, belongs to that version only.
+		oldMeta = fmt.Sprintf("JSON_REMOVE(%s, '$.w')", oldMeta)
+	}
+	// floor is the replaced version's stamp, or this region's entry in its
+	// vector when that is higher (a merge keeps the winner's stamp, which
+	// may be below an entry it joined): every region's entries only grow.
+	floor := func(stamp, m string) string {
+		return fmt.Sprintf("GREATEST(%s, COALESCE(CAST(JSON_VALUE(%s, %s) AS UNSIGNED), 0))", stamp, m, entry)
+	}
+	after := newer(floor("OLD."+hlc, oldMeta))
+	// withBirth adds a legacy version's birth (first-writer-wins): the
+	// birth of a lineage is carried by every later version.
+	withBirth := func(m, stamp, origin string) string {
+		if !fww {
+			return m
+		}
+		return fmt.Sprintf("JSON_INSERT(%s, '$.b', JSON_ARRAY(%s, %s))", m, stamp, origin)
+	}
+	// tombMeta is the metadata of the tombstone that deleting the row
+	// (columns named with prefix: "OLD." or "" in a subquery on the
+	// table) makes, with this region's entry at stamp ("": left as is)
+	// and, when values, the merged columns' values.
+	tombMeta := func(prefix, stamp string, values bool) string {
+		m := fmt.Sprintf("COALESCE(%s%s, %s)", prefix, meta, legacyMeta(prefix))
+		if t.Rule.Rule == config.RuleOriginPriority {
+			m = fmt.Sprintf("JSON_REMOVE(%s, '$.w')", m)
+		}
+		if stamp != "" {
+			m = fmt.Sprintf("JSON_SET(%s, %s, %s)", m, entry, stamp)
+		}
+		m = withBirth(m, prefix+hlc, prefix+origCol)
+		if values && len(merged) > 0 {
+			kv := make([]string, 0, 2*len(merged))
+			for _, c := range merged {
+				kv = append(kv, sqlString(c.Name), prefix+Quote(c.Name))
+			}
+			m = fmt.Sprintf("JSON_SET(%s, '$.m', JSON_OBJECT(%s))", m, strings.Join(kv, ", "))
+		}
+		return m
+	}
 	pkMatch := make([]string, 0, len(t.PK))
 	for _, c := range t.PK {
 		pkMatch = append(pkMatch, Quote(c)+" = NEW."+Quote(c))
 	}
-	tomb := fmt.Sprintf("COALESCE((SELECT %s FROM %s WHERE %s), 0)", hlc, t.TombstoneQualifiedName(), strings.Join(pkMatch, " AND "))
+	byKey := " WHERE " + strings.Join(pkMatch, " AND ")
+	liveWhere := " FROM " + t.QualifiedName() + byKey
+	tombWhere := " FROM " + t.TombstoneQualifiedName() + byKey
 
-	bi := "BEGIN\n" +
-		"  IF COALESCE(@_mlr_apply, 0) = 0 THEN\n" +
-		fmt.Sprintf("    SET NEW.%s = %s,\n", hlc, newer(tomb)) +
-		fmt.Sprintf("        NEW.%s = %s;\n", origCol, origin) +
-		"  END IF;\n" +
-		"END"
+	// BEFORE INSERT: above the version the new row replaces, inheriting
+	// its metadata (without the deleted values), so that a re-insert has
+	// seen the delete. That version is the key's tombstone, or, for a
+	// REPLACE of a live row, the tombstone its delete is about to write:
+	// REPLACE fires BEFORE INSERT first, then deletes the row it
+	// conflicts with, then inserts. (For INSERT ... ON DUPLICATE KEY
+	// UPDATE, what this trigger sets is dropped and BEFORE UPDATE runs.)
+	var bi strings.Builder
+	bi.WriteString("BEGIN\n")
+	fmt.Fprintf(&bi, "  DECLARE %s BIGINT UNSIGNED;\n", varPrevHLC)
+	fmt.Fprintf(&bi, "  DECLARE %s %s;\n", varPrevVV, declareMeta)
+	bi.WriteString("  IF COALESCE(@_mlr_apply, 0) = 0 THEN\n")
+	// Metadata first: it is NULL exactly when there is no such row, the
+	// common case, which then costs one index lookup per table.
+	fmt.Fprintf(&bi, "    SET %s = (SELECT %s%s);\n", varPrevVV, tombMeta("", "", clampMax || clampMin), liveWhere)
+	fmt.Fprintf(&bi, "    IF %s IS NULL THEN\n", varPrevVV)
+	fmt.Fprintf(&bi, "      SET %s = (SELECT COALESCE(%s, %s)%s),\n", varPrevVV, meta, legacyMeta(""), tombWhere)
+	fmt.Fprintf(&bi, "          %s = IF(%s IS NULL, 0, COALESCE((SELECT %s%s), 0));\n", varPrevHLC, varPrevVV, hlc, tombWhere)
+	bi.WriteString("    ELSE\n")
+	fmt.Fprintf(&bi, "      SET %s = (SELECT %s%s);\n", varPrevHLC, newer(floor(hlc, fmt.Sprintf("COALESCE(%s, %s)", meta, legacyMeta("")))), liveWhere)
+	bi.WriteString("    END IF;\n")
+	if clampMax || clampMin {
+		for _, c := range merged {
+			n, path := "NEW."+Quote(c.Name), jsonPath("$.m", c.Name)
+			v := c.fromJSON(varPrevVV, path)
+			if clampMax {
+				fmt.Fprintf(&bi, "    SET %s = COALESCE(GREATEST(%s, %s), %s, %s);\n", n, n, v, n, v)
+			} else {
+				fmt.Fprintf(&bi, "    SET %s = IF(JSON_CONTAINS_PATH(%s, 'one', %s), LEAST(%s, %s), %s);\n", n, varPrevVV, path, n, v, n)
+			}
+		}
+	}
+	insMeta := fmt.Sprintf("JSON_SET(JSON_REMOVE(COALESCE(%s, '{}'), '$.m', '$.w'), %s, NEW.%s)", varPrevVV, entry, hlc)
+	insMeta = withBirth(insMeta, "NEW."+hlc, "NEW."+origCol)
+	fmt.Fprintf(&bi, "    SET NEW.%s = %s,\n", hlc, newer(floor(varPrevHLC, fmt.Sprintf("COALESCE(%s, '{}')", varPrevVV))))
+	fmt.Fprintf(&bi, "        NEW.%s = %s,\n", origCol, origin)
+	fmt.Fprintf(&bi, "        NEW.%s = JSON_COMPACT(%s);\n", meta, insMeta)
+	bi.WriteString("  END IF;\n")
+	bi.WriteString("END")
 
+	// BEFORE UPDATE: a new version only when a user column changed, so
+	// that affected-rows stay what a direct connection reports; otherwise
+	// the metadata stays the old version's, whatever the client wrote.
 	var same []string
 	for _, c := range t.UserColumns() {
 		n, o := "NEW."+Quote(c.Name), "OLD."+Quote(c.Name)
@@ -95,35 +303,59 @@ func triggers(t *Table, regionID uint16) []Trigger {
 	}
 	changed := "TRUE"
 	if len(same) > 0 {
-		changed = "NOT (" + strings.Join(same, "\n      AND ") + ")"
+		changed = "NOT (" + strings.Join(same, "\n        AND ") + ")"
 	}
-	bu := "BEGIN\n" +
-		"  IF COALESCE(@_mlr_apply, 0) = 0 AND " + changed + " THEN\n" +
-		fmt.Sprintf("    SET NEW.%s = %s,\n", hlc, after) +
-		fmt.Sprintf("        NEW.%s = %s;\n", origCol, origin) +
-		"  END IF;\n" +
-		"END"
+	var bu strings.Builder
+	bu.WriteString("BEGIN\n")
+	bu.WriteString("  IF COALESCE(@_mlr_apply, 0) = 0 THEN\n")
+	if clampMax || clampMin {
+		for _, c := range merged {
+			n, o := "NEW."+Quote(c.Name), "OLD."+Quote(c.Name)
+			if clampMax {
+				fmt.Fprintf(&bu, "    SET %s = COALESCE(GREATEST(%s, %s), %s, %s);\n", n, n, o, n, o)
+			} else {
+				fmt.Fprintf(&bu, "    SET %s = LEAST(%s, %s);\n", n, n, o)
+			}
+		}
+	}
+	updMeta := withBirth(fmt.Sprintf("JSON_SET(%s, %s, NEW.%s)", oldMeta, entry, hlc), "OLD."+hlc, "OLD."+origCol)
+	bu.WriteString("    IF " + changed + " THEN\n")
+	fmt.Fprintf(&bu, "      SET NEW.%s = %s,\n", hlc, after)
+	fmt.Fprintf(&bu, "          NEW.%s = %s,\n", origCol, origin)
+	fmt.Fprintf(&bu, "          NEW.%s = JSON_COMPACT(%s);\n", meta, updMeta)
+	bu.WriteString("    ELSE\n")
+	fmt.Fprintf(&bu, "      SET NEW.%s = OLD.%s,\n", hlc, hlc)
+	fmt.Fprintf(&bu, "          NEW.%s = OLD.%s,\n", origCol, origCol)
+	fmt.Fprintf(&bu, "          NEW.%s = OLD.%s;\n", meta, meta)
+	bu.WriteString("    END IF;\n")
+	bu.WriteString("  END IF;\n")
+	bu.WriteString("END")
 
-	cols := make([]string, 0, len(t.PK)+2)
-	vals := make([]string, 0, len(t.PK)+2)
+	// AFTER DELETE: the tombstone, a version of its own.
+	cols := make([]string, 0, len(t.PK)+3)
+	vals := make([]string, 0, len(t.PK)+3)
 	for _, c := range t.PK {
 		cols = append(cols, Quote(c))
 		vals = append(vals, "OLD."+Quote(c))
 	}
-	cols = append(cols, hlc, origCol)
-	vals = append(vals, after, origin)
-	ad := "BEGIN\n" +
-		"  IF COALESCE(@_mlr_apply, 0) = 0 THEN\n" +
-		fmt.Sprintf("    INSERT INTO %s (%s)\n", t.TombstoneQualifiedName(), strings.Join(cols, ", ")) +
-		fmt.Sprintf("    VALUES (%s)\n", strings.Join(vals, ", ")) +
-		fmt.Sprintf("    ON DUPLICATE KEY UPDATE %s = VALUES(%s), %s = VALUES(%s);\n", hlc, hlc, origCol, origCol) +
-		"  END IF;\n" +
-		"END"
+	delMeta := tombMeta("OLD.", varStamp, true)
+	cols = append(cols, hlc, origCol, meta)
+	vals = append(vals, varStamp, origin, "JSON_COMPACT("+delMeta+")")
+	var ad strings.Builder
+	ad.WriteString("BEGIN\n")
+	fmt.Fprintf(&ad, "  DECLARE %s BIGINT UNSIGNED;\n", varStamp)
+	ad.WriteString("  IF COALESCE(@_mlr_apply, 0) = 0 THEN\n")
+	fmt.Fprintf(&ad, "    SET %s = %s;\n", varStamp, after)
+	fmt.Fprintf(&ad, "    INSERT INTO %s (%s)\n", t.TombstoneQualifiedName(), strings.Join(cols, ", "))
+	fmt.Fprintf(&ad, "    VALUES (%s)\n", strings.Join(vals, ", "))
+	fmt.Fprintf(&ad, "    ON DUPLICATE KEY UPDATE %s = VALUES(%s), %s = VALUES(%s), %s = VALUES(%s);\n", hlc, hlc, origCol, origCol, meta, meta)
+	ad.WriteString("  END IF;\n")
+	ad.WriteString("END")
 
 	return []Trigger{
-		{Name: TriggerBeforeInsert + t.Name, Timing: "BEFORE", Event: "INSERT", Body: marked(bi)},
-		{Name: TriggerBeforeUpdate + t.Name, Timing: "BEFORE", Event: "UPDATE", Body: marked(bu)},
-		{Name: TriggerAfterDelete + t.Name, Timing: "AFTER", Event: "DELETE", Body: marked(ad)},
+		{Name: TriggerBeforeInsert + t.Name, Timing: "BEFORE", Event: "INSERT", Body: marked(bi.String())},
+		{Name: TriggerBeforeUpdate + t.Name, Timing: "BEFORE", Event: "UPDATE", Body: marked(bu.String())},
+		{Name: TriggerAfterDelete + t.Name, Timing: "AFTER", Event: "DELETE", Body: marked(ad.String())},
 	}
 }
 

@@ -1,0 +1,590 @@
+package schema
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/mlproxy/mlproxy/change"
+	"github.com/mlproxy/mlproxy/config"
+)
+
+// rawMeta reads the _mlr_vv of a row (or tombstone) where cond holds; ok is
+// false when there is no such row, and a NULL _mlr_vv is "".
+func rawMeta(t *testing.T, table, cond string) (string, bool) {
+	t.Helper()
+	var m sql.NullString
+	err := dbA.QueryRow("SELECT _mlr_vv FROM " + table + " WHERE " + cond).Scan(&m)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", false
+	}
+	require.NoError(t, err)
+	return m.String, true
+}
+
+// meta parses the _mlr_vv of the row (or tombstone) with id.
+func meta(t *testing.T, table string, id int) change.Meta {
+	t.Helper()
+	raw, ok := rawMeta(t, table, "id = "+strconv.Itoa(id))
+	require.True(t, ok, "%s id %d: no row", table, id)
+	m, err := change.ParseMeta(raw)
+	require.NoError(t, err, raw)
+	return m
+}
+
+// proxySession is a session as the proxy leaves it before a write: the
+// stamp to use and this region as the origin.
+func proxySession(t *testing.T) *session {
+	s := newSession(t)
+	s.exec("SET @_mlr_origin = ?", region)
+	return s
+}
+
+func (s *session) stamp(h uint64) { s.exec("SET @_mlr_hlc = ?", h) }
+
+// applierSession is the applier's: triggers leave the metadata alone.
+func applierSession(t *testing.T) *session {
+	s := newSession(t)
+	s.exec("SET @_mlr_apply = 1")
+	return s
+}
+
+func TestTriggersVector(t *testing.T) {
+	mustExec(t, dbA,
+		"CREATE DATABASE vv",
+		"CREATE TABLE vv.t (id INT PRIMARY KEY, name VARCHAR(20), n INT)",
+		"CREATE TABLE vv.c (id INT PRIMARY KEY, hits INT NOT NULL DEFAULT 0, v INT)",
+		"CREATE TABLE vv.f (id INT PRIMARY KEY, v INT)",
+	)
+	_, _, err := applyTables(t, []config.TableRule{
+		{Schema: "vv", Table: "t", Rule: config.RuleLWW},
+		{Schema: "vv", Table: "c", Rule: config.RuleCounter, Columns: []string{"hits"}},
+		{Schema: "vv", Table: "f", Rule: config.RuleFirstWriterWins},
+	}, region)
+	require.NoError(t, err)
+	const tbl, tomb = "vv.t", "mlr.`vv.t`"
+
+	t.Run("insert, update, no-op, delete, re-insert", func(t *testing.T) {
+		s, ap := proxySession(t), applierSession(t)
+		s.stamp(1000)
+		s.exec("INSERT INTO vv.t (id, name, n, _mlr_vv) VALUES (1, 'a', 1, '{\"9\":1}')")
+		raw, _ := rawMeta(t, tbl, "id = 1")
+		assert.Equal(t, `{"1":1000}`, raw, "insert: this region's entry only, whatever the client wrote")
+
+		// Another region's version arrives through the applier.
+		ap.exec(`UPDATE vv.t SET n = 2, _mlr_hlc = 1500, _mlr_origin = 2, _mlr_vv = '{"1":1000,"2":1500}' WHERE id = 1`)
+		s.stamp(2000)
+		assert.EqualValues(t, 1, s.exec("UPDATE vv.t SET n = 3 WHERE id = 1"))
+		assert.Equal(t, change.Vector{1: 2000, 2: 1500}, meta(t, tbl, 1).VV, "update: only this region's entry moves")
+		h, o, _ := stamp(t, tbl, 1)
+		assert.Equal(t, []any{uint64(2000), uint16(region)}, []any{h, o})
+
+		s.stamp(3000)
+		assert.EqualValues(t, 0, s.exec("UPDATE vv.t SET n = 3 WHERE id = 1"), "no-op update")
+		assert.EqualValues(t, 0, s.exec(`UPDATE vv.t SET _mlr_hlc = 1, _mlr_origin = 9, _mlr_vv = '{"9":9}' WHERE id = 1`),
+			"an update of metadata columns only changes nothing")
+		assert.EqualValues(t, 0, s.exec(`INSERT INTO vv.t (id, name, n) VALUES (1, 'a', 3) ON DUPLICATE KEY UPDATE _mlr_vv = '{}'`))
+		raw, _ = rawMeta(t, tbl, "id = 1")
+		assert.Equal(t, `{"1":2000,"2":1500}`, raw)
+		h, o, _ = stamp(t, tbl, 1)
+		assert.Equal(t, []any{uint64(2000), uint16(region)}, []any{h, o})
+
+		s.stamp(4000)
+		s.exec("DELETE FROM vv.t WHERE id = 1")
+		raw, _ = rawMeta(t, tomb, "id = 1")
+		assert.Equal(t, `{"1":4000,"2":1500}`, raw, "the tombstone is a version: entry R = its stamp")
+
+		s.stamp(5000)
+		s.exec("INSERT INTO vv.t (id, name, n) VALUES (1, 'b', 1)")
+		raw, _ = rawMeta(t, tbl, "id = 1")
+		assert.Equal(t, `{"1":5000,"2":1500}`, raw, "a re-insert has seen the delete")
+
+		// REPLACE: delete (tombstone) then insert, which inherits it.
+		s.stamp(6000)
+		s.exec("REPLACE INTO vv.t (id, name, n) VALUES (1, 'c', 1)")
+		raw, _ = rawMeta(t, tomb, "id = 1")
+		assert.Equal(t, `{"1":6000,"2":1500}`, raw)
+		raw, _ = rawMeta(t, tbl, "id = 1")
+		assert.Equal(t, `{"1":6001,"2":1500}`, raw, "stamped above the tombstone REPLACE just wrote")
+		h, _, _ = stamp(t, tbl, 1)
+		assert.Equal(t, uint64(6001), h)
+
+		// INSERT ... ON DUPLICATE KEY UPDATE that changes the row: an update.
+		s.stamp(7000)
+		ap.exec(`UPDATE vv.t SET _mlr_vv = '{"1":6001,"2":1500,"3":6500}' WHERE id = 1`)
+		assert.EqualValues(t, 2, s.exec("INSERT INTO vv.t (id, name, n) VALUES (1, 'd', 1) ON DUPLICATE KEY UPDATE name = VALUES(name)"))
+		raw, _ = rawMeta(t, tbl, "id = 1")
+		assert.Equal(t, `{"1":7000,"2":1500,"3":6500}`, raw)
+
+		// A merge keeps the winner's stamp, which may be below this
+		// region's own entry: a new local write is stamped above both,
+		// so the entry only grows (on update, delete and re-insert).
+		ap.exec(`UPDATE vv.t SET _mlr_hlc = 1500, _mlr_origin = 2, _mlr_vv = '{"1":9000,"2":1500}' WHERE id = 1`)
+		s.stamp(8000)
+		s.exec("UPDATE vv.t SET n = 9 WHERE id = 1")
+		assert.Equal(t, change.Vector{1: 9001, 2: 1500}, meta(t, tbl, 1).VV, "update above the region's own entry")
+		ap.exec(`UPDATE vv.t SET _mlr_hlc = 1500, _mlr_origin = 2, _mlr_vv = '{"1":9500,"2":1500}' WHERE id = 1`)
+		s.exec("DELETE FROM vv.t WHERE id = 1")
+		assert.Equal(t, change.Vector{1: 9501, 2: 1500}, meta(t, tomb, 1).VV, "delete above the region's own entry")
+		ap.exec(`UPDATE mlr.` + "`vv.t`" + ` SET _mlr_hlc = 1500, _mlr_vv = '{"1":9900,"2":1500}' WHERE id = 1`)
+		s.exec("INSERT INTO vv.t (id, name, n) VALUES (1, 'e', 1)")
+		assert.Equal(t, change.Vector{1: 9901, 2: 1500}, meta(t, tbl, 1).VV, "re-insert above the tombstone's own entry")
+	})
+
+	t.Run("legacy rows", func(t *testing.T) {
+		s, ap := proxySession(t), applierSession(t)
+		// Written before version vectors: _mlr_vv NULL.
+		ap.exec("INSERT INTO vv.t (id, name, n, _mlr_hlc, _mlr_origin) VALUES (10, 'x', 1, 500, 3), (11, 'y', 1, 0, 0), (12, 'z', 1, 700, 2)")
+		s.stamp(1000)
+		s.exec("UPDATE vv.t SET n = 2 WHERE id IN (10, 11)")
+		raw, _ := rawMeta(t, tbl, "id = 10")
+		assert.Equal(t, `{"3":500,"1":1000}`, raw)
+		raw, _ = rawMeta(t, tbl, "id = 11")
+		assert.Equal(t, `{"1":1000}`, raw, "a row never stamped has seen nothing")
+		s.exec("DELETE FROM vv.t WHERE id = 12")
+		raw, _ = rawMeta(t, tomb, "id = 12")
+		assert.Equal(t, `{"2":700,"1":1000}`, raw)
+
+		// A tombstone from before version vectors counts as its writer's entry.
+		ap.exec("INSERT INTO mlr.`vv.t` (id, _mlr_hlc, _mlr_origin) VALUES (13, 800, 2)")
+		s.stamp(2000)
+		s.exec("INSERT INTO vv.t (id, name, n) VALUES (13, 'w', 1)")
+		raw, _ = rawMeta(t, tbl, "id = 13")
+		assert.Equal(t, `{"2":800,"1":2000}`, raw)
+	})
+
+	t.Run("bypass writes", func(t *testing.T) {
+		s := newSession(t) // no @_mlr_hlc: a DBA at the server
+		s.exec("INSERT INTO vv.t (id, name, n) VALUES (20, 'x', 1)")
+		h1, _, _ := stamp(t, tbl, 20)
+		assert.NotZero(t, h1&0x8000)
+		assert.Equal(t, change.Vector{region: h1}, meta(t, tbl, 20).VV)
+		s.exec("UPDATE vv.t SET n = 2 WHERE id = 20")
+		h2, _, _ := stamp(t, tbl, 20)
+		assert.Greater(t, h2, h1)
+		assert.Equal(t, change.Vector{region: h2}, meta(t, tbl, 20).VV)
+		s.exec("DELETE FROM vv.t WHERE id = 20")
+		h3, _, _ := stamp(t, tomb, 20)
+		assert.Greater(t, h3, h2)
+		assert.Equal(t, change.Vector{region: h3}, meta(t, tomb, 20).VV)
+		s.exec("INSERT INTO vv.t (id, name, n) VALUES (20, 'y', 1)")
+		s.exec("REPLACE INTO vv.t (id, name, n) VALUES (20, 'z', 1)")
+		h4, _, _ := stamp(t, tomb, 20)
+		h5, _, _ := stamp(t, tbl, 20)
+		assert.Greater(t, h5, h4, "the row a REPLACE inserts is newer than the tombstone of the row it deleted")
+		assert.NotZero(t, h4&h5&0x8000)
+		assert.Equal(t, change.Vector{region: h5}, meta(t, tbl, 20).VV)
+	})
+
+	t.Run("applier session", func(t *testing.T) {
+		ap := applierSession(t)
+		ap.exec(`INSERT INTO vv.t (id, name, n, _mlr_hlc, _mlr_origin, _mlr_vv) VALUES (30, 'x', 1, 42, 2, '{"2":42}')`)
+		raw, _ := rawMeta(t, tbl, "id = 30")
+		assert.Equal(t, `{"2":42}`, raw, "kept as the applier wrote it")
+		ap.exec(`UPDATE vv.t SET _mlr_vv = '{"2":42,"3":7}' WHERE id = 30`)
+		raw, _ = rawMeta(t, tbl, "id = 30")
+		assert.Equal(t, `{"2":42,"3":7}`, raw)
+		ap.exec("DELETE FROM vv.t WHERE id = 30")
+		_, ok := rawMeta(t, tomb, "id = 30")
+		assert.False(t, ok)
+	})
+
+	t.Run("counter: the tombstone keeps the values", func(t *testing.T) {
+		s := proxySession(t)
+		s.stamp(1000)
+		s.exec("INSERT INTO vv.c (id, hits, v) VALUES (1, 5, 1)")
+		s.stamp(2000)
+		s.exec("UPDATE vv.c SET hits = hits + 2 WHERE id = 1")
+		raw, _ := rawMeta(t, "vv.c", "id = 1")
+		assert.Equal(t, `{"1":2000}`, raw, "rows carry no values")
+		s.stamp(3000)
+		s.exec("DELETE FROM vv.c WHERE id = 1")
+		raw, _ = rawMeta(t, "mlr.`vv.c`", "id = 1")
+		assert.Equal(t, `{"1":3000,"m":{"hits":7}}`, raw)
+		m := meta(t, "mlr.`vv.c`", 1)
+		assert.Equal(t, map[string]any{"hits": "7"}, m.Values)
+		s.stamp(4000)
+		s.exec("INSERT INTO vv.c (id, hits, v) VALUES (1, 1, 1)")
+		raw, _ = rawMeta(t, "vv.c", "id = 1")
+		assert.Equal(t, `{"1":4000}`, raw, "the re-insert inherits the vector, not the values")
+		var hits int
+		require.NoError(t, dbA.QueryRow("SELECT hits FROM vv.c WHERE id = 1").Scan(&hits))
+		assert.Equal(t, 1, hits, "counters are not clamped")
+	})
+
+	t.Run("first-writer-wins: the lineage's birth", func(t *testing.T) {
+		s, ap := proxySession(t), applierSession(t)
+		s.stamp(1000)
+		s.exec("INSERT INTO vv.f (id, v) VALUES (1, 1)")
+		raw, _ := rawMeta(t, "vv.f", "id = 1")
+		assert.Equal(t, `{"1":1000,"b":[1000,1]}`, raw)
+		s.stamp(2000)
+		s.exec("UPDATE vv.f SET v = 2 WHERE id = 1")
+		raw, _ = rawMeta(t, "vv.f", "id = 1")
+		assert.Equal(t, `{"1":2000,"b":[1000,1]}`, raw, "carried unchanged")
+		s.stamp(3000)
+		s.exec("DELETE FROM vv.f WHERE id = 1")
+		raw, _ = rawMeta(t, "mlr.`vv.f`", "id = 1")
+		assert.Equal(t, `{"1":3000,"b":[1000,1]}`, raw)
+		s.stamp(4000)
+		s.exec("INSERT INTO vv.f (id, v) VALUES (1, 3)")
+		m := meta(t, "vv.f", 1)
+		assert.Equal(t, change.Birth{Stamp: 1000, Origin: 1}, m.Birth, "a re-insert continues the lineage")
+		assert.Equal(t, change.Vector{1: 4000}, m.VV)
+		s.stamp(4500)
+		s.exec("REPLACE INTO vv.f (id, v) VALUES (1, 4)")
+		raw, _ = rawMeta(t, "vv.f", "id = 1")
+		assert.Equal(t, `{"1":4501,"b":[1000,1]}`, raw, "REPLACE continues the lineage too")
+
+		// Legacy rows: their own stamp is the best birth known.
+		ap.exec("INSERT INTO vv.f (id, v, _mlr_hlc, _mlr_origin) VALUES (2, 1, 500, 3), (3, 1, 600, 2)")
+		s.stamp(5000)
+		s.exec("UPDATE vv.f SET v = 2 WHERE id = 2")
+		raw, _ = rawMeta(t, "vv.f", "id = 2")
+		assert.Equal(t, `{"3":500,"1":5000,"b":[500,3]}`, raw)
+		s.exec("DELETE FROM vv.f WHERE id = 3")
+		raw, _ = rawMeta(t, "mlr.`vv.f`", "id = 3")
+		assert.Equal(t, `{"2":600,"1":5000,"b":[600,2]}`, raw)
+	})
+
+	t.Run("the driver returns TEXT as bytes", func(t *testing.T) {
+		var v any
+		require.NoError(t, dbA.QueryRow("SELECT _mlr_vv FROM vv.t WHERE id = 1").Scan(&v))
+		assert.IsType(t, []byte(nil), v)
+		m, err := change.ParseMeta(v)
+		require.NoError(t, err)
+		assert.NotEmpty(t, m.VV)
+	})
+}
+
+func TestTriggersClamp(t *testing.T) {
+	mustExec(t, dbA,
+		"CREATE DATABASE cl",
+		"CREATE TABLE cl.mx (id INT PRIMARY KEY, hi INT NULL, d DECIMAL(10,2) NULL, at DATETIME(6) NULL, u BIGINT UNSIGNED NULL, f DOUBLE NULL, s VARCHAR(10) CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci NULL, `odd 'na\"me` INT NULL, v INT)",
+		"CREATE TABLE cl.mn (id INT PRIMARY KEY, lo INT NULL, tm TIME(3) NULL, v INT)",
+	)
+	_, _, err := applyTables(t, []config.TableRule{
+		{Schema: "cl", Table: "mx", Rule: config.RuleMax, Columns: []string{"hi", "d", "at", "u", "f", "s", "odd 'na\"me"}},
+		{Schema: "cl", Table: "mn", Rule: config.RuleMin, Columns: []string{"lo", "tm"}},
+	}, region)
+	require.NoError(t, err)
+	row := func(q string, dest ...any) {
+		t.Helper()
+		require.NoError(t, dbA.QueryRow(q).Scan(dest...))
+	}
+
+	t.Run("max", func(t *testing.T) {
+		s := proxySession(t)
+		s.stamp(1000)
+		s.exec("INSERT INTO cl.mx (id, hi, d, at, u, f, s, `odd 'na\"me`, v) VALUES (1, 9, 9.50, '2024-05-01 00:00:00.5', 18446744073709551000, 2.5, 'b', 9, 1)")
+		s.stamp(2000)
+		assert.EqualValues(t, 0, s.exec("UPDATE cl.mx SET hi = 3, d = 1, at = '2020-01-01', u = 1, f = -1, s = 'a', `odd 'na\"me` = 1 WHERE id = 1"),
+			"lowering a max column is no change")
+		assert.EqualValues(t, 1, s.exec("UPDATE cl.mx SET hi = 10, s = 'B', v = 2 WHERE id = 1"))
+		var hi int
+		var s1 string
+		row("SELECT hi, s FROM cl.mx WHERE id = 1", &hi, &s1)
+		assert.Equal(t, 10, hi)
+		assert.Equal(t, "B", s1, "'B' = 'b' under the column's collation: the write stands")
+		assert.EqualValues(t, 0, s.exec("UPDATE cl.mx SET hi = NULL WHERE id = 1"), "NULL is lowest")
+		s.stamp(3000)
+		s.exec("DELETE FROM cl.mx WHERE id = 1")
+		raw, _ := rawMeta(t, "mlr.`cl.mx`", "id = 1")
+		assert.Contains(t, raw, `"m":{"hi":10,"d":9.50,"at":"2024-05-01 00:00:00.500000","u":18446744073709551000,"f":2.5,"s":"B","odd 'na\"me":9}`)
+
+		// Re-inserted lower: the deleted values hold, compared as numbers,
+		// decimals and datetimes, not as text ("10" < "9" as text).
+		s.stamp(4000)
+		s.exec("INSERT INTO cl.mx (id, hi, d, at, u, f, s, `odd 'na\"me`, v) VALUES (1, 9, 10.25, '2024-04-30', 5, 10, 'a', NULL, 1)")
+		var d, at, u, odd string
+		var f float64
+		row("SELECT hi, d, at, u, f, s, `odd 'na\"me` FROM cl.mx WHERE id = 1", &hi, &d, &at, &u, &f, &s1, &odd)
+		assert.Equal(t, []any{10, "10.25", "2024-05-01 00:00:00.500000", "18446744073709551000", 10.0, "B", "9"},
+			[]any{hi, d, at, u, f, s1, odd})
+		raw, _ = rawMeta(t, "cl.mx", "id = 1")
+		assert.NotContains(t, raw, `"m"`)
+		s.stamp(4500)
+		s.exec("REPLACE INTO cl.mx (id, hi, v) VALUES (1, 1, 1)")
+		row("SELECT hi, d FROM cl.mx WHERE id = 1", &hi, &d)
+		assert.Equal(t, []any{10, "10.25"}, []any{hi, d}, "a REPLACE cannot lower the row it replaces either")
+
+		// A NULL at delete time is a JSON null in "m": lowest.
+		s.stamp(5000)
+		s.exec("INSERT INTO cl.mx (id, v) VALUES (2, 1)")
+		s.exec("DELETE FROM cl.mx WHERE id = 2")
+		raw, _ = rawMeta(t, "mlr.`cl.mx`", "id = 2")
+		assert.Contains(t, raw, `"hi":null`)
+		s.exec("INSERT INTO cl.mx (id, hi, v) VALUES (2, -5, 1)")
+		var hiN sql.NullInt64
+		row("SELECT hi FROM cl.mx WHERE id = 2", &hiN)
+		assert.Equal(t, sql.NullInt64{Int64: -5, Valid: true}, hiN)
+	})
+
+	t.Run("min", func(t *testing.T) {
+		s, ap := proxySession(t), applierSession(t)
+		s.stamp(1000)
+		s.exec("INSERT INTO cl.mn (id, lo, tm, v) VALUES (1, 5, '10:00:00.250', 1)")
+		s.stamp(2000)
+		assert.EqualValues(t, 0, s.exec("UPDATE cl.mn SET lo = 7, tm = '11:00' WHERE id = 1"), "raising a min column is no change")
+		assert.EqualValues(t, 1, s.exec("UPDATE cl.mn SET lo = 4 WHERE id = 1"))
+		s.stamp(3000)
+		s.exec("DELETE FROM cl.mn WHERE id = 1")
+		raw, _ := rawMeta(t, "mlr.`cl.mn`", "id = 1")
+		assert.Equal(t, `{"1":3000,"m":{"lo":4,"tm":"10:00:00.250"}}`, raw)
+		s.stamp(4000)
+		s.exec("INSERT INTO cl.mn (id, lo, tm, v) VALUES (1, 10, '9:00', 1)")
+		var lo int
+		var tm string
+		row("SELECT lo, tm FROM cl.mn WHERE id = 1", &lo, &tm)
+		assert.Equal(t, 4, lo, "10 > 4 as numbers")
+		assert.Equal(t, "09:00:00.000", tm, "9:00 < 10:00 as times")
+
+		// NULL is lowest: min(NULL, x) = NULL, on update and on re-insert.
+		s.stamp(5000)
+		assert.EqualValues(t, 1, s.exec("UPDATE cl.mn SET lo = NULL WHERE id = 1"))
+		assert.EqualValues(t, 0, s.exec("UPDATE cl.mn SET lo = 1 WHERE id = 1"))
+		s.exec("DELETE FROM cl.mn WHERE id = 1")
+		s.exec("INSERT INTO cl.mn (id, lo, v) VALUES (1, 3, 1)")
+		var loN sql.NullInt64
+		row("SELECT lo FROM cl.mn WHERE id = 1", &loN)
+		assert.False(t, loN.Valid, "the deleted NULL holds")
+
+		// No value in the tombstone (an applier's, or one from before
+		// version vectors): the insert stands.
+		ap.exec(`INSERT INTO mlr.` + "`cl.mn`" + ` (id, _mlr_hlc, _mlr_origin, _mlr_vv) VALUES (2, 100, 2, '{"2":100}'), (3, 100, 2, NULL)`)
+		s.exec("INSERT INTO cl.mn (id, lo, v) VALUES (2, 8, 1), (3, 9, 1)")
+		row("SELECT lo FROM cl.mn WHERE id = 2", &lo)
+		assert.Equal(t, 8, lo)
+		row("SELECT lo FROM cl.mn WHERE id = 3", &lo)
+		assert.Equal(t, 9, lo)
+	})
+}
+
+func TestApplyMigratesToVectors(t *testing.T) {
+	ctx := context.Background()
+	mustExec(t, dbA, "CREATE DATABASE mig", "CREATE TABLE mig.t (id INT PRIMARY KEY, v INT)")
+	rules := []config.TableRule{{Schema: "mig", Table: "t"}}
+	_, _, err := applyTables(t, rules, region)
+	require.NoError(t, err)
+
+	// The shapes of the release before version vectors, with data in them.
+	mustExec(t, dbA,
+		"ALTER TABLE mlr.`mig.t` DROP COLUMN _mlr_vv",
+		"ALTER TABLE mig.t DROP COLUMN _mlr_vv",
+		"ALTER TABLE mlr.checkpoints DROP COLUMN batches",
+		"INSERT INTO mlr.`mig.t` (id, _mlr_hlc, _mlr_origin) VALUES (1, 100, 2)",
+		"INSERT INTO mlr.checkpoints (peer_id, peer_name, txns) VALUES (77, 'old', 5)",
+	)
+	t.Cleanup(func() { mustExec(t, dbA, "DELETE FROM mlr.checkpoints WHERE peer_id = 77") })
+	ps, err := Check(ctx, dbA, nil, rules, region)
+	require.NoError(t, err)
+	ps = findProblem(t, ps, Error, "mig.t", "metadata column _mlr_vv is missing")
+	ps = findProblem(t, ps, Error, "mig.t", "tombstone table mlr.mig.t has no _mlr_vv column")
+	ps = findProblem(t, ps, Error, "mlr.checkpoints", "no column batches")
+	assert.Empty(t, ps, problemList(ps))
+
+	// The columns are added; the tombstones and checkpoints kept.
+	_, rep, err := applyTables(t, rules, region)
+	require.NoError(t, err)
+	assert.Equal(t, []string{
+		"mlr: added column batches to table mlr.checkpoints",
+		"mig.t: metadata columns: ADD COLUMN `_mlr_vv` " + DefMeta,
+		"mig.t: tombstone table mlr.mig.t: ADD COLUMN `_mlr_vv` " + DefTombstoneMeta,
+	}, rep.Changes, "triggers generated for the full shape were already current")
+
+	tomb, err := ReadTable(ctx, dbA, Internal, "mig.t")
+	require.NoError(t, err)
+	assert.Equal(t, []string{"id", ColHLC, ColOrigin, ColMeta}, names(tomb.Columns))
+	h, o, ok := stamp(t, "mlr.`mig.t`", 1)
+	assert.True(t, ok, "tombstones kept")
+	assert.Equal(t, []any{uint64(100), uint16(2)}, []any{h, o})
+	var txns, batches uint64
+	require.NoError(t, dbA.QueryRow("SELECT txns, batches FROM mlr.checkpoints WHERE peer_id = 77").Scan(&txns, &batches))
+	assert.Equal(t, []uint64{5, 0}, []uint64{txns, batches})
+	var after string
+	require.NoError(t, dbA.QueryRow(`SELECT c2.COLUMN_NAME FROM information_schema.COLUMNS c1 JOIN information_schema.COLUMNS c2
+  ON c2.TABLE_SCHEMA = c1.TABLE_SCHEMA AND c2.TABLE_NAME = c1.TABLE_NAME AND c2.ORDINAL_POSITION = c1.ORDINAL_POSITION - 1
+WHERE c1.TABLE_SCHEMA = 'mlr' AND c1.TABLE_NAME = 'checkpoints' AND c1.COLUMN_NAME = 'batches'`).Scan(&after))
+	assert.Equal(t, "txns", after, "where a fresh CREATE puts it")
+
+	_, rep, err = applyTables(t, rules, region)
+	require.NoError(t, err)
+	assert.False(t, rep.Changed(), rep.String())
+	ps, err = Check(ctx, dbA, nil, rules, region)
+	require.NoError(t, err)
+	assert.Empty(t, ps, problemList(ps))
+
+	// Triggers of the release before (v1 marker) are replaced.
+	tables, err := Inspect(ctx, dbA, rules)
+	require.NoError(t, err)
+	for _, stmt := range v1Triggers(tables[0], region) {
+		mustExec(t, dbA, "CREATE OR REPLACE"+strings.TrimPrefix(stmt, "CREATE"))
+	}
+	_, rep, err = applyTables(t, rules, region)
+	require.NoError(t, err)
+	assert.Equal(t, []string{
+		"mig.t: replaced stale trigger _mlr_bi_t",
+		"mig.t: replaced stale trigger _mlr_bu_t",
+		"mig.t: replaced stale trigger _mlr_ad_t",
+	}, rep.Changes)
+}
+
+// TestVectorSize measures _mlr_vv for a row every one of three regions has
+// written, with stamps of today.
+func TestVectorSize(t *testing.T) {
+	mustExec(t, dbA, "CREATE DATABASE sz", "CREATE TABLE sz.t (id INT PRIMARY KEY, v INT)", "CREATE TABLE sz.f (id INT PRIMARY KEY, v INT)")
+	_, _, err := applyTables(t, []config.TableRule{{Schema: "sz", Table: "t"}, {Schema: "sz", Table: "f", Rule: config.RuleFirstWriterWins}}, region)
+	require.NoError(t, err)
+	now := uint64(time.Now().UnixMilli()) << 16
+	s, ap := proxySession(t), applierSession(t)
+	for _, tbl := range []string{"sz.t", "sz.f"} {
+		s.stamp(now)
+		s.exec("INSERT INTO " + tbl + " (id, v) VALUES (1, 1)")
+		var m string
+		require.NoError(t, dbA.QueryRow("SELECT _mlr_vv FROM "+tbl+" WHERE id = 1").Scan(&m))
+		// Regions 2 and 3 wrote later versions, applied here.
+		m = strings.TrimSuffix(m, "}") + fmt.Sprintf(`,"2":%d,"3":%d}`, now+65536, now+2*65536)
+		ap.exec("UPDATE "+tbl+" SET v = 2, _mlr_vv = ? WHERE id = 1", m)
+		s.stamp(now + 3*65536)
+		s.exec("UPDATE " + tbl + " SET v = 3 WHERE id = 1")
+		var n int
+		require.NoError(t, dbA.QueryRow("SELECT _mlr_vv, LENGTH(_mlr_vv) FROM "+tbl+" WHERE id = 1").Scan(&m, &n))
+		assert.Len(t, meta(t, tbl, 1).VV, 3)
+		t.Logf("%s: _mlr_vv of a row seen by 3 regions: %d bytes: %s", tbl, n, m)
+	}
+}
+
+// v1Triggers are the triggers of the release before version vectors (the
+// v1 marker), to measure and to migrate from.
+func v1Triggers(t *Table, regionID uint16) []string {
+	origin := fmt.Sprintf("COALESCE(@_mlr_origin, %d)", regionID)
+	hlc, origCol := Quote(ColHLC), Quote(ColOrigin)
+	newer := func(prev string) string {
+		return fmt.Sprintf("IF(@_mlr_hlc IS NULL, GREATEST(%s, (%s + 1) | 0x8000), GREATEST(@_mlr_hlc, %s + 1))",
+			BypassStampSQL, prev, prev)
+	}
+	after := newer("OLD." + hlc)
+	pkMatch := make([]string, 0, len(t.PK))
+	for _, c := range t.PK {
+		pkMatch = append(pkMatch, Quote(c)+" = NEW."+Quote(c))
+	}
+	tomb := fmt.Sprintf("COALESCE((SELECT %s FROM %s WHERE %s), 0)", hlc, t.TombstoneQualifiedName(), strings.Join(pkMatch, " AND "))
+	bi := "BEGIN\n  /* mlproxy trigger v1 0000000000000000 */\n  IF COALESCE(@_mlr_apply, 0) = 0 THEN\n" +
+		fmt.Sprintf("    SET NEW.%s = %s,\n        NEW.%s = %s;\n", hlc, newer(tomb), origCol, origin) +
+		"  END IF;\nEND"
+	var same []string
+	for _, c := range t.UserColumns() {
+		n, o := "NEW."+Quote(c.Name), "OLD."+Quote(c.Name)
+		if c.textual() {
+			n, o = "CAST("+n+" AS BINARY)", "CAST("+o+" AS BINARY)"
+		}
+		same = append(same, n+" <=> "+o)
+	}
+	bu := "BEGIN\n  /* mlproxy trigger v1 0000000000000000 */\n  IF COALESCE(@_mlr_apply, 0) = 0 AND NOT (" + strings.Join(same, " AND ") + ") THEN\n" +
+		fmt.Sprintf("    SET NEW.%s = %s,\n        NEW.%s = %s;\n", hlc, after, origCol, origin) +
+		"  END IF;\nEND"
+	cols, vals := []string{}, []string{}
+	for _, c := range t.PK {
+		cols = append(cols, Quote(c))
+		vals = append(vals, "OLD."+Quote(c))
+	}
+	cols = append(cols, hlc, origCol)
+	vals = append(vals, after, origin)
+	ad := "BEGIN\n  /* mlproxy trigger v1 0000000000000000 */\n  IF COALESCE(@_mlr_apply, 0) = 0 THEN\n" +
+		fmt.Sprintf("    INSERT INTO %s (%s)\n    VALUES (%s)\n", t.TombstoneQualifiedName(), strings.Join(cols, ", "), strings.Join(vals, ", ")) +
+		fmt.Sprintf("    ON DUPLICATE KEY UPDATE %s = VALUES(%s), %s = VALUES(%s);\n", hlc, hlc, origCol, origCol) +
+		"  END IF;\nEND"
+	var out []string
+	for _, tr := range []Trigger{
+		{Name: TriggerBeforeInsert + t.Name, Timing: "BEFORE", Event: "INSERT", Body: bi},
+		{Name: TriggerBeforeUpdate + t.Name, Timing: "BEFORE", Event: "UPDATE", Body: bu},
+		{Name: TriggerAfterDelete + t.Name, Timing: "AFTER", Event: "DELETE", Body: ad},
+	} {
+		out = append(out, tr.CreateSQL(t))
+	}
+	return out
+}
+
+// TestTriggerWriteCost times single-row updates through the v2 triggers,
+// the v1 triggers and no triggers, interleaved. Set MLPROXY_TRIGGER_COST=N
+// (updates per table) to run it.
+func TestTriggerWriteCost(t *testing.T) {
+	n, _ := strconv.Atoi(os.Getenv("MLPROXY_TRIGGER_COST"))
+	if n <= 0 {
+		t.Skip("set MLPROXY_TRIGGER_COST=<updates> to measure")
+	}
+	ctx := context.Background()
+	mustExec(t, dbA, "CREATE DATABASE cost",
+		"CREATE TABLE cost.v2 (id INT PRIMARY KEY, name VARCHAR(20), n INT)",
+		"CREATE TABLE cost.fww (id INT PRIMARY KEY, name VARCHAR(20), n INT)",
+		"CREATE TABLE cost.v1 (id INT PRIMARY KEY, name VARCHAR(20), n INT)",
+		"CREATE TABLE cost.none (id INT PRIMARY KEY, name VARCHAR(20), n INT)")
+	tables, _, err := applyTables(t, []config.TableRule{
+		{Schema: "cost", Table: "v2"}, {Schema: "cost", Table: "v1"},
+		{Schema: "cost", Table: "fww", Rule: config.RuleFirstWriterWins},
+	}, region)
+	require.NoError(t, err)
+	for _, tb := range tables {
+		if tb.Name == "v1" {
+			rt, err := ReadTable(ctx, dbA, "cost", "v1")
+			require.NoError(t, err)
+			for _, stmt := range v1Triggers(rt, region) {
+				mustExec(t, dbA, "CREATE OR REPLACE"+strings.TrimPrefix(stmt, "CREATE"))
+			}
+		}
+	}
+	names := []string{"none", "v1", "v2", "fww"}
+	s := proxySession(t)
+	for _, tb := range names {
+		s.exec("INSERT INTO cost." + tb + " (id, name, n) VALUES (1, 'x', 0)")
+	}
+	for _, phase := range []string{"updates", "updates in one transaction", "inserts"} {
+		took := map[string]time.Duration{}
+		if phase == "updates in one transaction" {
+			s.exec("BEGIN")
+		}
+		for i := 1; i <= n; i++ {
+			s.stamp(uint64(1000 + i))
+			for _, tb := range names {
+				q, args := "UPDATE cost."+tb+" SET n = ? WHERE id = 1", []any{i}
+				if phase == "inserts" {
+					q, args = "INSERT INTO cost."+tb+" (id, name, n) VALUES (?, 'x', 0)", []any{i + 1}
+				}
+				start := time.Now()
+				s.exec(q, args...)
+				took[tb] += time.Since(start)
+			}
+		}
+		if phase == "updates in one transaction" {
+			s.exec("COMMIT")
+		}
+		t.Logf("%d single-row %s each: none %v, v1 %v, v2 %v, v2 first-writer-wins %v; v2/v1 = %.2f, v2/none = %.2f",
+			n, phase, took["none"], took["v1"], took["v2"], took["fww"],
+			float64(took["v2"])/float64(took["v1"]), float64(took["v2"])/float64(took["none"]))
+	}
+}
+
+func TestApplyRefusesUnknownRuleColumn(t *testing.T) {
+	mustExec(t, dbA, "CREATE DATABASE rc", "CREATE TABLE rc.t (id INT PRIMARY KEY, hits INT)")
+	rules := []config.TableRule{{Schema: "rc", Table: "t", Rule: config.RuleCounter, Columns: []string{"hits", "misses"}}}
+	_, rep, err := applyTables(t, rules, region)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), `schema apply rc.t: rule counter names column "misses"`)
+	assert.False(t, rep.Changed() && strings.Contains(rep.String(), "rc.t"), rep.String())
+	ps, err := Check(context.Background(), dbA, nil, rules, region)
+	require.NoError(t, err)
+	ps = findProblem(t, ps, Error, "rc.t", `rule counter names column "misses"`)
+	ps = findProblem(t, ps, Error, "rc.t", "_mlr_hlc is missing")
+	ps = findProblem(t, ps, Error, "rc.t", "_mlr_origin is missing")
+	ps = findProblem(t, ps, Error, "rc.t", "_mlr_vv is missing")
+	assert.Empty(t, ps, problemList(ps))
+}
