@@ -425,7 +425,8 @@ func (a *Applier) commitBatch(ctx context.Context, txns []*binlog.Txn, retry boo
 		}
 		defer restore()
 	}
-	conn, st, err := a.begin(ctx)
+	marked := !empty(txns)
+	conn, st, err := a.begin(ctx, marked)
 	if err != nil {
 		return err
 	}
@@ -450,7 +451,7 @@ func (a *Applier) commitBatch(ctx context.Context, txns []*binlog.Txn, retry boo
 		a.rollback(ctx, conn)
 		a.log.Info("multi-row write refused by a key constraint, applying the batch one change at a time",
 			zap.String("gtid", last.Pos.GTID), zap.Int("txns", len(txns)), zap.Uint16("mysql_error", errNumber(err)))
-		if conn, st, err = a.begin(ctx); err != nil {
+		if conn, st, err = a.begin(ctx, marked); err != nil {
 			return err
 		}
 		err = a.applyTxns(ctx, conn, st, txns, true)
@@ -465,7 +466,7 @@ func (a *Applier) commitBatch(ctx context.Context, txns []*binlog.Txn, retry boo
 // applyPieces applies a transaction that arrives in pieces, streaming each
 // piece into one local transaction that commits after the last one.
 func (a *Applier) applyPieces(ctx context.Context, first *binlog.Txn, in <-chan *binlog.Txn) error {
-	conn, st, err := a.begin(ctx)
+	conn, st, err := a.begin(ctx, true)
 	if err != nil {
 		return a.resumable(err)
 	}
@@ -517,8 +518,11 @@ func (a *Applier) resumable(err error) error {
 }
 
 // begin opens a local transaction on the session and reads (and locks)
-// the peer's checkpoint row.
-func (a *Applier) begin(ctx context.Context) (*sql.Conn, *batchState, error) {
+// the peer's checkpoint row. marked writes the loop marker first: a
+// transaction that will carry rows must say in its first row event that
+// the applier wrote it, so that a tailer reading it in pieces never ships
+// a piece on as this region's own writes.
+func (a *Applier) begin(ctx context.Context, marked bool) (*sql.Conn, *batchState, error) {
 	conn, err := a.session(ctx)
 	if err != nil {
 		return nil, nil, err
@@ -527,6 +531,16 @@ func (a *Applier) begin(ctx context.Context) (*sql.Conn, *batchState, error) {
 	if _, err := conn.ExecContext(ctx, "START TRANSACTION"); err != nil {
 		a.dropSession()
 		return nil, nil, fmt.Errorf("begin apply from peer %s: %w", a.peer, err)
+	}
+	if marked {
+		s, err := a.stmt(ctx, conn, markSQL)
+		if err == nil {
+			_, err = s.ExecContext(ctx, a.cfg.Peer.ID, a.cfg.Peer.Name)
+		}
+		if err != nil {
+			a.rollback(ctx, conn)
+			return nil, nil, fmt.Errorf("write loop marker for peer %s: %w", a.peer, err)
+		}
 	}
 	s, err := a.stmt(ctx, conn, selectCheckpointSQL+" FOR UPDATE")
 	if err == nil {

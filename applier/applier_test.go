@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mlproxy/mlproxy/binlog"
+	"github.com/mlproxy/mlproxy/change"
 	"github.com/mlproxy/mlproxy/hlc"
 	"github.com/mlproxy/mlproxy/schema"
 )
@@ -157,14 +158,31 @@ func TestTombstoneOnlyMovesForward(t *testing.T) {
 	require.Equal(t, uint16(5), o)
 }
 
-func TestOwnOriginNeverApplied(t *testing.T) {
+// TestOwnOriginForwarded: a version this region wrote, forwarded back by a
+// peer (star hub, ring), changes nothing when it is the version held here,
+// and a peer's merge that names this region as origin but carries another
+// region's write is applied (its vector is new here).
+func TestOwnOriginForwarded(t *testing.T) {
 	e := newEnv(t, "t_own")
-	a := e.runAll(64, e.txn(1, e.ins(1, "mine", 1, stamp(0, 1), self), e.ins(2, "theirs", 1, stamp(0, 1), peerOrigin)))
-	_, ok := e.get(1)
-	require.False(t, ok)
-	_, ok = e.get(2)
+	h := stamp(10, 0)
+	e.local(h, "INSERT INTO "+schema.Quote(e.db)+".items (id, name, qty) VALUES (1, 'mine', 1), (2, 'mine', 1)")
+	// Row 1 comes back as it is here.
+	back := e.ins(1, "mine", 1, h, self)
+	// Row 2 comes back merged with region 3's concurrent write (which lost
+	// under lww): the value is ours, the vector is new.
+	merged := e.ins(2, "mine", 1, h, self)
+	merged.Meta = change.Meta{VV: change.Vector{self: h, 3: stamp(5, 0)}}.Encode()
+	a := e.runAll(64, e.txn(1, back, merged))
+	r, ok := e.get(1)
 	require.True(t, ok)
-	require.Equal(t, uint64(1), a.Status().Rows)
+	require.Equal(t, row{"mine", 1, h, self}, r)
+	require.Empty(t, e.conflicts(), "a version already held is no conflict")
+	var vv string
+	require.NoError(t, db.QueryRow("SELECT _mlr_vv FROM "+schema.Quote(e.db)+".items WHERE id = 2").Scan(&vv))
+	m, err := change.ParseMeta(vv)
+	require.NoError(t, err)
+	require.Equal(t, stamp(5, 0), m.VV[3], "region 3's entry learnt from the forwarded merge")
+	require.Equal(t, uint64(2), a.Status().Rows)
 }
 
 // TestEmptyTxnsAdvanceCheckpoint: transactions without changes (filtered

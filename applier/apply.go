@@ -100,7 +100,7 @@ func (p *plan) userRow(img binlog.Row) map[string]any {
 	row := make(map[string]any, len(img))
 	for name, v := range img {
 		c, ok := p.known[name]
-		if !ok || c.Generated || name == schema.ColHLC || name == schema.ColOrigin {
+		if !ok || c.Generated || name == schema.ColHLC || name == schema.ColOrigin || name == schema.ColMeta {
 			continue
 		}
 		row[name] = v

@@ -10,6 +10,7 @@ import (
 	"github.com/go-sql-driver/mysql"
 
 	"github.com/mlproxy/mlproxy/binlog"
+	"github.com/mlproxy/mlproxy/change"
 	"github.com/mlproxy/mlproxy/conflict"
 	"github.com/mlproxy/mlproxy/hlc"
 	"github.com/mlproxy/mlproxy/schema"
@@ -33,9 +34,10 @@ import (
 //
 // A segment's result in the tables is what applying its changes one after
 // another leaves: a key whose initial row was deleted and that ends live is
-// deleted and re-inserted (as one-by-one apply does), a tombstone only
-// moves to a newer (stamp, origin), an existing row is updated only in the
-// columns the changes wrote.
+// deleted and re-inserted (as one-by-one apply does), a tombstone is
+// replaced by the rule's merge of it and the remote version, an existing
+// row is updated only in the columns the changes wrote, and every written
+// version carries its metadata (_mlr_vv) as the rule left it.
 //
 // An update that changes the primary key forms a segment of its own and
 // moves the row with an UPDATE by its old key, as one-by-one apply does.
@@ -71,6 +73,8 @@ type item struct {
 	pk   []any  // the key the change addresses (its old key for an update)
 	key  string // pk encoded
 	move bool   // an update that changes the primary key
+	// remote is the version the change carries, as the rule sees it.
+	remote conflict.Version
 }
 
 // keyState is the in-memory local version of one key during a segment.
@@ -106,11 +110,11 @@ type tableSeg struct {
 
 // conflictRec is a conflict to log.
 type conflictRec struct {
-	p     *plan
-	pk    []any
-	local conflict.Version
-	ch    conflict.Change
-	d     conflict.Decision
+	p      *plan
+	pk     []any
+	local  conflict.Version
+	remote conflict.Version
+	d      conflict.Decision
 }
 
 // segResult is what a segment adds to the batch once it is written.
@@ -135,11 +139,11 @@ func (a *Applier) applyTxns(ctx context.Context, conn *sql.Conn, st *batchState,
 	}
 	for _, t := range txns {
 		for i := range t.Changes {
+			// A change whose origin is this region arrives only when a
+			// peer forwards its merge of several writes (star, ring):
+			// resolving it against the local version keeps what is new
+			// in it and changes nothing otherwise.
 			rc := &t.Changes[i]
-			if rc.Origin == a.cfg.Self {
-				st.skipped++ // the tailer filters these; never apply our own change
-				continue
-			}
 			if a.changeHook != nil {
 				a.changeHook(rc)
 			}
@@ -188,7 +192,11 @@ func (a *Applier) newItem(ctx context.Context, t *binlog.Txn, rc *binlog.RowChan
 	if err != nil {
 		return nil, err
 	}
-	it := &item{rc: rc, txn: t, tk: tableKey{rc.Schema, rc.Table}, pk: pk, key: encodeKey(pk)}
+	rv, err := p.remote(rc, t.Source)
+	if err != nil {
+		return nil, err
+	}
+	it := &item{rc: rc, txn: t, tk: tableKey{rc.Schema, rc.Table}, pk: pk, key: encodeKey(pk), remote: rv}
 	if rc.Op == binlog.Update {
 		if npk, err := p.pk(rc.After); err == nil && encodeKey(npk) != it.key {
 			it.move = true
@@ -234,16 +242,16 @@ func (a *Applier) applySegment(ctx context.Context, conn *sql.Conn, st *batchSta
 		p := a.plans[it.tk]
 		ks := ts.state[it.key]
 		local := ks.version()
-		ch := p.change(it.rc)
-		d := p.rule.Resolve(local, ch)
+		local.Home = a.cfg.Self
+		d := p.rule.Resolve(local, it.remote)
 		if err := ks.apply(p, d, it.move); err != nil {
 			return a.segErr(seg, it.tk, err)
 		}
 		if d.Conflict {
-			res.conflict = append(res.conflict, conflictRec{p: p, pk: it.pk, local: local, ch: ch, d: d})
+			res.conflict = append(res.conflict, conflictRec{p: p, pk: it.pk, local: local, remote: it.remote, d: d})
 		}
 		res.rows[it.rc.Op]++
-		res.stamps = append(res.stamps, ch.Stamp)
+		res.stamps = append(res.stamps, max(it.remote.Stamp, hlc.Timestamp(it.remote.Meta.VV.Max())))
 	}
 
 	for _, ts := range order {
@@ -302,26 +310,34 @@ func errNumber(err error) uint16 {
 	return 0
 }
 
-// change is rc as the rule sees it.
-func (p *plan) change(rc *binlog.RowChange) conflict.Change {
-	ch := conflict.Change{
-		Op:          rc.Op,
-		PrevUnknown: rc.PrevUnknown,
-		Stamp:       hlc.Timestamp(rc.Stamp),
-		Origin:      rc.Origin,
-		Row:         p.userRow(rc.After),
-		Before:      p.userRow(rc.Before),
+// remote is the version rc carries, as the rule sees it. source is the
+// region whose binlog it was read from (the version's Home). A delete
+// whose tombstone did not arrive (no metadata) takes the deleted row's
+// metadata with its own stamp added, and keeps the row's values for the
+// merge columns.
+func (p *plan) remote(rc *binlog.RowChange, source uint16) (conflict.Version, error) {
+	v := conflict.Version{Exists: rc.Op != binlog.Delete, Deleted: rc.Op == binlog.Delete,
+		Stamp: hlc.Timestamp(rc.Stamp), Origin: rc.Origin, Home: source}
+	if v.Exists {
+		v.Row = p.userRow(rc.After)
 	}
-	if rc.Op != binlog.Insert && !rc.PrevUnknown {
-		h, okH := toUint64(rc.Before[schema.ColHLC])
-		o, okO := toUint64(rc.Before[schema.ColOrigin])
-		if okH && okO {
-			ch.Prev = conflict.Version{Exists: true, Stamp: hlc.Timestamp(h), Origin: uint16(o), Row: ch.Before}
-		} else {
-			ch.PrevUnknown = true // a before image without stamps
+	raw := any(rc.Meta)
+	if rc.Meta == "" && rc.Op == binlog.Delete {
+		raw = rc.Before[schema.ColMeta]
+	}
+	m, err := change.ParseMeta(raw)
+	if err != nil {
+		return v, fmt.Errorf("metadata of a version from region %d: %w", source, err)
+	}
+	if rc.Meta == "" && rc.Op == binlog.Delete {
+		if r := rc.Origin.Region(); m.VV[r] < rc.Stamp {
+			m.VV[r] = rc.Stamp
 		}
+		m.Own = nil
+		m.Values = p.userRow(rc.Before)
 	}
-	return ch
+	v.Meta = m
+	return v, nil
 }
 
 // apply carries decision d into the key's in-memory version, exactly as
@@ -333,6 +349,10 @@ func (k *keyState) apply(p *plan, d conflict.Decision, move bool) error {
 	case conflict.Nothing:
 	case conflict.WriteRow:
 		cols := p.writeColumns(w.Row)
+		if w.Row == nil && k.live != nil {
+			// The winner is the local row: only its vector moves.
+			cols = nil
+		}
 		if move && k.live != nil {
 			wc := w
 			k.move = &wc
@@ -356,7 +376,7 @@ func (k *keyState) apply(p *plan, d conflict.Decision, move bool) error {
 			row[c] = w.Row[c]
 			k.cols[c] = true
 		}
-		k.live = &conflict.Version{Exists: true, Stamp: w.Stamp, Origin: w.Origin, Row: row}
+		k.live = &conflict.Version{Exists: true, Stamp: w.Stamp, Origin: w.Origin, Row: row, Meta: w.Meta}
 		k.dirty = true
 	case conflict.WriteDelete:
 		if k.live != nil {
@@ -365,9 +385,9 @@ func (k *keyState) apply(p *plan, d conflict.Decision, move bool) error {
 				k.removed = true
 			}
 		}
-		if !k.tomb.Deleted || w.Stamp > k.tomb.Stamp || (w.Stamp == k.tomb.Stamp && w.Origin > k.tomb.Origin) {
-			k.tomb = conflict.Version{Deleted: true, Stamp: w.Stamp, Origin: w.Origin}
-		}
+		// The decision is the merge of the tombstone that was here and
+		// the remote version: it replaces the tombstone.
+		k.tomb = conflict.Version{Deleted: true, Stamp: w.Stamp, Origin: w.Origin, Meta: w.Meta}
 		k.tombSet = true
 	default:
 		return fmt.Errorf("unknown action %d", w.Action)
@@ -436,7 +456,7 @@ func (a *Applier) readVersions(ctx context.Context, conn *sql.Conn, p *plan, ts 
 		if err != nil {
 			return err
 		}
-		vals := make([]any, 1+n+2+m+2)
+		vals := make([]any, 1+n+3+m+3)
 		ptrs := make([]any, len(vals))
 		for i := range vals {
 			ptrs[i] = &vals[i]
@@ -465,17 +485,27 @@ func (a *Applier) readVersions(ctx context.Context, conn *sql.Conn, p *plan, ts 
 					row[c.Name] = localValue(vals[1+j])
 				}
 				o, _ := toUint64(vals[1+n+1])
-				ks.live = &conflict.Version{Exists: true, Stamp: hlc.Timestamp(h), Origin: uint16(o), Row: row}
+				meta, err := change.ParseMeta(vals[1+n+2])
+				if err != nil {
+					rows.Close()
+					return fmt.Errorf("local row of %s.%s: %w", p.t.Schema, p.t.Name, err)
+				}
+				ks.live = &conflict.Version{Exists: true, Stamp: hlc.Timestamp(h), Origin: change.Origin(o), Row: row, Meta: meta}
 				ks.initLive = true
 				if pkUser != nil {
 					dbKey = "d" + encodeKey(pick(vals[1:], pkUser))
 				}
 			}
-			if h, ok := toUint64(vals[1+n+2+m]); ok {
-				o, _ := toUint64(vals[1+n+2+m+1])
-				ks.tomb = conflict.Version{Deleted: true, Stamp: hlc.Timestamp(h), Origin: uint16(o)}
+			if h, ok := toUint64(vals[1+n+3+m]); ok {
+				o, _ := toUint64(vals[1+n+3+m+1])
+				meta, err := change.ParseMeta(vals[1+n+3+m+2])
+				if err != nil {
+					rows.Close()
+					return fmt.Errorf("local tombstone of %s.%s: %w", p.t.Schema, p.t.Name, err)
+				}
+				ks.tomb = conflict.Version{Deleted: true, Stamp: hlc.Timestamp(h), Origin: change.Origin(o), Meta: meta}
 				if dbKey == "" {
-					dbKey = "d" + encodeKey(vals[1+n+2:1+n+2+m])
+					dbKey = "d" + encodeKey(vals[1+n+3:1+n+3+m])
 				}
 			}
 			if dbKey != "" {
@@ -612,7 +642,7 @@ func (a *Applier) writeTable(ctx context.Context, conn *sql.Conn, p *plan, ts *t
 		for _, c := range cols {
 			r = append(r, ks.live.Row[c])
 		}
-		r = append(r, uint64(ks.live.Stamp), ks.live.Origin)
+		r = append(r, uint64(ks.live.Stamp), uint32(ks.live.Origin), ks.live.Meta.Encode())
 		for _, g := range gs {
 			if equalCols(g.cols, cols) {
 				g.rows = append(g.rows, r)
@@ -625,11 +655,11 @@ func (a *Applier) writeTable(ctx context.Context, conn *sql.Conn, p *plan, ts *t
 		if ks.move != nil {
 			w := ks.move
 			cols := p.writeColumns(w.Row)
-			args := make([]any, 0, len(cols)+2+len(ks.pk))
+			args := make([]any, 0, len(cols)+3+len(ks.pk))
 			for _, c := range cols {
 				args = append(args, w.Row[c])
 			}
-			args = append(append(args, uint64(w.Stamp), w.Origin), ks.pk...)
+			args = append(append(args, uint64(w.Stamp), uint32(w.Origin), w.Meta.Encode()), ks.pk...)
 			if err := p.exec(ctx, conn, p.cachedSQL("u", cols, p.updateSQL), args...); err != nil {
 				return fmt.Errorf("move row: %w", err)
 			}
@@ -645,7 +675,8 @@ func (a *Applier) writeTable(ctx context.Context, conn *sql.Conn, p *plan, ts *t
 			}
 		}
 		if ks.tombSet {
-			tombs = append(tombs, append(append(make([]any, 0, len(ks.pk)+2), ks.pk...), uint64(ks.tomb.Stamp), ks.tomb.Origin))
+			tombs = append(tombs, append(append(make([]any, 0, len(ks.pk)+3), ks.pk...),
+				uint64(ks.tomb.Stamp), uint32(ks.tomb.Origin), ks.tomb.Meta.Encode()))
 		}
 	}
 	prep := func(kind string, cols []string, build func([]string, int) string) func(int) (*sql.Stmt, error) {
@@ -695,20 +726,20 @@ func (a *Applier) logConflicts(ctx context.Context, conn *sql.Conn, recs []confl
 		}
 		var localHLC, localOrigin, localRow, remoteRow any
 		if c.local.Exists || c.local.Deleted {
-			localHLC, localOrigin = uint64(c.local.Stamp), c.local.Origin
+			localHLC, localOrigin = uint64(c.local.Stamp), uint32(c.local.Origin)
 		}
 		if c.local.Exists {
 			if localRow, err = jsonText(c.local.Row); err != nil {
 				return err
 			}
 		}
-		if c.ch.Row != nil {
-			if remoteRow, err = jsonText(c.ch.Row); err != nil {
+		if c.remote.Row != nil {
+			if remoteRow, err = jsonText(c.remote.Row); err != nil {
 				return err
 			}
 		}
 		rows = append(rows, []any{a.cfg.Peer.ID, c.p.t.Schema, c.p.t.Name, pkJSON, c.p.rule.Name(),
-			localHLC, localOrigin, uint64(c.ch.Stamp), c.ch.Origin, localRow, remoteRow, c.d.Outcome.String()})
+			localHLC, localOrigin, uint64(c.remote.Stamp), uint32(c.remote.Origin), localRow, remoteRow, c.d.Outcome.String()})
 	}
 	return a.execRows(ctx, func(size int) (*sql.Stmt, error) {
 		return a.stmt(ctx, conn, insertConflictSQL+strings.Repeat(", "+conflictValues, size-1))

@@ -58,6 +58,13 @@ const upsertCheckpointSQL = "INSERT INTO mlr.checkpoints " +
 	"hlc = GREATEST(hlc, VALUES(hlc)), txns = txns + VALUES(txns), " +
 	"source_ts = COALESCE(VALUES(source_ts), source_ts), applied_at = VALUES(applied_at)"
 
+// markSQL is the loop marker, the first write of every applier
+// transaction that carries rows: it always changes the peer's checkpoint
+// row (batches grows), so the row event is always logged, ahead of every
+// data row. Args: peer_id, peer_name.
+const markSQL = "INSERT INTO mlr.checkpoints (peer_id, peer_name, batches) VALUES (?, ?, 1) " +
+	"ON DUPLICATE KEY UPDATE batches = batches + 1"
+
 type queryer interface {
 	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
 }

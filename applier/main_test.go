@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mlproxy/mlproxy/binlog"
+	"github.com/mlproxy/mlproxy/change"
 	"github.com/mlproxy/mlproxy/config"
 	"github.com/mlproxy/mlproxy/dbtest"
 	"github.com/mlproxy/mlproxy/hlc"
@@ -118,7 +119,7 @@ func stamp(ms int64, n uint16) uint64 { return uint64(hlc.New(base+ms, n)) }
 // txn is source transaction seq of the peer, ending at binlog.000001:seq*100.
 func (e *env) txn(seq uint64, changes ...binlog.RowChange) *binlog.Txn {
 	return &binlog.Txn{
-		Source:    e.peer.ID,
+		Source:    peerOrigin, // the region whose binlog this is: the Home of its versions
 		Pos:       binlog.Position{GTID: fmt.Sprintf("7-%d-%d", e.peer.ID, seq), File: "binlog.000001", Pos: uint32(seq * 100)},
 		Timestamp: time.UnixMicro(base*1000 + int64(seq)),
 		Seq:       seq,
@@ -130,7 +131,18 @@ func (e *env) txn(seq uint64, changes ...binlog.RowChange) *binlog.Txn {
 func (e *env) ins(id int64, name string, qty int64, h uint64, origin uint16) binlog.RowChange {
 	return binlog.RowChange{Schema: e.db, Table: "items", Op: binlog.Insert,
 		After: binlog.Row{"id": id, "name": name, "qty": qty, "_mlr_hlc": h, "_mlr_origin": int64(origin)},
-		Stamp: h, Origin: origin}
+		Stamp: h, Origin: change.Origin(origin), Meta: vector(0, 0, h, origin)}
+}
+
+// vector is the metadata of a version (h, origin) made on top of version
+// (ph, po) (none when ph is 0).
+func vector(ph uint64, po uint16, h uint64, origin uint16) string {
+	vv := change.Vector{}
+	if ph > 0 {
+		vv[po] = ph
+	}
+	vv[origin] = max(vv[origin], h)
+	return change.Meta{VV: vv}.Encode()
 }
 
 // upd updates row id from version (ph, po) to (name, qty) at (h, origin).
@@ -138,14 +150,14 @@ func (e *env) upd(id int64, ph uint64, po uint16, name string, qty int64, h uint
 	return binlog.RowChange{Schema: e.db, Table: "items", Op: binlog.Update,
 		Before: binlog.Row{"id": id, "name": "?", "qty": int64(0), "_mlr_hlc": ph, "_mlr_origin": int64(po)},
 		After:  binlog.Row{"id": id, "name": name, "qty": qty, "_mlr_hlc": h, "_mlr_origin": int64(origin)},
-		Stamp:  h, Origin: origin}
+		Stamp:  h, Origin: change.Origin(origin), Meta: vector(ph, po, h, origin)}
 }
 
 // del deletes row id, version (ph, po), at (h, origin).
 func (e *env) del(id int64, ph uint64, po uint16, h uint64, origin uint16) binlog.RowChange {
 	return binlog.RowChange{Schema: e.db, Table: "items", Op: binlog.Delete,
 		Before: binlog.Row{"id": id, "name": "?", "qty": int64(0), "_mlr_hlc": ph, "_mlr_origin": int64(po)},
-		Stamp:  h, Origin: origin}
+		Stamp:  h, Origin: change.Origin(origin), Meta: vector(ph, po, h, origin)}
 }
 
 // row is a local row with its stamp.

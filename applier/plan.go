@@ -56,6 +56,9 @@ func newPlan(t *schema.Table, rule conflict.Rule) (*plan, error) {
 	if _, ok := t.Column(schema.ColOrigin); !ok {
 		return nil, fmt.Errorf("table %s.%s has no %s column: %w", t.Schema, t.Name, schema.ColOrigin, ErrNotPrepared)
 	}
+	if _, ok := t.Column(schema.ColMeta); !ok {
+		return nil, fmt.Errorf("table %s.%s has no %s column: %w", t.Schema, t.Name, schema.ColMeta, ErrNotPrepared)
+	}
 	p := &plan{
 		t:     t,
 		rule:  rule,
@@ -84,14 +87,15 @@ func (p *plan) writeColumns(row map[string]any) []string {
 	return cs
 }
 
-// updateSQL sets the named columns then _mlr_hlc, _mlr_origin, by the
-// primary key the row had before. Args: values, stamp, origin, old pk.
+// updateSQL sets the named columns then _mlr_hlc, _mlr_origin, _mlr_vv,
+// by the primary key the row had before. Args: values, stamp, origin,
+// metadata, old pk.
 func (p *plan) updateSQL(cols []string) string {
 	sets := make([]string, 0, len(cols)+2)
 	for _, c := range cols {
 		sets = append(sets, schema.Quote(c)+" = ?")
 	}
-	sets = append(sets, schema.Quote(schema.ColHLC)+" = ?", schema.Quote(schema.ColOrigin)+" = ?")
+	sets = append(sets, schema.Quote(schema.ColHLC)+" = ?", schema.Quote(schema.ColOrigin)+" = ?", schema.Quote(schema.ColMeta)+" = ?")
 	ws := make([]string, len(p.t.PK))
 	for i, c := range p.t.PK {
 		ws[i] = schema.Quote(c) + " = ?"
@@ -200,17 +204,18 @@ func (p *plan) pkUserIndex() []int {
 // together, locking both (or the gaps where they would be). The keys are
 // bound into a derived table numbered 0..n-1 that both are joined to.
 // Args: the keys' primary key values in order; result rows: the key's
-// number, the row's user columns, _mlr_hlc, _mlr_origin (NULL stamps: no
-// row), the tombstone's primary key columns, _mlr_hlc, _mlr_origin (NULL:
-// none). Exactly one result row per key number.
+// number, the row's user columns, _mlr_hlc, _mlr_origin, _mlr_vv (NULL
+// stamps: no row), the tombstone's primary key columns, _mlr_hlc,
+// _mlr_origin, _mlr_vv (NULL stamps: none). Exactly one result row per key
+// number.
 func (p *plan) lookupSQL(_ []string, n int) string {
 	t := p.t
 	cols := []string{"k.i"}
 	for _, c := range p.user {
 		cols = append(cols, "t."+schema.Quote(c.Name))
 	}
-	h, o := schema.Quote(schema.ColHLC), schema.Quote(schema.ColOrigin)
-	cols = append(cols, "t."+h, "t."+o)
+	h, o, m := schema.Quote(schema.ColHLC), schema.Quote(schema.ColOrigin), schema.Quote(schema.ColMeta)
+	cols = append(cols, "t."+h, "t."+o, "t."+m)
 	var onT, onB []string
 	for i, c := range t.PK {
 		cols = append(cols, "b."+schema.Quote(c))
@@ -218,7 +223,7 @@ func (p *plan) lookupSQL(_ []string, n int) string {
 		onT = append(onT, "t."+schema.Quote(c)+" = k."+k)
 		onB = append(onB, "b."+schema.Quote(c)+" = k."+k)
 	}
-	cols = append(cols, "b."+h, "b."+o)
+	cols = append(cols, "b."+h, "b."+o, "b."+m)
 	var keys strings.Builder
 	for r := 0; r < n; r++ {
 		if r > 0 {
@@ -257,13 +262,13 @@ func (p *plan) deleteSQL(_ []string, n int) string {
 }
 
 // insertRowsSQL inserts n rows of the named columns then _mlr_hlc,
-// _mlr_origin.
+// _mlr_origin, _mlr_vv.
 func (p *plan) insertRowsSQL(cols []string, n int) string {
 	q := make([]string, 0, len(cols)+2)
 	for _, c := range cols {
 		q = append(q, schema.Quote(c))
 	}
-	q = append(q, schema.Quote(schema.ColHLC), schema.Quote(schema.ColOrigin))
+	q = append(q, schema.Quote(schema.ColHLC), schema.Quote(schema.ColOrigin), schema.Quote(schema.ColMeta))
 	return "INSERT INTO " + p.t.QualifiedName() + " (" + strings.Join(q, ", ") + ") VALUES " + valuesList(n, len(q))
 }
 
@@ -273,27 +278,25 @@ func (p *plan) insertRowsSQL(cols []string, n int) string {
 // locked, so the insert branch never runs.
 func (p *plan) upsertRowsSQL(cols []string, n int) string {
 	sets := make([]string, 0, len(cols)+2)
-	for _, c := range append(append([]string{}, cols...), schema.ColHLC, schema.ColOrigin) {
+	for _, c := range append(append([]string{}, cols...), schema.ColHLC, schema.ColOrigin, schema.ColMeta) {
 		q := schema.Quote(c)
 		sets = append(sets, q+" = VALUES("+q+")")
 	}
 	return p.insertRowsSQL(cols, n) + " ON DUPLICATE KEY UPDATE " + strings.Join(sets, ", ")
 }
 
-// tombSQL records n tombstones, or moves existing ones forward: a
-// tombstone is replaced only by a newer one ((hlc, origin) compared as a
-// pair, as ties break by origin). Assignments run left to right, so the
-// origin is decided against the old stamp first; the stamp then only
-// grows. Args per row: the primary key values, _mlr_hlc, _mlr_origin.
+// tombSQL records n tombstones, or replaces existing ones: the applier
+// read and locked the tombstone and decided the new one as the merge of it
+// and the remote version. Args per row: the primary key values, _mlr_hlc,
+// _mlr_origin, _mlr_vv.
 func (p *plan) tombSQL(_ []string, n int) string {
-	cs := make([]string, 0, len(p.t.PK)+2)
+	cs := make([]string, 0, len(p.t.PK)+3)
 	for _, c := range p.t.PK {
 		cs = append(cs, schema.Quote(c))
 	}
-	h, o := schema.Quote(schema.ColHLC), schema.Quote(schema.ColOrigin)
-	cs = append(cs, h, o)
+	h, o, m := schema.Quote(schema.ColHLC), schema.Quote(schema.ColOrigin), schema.Quote(schema.ColMeta)
+	cs = append(cs, h, o, m)
 	return "INSERT INTO " + p.t.TombstoneQualifiedName() + " (" + strings.Join(cs, ", ") + ") VALUES " +
 		valuesList(n, len(cs)) + " ON DUPLICATE KEY UPDATE " +
-		o + " = IF(VALUES(" + h + ") > " + h + " OR (VALUES(" + h + ") = " + h + " AND VALUES(" + o + ") > " + o + "), VALUES(" + o + "), " + o + "), " +
-		h + " = GREATEST(" + h + ", VALUES(" + h + "))"
+		h + " = VALUES(" + h + "), " + o + " = VALUES(" + o + "), " + m + " = VALUES(" + m + ")"
 }

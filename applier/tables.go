@@ -67,7 +67,11 @@ func (s *Tables) Reload(ctx context.Context, db, name string) (*schema.Table, co
 		return nil, nil, err
 	}
 	t.Rule = cfg
-	rule, err := conflict.NewRule(cfg, s.regionIDs)
+	spec, err := RuleSpec(cfg, s.regionIDs)
+	if err != nil {
+		return nil, nil, err
+	}
+	rule, err := conflict.NewRule(spec)
 	if err != nil {
 		return nil, nil, fmt.Errorf("rule %q for %s.%s: %w", cfg.Rule, db, name, err)
 	}
@@ -96,4 +100,19 @@ func (s *Tables) ruleFor(db, name string) (config.TableRule, bool) {
 		return *wild, true
 	}
 	return config.TableRule{}, false
+}
+
+// RuleSpec turns a configured table rule into the conflict package's
+// Spec, resolving the region names of a priority list.
+func RuleSpec(cfg config.TableRule, regionIDs map[string]uint16) (conflict.Spec, error) {
+	where := fmt.Sprintf("table rule %s.%s (line %d)", cfg.Schema, cfg.Table, cfg.Line)
+	spec := conflict.Spec{Name: cfg.Rule, Columns: cfg.Columns, Where: where}
+	for _, region := range cfg.Priority {
+		id, ok := regionIDs[region]
+		if !ok {
+			return spec, fmt.Errorf("%s: priority names unknown region %q", where, region)
+		}
+		spec.Priority = append(spec.Priority, id)
+	}
+	return spec, nil
 }

@@ -11,6 +11,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/mlproxy/mlproxy/change"
 	"github.com/mlproxy/mlproxy/hlc"
 	"github.com/mlproxy/mlproxy/schema"
 )
@@ -234,7 +235,7 @@ func (a *assembler) internal(ev *rowsEvent) {
 func (a *assembler) tombstone(t tableKey, r Row, when uint32) {
 	cols := make([]string, 0, len(r))
 	for c := range r {
-		if c != schema.ColHLC && c != schema.ColOrigin {
+		if c != change.ColHLC && c != change.ColOrigin && c != change.ColMeta {
 			cols = append(cols, c)
 		}
 	}
@@ -242,8 +243,9 @@ func (a *assembler) tombstone(t tableKey, r Row, when uint32) {
 	if !slices.Equal(cols, a.tombCols[t]) {
 		a.tombCols[t] = cols
 	}
-	stamp, _ := toUint64(r[schema.ColHLC])
-	origin := toOrigin(r[schema.ColOrigin])
+	stamp, _ := toUint64(r[change.ColHLC])
+	origin := toOrigin(r[change.ColOrigin])
+	meta := metaText(r[change.ColMeta])
 	key, ok := pkKey(r, cols)
 	p := a.pendingFor(t)
 	if ok {
@@ -252,7 +254,7 @@ func (a *assembler) tombstone(t tableKey, r Row, when uint32) {
 			a.dropPending(p, key, idx)
 			e := &a.buf[idx-a.base]
 			e.waiting = false
-			e.rc.Stamp, e.rc.Origin = stamp, origin
+			e.rc.Stamp, e.rc.Origin, e.rc.Meta = stamp, origin, meta
 			return
 		}
 	}
@@ -262,7 +264,7 @@ func (a *assembler) tombstone(t tableKey, r Row, when uint32) {
 	}
 	a.m.orphans.Inc()
 	a.add(entry{rc: RowChange{Schema: t.schema, Table: t.table, Op: Delete, Before: before,
-		Stamp: stamp, Origin: origin, PrevUnknown: true}, when: when})
+		Stamp: stamp, Origin: origin, Meta: meta, PrevUnknown: true}, when: when})
 }
 
 // pendingFor returns the pending deletes of t, re-keyed if the primary key
@@ -333,15 +335,28 @@ func (a *assembler) data(ev *rowsEvent) {
 // hasStamp reports whether r has the stamp columns schema apply adds to
 // every replicated table.
 func hasStamp(r Row) bool {
-	_, ok := r[schema.ColHLC]
+	_, ok := r[change.ColHLC]
 	return ok
 }
 
-// stamped sets an insert's or update's Stamp and Origin from its after image.
+// stamped sets an insert's or update's Stamp, Origin and Meta from its
+// after image.
 func (a *assembler) stamped(e entry) entry {
-	e.rc.Stamp, _ = toUint64(e.rc.After[schema.ColHLC])
-	e.rc.Origin = toOrigin(e.rc.After[schema.ColOrigin])
+	e.rc.Stamp, _ = toUint64(e.rc.After[change.ColHLC])
+	e.rc.Origin = toOrigin(e.rc.After[change.ColOrigin])
+	e.rc.Meta = metaText(e.rc.After[change.ColMeta])
 	return e
+}
+
+// metaText is a _mlr_vv value as text ("" for NULL or absent).
+func metaText(v any) string {
+	switch x := v.(type) {
+	case string:
+		return x
+	case []byte:
+		return string(x)
+	}
+	return ""
 }
 
 func (a *assembler) add(e entry) {
@@ -361,8 +376,10 @@ func (a *assembler) force(i int) {
 		a.dropPending(p, e.key, a.base+i)
 	}
 	e.waiting = false
-	e.rc.Stamp = derivedStamp(e.when)
-	e.rc.Origin = a.peer
+	// Above the version it deleted, so the peer's vector entry grows.
+	prev, _ := toUint64(e.rc.Before[change.ColHLC])
+	e.rc.Stamp = max(derivedStamp(e.when), (prev+1)|hlc.BypassBit)
+	e.rc.Origin = change.Origin(a.peer)
 	a.unpaired++
 	a.m.unpaired.Inc()
 }
@@ -600,9 +617,9 @@ func toUint64(v any) (uint64, bool) {
 	return 0, false
 }
 
-func toOrigin(v any) uint16 {
-	if u, ok := toUint64(v); ok && u <= math.MaxUint16 {
-		return uint16(u)
+func toOrigin(v any) change.Origin {
+	if u, ok := toUint64(v); ok && u <= math.MaxUint32 {
+		return change.Origin(u)
 	}
 	return 0
 }

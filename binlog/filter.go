@@ -1,6 +1,10 @@
 package binlog
 
-import "fmt"
+import (
+	"fmt"
+
+	"github.com/mlproxy/mlproxy/change"
+)
 
 // Topology modes (config.Topology.Mode).
 const (
@@ -12,18 +16,17 @@ const (
 // filter decides which row changes read from one peer travel on to the
 // local applier. It is the tailer's half of loop suppression:
 //
-//   - a region never receives a change whose origin is itself;
 //   - all-to-all (and a star hub reading a spoke): only the peer's own
-//     changes (Origin == peer), and transactions written by the peer's
-//     applier (Applied) are dropped whole;
-//   - star, a spoke reading the hub: the hub forwards, so Applied
-//     transactions are kept, minus rows this region originated;
-//   - ring: the same as a spoke, so changes travel round the ring until
-//     they reach their origin's predecessor.
-//
-// The per-row rule for all-to-all is what keeps a large Applied
-// transaction from leaking rows in the pieces emitted before its
-// mlr.checkpoints marker is read (the applier writes the marker last).
+//     changes (Origin in the peer's region), never anything this region
+//     wrote, and transactions written by the peer's applier (Applied) are
+//     dropped whole: every region gets every write from its origin;
+//   - star, a spoke reading the hub, and ring: the peer forwards, so
+//     Applied transactions are kept whole. A forwarded version is the
+//     peer's merge of several writes; its origin names only the winner, so
+//     one naming this region may still carry other regions' writes, and it
+//     is kept too. A version this region has already seen is recognised
+//     by its vector and changes nothing (conflict.Resolve), so nothing
+//     circulates more than once round a ring.
 type filter struct {
 	self, peer uint16
 	// forward is true when Applied transactions are kept (star spoke
@@ -53,12 +56,9 @@ func newFilter(mode string, self, hub, peer uint16) (filter, error) {
 
 // keep reports whether a row change with the given origin, in a
 // transaction whose Applied marker is applied (as far as read), is passed on.
-func (f filter) keep(origin uint16, applied bool) bool {
-	if origin == f.self {
-		return false
-	}
+func (f filter) keep(origin change.Origin, applied bool) bool {
 	if f.forward {
 		return true
 	}
-	return !applied && origin == f.peer
+	return !applied && origin.Region() == f.peer && origin.Region() != f.self
 }
