@@ -15,7 +15,7 @@ import (
 	"github.com/mlproxy/mlproxy/config"
 )
 
-func mustExec(t *testing.T, db interface {
+func mustExec(t testing.TB, db interface {
 	ExecContext(context.Context, string, ...any) (sql.Result, error)
 }, stmts ...string) {
 	t.Helper()
@@ -65,7 +65,7 @@ func TestInspect(t *testing.T) {
 }
 
 // applyTables inspects rules and applies them for region.
-func applyTables(t *testing.T, rules []config.TableRule, regionID uint16) ([]*Table, Report, error) {
+func applyTables(t testing.TB, rules []config.TableRule, regionID uint16) ([]*Table, Report, error) {
 	t.Helper()
 	ctx := context.Background()
 	tables, err := Inspect(ctx, dbA, rules)
@@ -152,11 +152,11 @@ func names(cs []Column) []string {
 
 // session is one connection with its own user variables.
 type session struct {
-	t    *testing.T
+	t    testing.TB
 	conn *sql.Conn
 }
 
-func newSession(t *testing.T) *session {
+func newSession(t testing.TB) *session {
 	t.Helper()
 	conn, err := dbA.Conn(context.Background())
 	require.NoError(t, err)

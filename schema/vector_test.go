@@ -5,7 +5,6 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"os"
 	"strconv"
 	"strings"
 	"testing"
@@ -43,7 +42,7 @@ func meta(t *testing.T, table string, id int) change.Meta {
 
 // proxySession is a session as the proxy leaves it before a write: the
 // stamp to use and this region as the origin.
-func proxySession(t *testing.T) *session {
+func proxySession(t testing.TB) *session {
 	s := newSession(t)
 	s.exec("SET @_mlr_origin = ?", region)
 	return s
@@ -514,16 +513,14 @@ func v1Triggers(t *Table, regionID uint16) []string {
 	return out
 }
 
-// TestTriggerWriteCost times single-row updates through the v2 triggers,
-// the v1 triggers and no triggers, interleaved. Set MLPROXY_TRIGGER_COST=N
-// (updates per table) to run it.
-func TestTriggerWriteCost(t *testing.T) {
-	n, _ := strconv.Atoi(os.Getenv("MLPROXY_TRIGGER_COST"))
-	if n <= 0 {
-		t.Skip("set MLPROXY_TRIGGER_COST=<updates> to measure")
-	}
+// BenchmarkTriggerWriteCost times single-row writes through the vector
+// triggers, the previous (v1) triggers and no triggers, interleaved
+// statement by statement so that the machine's noise hits all alike, and
+// reports the ratios (b.N writes per table and phase).
+func BenchmarkTriggerWriteCost(b *testing.B) {
+	t, n := b, b.N
 	ctx := context.Background()
-	mustExec(t, dbA, "CREATE DATABASE cost",
+	mustExec(t, dbA, "DROP DATABASE IF EXISTS cost", "CREATE DATABASE cost",
 		"CREATE TABLE cost.v2 (id INT PRIMARY KEY, name VARCHAR(20), n INT)",
 		"CREATE TABLE cost.fww (id INT PRIMARY KEY, name VARCHAR(20), n INT)",
 		"CREATE TABLE cost.v1 (id INT PRIMARY KEY, name VARCHAR(20), n INT)",
@@ -567,9 +564,10 @@ func TestTriggerWriteCost(t *testing.T) {
 		if phase == "updates in one transaction" {
 			s.exec("COMMIT")
 		}
-		t.Logf("%d single-row %s each: none %v, v1 %v, v2 %v, v2 first-writer-wins %v; v2/v1 = %.2f, v2/none = %.2f",
-			n, phase, took["none"], took["v1"], took["v2"], took["fww"],
-			float64(took["v2"])/float64(took["v1"]), float64(took["v2"])/float64(took["none"]))
+		key := strings.ReplaceAll(phase, " ", "_")
+		b.ReportMetric(float64(took["v2"])/float64(took["v1"]), key+":v2/v1")
+		b.ReportMetric(float64(took["v2"])/float64(took["none"]), key+":v2/none")
+		b.ReportMetric(float64(took["fww"])/float64(took["v1"]), key+":fww/v1")
 	}
 }
 
