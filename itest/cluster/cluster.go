@@ -515,3 +515,151 @@ func (c *Cluster) WaitConverged(ctx context.Context, tables map[string]string, c
 		}
 	}
 }
+
+// Sources returns the regions r pulls changes from under the cluster's
+// topology: every other region in all-to-all; in a star the hub pulls from
+// every spoke and a spoke from the hub; in a ring the predecessor (next
+// lower id, the lowest region pulling from the highest).
+func (c *Cluster) Sources(r *Region) []*Region {
+	switch c.Opts.Topology {
+	case "star":
+		if r.Name == c.Opts.Hub {
+			return c.Peers(r)
+		}
+		for _, p := range c.Regions {
+			if p.Name == c.Opts.Hub {
+				return []*Region{p}
+			}
+		}
+		return nil
+	case "ring":
+		for i, p := range c.Regions {
+			if p == r {
+				return []*Region{c.Regions[(i+len(c.Regions)-1)%len(c.Regions)]}
+			}
+		}
+		return nil
+	default:
+		return c.Peers(r)
+	}
+}
+
+// GTIDSeqs parses a MariaDB GTID position ("1-1-40,2-2-7") into the
+// highest sequence number per domain.
+func GTIDSeqs(pos string) map[uint32]uint64 {
+	out := map[uint32]uint64{}
+	for _, g := range strings.Split(pos, ",") {
+		f := strings.Split(strings.TrimSpace(g), "-")
+		if len(f) != 3 {
+			continue
+		}
+		var d uint32
+		var n uint64
+		if _, err := fmt.Sscan(f[0], &d); err != nil {
+			continue
+		}
+		if _, err := fmt.Sscan(f[2], &n); err != nil {
+			continue
+		}
+		if n > out[d] {
+			out[d] = n
+		}
+	}
+	return out
+}
+
+// Lag describes, for every region and every region it pulls from, how far
+// its applied checkpoint (mlr.checkpoints) is behind the source's binlog
+// (@@gtid_binlog_pos), and each region's binlog file:position. An empty
+// behind list means every region has applied everything its sources
+// logged.
+func (c *Cluster) Lag(ctx context.Context) (behind []string, binlogs []string, err error) {
+	type srvState struct{ gtid, pos string }
+	state := make([]srvState, len(c.Regions))
+	dbs := make([]*sql.DB, len(c.Regions))
+	defer func() {
+		for _, db := range dbs {
+			if db != nil {
+				db.Close()
+			}
+		}
+	}()
+	for i, r := range c.Regions {
+		if dbs[i], err = r.Direct(""); err != nil {
+			return nil, nil, err
+		}
+		var file string
+		var pos uint64
+		row := dbs[i].QueryRowContext(ctx, "SELECT @@gtid_binlog_pos")
+		if err = row.Scan(&state[i].gtid); err != nil {
+			return nil, nil, fmt.Errorf("region %s: @@gtid_binlog_pos: %w", r.Name, err)
+		}
+		rows, err := dbs[i].QueryContext(ctx, "SHOW MASTER STATUS")
+		if err != nil {
+			return nil, nil, fmt.Errorf("region %s: SHOW MASTER STATUS: %w", r.Name, err)
+		}
+		cols, _ := rows.Columns()
+		vals := make([]sql.RawBytes, len(cols))
+		ptrs := make([]any, len(cols))
+		for j := range vals {
+			ptrs[j] = &vals[j]
+		}
+		if rows.Next() {
+			if err := rows.Scan(ptrs...); err != nil {
+				rows.Close()
+				return nil, nil, err
+			}
+			file = string(vals[0])
+			fmt.Sscan(string(vals[1]), &pos)
+		}
+		rows.Close()
+		state[i].pos = fmt.Sprintf("%s:%d", file, pos)
+		binlogs = append(binlogs, state[i].pos)
+	}
+	idx := map[*Region]int{}
+	for i, r := range c.Regions {
+		idx[r] = i
+	}
+	for i, r := range c.Regions {
+		for _, p := range c.Sources(r) {
+			var cp string
+			err := dbs[i].QueryRowContext(ctx, "SELECT gtid FROM mlr.checkpoints WHERE peer_id = ?", p.ID).Scan(&cp)
+			if err != nil && !errors.Is(err, sql.ErrNoRows) {
+				return nil, nil, fmt.Errorf("region %s: mlr.checkpoints: %w", r.Name, err)
+			}
+			have, want := GTIDSeqs(cp), GTIDSeqs(state[idx[p]].gtid)
+			for d, n := range want {
+				if have[d] < n {
+					behind = append(behind, fmt.Sprintf("region %s has applied %s up to %q, %s's binlog is at %q", r.Name, p.Name, cp, p.Name, state[idx[p]].gtid))
+					break
+				}
+			}
+		}
+	}
+	return behind, binlogs, nil
+}
+
+// WaitApplied waits until every region has applied everything its sources
+// logged and no region's binlog moved between two polls (so nothing is
+// still in flight), or ctx is done (then it says who is behind).
+func (c *Cluster) WaitApplied(ctx context.Context) error {
+	var prev []string
+	for {
+		behind, binlogs, err := c.Lag(ctx)
+		if err == nil && len(behind) == 0 && strings.Join(binlogs, ",") == strings.Join(prev, ",") {
+			return nil
+		}
+		prev = binlogs
+		select {
+		case <-ctx.Done():
+			if err != nil {
+				return fmt.Errorf("regions did not catch up: %w", err)
+			}
+			if len(behind) == 0 {
+				return fmt.Errorf("regions did not settle: binlogs still moving (%s)", strings.Join(binlogs, ", "))
+			}
+			return fmt.Errorf("regions did not catch up:\n  %s", strings.Join(behind, "\n  "))
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}

@@ -47,7 +47,22 @@ func main() {
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, *bin, *dur); err != nil {
+	// Everything the demo creates (the servers' data, the template data
+	// directory dbtest installs once, configs and logs) goes under one
+	// private temporary directory, removed at the end.
+	tmp, err := os.MkdirTemp("", "mlproxy-demo-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "demo:", err)
+		os.Exit(1)
+	}
+	os.Setenv("TMPDIR", tmp)
+	err = run(ctx, *bin, *dur)
+	if os.Getenv("DBTEST_KEEP") == "" {
+		os.RemoveAll(tmp)
+	} else {
+		fmt.Println("  kept", tmp, "(DBTEST_KEEP is set)")
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "demo:", err)
 		os.Exit(1)
 	}
@@ -91,8 +106,10 @@ func run(ctx context.Context, bin string, dur time.Duration) error {
 	}
 
 	say(fmt.Sprintf("writing at all three proxies for %v: renames, price changes, deletes and re-inserts of the same rows (lww), stock decrements (counter) ...", dur))
-	wctx, cancel := context.WithTimeout(ctx, dur)
-	defer cancel()
+	// The writers stop starting statements at the deadline but let the one
+	// under way finish: a statement cancelled mid-flight may still commit
+	// without being counted, and the stock check below would fail.
+	until := time.Now().Add(dur)
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	counts := map[string]int{}
@@ -102,23 +119,23 @@ func run(ctx context.Context, bin string, dur time.Duration) error {
 		go func(name string, db *sql.DB, seed int64) {
 			defer wg.Done()
 			rng := rand.New(rand.NewSource(seed))
-			for i := 0; wctx.Err() == nil; i++ {
+			for i := 0; ctx.Err() == nil && time.Now().Before(until); i++ {
 				id := 1 + rng.Intn(10)
 				var err error
 				kind := ""
 				switch op := rng.Intn(10); {
 				case op < 4:
 					kind = "update"
-					_, err = db.ExecContext(wctx, "UPDATE products SET name = ?, price = ? WHERE id = ?", fmt.Sprintf("%s-edit-%d", name, i), 5+rng.Intn(50), id)
+					_, err = db.ExecContext(ctx, "UPDATE products SET name = ?, price = ? WHERE id = ?", fmt.Sprintf("%s-edit-%d", name, i), 5+rng.Intn(50), id)
 				case op < 5:
 					kind = "delete"
-					_, err = db.ExecContext(wctx, "DELETE FROM products WHERE id = ?", id)
+					_, err = db.ExecContext(ctx, "DELETE FROM products WHERE id = ?", id)
 				case op < 6:
 					kind = "insert"
-					_, err = db.ExecContext(wctx, "INSERT INTO products VALUES (?, ?, ?) ON DUPLICATE KEY UPDATE name = VALUES(name)", id, fmt.Sprintf("%s-new-%d", name, i), 9.99)
+					_, err = db.ExecContext(ctx, "INSERT INTO products VALUES (?, ?, ?) ON DUPLICATE KEY UPDATE name = VALUES(name)", id, fmt.Sprintf("%s-new-%d", name, i), 9.99)
 				default:
 					kind = "stock-1"
-					_, err = db.ExecContext(wctx, "UPDATE stock SET quantity = quantity - 1 WHERE id = ?", id)
+					_, err = db.ExecContext(ctx, "UPDATE stock SET quantity = quantity - 1 WHERE id = ?", id)
 				}
 				if err == nil {
 					mu.Lock()
@@ -140,8 +157,17 @@ func run(ctx context.Context, bin string, dur time.Duration) error {
 			counts[r.Name+" update"], counts[r.Name+" delete"], counts[r.Name+" insert"], counts[r.Name+" stock-1"])
 	}
 
-	say("waiting for the regions to converge ...")
-	if err := waitConverged(ctx, c, 60*time.Second); err != nil {
+	say("waiting for the regions to apply everything and converge ...")
+	// First every region's checkpoints reach its peers' binlog ends (all
+	// applied), then the rows are compared (polling a little longer, in
+	// case a checkpoint lags what was applied).
+	actx, acancel := context.WithTimeout(ctx, 90*time.Second)
+	err = c.WaitApplied(actx)
+	acancel()
+	if err != nil && ctx.Err() == nil {
+		fmt.Println("  note:", err)
+	}
+	if err := waitConverged(ctx, c, 30*time.Second); err != nil {
 		return err
 	}
 	say("every region holds identical rows (compared row by row, stamps included):")
