@@ -82,6 +82,9 @@ type classifier struct {
 	parsers sync.Pool // *parser.Parser; a parser is not safe for concurrent use
 	onHit   func()
 	onMiss  func()
+	// onPanic counts a parser panic (recovered; the statement is then
+	// classified without the literal that caused it, or as unparsed).
+	onPanic func()
 }
 
 func newClassifier(size int, onHit, onMiss func()) (*classifier, error) {
@@ -94,6 +97,7 @@ func newClassifier(size int, onHit, onMiss func()) (*classifier, error) {
 		parsers: sync.Pool{New: func() any { return parser.New() }},
 		onHit:   onHit,
 		onMiss:  onMiss,
+		onPanic: func() {},
 	}, nil
 }
 
@@ -117,15 +121,52 @@ func (c *classifier) classify(db, sql string) *class {
 	return cl
 }
 
+// parse classifies sql as the server will run it: MariaDB executable
+// comments (/*M! ... */, which the tidb parser takes for plain comments)
+// are read as code, like MySQL's /*! ... */. The text sent to the server
+// is never changed.
 func (c *classifier) parse(db, sql string) *class {
-	p := c.parsers.Get().(*parser.Parser)
-	stmts, _, err := p.Parse(sql, "", "")
-	c.parsers.Put(p)
+	text := reExecComment.ReplaceAllString(sql, "/*! ")
+	stmts, err, panicked := c.parseSafe(text)
+	if panicked {
+		// The parser's value driver panics on some literals (a 90-digit
+		// integer overflows its decimal); what a statement may write does
+		// not depend on its literals' values.
+		c.onPanic()
+		stmts, err, panicked = c.parseSafe(reLongNumber.ReplaceAllString(text, "${1}0"))
+		if panicked {
+			c.onPanic()
+			return classifyUnparsed(db, text)
+		}
+	}
 	if err != nil {
-		return classifyUnparsed(db, sql)
+		return classifyUnparsed(db, text)
 	}
 	return classifyStmts(db, stmts, 0)
 }
+
+// parseSafe parses text, recovering a parser panic (the parser is then
+// dropped, not pooled: its state is unknown).
+func (c *classifier) parseSafe(text string) (stmts []ast.StmtNode, err error, panicked bool) {
+	p := c.parsers.Get().(*parser.Parser)
+	defer func() {
+		if r := recover(); r != nil {
+			stmts, err, panicked = nil, nil, true
+		}
+	}()
+	stmts, _, err = p.Parse(text, "", "")
+	c.parsers.Put(p)
+	return stmts, err, false
+}
+
+var (
+	// reExecComment opens an executable comment, MySQL's (/*!, with an
+	// optional version) or MariaDB's (/*M!).
+	reExecComment = regexp.MustCompile(`/\*M?!\d*`)
+	// reLongNumber is a numeric literal of more than 30 digits, not part of
+	// a name.
+	reLongNumber = regexp.MustCompile(`(^|[^\w$.])\d{31,}(\.\d*)?`)
+)
 
 func refused(reason, msg string) *class {
 	return &class{kind: kindRefused, reason: reason, msg: "mlproxy: " + msg}
@@ -137,6 +178,7 @@ const (
 	msgStampVariable  = "statements that set the @_mlr_* variables are refused: mlproxy sets them itself to stamp writes for replication; remove the assignment"
 	msgTrigger        = "dropping or replacing an `_mlr_` trigger is refused: it stamps writes for replication; use `mlproxy schema apply` to change replication metadata"
 	msgMetadataColumn = "changing an `_mlr_` column is refused: it holds the replication stamp; use `mlproxy schema apply` to change replication metadata"
+	msgMetadataWrite  = "writing an `_mlr_` column is refused: it holds the replication stamp, origin and version vector, which mlproxy sets itself; leave the column out"
 	msgSQLLogBin      = "SET sql_log_bin=0 is refused: it would hide writes from replication to the other regions; run maintenance that must not replicate directly on the server"
 )
 
@@ -148,6 +190,7 @@ var (
 	reStampAssign = regexp.MustCompile("(?i)@`?_mlr_\\w*`?\\s*:?=|\\binto\\s+(@\\S+\\s*,\\s*)*@`?_mlr_")
 	reMlrTrigger  = regexp.MustCompile("(?i)\\b(drop|create)\\s+(or\\s+replace\\s+)?(definer\\s*=\\s*\\S+\\s+)?trigger\\s+(if\\s+(not\\s+)?exists\\s+)?(\\S+\\.)?`?_mlr_")
 	reSQLLogBin   = regexp.MustCompile(`(?i)\bsql_log_bin\b`)
+	reMlrAssign   = regexp.MustCompile("(?i)`?\\b_mlr_\\w*`?\\s*=[^=]")
 )
 
 func classifyUnparsed(db, sql string) *class {
@@ -158,6 +201,8 @@ func classifyUnparsed(db, sql string) *class {
 		return refused(reasonStampVariable, msgStampVariable)
 	case reSQLLogBin.MatchString(sql):
 		return refused(reasonSQLLogBin, msgSQLLogBin)
+	case reMlrAssign.MatchString(sql):
+		return refused(reasonMetadataColumn, msgMetadataWrite)
 	case reMlrSchema.MatchString(sql) || strings.EqualFold(db, internalSchema):
 		return refused(reasonInternalSchema, "a statement mlproxy cannot parse that may touch the internal schema `mlr` is refused: it holds replication state; use the mlproxy command line to act on it")
 	}
@@ -208,12 +253,18 @@ func classifyStmt(db string, st ast.StmtNode, depth int) *class {
 		}
 		return &class{kind: kindRead}
 	case *ast.InsertStmt:
+		if writesMetadata(n.Columns, n.OnDuplicate) {
+			return refused(reasonMetadataColumn, msgMetadataWrite)
+		}
 		var ws []tableRef
 		if n.Table != nil {
 			ws = joinTables(db, n.Table.TableRefs, nil)
 		}
 		return writeClass(ws)
 	case *ast.UpdateStmt:
+		if writesMetadata(nil, n.List, nil) {
+			return refused(reasonMetadataColumn, msgMetadataWrite)
+		}
 		return writeClass(updateTargets(db, n))
 	case *ast.DeleteStmt:
 		return writeClass(deleteTargets(db, n))
@@ -255,6 +306,24 @@ func classifyStmt(db string, st ast.StmtNode, depth int) *class {
 	// Anything else the parser knows (mostly TiDB extensions the server
 	// will reject) is treated as a possible write: a stamp is harmless.
 	return &class{kind: kindWriteUnknown}
+}
+
+// writesMetadata reports whether an INSERT's column list or an
+// assignment names an _mlr_ column.
+func writesMetadata(cols []*ast.ColumnName, lists ...[]*ast.Assignment) bool {
+	for _, c := range cols {
+		if c != nil && strings.HasPrefix(c.Name.L, "_mlr_") {
+			return true
+		}
+	}
+	for _, l := range lists {
+		for _, a := range l {
+			if a.Column != nil && strings.HasPrefix(a.Column.Name.L, "_mlr_") {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func writeClass(ws []tableRef) *class {

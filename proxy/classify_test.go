@@ -70,6 +70,27 @@ func TestClassify(t *testing.T) {
 		{"app", "ALTER TABLE t DROP COLUMN _mlr_hlc", kindRefused, "[]", reasonMetadataColumn},
 		{"app", "ALTER TABLE t MODIFY _mlr_origin INT", kindRefused, "[]", reasonMetadataColumn},
 		{"app", "SELECT 1; SET @_mlr_hlc = 2", kindRefused, "[]", reasonStampVariable},
+		// Executable comments run on the server: they are read as code.
+		{"app", "/*! SET @_mlr_apply = 1 */", kindRefused, "[]", reasonStampVariable},
+		{"app", "/*M! SET @_mlr_apply = 1 */", kindRefused, "[]", reasonStampVariable},
+		{"app", "/*M!100400 SET @_mlr_apply = 1 */", kindRefused, "[]", reasonStampVariable},
+		{"app", "/*!50000 SET sql_log_bin = 0 */", kindRefused, "[]", reasonSQLLogBin},
+		{"app", "/*M! DROP TRIGGER app._mlr_bu_t */", kindRefused, "[]", reasonTrigger},
+		{"app", "SELECT 1 /*M!, @_mlr_hlc := 5 */", kindRefused, "[]", reasonStampVariable},
+		{"app", "UPDATE t SET a = 1 /*M!, _mlr_hlc = 5 */", kindRefused, "[]", reasonMetadataColumn},
+		{"app", "/*M! UPDATE t SET a = 1 */", kindWrite, "[{app t}]", ""},
+		// Nobody writes the metadata columns but mlproxy.
+		{"app", "UPDATE t SET _mlr_hlc = 18446744073709551615", kindRefused, "[]", reasonMetadataColumn},
+		{"app", "UPDATE t SET a = 1, `_MLR_origin` = 2", kindRefused, "[]", reasonMetadataColumn},
+		{"app", "INSERT INTO t (a, _mlr_vv) VALUES (1, '{}')", kindRefused, "[]", reasonMetadataColumn},
+		{"app", "INSERT INTO t SET a = 1, _mlr_hlc = 5", kindRefused, "[]", reasonMetadataColumn},
+		{"app", "INSERT INTO t (a) VALUES (1) ON DUPLICATE KEY UPDATE _mlr_origin = 3", kindRefused, "[]", reasonMetadataColumn},
+		{"app", "INSERT INTO t (a) VALUES (1) RETURNING a, _mlr_hlc = 1", kindRefused, "[]", reasonMetadataColumn},
+		{"app", "SELECT _mlr_hlc FROM t WHERE _mlr_hlc = 5", kindRead, "[]", ""},
+		// A literal the parser's value driver cannot hold classifies
+		// anyway (it used to panic the process).
+		{"app", "SELECT 123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890", kindRead, "[]", ""},
+		{"app", "UPDATE t SET a = 123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890.5", kindWrite, "[{app t}]", ""},
 		// Not refused: other triggers, reading mlr, other @ variables.
 		{"app", "DROP TRIGGER my_trigger", kindWriteUnknown, "[]", ""},
 		{"app", "SELECT * FROM mlr.checkpoints", kindRead, "[]", ""},

@@ -37,6 +37,10 @@ type conn struct {
 	// may execute id 0xffffffff, meaning "the one just prepared".
 	lastStmt uint32
 	setBuf   []byte // reused SET @_mlr_hlc=... command
+	// cur is the command being handled and next the sequence id of its
+	// first response packet: what a recovered panic reports.
+	cur  []byte
+	next byte
 
 	mu         sync.Mutex
 	rawClient  net.Conn // closed to unblock I/O on cancel
@@ -115,9 +119,11 @@ func (c *conn) trackStatus(st uint16) {
 	c.mu.Unlock()
 }
 
-// serve runs the connection to its end and closes both sockets.
+// serve runs the connection to its end and closes both sockets. A panic
+// while handling the connection ends only this connection.
 func (c *conn) serve() {
 	defer c.cancel()
+	defer c.recoverPanic()
 	c.log.Debug("proxy connection open")
 	err := c.handshake()
 	if err == nil {
@@ -132,6 +138,67 @@ func (c *conn) serve() {
 	default:
 		c.log.Warn("proxy connection closed on error", zap.Error(err))
 	}
+}
+
+// recoverPanic turns a panic in this connection's handler into an error
+// for its client and a closed connection, logged with the command's kind
+// and the statement's digest (never its text or values) and counted;
+// every other connection and replication go on.
+func (c *conn) recoverPanic() {
+	r := recover()
+	if r == nil {
+		return
+	}
+	c.s.m.panics.WithLabelValues("connection").Inc()
+	cmd, digest := "handshake", ""
+	if len(c.cur) > 0 {
+		cmd = commandName(c.cur[0])
+		if c.cur[0] == mysql.COM_QUERY || c.cur[0] == mysql.COM_STMT_PREPARE {
+			digest = safeDigest(string(c.cur[1:]))
+		}
+	}
+	c.log.Error("proxy connection handler panicked: client disconnected, other connections unaffected",
+		zap.String("command", cmd), zap.String("digest", digest), zap.String("panic", fmt.Sprintf("%T", r)), zap.Stack("stack"))
+	c.sendErr(c.next, &sqlError{erUnknown, "HY000",
+		"mlproxy: internal error while handling this command (logged with its digest); the connection is closed"})
+}
+
+// safeDigest is sql's statement digest, "" if computing it fails.
+func safeDigest(sql string) (d string) {
+	defer func() {
+		if recover() != nil {
+			d = ""
+		}
+	}()
+	_, digest := parser.NormalizeDigest(sql)
+	return digest.String()
+}
+
+// commandName names a command byte for logs.
+func commandName(b byte) string {
+	switch b {
+	case mysql.COM_QUERY:
+		return "query"
+	case mysql.COM_STMT_PREPARE:
+		return "stmt_prepare"
+	case mysql.COM_STMT_EXECUTE:
+		return "stmt_execute"
+	case mysql.COM_STMT_SEND_LONG_DATA:
+		return "stmt_send_long_data"
+	case mysql.COM_STMT_CLOSE:
+		return "stmt_close"
+	case mysql.COM_STMT_RESET:
+		return "stmt_reset"
+	case mysql.COM_STMT_FETCH:
+		return "stmt_fetch"
+	case mysql.COM_CHANGE_USER:
+		return "change_user"
+	case mysql.COM_INIT_DB:
+		return "init_db"
+	case mysql.COM_FIELD_LIST:
+		return "field_list"
+	}
+	return fmt.Sprintf("0x%02x", b)
 }
 
 var (
@@ -209,9 +276,11 @@ func (c *conn) loop() error {
 			c.sendErr(last+1, &sqlError{erMalformed, "08S01", "mlproxy: malformed packet"})
 			return fmt.Errorf("%w: empty command", errMalformed)
 		}
+		c.cur, c.next = p, last+1
 		if err := c.command(p, last+1); err != nil {
 			return err
 		}
+		c.cur = nil
 	}
 }
 

@@ -231,11 +231,17 @@ type testStamper struct {
 	mu    sync.Mutex
 	last  hlc.Timestamp
 	calls int
+	// panicNext makes the next call panic (a failing component).
+	panicNext bool
 }
 
 func (s *testStamper) Now() hlc.Timestamp {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.panicNext {
+		s.panicNext = false
+		panic("test: stamper failed")
+	}
 	ts := hlc.New(time.Now().UnixMilli(), 0)
 	if ts <= s.last {
 		ts = s.last + 1

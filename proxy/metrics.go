@@ -14,6 +14,7 @@ type metrics struct {
 	backendErrors    prometheus.Counter
 	cacheHits        prometheus.Counter
 	cacheMisses      prometheus.Counter
+	panics           *prometheus.CounterVec // {where}: connection, parser
 }
 
 // Statement kinds (statements_total{kind}).
@@ -46,10 +47,12 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			"Statement classifications found in the cache."))),
 		cacheMisses: prometheus.NewCounter(prometheus.CounterOpts(opts("statement_cache_misses_total",
 			"Statements parsed because they were not in the cache."))),
+		panics: prometheus.NewCounterVec(prometheus.CounterOpts(opts("panics_total",
+			"Panics recovered: in a connection's handler (that client was disconnected) or in the SQL parser (the statement was classified without it).")), []string{"where"}),
 	}
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.connections, m.connectionsTotal, m.statements,
-			m.stamped, m.refused, m.backendErrors, m.cacheHits, m.cacheMisses} {
+			m.stamped, m.refused, m.backendErrors, m.cacheHits, m.cacheMisses, m.panics} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}

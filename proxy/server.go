@@ -122,6 +122,7 @@ func New(cfg Config, st Stamper, tables Tables, log *zap.Logger, reg prometheus.
 	if err != nil {
 		return nil, fmt.Errorf("proxy: statement cache: %w", err)
 	}
+	cls.onPanic = m.panics.WithLabelValues("parser").Inc
 	return &Server{
 		cfg: cfg, stamper: st, tables: tables, log: log, m: m, cls: cls,
 		conns: map[*conn]struct{}{},
