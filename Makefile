@@ -30,10 +30,16 @@ lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || (gofmt -l $$(git ls-files '*.go'); exit 1)
 	$(GO) vet $(PKGS)
 
-# Short fuzzing of the proxy's packet paths (the seeds also run in `make test`).
+# Bounded fuzzing of the proxy: the handshake, every command packet,
+# prepared-statement execution and statement classification (their seeds in
+# proxy/testdata/fuzz also run in `make test`). FUZZTIME bounds each target.
+FUZZTIME ?= 30s
+FUZZ_TARGETS := FuzzHandshake FuzzCommand FuzzStmtExecute FuzzClassify
 fuzz:
-	$(GO) test ./proxy/ -run '^$$' -fuzz FuzzHandshake -fuzztime 30s
-	$(GO) test ./proxy/ -run '^$$' -fuzz FuzzStmtExecute -fuzztime 30s
+	@for t in $(FUZZ_TARGETS); do \
+	  echo "fuzz $$t for $(FUZZTIME)"; \
+	  $(GO) test ./proxy/ -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) || exit 1; \
+	done
 
 clean:
 	rm -rf bin

@@ -74,6 +74,22 @@ const sentinel = "mlproxy-sentinel-6b2f"
 // the sentinel's result came back before the connection ended.
 func executeAndSentinel(t *testing.T, addr string, body []byte) bool {
 	t.Helper()
+	got := commandAndSentinel(t, addr, func(c *client.Conn) []byte {
+		id, err := prepareRaw(c, "INSERT INTO rt2 (v, n) VALUES (?, ?)")
+		if err != nil {
+			t.Fatalf("prepare via %s: %v", addr, err)
+		}
+		exec := append([]byte{gmysql.COM_STMT_EXECUTE}, id...)
+		return append(exec, body...)
+	}, 30*time.Second)
+	return bytes.Contains(got, []byte(sentinel))
+}
+
+// commandAndSentinel logs in as root, sends the command packet cmd(conn)
+// builds, then a sentinel SELECT and COM_QUIT in one write, and reports
+// what came back before the connection ended or wait passed.
+func commandAndSentinel(t *testing.T, addr string, cmd func(*client.Conn) []byte, wait time.Duration) []byte {
+	t.Helper()
 	c, err := client.Connect(addr, "root", "", "app", func(c *client.Conn) error {
 		c.UnsetCapability(gmysql.CLIENT_DEPRECATE_EOF)
 		return nil
@@ -82,12 +98,6 @@ func executeAndSentinel(t *testing.T, addr string, body []byte) bool {
 		t.Fatalf("connect to %s: %v", addr, err)
 	}
 	defer c.Close()
-	id, err := prepareRaw(c, "INSERT INTO rt2 (v, n) VALUES (?, ?)")
-	if err != nil {
-		t.Fatalf("prepare via %s: %v", addr, err)
-	}
-	exec := append([]byte{gmysql.COM_STMT_EXECUTE}, id...)
-	exec = append(exec, body...)
 	var out bytes.Buffer
 	frame := func(payload []byte) {
 		// Split like a client would (packets over 16 MiB cannot come from
@@ -96,19 +106,69 @@ func executeAndSentinel(t *testing.T, addr string, body []byte) bool {
 		out.Write(h[:])
 		out.Write(payload)
 	}
-	frame(exec)
+	frame(cmd(c))
 	frame(append([]byte{gmysql.COM_QUERY}, "SELECT '"+sentinel+"'"...))
 	frame([]byte{gmysql.COM_QUIT})
 	nc := c.Conn.Conn
-	_ = nc.SetDeadline(time.Now().Add(30 * time.Second))
+	_ = nc.SetDeadline(time.Now().Add(wait))
 	if _, err := nc.Write(out.Bytes()); err != nil {
-		return false
+		return nil
 	}
 	got, err := io.ReadAll(nc)
-	if err != nil && !isReset(err) {
+	var ne net.Error
+	if err != nil && !isReset(err) && !(errors.As(err, &ne) && ne.Timeout()) {
 		t.Fatalf("read from %s: %v", addr, err)
 	}
-	return bytes.Contains(got, []byte(sentinel))
+	return got
+}
+
+// FuzzCommand sends an arbitrary command packet (any command byte, any
+// body) after login, then a sentinel query, to the server directly and
+// through the proxy: when the server answers the sentinel directly, the
+// proxy must too (it stayed in step), unless it refused the command as
+// malformed with an error and closed; nothing panics or hangs, and the
+// proxy keeps serving.
+func FuzzCommand(f *testing.F) {
+	p := startProxy(f, func(c *Config) { c.MaxConnections = 100 })
+	f.Fuzz(func(t *testing.T, pkt []byte) {
+		if len(pkt) == 0 || len(pkt) > 1<<16 {
+			return
+		}
+		switch pkt[0] {
+		case gmysql.COM_BINLOG_DUMP, gmysql.COM_BINLOG_DUMP_GTID, gmysql.COM_REGISTER_SLAVE, gmysql.COM_SHUTDOWN:
+			return // server-side replication and shutdown: not a client's to fuzz here
+		}
+		cmd := func(*client.Conn) []byte { return pkt }
+		viaDirect := bytes.Contains(commandAndSentinel(t, srv.Addr(), cmd, 5*time.Second), []byte(sentinel))
+		got := commandAndSentinel(t, p.Addr().String(), cmd, 10*time.Second)
+		viaProxy := bytes.Contains(got, []byte(sentinel)) || bytes.Contains(got, []byte("mlproxy: malformed packet"))
+		if viaDirect && !viaProxy {
+			t.Fatalf("the server answered the sentinel after command 0x%02x directly, but not through the proxy", pkt[0])
+		}
+		checkServing(t, p)
+	})
+}
+
+// FuzzClassify feeds arbitrary statement texts to the classifier: it never
+// panics, decides the same way twice, and explains every refusal.
+func FuzzClassify(f *testing.F) {
+	c, err := newClassifier(16, func() {}, func() {})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, db, sql string) {
+		a := c.parse(db, sql)
+		b := c.classify(db, sql)
+		if a.kind != b.kind || a.reason != b.reason {
+			t.Fatalf("classified %q twice differently: %d/%s then %d/%s", sql, a.kind, a.reason, b.kind, b.reason)
+		}
+		if a.kind > kindRefused {
+			t.Fatalf("unknown kind %d", a.kind)
+		}
+		if a.kind == kindRefused && (a.reason == "" || len(a.msg) < 9 || a.msg[:9] != "mlproxy: ") {
+			t.Fatalf("refusal of %q without a reason or message: %+v", sql, a)
+		}
+	})
 }
 
 // prepareRaw prepares q on c (without CLIENT_DEPRECATE_EOF) and returns
