@@ -79,7 +79,7 @@ func newEnvRule(t testing.TB, name string, rule config.TableRule) *env {
 	rules := []config.TableRule{rule}
 	ts, err := schema.Inspect(ctx, db, rules)
 	require.NoError(t, err)
-	_, err = schema.Apply(ctx, db, self, ts, nil)
+	_, err = schema.Apply(ctx, db, schema.Stamping{Region: self}, ts, nil)
 	require.NoError(t, err)
 	id := uint16(100 + peerSeq.Add(1))
 	return &env{

@@ -135,7 +135,7 @@ func TestSessionSettings(t *testing.T) {
 	require.NoError(t, err)
 	ts, err := schema.Inspect(context.Background(), db, []config.TableRule{{Schema: e.db, Table: "ev"}})
 	require.NoError(t, err)
-	_, err = schema.Apply(context.Background(), db, self, ts, nil)
+	_, err = schema.Apply(context.Background(), db, schema.Stamping{Region: self}, ts, nil)
 	require.NoError(t, err)
 	_, err = db.Exec("SET GLOBAL time_zone = '+05:00'")
 	require.NoError(t, err)

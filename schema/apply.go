@@ -114,7 +114,8 @@ var ErrNameTooLong = errors.New("name too long for mlproxy's tombstone table (`<
 // make tombstone table names ambiguous.
 var ErrDotInSchema = errors.New("schema name contains '.', which mlproxy's tombstone table names cannot represent: rename the schema")
 
-// Apply installs mlproxy's metadata on the local server of region regionID:
+// Apply installs mlproxy's metadata on the local server of region st.Region
+// (st.Applier empty: the account db connects as is the applier's):
 // the Internal schema and its tables, and for every table the invisible
 // metadata columns, its tombstone table and its three triggers.
 //
@@ -125,11 +126,15 @@ var ErrDotInSchema = errors.New("schema name contains '.', which mlproxy's tombs
 // the others; all errors are returned together, each naming schema.table.
 // DDL is not transactional: a failure may leave a table half prepared, and
 // running Apply again completes it.
-func Apply(ctx context.Context, db *sql.DB, regionID uint16, tables []*Table, log *zap.Logger) (Report, error) {
+func Apply(ctx context.Context, db *sql.DB, st Stamping, tables []*Table, log *zap.Logger) (Report, error) {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	a := &applier{db: db, region: regionID, log: log}
+	st, err := LocalStamping(ctx, db, st)
+	if err != nil {
+		return Report{}, fmt.Errorf("schema apply: %w", err)
+	}
+	a := &applier{db: db, stamping: st, log: log}
 	var version string
 	if err := db.QueryRowContext(ctx, "SELECT VERSION()").Scan(&version); err != nil {
 		return Report{}, fmt.Errorf("schema apply: read server version: %w", err)
@@ -152,8 +157,8 @@ func Apply(ctx context.Context, db *sql.DB, regionID uint16, tables []*Table, lo
 }
 
 type applier struct {
-	db      *sql.DB
-	region  uint16
+	db       *sql.DB
+	stamping Stamping
 	log     *zap.Logger
 	mariadb bool // CREATE OR REPLACE TRIGGER swaps a trigger atomically
 	report  Report
@@ -447,7 +452,7 @@ func (s storedTrigger) current(t *Table, tr Trigger) bool {
 
 // triggers creates or replaces t's triggers where they differ.
 func (a *applier) triggers(ctx context.Context, t *Table) error {
-	want := triggers(t, a.region)
+	want := triggers(t, a.stamping)
 	names := make([]string, len(want))
 	for i, tr := range want {
 		names[i] = tr.Name

@@ -70,7 +70,7 @@ func applyTables(t testing.TB, rules []config.TableRule, regionID uint16) ([]*Ta
 	ctx := context.Background()
 	tables, err := Inspect(ctx, dbA, rules)
 	require.NoError(t, err)
-	rep, err := Apply(ctx, dbA, regionID, tables, zaptest.NewLogger(t))
+	rep, err := Apply(ctx, dbA, Stamping{Region: regionID}, tables, zaptest.NewLogger(t))
 	return tables, rep, err
 }
 
@@ -122,7 +122,7 @@ func TestApplyIdempotent(t *testing.T) {
 	assert.Equal(t, ColHLC, keyCol)
 
 	// Second run: nothing to do (still the same refusals).
-	rep, err = Apply(ctx, dbA, region, tables, zaptest.NewLogger(t))
+	rep, err = Apply(ctx, dbA, Stamping{Region: region}, tables, zaptest.NewLogger(t))
 	assert.ErrorIs(t, err, ErrNoPrimaryKey)
 	assert.False(t, rep.Changed(), rep.String())
 	assert.Equal(t, "nothing to do", rep.String())
@@ -130,14 +130,14 @@ func TestApplyIdempotent(t *testing.T) {
 	// The table gains a column: only the BEFORE UPDATE trigger compares
 	// user columns, so only it is stale; Check says so, Apply replaces it.
 	mustExec(t, dbA, "ALTER TABLE app.users ADD COLUMN email VARCHAR(50)")
-	ps, err := Check(ctx, dbA, nil, []config.TableRule{{Schema: "app", Table: "users"}}, region)
+	ps, err := Check(ctx, dbA, nil, []config.TableRule{{Schema: "app", Table: "users"}}, Stamping{Region: region})
 	require.NoError(t, err)
 	require.Len(t, ps, 1, "%v", ps)
 	assert.Equal(t, "app.users", ps[0].Where)
 	assert.Contains(t, ps[0].Message, "trigger _mlr_bu_users is stale")
-	rep, _ = Apply(ctx, dbA, region, tables, zaptest.NewLogger(t))
+	rep, _ = Apply(ctx, dbA, Stamping{Region: region}, tables, zaptest.NewLogger(t))
 	assert.Equal(t, []string{"app.users: replaced stale trigger _mlr_bu_users"}, rep.Changes)
-	ps, err = Check(ctx, dbA, nil, []config.TableRule{{Schema: "app", Table: "users"}}, region)
+	ps, err = Check(ctx, dbA, nil, []config.TableRule{{Schema: "app", Table: "users"}}, Stamping{Region: region})
 	require.NoError(t, err)
 	assert.Empty(t, ps)
 }
@@ -202,7 +202,7 @@ func TestTriggersStamp(t *testing.T) {
 		assert.EqualValues(t, 1, s.exec("INSERT INTO st.t (id, name, n) VALUES (1, 'alice', 1)"))
 		h, o, _ := stamp(t, tbl, 1)
 		assert.Equal(t, uint64(1000), h)
-		assert.Equal(t, uint16(7), o)
+		assert.Equal(t, uint16(region), o, "the origin is this region, whatever the session set")
 
 		s.exec("SET @_mlr_hlc = 2000")
 		assert.EqualValues(t, 0, s.exec("UPDATE st.t SET name = 'alice', n = 1 WHERE id = 1"), "no-op update changes no row")
@@ -213,14 +213,14 @@ func TestTriggersStamp(t *testing.T) {
 		assert.EqualValues(t, 1, s.exec("UPDATE st.t SET name = 'ALICE' WHERE id = 1"))
 		h, o, _ = stamp(t, tbl, 1)
 		assert.Equal(t, uint64(2000), h)
-		assert.Equal(t, uint16(7), o)
+		assert.Equal(t, uint16(region), o)
 
 		s.exec("SET @_mlr_hlc = 3000, @_mlr_origin = 9")
 		assert.EqualValues(t, 1, s.exec("DELETE FROM st.t WHERE id = 1"))
 		h, o, ok := stamp(t, tomb, 1)
 		require.True(t, ok, "delete writes a tombstone")
 		assert.Equal(t, uint64(3000), h)
-		assert.Equal(t, uint16(9), o)
+		assert.Equal(t, uint16(region), o)
 
 		// Re-insert and delete again: the tombstone moves forward.
 		s.exec("SET @_mlr_hlc = 4000")

@@ -55,11 +55,14 @@ func (e *whereError) Unwrap() error { return e.err }
 // Check reports every problem it finds, at once, in this order: server
 // settings of the local server and of each peer (by name), settings that
 // must differ between servers, then the local replicated tables selected by
-// rules (primary key, metadata columns, tombstone table, triggers for
-// regionID) and the Internal schema. A peer whose server is nil (no
+// rules (primary key, metadata columns, tombstone table, triggers for st)
+// and the Internal schema. A peer whose server is nil (no
 // connection could be made) or does not answer is a Problem naming it;
 // so is an unreachable local server. The error is only for a cancelled ctx.
-func Check(ctx context.Context, local *sql.DB, peers map[string]*sql.DB, rules []config.TableRule, regionID uint16) ([]Problem, error) {
+func Check(ctx context.Context, local *sql.DB, peers map[string]*sql.DB, rules []config.TableRule, st Stamping) ([]Problem, error) {
+	if resolved, err := LocalStamping(ctx, local, st); err == nil {
+		st = resolved // an unreachable local server is reported below
+	}
 	var ps []Problem
 	add := func(sev Severity, where, format string, args ...any) {
 		ps = append(ps, Problem{Severity: sev, Where: where, Message: fmt.Sprintf(format, args...)})
@@ -116,7 +119,7 @@ func Check(ctx context.Context, local *sql.DB, peers map[string]*sql.DB, rules [
 		add(Error, where, "%v", err)
 	}
 	for _, t := range tables {
-		p, err := checkTable(ctx, local, t, regionID)
+		p, err := checkTable(ctx, local, t, st)
 		if err != nil {
 			if ctx.Err() != nil {
 				return ps, ctx.Err()
@@ -248,7 +251,7 @@ func crossProblems(servers []serverVars, regions int) []Problem {
 
 // checkTable reports what schema apply would change on t, and a missing
 // primary key.
-func checkTable(ctx context.Context, db *sql.DB, t *Table, regionID uint16) ([]Problem, error) {
+func checkTable(ctx context.Context, db *sql.DB, t *Table, st Stamping) ([]Problem, error) {
 	var ps []Problem
 	add := func(format string, args ...any) {
 		ps = append(ps, Problem{Severity: Error, Where: t.String(), Message: fmt.Sprintf(format, args...)})
@@ -294,7 +297,7 @@ func checkTable(ctx context.Context, db *sql.DB, t *Table, regionID uint16) ([]P
 			add("tombstone table %s.%s has no %s column (made before version vectors): run `mlproxy schema apply` to add it", Internal, name, ColMeta)
 		}
 	}
-	want := triggers(t, regionID)
+	want := triggers(t, st)
 	names := make([]string, len(want))
 	for i, tr := range want {
 		names[i] = tr.Name

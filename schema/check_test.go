@@ -39,7 +39,7 @@ func TestCheckClean(t *testing.T) {
 	rules := []config.TableRule{{Schema: "clean", Table: "*"}}
 	_, _, err := applyTables(t, rules, region)
 	require.NoError(t, err)
-	ps, err := Check(context.Background(), dbA, nil, rules, region)
+	ps, err := Check(context.Background(), dbA, nil, rules, Stamping{Region: region})
 	require.NoError(t, err)
 	assert.Empty(t, ps, problemList(ps))
 }
@@ -66,7 +66,7 @@ func TestCheckFindsEveryProblem(t *testing.T) {
 	rules := []config.TableRule{{Schema: "chk", Table: "*"}, {Schema: "chk", Table: "ghost"}}
 
 	// Two regions: A (offset 1) and B (offset 3), both increment 2.
-	ps, err := Check(ctx, dbA, map[string]*sql.DB{"peerB": dbB}, rules, region)
+	ps, err := Check(ctx, dbA, map[string]*sql.DB{"peerB": dbB}, rules, Stamping{Region: region})
 	require.NoError(t, err)
 	t.Logf("problems:\n%s", problemList(ps))
 	ps = findProblem(t, ps, Error, "peerB", "log_bin is OFF")
@@ -101,7 +101,7 @@ func TestCheckFindsEveryProblem(t *testing.T) {
 	closed, err := srvB.Open("")
 	require.NoError(t, err)
 	closed.Close() // a *sql.DB that fails every query
-	ps, err = Check(ctx, dbA, map[string]*sql.DB{"peerB": dbB, "down": nil, "closed": closed}, nil, region)
+	ps, err = Check(ctx, dbA, map[string]*sql.DB{"peerB": dbB, "down": nil, "closed": closed}, nil, Stamping{Region: region})
 	require.NoError(t, err)
 	t.Logf("problems:\n%s", problemList(ps))
 	ps = findProblem(t, ps, Error, "down", "no connection")
@@ -115,7 +115,7 @@ func TestCheckFindsEveryProblem(t *testing.T) {
 	// Apply fixes everything on the local tables that has a fix there.
 	_, _, err = applyTables(t, []config.TableRule{{Schema: "chk", Table: "*"}}, region)
 	assert.ErrorIs(t, err, ErrNoPrimaryKey)
-	ps, err = Check(ctx, dbA, nil, []config.TableRule{{Schema: "chk", Table: "*"}}, region)
+	ps, err = Check(ctx, dbA, nil, []config.TableRule{{Schema: "chk", Table: "*"}}, Stamping{Region: region})
 	require.NoError(t, err)
 	for _, p := range ps {
 		assert.Equal(t, "chk.nopk", p.Where, p.String())

@@ -71,7 +71,7 @@ func stripMarker(s string) string {
 
 func TestGenerateTriggers(t *testing.T) {
 	tb := sampleTable()
-	got := GenerateTriggers(tb, 7)
+	got := GenerateTriggers(tb, Stamping{Region: 7, Applier: "mlproxy"})
 	if len(got) != 3 {
 		t.Fatalf("got %d triggers, want 3", len(got))
 	}
@@ -93,12 +93,18 @@ func TestGenerateTriggers(t *testing.T) {
 	inserted := newer("_mlr_prev_hlc", "COALESCE(_mlr_prev_vv, '{}')")
 	// A REPLACE of a live row: the stamp its delete gives the tombstone.
 	replaced := newer("`_mlr_hlc`", legacy)
+	// Only mlproxy's own account (the applier's) skips stamping; a stamp
+	// too far ahead of the server's clock is refused.
+	const guard = "  IF NOT (COALESCE(@_mlr_apply, 0) = 1 AND SUBSTRING_INDEX(USER(), '@', 1) = 'mlproxy') THEN\n" +
+		"    IF @_mlr_hlc IS NOT NULL AND CAST(@_mlr_hlc AS UNSIGNED) > ((FLOOR(UNIX_TIMESTAMP(NOW(6))*1000) + 500) << 16) | 0xFFFF THEN\n" +
+		"      SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'mlproxy: this write''s stamp is more than 500ms ahead of the server''s clock (clock.max_offset): check the clocks (NTP) of this region''s proxy and server';\n" +
+		"    END IF;\n"
 	want := []string{
 		"CREATE TRIGGER `shop`.`_mlr_bi_order``s` BEFORE INSERT ON `shop`.`order``s` FOR EACH ROW\n" +
 			"BEGIN\n" +
 			"  DECLARE _mlr_prev_hlc BIGINT UNSIGNED;\n" +
 			"  DECLARE _mlr_prev_vv TEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin;\n" +
-			"  IF COALESCE(@_mlr_apply, 0) = 0 THEN\n" +
+			guard +
 			"    SET _mlr_prev_vv = (SELECT " + legacy + live + ");\n" +
 			"    IF _mlr_prev_vv IS NULL THEN\n" +
 			"      SET _mlr_prev_vv = (SELECT " + legacy + where + "),\n" +
@@ -107,19 +113,19 @@ func TestGenerateTriggers(t *testing.T) {
 			"      SET _mlr_prev_hlc = (SELECT " + replaced + live + ");\n" +
 			"    END IF;\n" +
 			"    SET NEW.`_mlr_hlc` = " + inserted + ",\n" +
-			"        NEW.`_mlr_origin` = COALESCE(@_mlr_origin, 7),\n" +
+			"        NEW.`_mlr_origin` = 7,\n" +
 			"        NEW.`_mlr_vv` = JSON_COMPACT(JSON_SET(JSON_REMOVE(COALESCE(_mlr_prev_vv, '{}'), '$.m', '$.w'), '$.\"7\"', NEW.`_mlr_hlc`));\n" +
 			"  END IF;\n" +
 			"END",
 		"CREATE TRIGGER `shop`.`_mlr_bu_order``s` BEFORE UPDATE ON `shop`.`order``s` FOR EACH ROW\n" +
 			"BEGIN\n" +
-			"  IF COALESCE(@_mlr_apply, 0) = 0 THEN\n" +
+			guard +
 			"    IF NOT (CAST(NEW.`region` AS BINARY) <=> CAST(OLD.`region` AS BINARY)\n" +
 			"        AND NEW.`id` <=> OLD.`id`\n" +
 			"        AND CAST(NEW.`note` AS BINARY) <=> CAST(OLD.`note` AS BINARY)\n" +
 			"        AND NEW.`total` <=> OLD.`total`) THEN\n" +
 			"      SET NEW.`_mlr_hlc` = " + after + ",\n" +
-			"          NEW.`_mlr_origin` = COALESCE(@_mlr_origin, 7),\n" +
+			"          NEW.`_mlr_origin` = 7,\n" +
 			"          NEW.`_mlr_vv` = JSON_COMPACT(JSON_SET(" + oldMeta + ", '$.\"7\"', NEW.`_mlr_hlc`));\n" +
 			"    ELSE\n" +
 			"      SET NEW.`_mlr_hlc` = OLD.`_mlr_hlc`,\n" +
@@ -131,10 +137,10 @@ func TestGenerateTriggers(t *testing.T) {
 		"CREATE TRIGGER `shop`.`_mlr_ad_order``s` AFTER DELETE ON `shop`.`order``s` FOR EACH ROW\n" +
 			"BEGIN\n" +
 			"  DECLARE _mlr_stamp BIGINT UNSIGNED;\n" +
-			"  IF COALESCE(@_mlr_apply, 0) = 0 THEN\n" +
+			guard +
 			"    SET _mlr_stamp = " + after + ";\n" +
 			"    INSERT INTO `mlr`.`shop.order``s` (`region`, `id`, `_mlr_hlc`, `_mlr_origin`, `_mlr_vv`)\n" +
-			"    VALUES (OLD.`region`, OLD.`id`, _mlr_stamp, COALESCE(@_mlr_origin, 7), JSON_COMPACT(JSON_SET(" + oldMeta + ", '$.\"7\"', _mlr_stamp)))\n" +
+			"    VALUES (OLD.`region`, OLD.`id`, _mlr_stamp, 7, JSON_COMPACT(JSON_SET(" + oldMeta + ", '$.\"7\"', _mlr_stamp)))\n" +
 			"    ON DUPLICATE KEY UPDATE `_mlr_hlc` = VALUES(`_mlr_hlc`), `_mlr_origin` = VALUES(`_mlr_origin`), `_mlr_vv` = VALUES(`_mlr_vv`);\n" +
 			"  END IF;\n" +
 			"END",
@@ -145,10 +151,10 @@ func TestGenerateTriggers(t *testing.T) {
 	}
 
 	// The marker changes with the body: another region, another column.
-	other := GenerateTriggers(tb, 8)
+	other := GenerateTriggers(tb, Stamping{Region: 8, Applier: "mlproxy"})
 	assert.NotEqual(t, got[0], other[0])
 	tb.Columns = append(tb.Columns, Column{Name: "extra", DataType: "int", ColumnType: "int(11)"})
-	more := GenerateTriggers(tb, 7)
+	more := GenerateTriggers(tb, Stamping{Region: 7, Applier: "mlproxy"})
 	assert.Equal(t, got[0], more[0], "BEFORE INSERT does not depend on the columns")
 	assert.NotEqual(t, got[1], more[1], "BEFORE UPDATE compares every user column")
 	assert.Equal(t, got[2], more[2], "AFTER DELETE depends on the key only")
@@ -158,7 +164,7 @@ func TestGenerateTriggersByRule(t *testing.T) {
 	gen := func(rule string, cols ...string) []string {
 		tb := sampleTable()
 		tb.Rule = config.TableRule{Rule: rule, Columns: cols}
-		out := GenerateTriggers(tb, 7)
+		out := GenerateTriggers(tb, Stamping{Region: 7, Applier: "mlproxy"})
 		for i := range out {
 			out[i] = stripMarker(out[i])
 		}
@@ -184,7 +190,7 @@ func TestGenerateTriggersByRule(t *testing.T) {
 	mx := gen(config.RuleMax, "total", "note")
 	assert.Contains(t, mx[0], "    SET NEW.`total` = COALESCE(GREATEST(NEW.`total`, CAST(JSON_VALUE(_mlr_prev_vv, '$.m.\"total\"') AS SIGNED)), NEW.`total`, CAST(JSON_VALUE(_mlr_prev_vv, '$.m.\"total\"') AS SIGNED));\n")
 	assert.Contains(t, mx[0], "CONVERT(JSON_VALUE(_mlr_prev_vv, '$.m.\"note\"') USING utf8mb4) COLLATE utf8mb4_general_ci")
-	assert.Contains(t, mx[1], "  IF COALESCE(@_mlr_apply, 0) = 0 THEN\n    SET NEW.`total` = COALESCE(GREATEST(NEW.`total`, OLD.`total`), NEW.`total`, OLD.`total`);\n",
+	assert.Contains(t, mx[1], "    END IF;\n    SET NEW.`total` = COALESCE(GREATEST(NEW.`total`, OLD.`total`), NEW.`total`, OLD.`total`);\n",
 		"the clamp comes before the changed check")
 	assert.Contains(t, mx[2], "'$.m', JSON_OBJECT('total', OLD.`total`, 'note', OLD.`note`))")
 

@@ -1,6 +1,9 @@
 package schema
 
 import (
+	"context"
+	"database/sql"
+	"time"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -44,14 +47,50 @@ func (tr Trigger) CreateSQL(t *Table) string {
 		Quote(t.Schema), Quote(tr.Name), tr.Timing, tr.Event, t.QualifiedName(), tr.Body)
 }
 
+// Stamping is what a region's triggers enforce on every session that
+// writes a replicated table (docs/internals.md, "Who may write what").
+type Stamping struct {
+	// Region is this region's id: the origin of every local write,
+	// whatever a session's @_mlr_origin says.
+	Region uint16
+	// Applier is the account (user name) whose sessions may write versions
+	// with the stamps they carry (@_mlr_apply = 1): mlproxy's own
+	// `local.user`. No other account can skip stamping, whatever it sets.
+	// Empty: no account can.
+	Applier string
+	// MaxOffset bounds how far a session's stamp (@_mlr_hlc) may be ahead
+	// of the server's clock: a write stamped further ahead is refused with
+	// an error. 0 means config.DefaultMaxOffset.
+	MaxOffset time.Duration
+}
+
+// LocalStamping is st with Applier, when empty, set to the account db's
+// sessions are authenticated as (schema apply runs as mlproxy's own user,
+// the applier's).
+func LocalStamping(ctx context.Context, db *sql.DB, st Stamping) (Stamping, error) {
+	if st.Applier == "" {
+		if err := db.QueryRowContext(ctx, "SELECT SUBSTRING_INDEX(USER(), '@', 1)").Scan(&st.Applier); err != nil {
+			return st, fmt.Errorf("read the account mlproxy connects as: %w", err)
+		}
+	}
+	return st, nil
+}
+
+func (st Stamping) maxOffsetMillis() int64 {
+	if st.MaxOffset <= 0 {
+		return config.DefaultMaxOffset.Milliseconds()
+	}
+	return max(1, st.MaxOffset.Milliseconds())
+}
+
 // GenerateTriggers returns the CREATE TRIGGER statements that stamp writes
-// to t for region regionID, in the order BEFORE INSERT, BEFORE UPDATE, AFTER
+// to t under st, in the order BEFORE INSERT, BEFORE UPDATE, AFTER
 // DELETE (docs/internals.md, "How a write gets its stamp"). The statements
 // depend only on t's schema, name, user columns, primary key and rule
-// (its name and columns), and on regionID: Apply recreates a trigger
-// exactly when its statement changed.
-func GenerateTriggers(t *Table, regionID uint16) []string {
-	trs := triggers(t, regionID)
+// (its name and columns), and on st: Apply recreates a trigger exactly
+// when its statement changed.
+func GenerateTriggers(t *Table, st Stamping) []string {
+	trs := triggers(t, st)
 	out := make([]string, len(trs))
 	for i, tr := range trs {
 		out[i] = tr.CreateSQL(t)
@@ -176,8 +215,24 @@ func (c Column) fromJSON(v, path string) string {
 // the lineage's birth, counter/max/min tables record the merged columns'
 // values in the tombstone, and max/min tables never let a local write
 // lower (raise) a merged column below (above) the version it replaces.
-func triggers(t *Table, regionID uint16) []Trigger {
-	origin := fmt.Sprintf("COALESCE(@_mlr_origin, %d)", regionID)
+func triggers(t *Table, st Stamping) []Trigger {
+	regionID := st.Region
+	// The origin of a local write is this region, whatever the session set.
+	origin := fmt.Sprint(regionID)
+	// stamping is true unless the session is the applier's: its account,
+	// which a client cannot take, and the flag it sets.
+	stamping := "TRUE"
+	if st.Applier != "" {
+		stamping = fmt.Sprintf("NOT (COALESCE(@_mlr_apply, 0) = 1 AND SUBSTRING_INDEX(USER(), '@', 1) = %s)", sqlString(st.Applier))
+	}
+	maxMs := st.maxOffsetMillis()
+	// A session's stamp may be no further ahead of the server's clock than
+	// the offset: refused, not capped (a write stamped in the future would
+	// win every later conflict; one stamped in the past only loses its
+	// own).
+	tooFar := fmt.Sprintf("    IF @_mlr_hlc IS NOT NULL AND CAST(@_mlr_hlc AS UNSIGNED) > ((FLOOR(UNIX_TIMESTAMP(NOW(6))*1000) + %d) << 16) | 0xFFFF THEN\n"+
+		"      SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = %s;\n"+
+		"    END IF;\n", maxMs, sqlString(fmt.Sprintf("mlproxy: this write's stamp is more than %dms ahead of the server's clock (clock.max_offset): check the clocks (NTP) of this region's proxy and server", maxMs)))
 	hlc, origCol, meta := Quote(ColHLC), Quote(ColOrigin), Quote(ColMeta)
 	entry := jsonPath("$", fmt.Sprint(regionID))
 	fww := t.Rule.Rule == config.RuleFirstWriterWins
@@ -260,7 +315,7 @@ func triggers(t *Table, regionID uint16) []Trigger {
 	bi.WriteString("BEGIN\n")
 	fmt.Fprintf(&bi, "  DECLARE %s BIGINT UNSIGNED;\n", varPrevHLC)
 	fmt.Fprintf(&bi, "  DECLARE %s %s;\n", varPrevVV, declareMeta)
-	bi.WriteString("  IF COALESCE(@_mlr_apply, 0) = 0 THEN\n")
+	bi.WriteString("  IF " + stamping + " THEN\n" + tooFar)
 	// Metadata first: it is NULL exactly when there is no such row, the
 	// common case, which then costs one index lookup per table.
 	fmt.Fprintf(&bi, "    SET %s = (SELECT %s%s);\n", varPrevVV, tombMeta("", "", clampMax || clampMin), liveWhere)
@@ -307,7 +362,7 @@ func triggers(t *Table, regionID uint16) []Trigger {
 	}
 	var bu strings.Builder
 	bu.WriteString("BEGIN\n")
-	bu.WriteString("  IF COALESCE(@_mlr_apply, 0) = 0 THEN\n")
+	bu.WriteString("  IF " + stamping + " THEN\n" + tooFar)
 	if clampMax || clampMin {
 		for _, c := range merged {
 			n, o := "NEW."+Quote(c.Name), "OLD."+Quote(c.Name)
@@ -344,7 +399,7 @@ func triggers(t *Table, regionID uint16) []Trigger {
 	var ad strings.Builder
 	ad.WriteString("BEGIN\n")
 	fmt.Fprintf(&ad, "  DECLARE %s BIGINT UNSIGNED;\n", varStamp)
-	ad.WriteString("  IF COALESCE(@_mlr_apply, 0) = 0 THEN\n")
+	ad.WriteString("  IF " + stamping + " THEN\n" + tooFar)
 	fmt.Fprintf(&ad, "    SET %s = %s;\n", varStamp, after)
 	fmt.Fprintf(&ad, "    INSERT INTO %s (%s)\n", t.TombstoneQualifiedName(), strings.Join(cols, ", "))
 	fmt.Fprintf(&ad, "    VALUES (%s)\n", strings.Join(vals, ", "))

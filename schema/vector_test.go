@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-sql-driver/mysql"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -384,7 +385,7 @@ func TestApplyMigratesToVectors(t *testing.T) {
 		"INSERT INTO mlr.checkpoints (peer_id, peer_name, txns) VALUES (77, 'old', 5)",
 	)
 	t.Cleanup(func() { mustExec(t, dbA, "DELETE FROM mlr.checkpoints WHERE peer_id = 77") })
-	ps, err := Check(ctx, dbA, nil, rules, region)
+	ps, err := Check(ctx, dbA, nil, rules, Stamping{Region: region})
 	require.NoError(t, err)
 	ps = findProblem(t, ps, Error, "mig.t", "metadata column _mlr_vv is missing")
 	ps = findProblem(t, ps, Error, "mig.t", "tombstone table mlr.mig.t has no _mlr_vv column")
@@ -418,7 +419,7 @@ WHERE c1.TABLE_SCHEMA = 'mlr' AND c1.TABLE_NAME = 'checkpoints' AND c1.COLUMN_NA
 	_, rep, err = applyTables(t, rules, region)
 	require.NoError(t, err)
 	assert.False(t, rep.Changed(), rep.String())
-	ps, err = Check(ctx, dbA, nil, rules, region)
+	ps, err = Check(ctx, dbA, nil, rules, Stamping{Region: region})
 	require.NoError(t, err)
 	assert.Empty(t, ps, problemList(ps))
 
@@ -578,11 +579,64 @@ func TestApplyRefusesUnknownRuleColumn(t *testing.T) {
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), `schema apply rc.t: rule counter names column "misses"`)
 	assert.False(t, rep.Changed() && strings.Contains(rep.String(), "rc.t"), rep.String())
-	ps, err := Check(context.Background(), dbA, nil, rules, region)
+	ps, err := Check(context.Background(), dbA, nil, rules, Stamping{Region: region})
 	require.NoError(t, err)
 	ps = findProblem(t, ps, Error, "rc.t", `rule counter names column "misses"`)
 	ps = findProblem(t, ps, Error, "rc.t", "_mlr_hlc is missing")
 	ps = findProblem(t, ps, Error, "rc.t", "_mlr_origin is missing")
 	ps = findProblem(t, ps, Error, "rc.t", "_mlr_vv is missing")
 	assert.Empty(t, ps, problemList(ps))
+}
+
+// TestTriggersRefuseForgery: an application account (DML on its own
+// database, nothing else) cannot skip stamping, choose its origin, or
+// stamp a write into the future, whatever session variables it sets;
+// only mlproxy's own account writes versions as it carries them.
+func TestTriggersRefuseForgery(t *testing.T) {
+	mustExec(t, dbA,
+		"CREATE DATABASE forge",
+		"CREATE TABLE forge.t (id INT PRIMARY KEY, v INT)",
+		"CREATE USER IF NOT EXISTS 'app'@'%' IDENTIFIED BY 'app-pw'",
+		"GRANT SELECT, INSERT, UPDATE, DELETE ON forge.* TO 'app'@'%'",
+	)
+	_, _, err := applyTables(t, []config.TableRule{{Schema: "forge", Table: "t"}}, region)
+	require.NoError(t, err)
+	c := mysql.NewConfig()
+	c.User, c.Passwd, c.Net, c.Addr, c.DBName = "app", "app-pw", "tcp", srvA.Addr(), "forge"
+	app, err := sql.Open("mysql", c.FormatDSN())
+	require.NoError(t, err)
+	defer app.Close()
+	app.SetMaxOpenConns(1)
+	exec := func(q string, args ...any) error { _, err := app.Exec(q, args...); return err }
+
+	now := uint64(time.Now().UnixMilli()) << 16
+	// The applier's flag and another region's origin, from a client.
+	require.NoError(t, exec("SET @_mlr_apply = 1, @_mlr_origin = 2, @_mlr_hlc = ?", now))
+	require.NoError(t, exec("INSERT INTO forge.t (id, v) VALUES (1, 1)"))
+	h, o, _ := stamp(t, "forge.t", 1)
+	assert.Equal(t, now, h, "stamped although the session set @_mlr_apply")
+	assert.Equal(t, uint16(region), o, "the origin is this region's")
+	assert.Equal(t, change.Vector{region: now}, meta(t, "forge.t", 1).VV)
+	require.NoError(t, exec("DELETE FROM forge.t WHERE id = 1"))
+	_, _, ok := stamp(t, "mlr.`forge.t`", 1)
+	assert.True(t, ok, "a delete with @_mlr_apply from a client still leaves its tombstone")
+
+	// A stamp a day ahead of the server's clock is refused, with a clear
+	// error, and changes nothing.
+	future := uint64(time.Now().Add(24*time.Hour).UnixMilli()) << 16
+	require.NoError(t, exec("SET @_mlr_hlc = ?", future))
+	err = exec("INSERT INTO forge.t (id, v) VALUES (2, 2)")
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "ahead of the server's clock")
+	_, _, ok = stamp(t, "forge.t", 2)
+	assert.False(t, ok)
+	// A stamp near the clock is fine.
+	require.NoError(t, exec("SET @_mlr_hlc = ?", uint64(time.Now().UnixMilli())<<16))
+	require.NoError(t, exec("INSERT INTO forge.t (id, v) VALUES (2, 2)"))
+
+	// The same flag from mlproxy's own account (root here) writes as given.
+	ap := applierSession(t)
+	ap.exec("INSERT INTO forge.t (id, v, _mlr_hlc, _mlr_origin, _mlr_vv) VALUES (3, 3, 77, 2, '{\"2\":77}')")
+	h, o, _ = stamp(t, "forge.t", 3)
+	assert.Equal(t, []any{uint64(77), uint16(2)}, []any{h, o})
 }

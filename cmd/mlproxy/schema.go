@@ -44,7 +44,7 @@ func schemaApplyCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			report, err := schema.Apply(ctx, db, cfg.Region.ID, tables, log)
+			report, err := schema.Apply(ctx, db, schema.Stamping{Region: cfg.Region.ID, MaxOffset: cfg.Clock.MaxOffset}, tables, log)
 			if err != nil {
 				printReport(cmd, report)
 				return err
@@ -87,7 +87,7 @@ func schemaCheckCmd() *cobra.Command {
 				defer db.Close()
 				peers[p.Name] = db
 			}
-			problems, err := schema.Check(ctx, local, peers, cfg.Tables, cfg.Region.ID)
+			problems, err := schema.Check(ctx, local, peers, cfg.Tables, schema.Stamping{Region: cfg.Region.ID, MaxOffset: cfg.Clock.MaxOffset})
 			if err != nil {
 				return err
 			}
