@@ -159,9 +159,9 @@ func Apply(ctx context.Context, db *sql.DB, st Stamping, tables []*Table, log *z
 type applier struct {
 	db       *sql.DB
 	stamping Stamping
-	log     *zap.Logger
-	mariadb bool // CREATE OR REPLACE TRIGGER swaps a trigger atomically
-	report  Report
+	log      *zap.Logger
+	mariadb  bool // CREATE OR REPLACE TRIGGER swaps a trigger atomically
+	report   Report
 }
 
 func (a *applier) changed(t *Table, what string) {

@@ -2,13 +2,13 @@ package schema
 
 import (
 	"context"
-	"database/sql"
-	"time"
 	"crypto/sha256"
+	"database/sql"
 	"encoding/hex"
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/mlproxy/mlproxy/config"
 )
