@@ -39,8 +39,11 @@ import (
 // row is updated only in the columns the changes wrote, and every written
 // version carries its metadata (_mlr_vv) as the rule left it.
 //
-// An update that changes the primary key forms a segment of its own and
-// moves the row with an UPDATE by its old key, as one-by-one apply does.
+// An update that changes the primary key is a version of the new key; the
+// old key's removal arrives beside it as that key's tombstone (the update
+// trigger writes one), a delete of its own: each key is resolved against
+// its own local state, so a move meets concurrent writes of either key
+// under the rule like any other change.
 // When a multi-row write meets a key constraint (a secondary unique key
 // swapped between rows within the segment, a foreign key whose order of
 // writes mattered), the whole batch is rolled back and applied again with
@@ -61,18 +64,22 @@ const maxChunkRows = 256
 // under the smallest max_allowed_packet worth supporting (4 MiB).
 const maxChunkBytes = 1 << 20
 
+// deleteChunkBytes bounds the deleted rows' bytes between a chunk's
+// deletes and its tombstones in the binlog: under half the smallest piece
+// a tailer cuts (64 KiB), so the tailer always pairs them.
+const deleteChunkBytes = 24 << 10
+
 // errSplit marks a multi-row write refused by a key constraint: the batch
 // is applied again one change at a time.
 var errSplit = errors.New("set-based write refused by a key constraint")
 
 // item is one remote change of a segment.
 type item struct {
-	rc   *binlog.RowChange
-	txn  *binlog.Txn
-	tk   tableKey
-	pk   []any  // the key the change addresses (its old key for an update)
-	key  string // pk encoded
-	move bool   // an update that changes the primary key
+	rc  *binlog.RowChange
+	txn *binlog.Txn
+	tk  tableKey
+	pk  []any  // the key the change addresses (its old key for an update)
+	key string // pk encoded
 	// remote is the version the change carries, as the rule sees it.
 	remote conflict.Version
 }
@@ -83,12 +90,12 @@ type keyState struct {
 	live     *conflict.Version // the live row, nil when none
 	tomb     conflict.Version  // the tombstone (Deleted), or zero
 	initLive bool              // the server had a live row when read
+	initSize int               // that row's approximate size in a binlog event
 	removed  bool              // that initial row was deleted in the segment
 	created  bool              // live was inserted in the segment
 	dirty    bool              // live was written in the segment
 	cols     map[string]bool   // columns written since live was created
 	tombSet  bool              // the tombstone was written in the segment
-	move     *conflict.Write   // a row move (primary key update) to write
 }
 
 func (k *keyState) version() conflict.Version {
@@ -152,13 +159,8 @@ func (a *Applier) applyTxns(ctx context.Context, conn *sql.Conn, st *batchState,
 				return fmt.Errorf("apply %s %s.%s from peer %s at gtid %s (%s:%d): %w",
 					rc.Op, rc.Schema, rc.Table, a.peer, t.Pos.GTID, t.Pos.File, t.Pos.Pos, err)
 			}
-			if it.move || serial {
-				if err := flush(); err != nil {
-					return err
-				}
-			}
 			seg = append(seg, it)
-			if it.move || serial {
+			if serial {
 				if err := flush(); err != nil {
 					return err
 				}
@@ -184,9 +186,12 @@ func (a *Applier) newItem(ctx context.Context, t *binlog.Txn, rc *binlog.RowChan
 	if err != nil {
 		return nil, err
 	}
-	addr := rc.Before // the row the change addresses (its old key)
-	if rc.Op == binlog.Insert {
-		addr = rc.After
+	// The key of the version the change carries: the after image's (for
+	// an update that changes the key, the new key), the before image's for
+	// a delete.
+	addr := rc.After
+	if rc.Op == binlog.Delete {
+		addr = rc.Before
 	}
 	pk, err := p.pk(addr)
 	if err != nil {
@@ -196,13 +201,7 @@ func (a *Applier) newItem(ctx context.Context, t *binlog.Txn, rc *binlog.RowChan
 	if err != nil {
 		return nil, err
 	}
-	it := &item{rc: rc, txn: t, tk: tableKey{rc.Schema, rc.Table}, pk: pk, key: encodeKey(pk), remote: rv}
-	if rc.Op == binlog.Update {
-		if npk, err := p.pk(rc.After); err == nil && encodeKey(npk) != it.key {
-			it.move = true
-		}
-	}
-	return it, nil
+	return &item{rc: rc, txn: t, tk: tableKey{rc.Schema, rc.Table}, pk: pk, key: encodeKey(pk), remote: rv}, nil
 }
 
 // segErr wraps an error of a segment's statements with where it happened.
@@ -244,7 +243,7 @@ func (a *Applier) applySegment(ctx context.Context, conn *sql.Conn, st *batchSta
 		local := ks.version()
 		local.Home = a.cfg.Self
 		d := p.rule.Resolve(local, it.remote)
-		if err := ks.apply(p, d, it.move); err != nil {
+		if err := ks.apply(p, d); err != nil {
 			return a.segErr(seg, it.tk, err)
 		}
 		if d.Conflict {
@@ -341,23 +340,13 @@ func (p *plan) remote(rc *binlog.RowChange, source uint16) (conflict.Version, er
 }
 
 // apply carries decision d into the key's in-memory version, exactly as
-// writing it would change what a later read returns. move says d decides
-// an update that changes the primary key (the only change of its segment).
-func (k *keyState) apply(p *plan, d conflict.Decision, move bool) error {
+// writing it would change what a later read returns.
+func (k *keyState) apply(p *plan, d conflict.Decision) error {
 	w := d.Write
 	switch w.Action {
 	case conflict.Nothing:
 	case conflict.WriteRow:
 		cols := p.writeColumns(w.Row)
-		if w.Row == nil && k.live != nil {
-			// The winner is the local row: only its vector moves.
-			cols = nil
-		}
-		if move && k.live != nil {
-			wc := w
-			k.move = &wc
-			return nil
-		}
 		var row map[string]any
 		if k.cols == nil {
 			k.cols = map[string]bool{}
@@ -492,6 +481,7 @@ func (a *Applier) readVersions(ctx context.Context, conn *sql.Conn, p *plan, ts 
 				}
 				ks.live = &conflict.Version{Exists: true, Stamp: hlc.Timestamp(h), Origin: change.Origin(o), Row: row, Meta: meta}
 				ks.initLive = true
+				ks.initSize = argBytes(vals[1 : 1+n+3])
 				if pkUser != nil {
 					dbKey = "d" + encodeKey(pick(vals[1:], pkUser))
 				}
@@ -625,7 +615,13 @@ func (a *Applier) execRows(ctx context.Context, stmt func(size int) (*sql.Stmt, 
 
 // writeTable writes the net result of ts's keys.
 func (a *Applier) writeTable(ctx context.Context, conn *sql.Conn, p *plan, ts *tableSeg) error {
-	var dels, tombs [][]any
+	// A deleted row and its tombstone: written close together, see below.
+	type deletion struct {
+		pk, tomb []any
+		size     int
+	}
+	var dels []deletion
+	var tombs [][]any
 	type group struct {
 		cols []string
 		rows [][]any
@@ -652,20 +648,15 @@ func (a *Applier) writeTable(ctx context.Context, conn *sql.Conn, p *plan, ts *t
 		return append(gs, &group{cols: cols, rows: [][]any{r}})
 	}
 	for _, ks := range ts.order {
-		if ks.move != nil {
-			w := ks.move
-			cols := p.writeColumns(w.Row)
-			args := make([]any, 0, len(cols)+3+len(ks.pk))
-			for _, c := range cols {
-				args = append(args, w.Row[c])
-			}
-			args = append(append(args, uint64(w.Stamp), uint32(w.Origin), w.Meta.Encode()), ks.pk...)
-			if err := p.exec(ctx, conn, p.cachedSQL("u", cols, p.updateSQL), args...); err != nil {
-				return fmt.Errorf("move row: %w", err)
-			}
+		var tomb []any
+		if ks.tombSet {
+			tomb = append(append(make([]any, 0, len(ks.pk)+3), ks.pk...),
+				uint64(ks.tomb.Stamp), uint32(ks.tomb.Origin), ks.tomb.Meta.Encode())
 		}
 		if ks.initLive && ks.removed {
-			dels = append(dels, ks.pk)
+			dels = append(dels, deletion{pk: ks.pk, tomb: tomb, size: ks.initSize})
+		} else if tomb != nil {
+			tombs = append(tombs, tomb)
 		}
 		if ks.live != nil && ks.dirty {
 			if ks.created {
@@ -674,18 +665,37 @@ func (a *Applier) writeTable(ctx context.Context, conn *sql.Conn, p *plan, ts *t
 				ups = add(ups, ks)
 			}
 		}
-		if ks.tombSet {
-			tombs = append(tombs, append(append(make([]any, 0, len(ks.pk)+3), ks.pk...),
-				uint64(ks.tomb.Stamp), uint32(ks.tomb.Origin), ks.tomb.Meta.Encode()))
-		}
 	}
 	prep := func(kind string, cols []string, build func([]string, int) string) func(int) (*sql.Stmt, error) {
 		return func(size int) (*sql.Stmt, error) {
 			return p.stmt(ctx, conn, p.sized(kind, cols, size, build))
 		}
 	}
-	if err := a.execRows(ctx, prep("delete", nil, p.deleteSQL), dels, true); err != nil {
-		return fmt.Errorf("delete rows: %w", err)
+	// Deletes, each chunk followed at once by its tombstones: a tailer
+	// reading this region's binlog (a star spoke, the next region of a
+	// ring) pairs a delete with its tombstone only while they are close
+	// (within about one piece of its relay); a delete without its
+	// tombstone would get a stamp derived from the event instead.
+	for start := 0; start < len(dels); {
+		end, size := start, 0
+		for end < len(dels) && end-start < maxChunkRows && (end == start || size+dels[end].size <= deleteChunkBytes) {
+			size += dels[end].size
+			end++
+		}
+		var pks, ts [][]any
+		for _, d := range dels[start:end] {
+			pks = append(pks, d.pk)
+			if d.tomb != nil {
+				ts = append(ts, d.tomb)
+			}
+		}
+		if err := a.execRows(ctx, prep("delete", nil, p.deleteSQL), pks, true); err != nil {
+			return fmt.Errorf("delete rows: %w", err)
+		}
+		if err := a.execRows(ctx, prep("tomb", nil, p.tombSQL), ts, true); err != nil {
+			return fmt.Errorf("write tombstones: %w", err)
+		}
+		start = end
 	}
 	for _, g := range ins {
 		if err := a.execRows(ctx, prep("insert", g.cols, p.insertRowsSQL), g.rows, false); err != nil {

@@ -77,6 +77,8 @@ func setBasedScenario(t *testing.T, e *env) (pre func(), batch []*binlog.Txn) {
 	}
 	move := e.upd(7, s(1), peerOrigin, "moved", 1, s(2), peerOrigin)
 	move.After["id"] = int64(8)
+	moved := e.del(7, s(1), peerOrigin, s(2), peerOrigin) // the old key's tombstone
+	moved.PrevUnknown = true
 	batch = []*binlog.Txn{
 		e.txn(2, e.ins(1, "a", 1, s(1), peerOrigin), e.upd(1, s(1), peerOrigin, "b", 2, s(2), peerOrigin)),
 		e.txn(3, e.upd(1, s(2), peerOrigin, "c", 3, s(3), peerOrigin), e.del(2, s0, peerOrigin, s(4), peerOrigin)),
@@ -87,7 +89,7 @@ func setBasedScenario(t *testing.T, e *env) (pre func(), batch []*binlog.Txn) {
 		e.txn(6, e.upd(5, s0, peerOrigin, "u", 1, s(5), peerOrigin), // older than the local delete
 			e.ins(5, "re", 2, s(30), peerOrigin)), // re-insert after it
 		e.txn(7, e.del(6, s0, peerOrigin, s(8), peerOrigin), e.del(6, s0, 9, s(7), 9), e.del(6, s0, 9, s(8), 9)),
-		e.txn(8, e.ins(7, "m", 1, s(1), peerOrigin), move, e.upd(8, s(2), peerOrigin, "m2", 2, s(3), peerOrigin)),
+		e.txn(8, e.ins(7, "m", 1, s(1), peerOrigin), moved, move, e.upd(8, s(2), peerOrigin, "m2", 2, s(3), peerOrigin)),
 		e.txn(9, e.del(1, s(3), peerOrigin, s(9), peerOrigin), e.ins(1, "back", 4, s(9), 9), e.upd(1, s(9), 9, "back2", 5, s(11), peerOrigin)),
 	}
 	return pre, batch

@@ -87,33 +87,6 @@ func (p *plan) writeColumns(row map[string]any) []string {
 	return cs
 }
 
-// updateSQL sets the named columns then _mlr_hlc, _mlr_origin, _mlr_vv,
-// by the primary key the row had before. Args: values, stamp, origin,
-// metadata, old pk.
-func (p *plan) updateSQL(cols []string) string {
-	sets := make([]string, 0, len(cols)+2)
-	for _, c := range cols {
-		sets = append(sets, schema.Quote(c)+" = ?")
-	}
-	sets = append(sets, schema.Quote(schema.ColHLC)+" = ?", schema.Quote(schema.ColOrigin)+" = ?", schema.Quote(schema.ColMeta)+" = ?")
-	ws := make([]string, len(p.t.PK))
-	for i, c := range p.t.PK {
-		ws[i] = schema.Quote(c) + " = ?"
-	}
-	return "UPDATE " + p.t.QualifiedName() + " SET " + strings.Join(sets, ", ") + " WHERE " + strings.Join(ws, " AND ")
-}
-
-// cachedSQL returns build(cols), built once per kind and column list.
-func (p *plan) cachedSQL(kind string, cols []string, build func([]string) string) string {
-	k := kind + "\x00" + strings.Join(cols, "\x00")
-	if s, ok := p.texts[k]; ok {
-		return s
-	}
-	s := build(cols)
-	p.texts[k] = s
-	return s
-}
-
 // unknownColumn returns the first column (sorted, for a stable message) of
 // the change that the local table lacks, or "".
 func (p *plan) unknownColumn(rc *binlog.RowChange) string {

@@ -102,7 +102,9 @@ func TestUpdateChangesPrimaryKey(t *testing.T) {
 	s0 := stamp(0, 1)
 	u := e.upd(1, s0, peerOrigin, "moved", 1, stamp(1, 0), peerOrigin)
 	u.After["id"] = int64(5)
-	e.runAll(64, e.txn(1, e.ins(1, "m", 1, s0, peerOrigin)), e.txn(2, u))
+	old := e.del(1, s0, peerOrigin, stamp(1, 0), peerOrigin) // the old key's tombstone, as the trigger writes it
+	old.PrevUnknown = true
+	e.runAll(64, e.txn(1, e.ins(1, "m", 1, s0, peerOrigin)), e.txn(2, old, u))
 	_, ok := e.get(1)
 	require.False(t, ok)
 	r, ok := e.get(5)

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 
@@ -68,6 +69,15 @@ func (s *Tables) Reload(ctx context.Context, db, name string) (*schema.Table, co
 	}
 	t.Rule = cfg
 	spec, err := RuleSpec(cfg, s.regionIDs)
+	// Merge columns as the table spells them (the server compares column
+	// names without case; rows are keyed by the table's spelling).
+	for i, c := range spec.Columns {
+		for _, col := range t.Columns {
+			if strings.EqualFold(col.Name, c) {
+				spec.Columns[i] = col.Name
+			}
+		}
+	}
 	if err != nil {
 		return nil, nil, err
 	}
@@ -106,7 +116,7 @@ func (s *Tables) ruleFor(db, name string) (config.TableRule, bool) {
 // Spec, resolving the region names of a priority list.
 func RuleSpec(cfg config.TableRule, regionIDs map[string]uint16) (conflict.Spec, error) {
 	where := fmt.Sprintf("table rule %s.%s (line %d)", cfg.Schema, cfg.Table, cfg.Line)
-	spec := conflict.Spec{Name: cfg.Rule, Columns: cfg.Columns, Where: where}
+	spec := conflict.Spec{Name: cfg.Rule, Columns: slices.Clone(cfg.Columns), Where: where}
 	for _, region := range cfg.Priority {
 		id, ok := regionIDs[region]
 		if !ok {

@@ -376,8 +376,13 @@ func (a *assembler) force(i int) {
 		a.dropPending(p, e.key, a.base+i)
 	}
 	e.waiting = false
-	// Above the version it deleted, so the peer's vector entry grows.
+	// Above the version it deleted and the peer's own entry in that
+	// version's vector (a merge may keep a stamp below it), so the peer's
+	// entry grows, as the triggers' floor makes it.
 	prev, _ := toUint64(e.rc.Before[change.ColHLC])
+	if m, err := change.ParseMeta(e.rc.Before[change.ColMeta]); err == nil {
+		prev = max(prev, m.VV[a.peer])
+	}
 	e.rc.Stamp = max(derivedStamp(e.when), (prev+1)|hlc.BypassBit)
 	e.rc.Origin = change.Origin(a.peer)
 	a.unpaired++

@@ -216,6 +216,9 @@ func (r *rule) mergeWrite(local, remote Version, causal bool) Write {
 		out.Meta.Contrib = map[string]map[uint16]string{}
 		for _, c := range r.cols {
 			total, per := r.sumContrib(c, local, remote)
+			if v, _ := colValue(w, c); v == nil && len(per) == 0 && text(total) == "0" {
+				total = nil // a NULL nobody added to stays NULL
+			}
 			merged[c] = total
 			delete(per, local.Home) // implicit at home
 			if len(per) > 0 {

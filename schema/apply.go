@@ -9,6 +9,8 @@ import (
 
 	"github.com/go-sql-driver/mysql"
 	"go.uber.org/zap"
+
+	"github.com/mlproxy/mlproxy/config"
 )
 
 // InternalTables are the CREATE TABLE statements of the Internal schema's
@@ -249,7 +251,54 @@ func (a *applier) table(ctx context.Context, in *Table) error {
 	if err := a.tombstone(ctx, t); err != nil {
 		return err
 	}
+	if err := a.legacyCounters(ctx, t); err != nil {
+		return err
+	}
 	return a.triggers(ctx, t)
+}
+
+// legacyCounters gives the rows of a counter table written before version
+// vectors (NULL _mlr_vv) metadata that attributes their whole value to the
+// region that wrote them: without it, every region would count a legacy
+// row's value as its own contribution and the totals would multiply. Every
+// region holds the same legacy rows, so each attributes them the same
+// way; rows this region wrote need nothing (its own contribution is what
+// the others do not claim). Runs as the applier (the triggers leave the
+// row alone) before the triggers are replaced, and only touches rows
+// without metadata, so it is idempotent.
+func (a *applier) legacyCounters(ctx context.Context, t *Table) error {
+	if t.Rule.Rule != config.RuleCounter {
+		return nil
+	}
+	cols, err := t.ruleColumns()
+	if err != nil || len(cols) == 0 {
+		return err
+	}
+	region := "CAST(" + Quote(ColOrigin) + " & 0xFFFF AS CHAR)"
+	per := make([]string, 0, 2*len(cols))
+	for _, c := range cols {
+		per = append(per, sqlString(c.Name), "JSON_OBJECT("+region+", COALESCE("+Quote(c.Name)+", 0))")
+	}
+	stmt := "UPDATE " + t.QualifiedName() + " SET " + Quote(ColMeta) + " = JSON_COMPACT(JSON_OBJECT(" + region + ", " + Quote(ColHLC) +
+		", 'c', JSON_OBJECT(" + strings.Join(per, ", ") + "))) WHERE " + Quote(ColMeta) + " IS NULL AND " + Quote(ColHLC) +
+		" > 0 AND (" + Quote(ColOrigin) + " & 0xFFFF) <> ?"
+	conn, err := a.db.Conn(ctx)
+	if err != nil {
+		return fmt.Errorf("schema apply %s: %w", t, err)
+	}
+	defer conn.Close()
+	if _, err := conn.ExecContext(ctx, "SET @_mlr_apply = 1"); err != nil {
+		return fmt.Errorf("schema apply %s: %w", t, err)
+	}
+	res, err := conn.ExecContext(ctx, stmt, a.stamping.Region)
+	_, _ = conn.ExecContext(ctx, "SET @_mlr_apply = NULL")
+	if err != nil {
+		return fmt.Errorf("schema apply %s: attribute counter rows written before version vectors: %w", t, err)
+	}
+	if n, _ := res.RowsAffected(); n > 0 {
+		a.changed(t, fmt.Sprintf("attributed %d counter rows written before version vectors to their origins", n))
+	}
+	return nil
 }
 
 // metadataOK reports whether an existing metadata column has the type,

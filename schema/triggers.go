@@ -373,11 +373,35 @@ func triggers(t *Table, st Stamping) []Trigger {
 			}
 		}
 	}
+	// tombInsert upserts the tombstone of the row OLD names, stamped stamp:
+	// a version of its own.
+	tombInsert := func(indent, stamp string) string {
+		cols := make([]string, 0, len(t.PK)+3)
+		vals := make([]string, 0, len(t.PK)+3)
+		for _, c := range t.PK {
+			cols = append(cols, Quote(c))
+			vals = append(vals, "OLD."+Quote(c))
+		}
+		cols = append(cols, hlc, origCol, meta)
+		vals = append(vals, stamp, origin, "JSON_COMPACT("+tombMeta("OLD.", stamp, true)+")")
+		return fmt.Sprintf("%sINSERT INTO %s (%s)\n%sVALUES (%s)\n%sON DUPLICATE KEY UPDATE %s = VALUES(%s), %s = VALUES(%s), %s = VALUES(%s);\n",
+			indent, t.TombstoneQualifiedName(), strings.Join(cols, ", "), indent, strings.Join(vals, ", "),
+			indent, hlc, hlc, origCol, origCol, meta, meta)
+	}
+	sameKey := make([]string, 0, len(t.PK))
+	for _, c := range t.PK {
+		sameKey = append(sameKey, "NEW."+Quote(c)+" <=> OLD."+Quote(c))
+	}
 	updMeta := withBirth(fmt.Sprintf("JSON_SET(%s, %s, NEW.%s)", oldMeta, entry, hlc), "OLD."+hlc, "OLD."+origCol)
 	bu.WriteString("    IF " + changed + " THEN\n")
 	fmt.Fprintf(&bu, "      SET NEW.%s = %s,\n", hlc, after)
 	fmt.Fprintf(&bu, "          NEW.%s = %s,\n", origCol, origin)
 	fmt.Fprintf(&bu, "          NEW.%s = JSON_COMPACT(%s);\n", meta, updMeta)
+	// A new primary key moves the row: the old key gets its tombstone, so
+	// that every region removes it as a delete of its own.
+	bu.WriteString("      IF NOT (" + strings.Join(sameKey, " AND ") + ") THEN\n")
+	bu.WriteString(tombInsert("        ", "NEW."+hlc))
+	bu.WriteString("      END IF;\n")
 	bu.WriteString("    ELSE\n")
 	fmt.Fprintf(&bu, "      SET NEW.%s = OLD.%s,\n", hlc, hlc)
 	fmt.Fprintf(&bu, "          NEW.%s = OLD.%s,\n", origCol, origCol)
@@ -387,23 +411,12 @@ func triggers(t *Table, st Stamping) []Trigger {
 	bu.WriteString("END")
 
 	// AFTER DELETE: the tombstone, a version of its own.
-	cols := make([]string, 0, len(t.PK)+3)
-	vals := make([]string, 0, len(t.PK)+3)
-	for _, c := range t.PK {
-		cols = append(cols, Quote(c))
-		vals = append(vals, "OLD."+Quote(c))
-	}
-	delMeta := tombMeta("OLD.", varStamp, true)
-	cols = append(cols, hlc, origCol, meta)
-	vals = append(vals, varStamp, origin, "JSON_COMPACT("+delMeta+")")
 	var ad strings.Builder
 	ad.WriteString("BEGIN\n")
 	fmt.Fprintf(&ad, "  DECLARE %s BIGINT UNSIGNED;\n", varStamp)
 	ad.WriteString("  IF " + stamping + " THEN\n" + tooFar)
 	fmt.Fprintf(&ad, "    SET %s = %s;\n", varStamp, after)
-	fmt.Fprintf(&ad, "    INSERT INTO %s (%s)\n", t.TombstoneQualifiedName(), strings.Join(cols, ", "))
-	fmt.Fprintf(&ad, "    VALUES (%s)\n", strings.Join(vals, ", "))
-	fmt.Fprintf(&ad, "    ON DUPLICATE KEY UPDATE %s = VALUES(%s), %s = VALUES(%s), %s = VALUES(%s);\n", hlc, hlc, origCol, origCol, meta, meta)
+	ad.WriteString(tombInsert("    ", varStamp))
 	ad.WriteString("  END IF;\n")
 	ad.WriteString("END")
 

@@ -640,3 +640,51 @@ func TestTriggersRefuseForgery(t *testing.T) {
 	h, o, _ = stamp(t, "forge.t", 3)
 	assert.Equal(t, []any{uint64(77), uint16(2)}, []any{h, o})
 }
+
+// TestLegacyCountersAttributed: counter rows written before version
+// vectors are attributed to the region that wrote them when schema apply
+// upgrades the table, so no region counts another's value as its own.
+func TestLegacyCountersAttributed(t *testing.T) {
+	mustExec(t, dbA,
+		"CREATE DATABASE legacy",
+		"CREATE TABLE legacy.c (id INT PRIMARY KEY, n INT)",
+		"ALTER TABLE legacy.c ADD COLUMN _mlr_origin SMALLINT UNSIGNED NOT NULL DEFAULT 0 INVISIBLE, ADD COLUMN _mlr_hlc BIGINT UNSIGNED NOT NULL DEFAULT 0 INVISIBLE",
+		"INSERT INTO legacy.c (id, n, _mlr_origin, _mlr_hlc) VALUES (1, 10, 2, 500), (2, 7, 1, 600), (3, NULL, 3, 700)",
+	)
+	rules := []config.TableRule{{Schema: "legacy", Table: "c", Rule: config.RuleCounter, Columns: []string{"n"}}}
+	_, rep, err := applyTables(t, rules, region)
+	require.NoError(t, err)
+	assert.Contains(t, rep.String(), "attributed 2 counter rows")
+	m := meta(t, "legacy.c", 1)
+	assert.Equal(t, change.Vector{2: 500}, m.VV)
+	assert.Equal(t, map[string]map[uint16]string{"n": {2: "10"}}, m.Contrib, "region 2's value is region 2's")
+	raw, _ := rawMeta(t, "legacy.c", "id = 2")
+	assert.Equal(t, "", raw, "this region's own legacy row needs nothing")
+	assert.Equal(t, map[string]map[uint16]string{"n": {3: "0"}}, meta(t, "legacy.c", 3).Contrib)
+	_, rep, err = applyTables(t, rules, region)
+	require.NoError(t, err)
+	assert.NotContains(t, rep.String(), "attributed", "idempotent")
+}
+
+// TestPrimaryKeyMoveLeavesTombstone: an update that changes the primary
+// key leaves the old key's tombstone, a version every region applies as a
+// delete of that key.
+func TestPrimaryKeyMoveLeavesTombstone(t *testing.T) {
+	mustExec(t, dbA, "CREATE DATABASE mv", "CREATE TABLE mv.t (id INT PRIMARY KEY, v INT)")
+	_, _, err := applyTables(t, []config.TableRule{{Schema: "mv", Table: "t"}}, region)
+	require.NoError(t, err)
+	s := proxySession(t)
+	s.stamp(1000)
+	s.exec("INSERT INTO mv.t (id, v) VALUES (1, 1)")
+	s.stamp(2000)
+	assert.EqualValues(t, 1, s.exec("UPDATE mv.t SET id = 2 WHERE id = 1"))
+	h, _, ok := stamp(t, "mlr.`mv.t`", 1)
+	require.True(t, ok, "the old key's tombstone")
+	assert.Equal(t, uint64(2000), h)
+	assert.Equal(t, change.Vector{region: 2000}, meta(t, "mlr.`mv.t`", 1).VV)
+	assert.Equal(t, change.Vector{region: 2000}, meta(t, "mv.t", 2).VV)
+	s.stamp(3000)
+	s.exec("UPDATE mv.t SET v = 5 WHERE id = 2")
+	h, _, _ = stamp(t, "mlr.`mv.t`", 2)
+	assert.Zero(t, h, "an update that keeps the key leaves no tombstone")
+}
