@@ -64,6 +64,7 @@ import (
 	"github.com/mlproxy/mlproxy/config"
 	"github.com/mlproxy/mlproxy/conflict"
 	"github.com/mlproxy/mlproxy/hlc"
+	"github.com/mlproxy/mlproxy/redact"
 	"github.com/mlproxy/mlproxy/schema"
 )
 
@@ -91,6 +92,9 @@ type Clock interface {
 	// Update moves the clock past a remote stamp. An error (a stamp too
 	// far ahead of local time) is reported but the stamp still counts.
 	Update(remote hlc.Timestamp) error
+	// Ahead is how much further ahead of local time a remote stamp is
+	// than the clock's max offset allows (0: acceptable).
+	Ahead(remote hlc.Timestamp) time.Duration
 }
 
 // TableSource resolves a replicated table and its conflict rule.
@@ -136,6 +140,11 @@ type Status struct {
 	// Lag is AppliedAt - SourceTime of the last committed transaction: how
 	// far behind the source this region was when it caught up to it.
 	Lag time.Duration
+	// Held, when set, is the table of a change held back because its stamp
+	// is further ahead of local time than clock.max_offset allows, and
+	// HeldAhead by how much; the link waits until the clock catches up.
+	Held      string
+	HeldAhead time.Duration
 }
 
 // Applier applies one peer's stream. Run owns the session and the plans;
@@ -172,6 +181,10 @@ type Applier struct {
 	// unsaved counts source transactions of batches not saved that way.
 	unsaved uint64
 
+	// holdPoll is how often a held batch re-checks the clock (tests
+	// shorten it).
+	holdPoll time.Duration
+
 	// sessionID is the server's CONNECTION_ID() of the current session.
 	sessionID atomic.Int64
 
@@ -189,15 +202,16 @@ func New(cfg Config, db *sql.DB, tables TableSource, clock Clock, log *zap.Logge
 		log = zap.NewNop()
 	}
 	a := &Applier{
-		cfg:    cfg,
-		db:     db,
-		tables: tables,
-		clock:  clock,
-		log:    log.With(zap.String("peer", cfg.Peer.Name)),
-		m:      newMetrics(reg),
-		peer:   cfg.Peer.Name,
-		stmts:  map[string]*sql.Stmt{},
-		plans:  map[tableKey]*plan{},
+		cfg:      cfg,
+		db:       db,
+		tables:   tables,
+		clock:    clock,
+		log:      log.With(zap.String("peer", cfg.Peer.Name)),
+		m:        newMetrics(reg),
+		peer:     cfg.Peer.Name,
+		stmts:    map[string]*sql.Stmt{},
+		plans:    map[tableKey]*plan{},
+		holdPoll: time.Second,
 		newBO: func() backoff.BackOff {
 			b := backoff.NewExponentialBackOff()
 			b.InitialInterval = 50 * time.Millisecond
@@ -315,13 +329,16 @@ func (a *Applier) fail(err error) error {
 		return err
 	}
 	a.m.applyErrors.WithLabelValues(a.peer).Inc()
-	a.log.Error("applier stopped", zap.Error(err))
+	a.log.Error("applier stopped", redact.Err(err))
 	return err
 }
 
 // applyBatch commits txns (whole source transactions) in one local
 // transaction, retrying retryable failures.
 func (a *Applier) applyBatch(ctx context.Context, txns []*binlog.Txn) error {
+	if err := a.hold(ctx, txns); err != nil {
+		return err
+	}
 	attempt := 0
 	_, err := backoff.Retry(ctx, func() (struct{}, error) {
 		attempt++
@@ -337,10 +354,50 @@ func (a *Applier) applyBatch(ctx context.Context, txns []*binlog.Txn) error {
 		a.m.retries.WithLabelValues(a.peer).Inc()
 		last := txns[len(txns)-1]
 		a.log.Warn("apply batch failed, retrying", zap.String("gtid", last.Pos.GTID),
-			zap.Int("txns", len(txns)), zap.Int("attempt", attempt), zap.Error(err))
+			zap.Int("txns", len(txns)), zap.Int("attempt", attempt), redact.Err(err))
 		return struct{}{}, err
 	}, backoff.WithBackOff(a.newBO()), backoff.WithMaxElapsedTime(0))
 	return err
+}
+
+// hold waits while a change of txns is stamped further ahead of local time
+// than clock.max_offset allows: applied, a region whose clock runs fast
+// would win every conflict with writes made after its own. A held batch is
+// counted and logged (peer, table, how far ahead) and shown in Status
+// until the local clock catches up; the link behind it waits.
+func (a *Applier) hold(ctx context.Context, txns []*binlog.Txn) error {
+	logged := false
+	for {
+		var worst time.Duration
+		var where string
+		for _, t := range txns {
+			for i := range t.Changes {
+				rc := &t.Changes[i]
+				if d := a.clock.Ahead(hlc.Timestamp(rc.Stamp)); d > worst {
+					worst, where = d, rc.Schema+"."+rc.Table
+				}
+			}
+		}
+		a.mu.Lock()
+		a.status.Held, a.status.HeldAhead = where, worst
+		a.mu.Unlock()
+		if worst == 0 {
+			return nil
+		}
+		if !logged {
+			logged = true
+			a.m.held.WithLabelValues(a.peer).Inc()
+			a.log.Warn("holding changes stamped further ahead of local time than clock.max_offset: the peer's clock runs fast (check NTP); applying when the local clock catches up",
+				zap.String("table", where), zap.Duration("ahead", worst), zap.String("gtid", txns[len(txns)-1].Pos.GTID))
+		}
+		t := time.NewTimer(min(worst, a.holdPoll))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
 }
 
 // empty reports whether no source transaction of the batch carries a row
@@ -403,7 +460,6 @@ type batchState struct {
 	txns     uint64 // source transactions completed (Last pieces)
 	rows     map[binlog.Op]uint64
 	maxStamp hlc.Timestamp
-	skipped  uint64
 	ahead    uint64
 	confl    []conflictKey
 }
@@ -472,6 +528,10 @@ func (a *Applier) applyPieces(ctx context.Context, first *binlog.Txn, in <-chan 
 	}
 	cur := first
 	for {
+		if err := a.hold(ctx, []*binlog.Txn{cur}); err != nil {
+			a.rollback(ctx, conn)
+			return err
+		}
 		if err := a.applyTxns(ctx, conn, st, []*binlog.Txn{cur}, false); err != nil {
 			a.rollback(ctx, conn)
 			return a.resumable(err)
@@ -613,9 +673,6 @@ func (a *Applier) afterCommit(st *batchState, appliedAt time.Time) {
 	}
 	for _, c := range st.confl {
 		a.m.conflicts.WithLabelValues(a.peer, c.db, c.table, c.rule, c.outcome).Inc()
-	}
-	if st.skipped > 0 {
-		a.m.skipped.WithLabelValues(a.peer).Add(float64(st.skipped))
 	}
 	if st.ahead > 0 {
 		a.m.clockAhead.WithLabelValues(a.peer).Add(float64(st.ahead))

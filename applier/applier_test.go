@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -216,15 +217,48 @@ func TestClockMovesPastAppliedStamps(t *testing.T) {
 	e := newEnv(t, "t_clock")
 	wall := time.UnixMilli(base)
 	e.clock = hlc.NewClock(hlc.Options{Now: func() time.Time { return wall }, MaxOffset: time.Second})
-	ahead := stamp(500, 7)     // within the max offset
-	tooFar := stamp(60_000, 0) // a minute ahead: refused by the clock, still applied
-	e.runAll(64, e.txn(1, e.ins(1, "a", 1, ahead, peerOrigin)), e.txn(2, e.ins(2, "b", 1, tooFar, peerOrigin)))
-
+	ahead := stamp(500, 7) // within the max offset
+	e.runAll(64, e.txn(1, e.ins(1, "a", 1, ahead, peerOrigin)))
 	require.Greater(t, uint64(e.clock.Now()), ahead, "a later local stamp is above the applied one")
-	require.Equal(t, uint64(1), e.clock.Rejected())
+}
+
+// TestFutureStampHeld: a change stamped further ahead of local time than
+// the max offset is not applied until the local clock catches up; the
+// link waits, Status and the metric show it.
+func TestFutureStampHeld(t *testing.T) {
+	e := newEnv(t, "t_held")
+	var mu sync.Mutex
+	wall := time.UnixMilli(base)
+	e.clock = hlc.NewClock(hlc.Options{Now: func() time.Time { mu.Lock(); defer mu.Unlock(); return wall }, MaxOffset: time.Second})
+	tooFar := stamp(60_000, 0) // a minute ahead
+	a := e.applier(64)
+	a.holdPoll = 10 * time.Millisecond
+	in := make(chan *binlog.Txn, 2)
+	in <- e.txn(1, e.ins(1, "early", 1, stamp(0, 1), peerOrigin))
+	in <- e.txn(2, e.ins(2, "future", 1, tooFar, peerOrigin))
+	close(in)
+	done := make(chan error, 1)
+	go func() { done <- a.Run(context.Background(), in) }()
+	require.Eventually(t, func() bool { return a.Status().Held != "" }, 10*time.Second, 10*time.Millisecond)
+	st := a.Status()
+	require.Equal(t, e.db+".items", st.Held)
+	require.Greater(t, st.HeldAhead, 50*time.Second)
+	time.Sleep(50 * time.Millisecond)
+	_, ok := e.get(2)
+	require.False(t, ok, "held: not applied while a minute ahead")
+	select {
+	case err := <-done:
+		t.Fatalf("applier ended while holding: %v", err)
+	default:
+	}
+	mu.Lock()
+	wall = wall.Add(time.Minute) // the local clock catches up
+	mu.Unlock()
+	require.NoError(t, <-done)
 	r, ok := e.get(2)
-	require.True(t, ok, "the stamp is data: the change applies")
+	require.True(t, ok, "applied once the clock caught up")
 	require.Equal(t, tooFar, r.HLC)
+	require.Empty(t, a.Status().Held)
 }
 
 func TestUnknownColumn(t *testing.T) {

@@ -9,6 +9,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/mlproxy/mlproxy/hlc"
+	"github.com/mlproxy/mlproxy/redact"
 	"github.com/mlproxy/mlproxy/schema"
 )
 
@@ -148,7 +149,7 @@ func RunTombstoneGC(ctx context.Context, db *sql.DB, tables []*schema.Table, pee
 			_, err = GCTombstones(ctx, db, tables, h, 1000, log)
 		}
 		if err != nil && ctx.Err() == nil {
-			log.Warn("tombstone gc round failed", zap.Error(err))
+			log.Warn("tombstone gc round failed", redact.Err(err))
 		}
 		select {
 		case <-ctx.Done():

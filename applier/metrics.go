@@ -14,7 +14,7 @@ type metrics struct {
 	batches     *prometheus.CounterVec   // peer
 	rows        *prometheus.CounterVec   // peer, op
 	conflicts   *prometheus.CounterVec   // peer, schema, table, rule, outcome
-	skipped     *prometheus.CounterVec   // peer: changes whose origin is this region
+	held        *prometheus.CounterVec   // peer: batches held for a stamp too far ahead
 	retries     *prometheus.CounterVec   // peer
 	clockAhead  *prometheus.CounterVec   // peer: stamps beyond the clock's max offset
 	lag         *prometheus.GaugeVec     // peer
@@ -36,8 +36,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		conflicts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "mlproxy_applier_conflicts_total", Help: "Remote changes that met a concurrent local version, by rule and outcome.",
 		}, []string{"peer", "schema", "table", "rule", "outcome"}),
-		skipped: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "mlproxy_applier_own_origin_skipped_total", Help: "Changes not applied because this region wrote them.",
+		held: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mlproxy_applier_held_total", Help: "Batches held back because a change's stamp was further ahead of local time than clock.max_offset (the peer's clock runs fast).",
 		}, []string{"peer"}),
 		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "mlproxy_applier_retries_total", Help: "Batches rolled back and retried (deadlock, lock wait timeout, lost connection).",
@@ -63,7 +63,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.batches = register(reg, m.batches)
 	m.rows = register(reg, m.rows)
 	m.conflicts = register(reg, m.conflicts)
-	m.skipped = register(reg, m.skipped)
+	m.held = register(reg, m.held)
 	m.retries = register(reg, m.retries)
 	m.clockAhead = register(reg, m.clockAhead)
 	m.lag = register(reg, m.lag)

@@ -33,6 +33,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/mlproxy/mlproxy/config"
+	"github.com/mlproxy/mlproxy/redact"
 )
 
 // DefaultMaxTxnBytes bounds the memory one transaction may hold before it is
@@ -234,7 +235,7 @@ func (t *Tailer) Run(ctx context.Context, from Checkpoint, out chan<- *Txn) erro
 		}
 		t.setDisconnected(streamErr)
 		if isFatal(streamErr) {
-			t.log.Error("binlog tailer stopped", zap.Error(streamErr))
+			t.log.Error("binlog tailer stopped", redact.Err(streamErr))
 			return streamErr
 		}
 		if connected {

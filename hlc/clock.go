@@ -242,6 +242,16 @@ func (c *Clock) Update(remote Timestamp) error {
 	return nil
 }
 
+// Ahead is how much further ahead of local wall time remote is than the
+// max offset allows (0 when Update would accept it).
+func (c *Clock) Ahead(remote Timestamp) time.Duration {
+	over := remote.Millis() - c.now().UnixMilli() - c.maxOffset.Milliseconds()
+	if over <= 0 {
+		return 0
+	}
+	return time.Duration(over) * time.Millisecond
+}
+
 // Last is the highest stamp issued or accepted so far.
 func (c *Clock) Last() Timestamp { return Timestamp(c.last.Load()) }
 

@@ -128,6 +128,7 @@ func Check(ctx context.Context, local *sql.DB, peers map[string]*sql.DB, rules [
 		}
 		ps = append(ps, p...)
 	}
+	ps = append(ps, checkAccounts(ctx, local, tables, st)...)
 	p, err := checkInternal(ctx, local)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -344,4 +345,65 @@ func checkInternal(ctx context.Context, db *sql.DB) ([]Problem, error) {
 			Message: "internal table has no column " + ic.column + " (made by an older mlproxy): run `mlproxy schema apply`"})
 	}
 	return ps, nil
+}
+
+// Privileges an application account must not hold: with them it could
+// make writes skip replication or stamping whatever the proxy refuses
+// (drop the triggers, switch binary logging off, change mlproxy's state).
+var riskyGlobal = map[string]string{
+	"SUPER":        "it can switch binary logging off and bypass every check",
+	"BINLOG ADMIN": "it can switch binary logging off for its writes",
+	"TRIGGER":      "it can drop or replace the stamping triggers of every table",
+}
+
+// checkAccounts reports accounts other than mlproxy's own (st.Applier) that
+// hold privileges letting them escape replication: SUPER, BINLOG ADMIN or
+// TRIGGER globally, TRIGGER on a replicated schema, or anything on the
+// Internal schema. Operator accounts (root) are reported too: they are
+// meant for maintenance, not for applications.
+func checkAccounts(ctx context.Context, db *sql.DB, tables []*Table, st Stamping) []Problem {
+	var ps []Problem
+	self := func(grantee string) bool {
+		user, _, _ := strings.Cut(strings.Trim(grantee, "'"), "'@'")
+		return user == st.Applier || user == "mariadb.sys" || user == "mysql"
+	}
+	fix := func(grantee, priv, on string) string {
+		return fmt.Sprintf("REVOKE %s ON %s FROM %s", priv, on, grantee)
+	}
+	rows, err := db.QueryContext(ctx, "SELECT GRANTEE, PRIVILEGE_TYPE FROM information_schema.USER_PRIVILEGES WHERE PRIVILEGE_TYPE IN ('SUPER', 'BINLOG ADMIN', 'TRIGGER')")
+	if err == nil {
+		for rows.Next() {
+			var g, priv string
+			if rows.Scan(&g, &priv) == nil && !self(g) {
+				ps = append(ps, Problem{Severity: Warning, Where: "account " + g, Message: fmt.Sprintf(
+					"has %s on *.*: %s; application accounts need only SELECT, INSERT, UPDATE, DELETE (and the DDL they use) on their own schemas (%s)",
+					priv, riskyGlobal[priv], fix(g, priv, "*.*"))})
+			}
+		}
+		rows.Close()
+	}
+	replicated := map[string]bool{}
+	for _, t := range tables {
+		replicated[strings.ToLower(t.Schema)] = true
+	}
+	rows, err = db.QueryContext(ctx, "SELECT GRANTEE, TABLE_SCHEMA, PRIVILEGE_TYPE FROM information_schema.SCHEMA_PRIVILEGES")
+	if err == nil {
+		for rows.Next() {
+			var g, schemaName, priv string
+			if rows.Scan(&g, &schemaName, &priv) != nil || self(g) {
+				continue
+			}
+			on := Quote(schemaName) + ".*"
+			switch {
+			case strings.EqualFold(schemaName, Internal):
+				ps = append(ps, Problem{Severity: Warning, Where: "account " + g, Message: fmt.Sprintf(
+					"has %s on the internal schema %s: it holds replication state only mlproxy may change (%s)", priv, Internal, fix(g, priv, on))})
+			case priv == "TRIGGER" && replicated[strings.ToLower(schemaName)]:
+				ps = append(ps, Problem{Severity: Warning, Where: "account " + g, Message: fmt.Sprintf(
+					"has TRIGGER on replicated schema %s: it can drop the stamping triggers, and its writes would then replicate unstamped (%s)", schemaName, fix(g, priv, on))})
+			}
+		}
+		rows.Close()
+	}
+	return ps
 }

@@ -121,3 +121,35 @@ func TestCheckFindsEveryProblem(t *testing.T) {
 		assert.Equal(t, "chk.nopk", p.Where, p.String())
 	}
 }
+
+// TestCheckRiskyAccounts: accounts that could escape replication (drop
+// the triggers, switch binary logging off, write mlproxy's state) are
+// named, each with the REVOKE that fixes it; mlproxy's own is not.
+func TestCheckRiskyAccounts(t *testing.T) {
+	mustExec(t, dbA,
+		"CREATE DATABASE risky",
+		"CREATE TABLE risky.t (id INT PRIMARY KEY)",
+		"CREATE USER IF NOT EXISTS 'tricky'@'%'",
+		"GRANT SELECT, INSERT, TRIGGER ON risky.* TO 'tricky'@'%'",
+		"GRANT BINLOG ADMIN ON *.* TO 'tricky'@'%'",
+		"GRANT SELECT ON mlr.* TO 'tricky'@'%'",
+	)
+	t.Cleanup(func() { mustExec(t, dbA, "DROP USER IF EXISTS 'tricky'@'%'") })
+	rules := []config.TableRule{{Schema: "risky", Table: "*"}}
+	_, _, err := applyTables(t, rules, region)
+	require.NoError(t, err)
+	ps, err := Check(context.Background(), dbA, nil, rules, Stamping{Region: region})
+	require.NoError(t, err)
+	var got []string
+	for _, p := range ps {
+		if strings.Contains(p.Where, "tricky") {
+			assert.Equal(t, Warning, p.Severity)
+			got = append(got, p.Message)
+		}
+		assert.NotContains(t, p.Where, "'root'@'localhost'", "mlproxy's own account (root in tests) is not reported")
+	}
+	all := strings.Join(got, "\n")
+	assert.Contains(t, all, "REVOKE TRIGGER ON `risky`.* FROM 'tricky'@'%'")
+	assert.Contains(t, all, "REVOKE BINLOG ADMIN ON *.* FROM 'tricky'@'%'")
+	assert.Contains(t, all, "REVOKE SELECT ON `mlr`.* FROM 'tricky'@'%'")
+}

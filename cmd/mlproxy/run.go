@@ -24,6 +24,7 @@ import (
 	"github.com/mlproxy/mlproxy/config"
 	"github.com/mlproxy/mlproxy/hlc"
 	"github.com/mlproxy/mlproxy/proxy"
+	"github.com/mlproxy/mlproxy/redact"
 	"github.com/mlproxy/mlproxy/schema"
 )
 
@@ -44,7 +45,7 @@ func runCmd() *cobra.Command {
 			defer log.Sync() //nolint:errcheck // stderr
 			err = runRegion(cmd.Context(), cfg, log)
 			if err != nil {
-				log.Error("mlproxy stopped with an error", zap.Error(err))
+				log.Error("mlproxy stopped with an error", redact.Err(err))
 			}
 			return err
 		},
@@ -195,7 +196,7 @@ func (r *region) metricsServer() (*http.Server, error) {
 		ctx, cancel := context.WithTimeout(req.Context(), 2*time.Second)
 		defer cancel()
 		if err := r.db.PingContext(ctx); err != nil {
-			http.Error(w, "local server: "+err.Error(), http.StatusServiceUnavailable)
+			http.Error(w, "local server: "+redact.Error(err), http.StatusServiceUnavailable)
 			return
 		}
 		fmt.Fprintln(w, "ok")
@@ -215,16 +216,20 @@ func (r *region) metricsServer() (*http.Server, error) {
 
 // linkStatus is one peer link as /status reports it.
 type linkStatus struct {
-	Peer       string    `json:"peer"`
-	PeerID     uint16    `json:"peer_id"`
-	State      string    `json:"state"`
-	LastError  string    `json:"last_error,omitempty"`
-	GTID       string    `json:"gtid"`
-	File       string    `json:"file"`
-	Pos        uint32    `json:"pos"`
-	SourceTime time.Time `json:"source_time"`
-	Txns       uint64    `json:"txns"`
-	Conflicts  uint64    `json:"conflicts"`
+	Peer      string `json:"peer"`
+	PeerID    uint16 `json:"peer_id"`
+	State     string `json:"state"`
+	LastError string `json:"last_error,omitempty"`
+	// Held names the table of a change the applier holds back: its stamp
+	// is HeldAheadMs further ahead of local time than clock.max_offset.
+	Held        string    `json:"held,omitempty"`
+	HeldAheadMs int64     `json:"held_ahead_ms,omitempty"`
+	GTID        string    `json:"gtid"`
+	File        string    `json:"file"`
+	Pos         uint32    `json:"pos"`
+	SourceTime  time.Time `json:"source_time"`
+	Txns        uint64    `json:"txns"`
+	Conflicts   uint64    `json:"conflicts"`
 }
 
 func (r *region) status() []linkStatus {
@@ -296,7 +301,7 @@ func (l *link) status() linkStatus {
 	l.mu.Lock()
 	s := linkStatus{Peer: l.peer.Name, PeerID: l.peer.ID, State: l.state}
 	if l.lastErr != nil {
-		s.LastError = l.lastErr.Error()
+		s.LastError = redact.Error(l.lastErr)
 	}
 	l.mu.Unlock()
 	as := l.applier.Status()
@@ -304,8 +309,13 @@ func (l *link) status() linkStatus {
 	if s.State == "running" && !ts.Connected {
 		s.State = "connecting"
 		if ts.LastError != nil {
-			s.LastError = ts.LastError.Error()
+			s.LastError = redact.Error(ts.LastError)
 		}
+	}
+	if as.Held != "" {
+		s.State, s.Held, s.HeldAheadMs = "holding", as.Held, as.HeldAhead.Milliseconds()
+		s.LastError = fmt.Sprintf("holding a change to %s stamped %s further ahead of local time than clock.max_offset: the peer's clock runs fast (check NTP)",
+			as.Held, as.HeldAhead.Round(time.Millisecond))
 	}
 	s.GTID, s.File, s.Pos = as.Pos.GTID, as.Pos.File, as.Pos.Pos
 	s.SourceTime, s.Txns, s.Conflicts = as.SourceTime, as.Txns, as.Conflicts
@@ -332,7 +342,7 @@ func (l *link) run(ctx context.Context) {
 		}
 		wait := bo.NextBackOff()
 		l.set("retrying", err)
-		l.log.Warn("replication link down; retrying from the checkpoint", zap.Error(err), zap.Duration("retry_in", wait))
+		l.log.Warn("replication link down; retrying from the checkpoint", redact.Err(err), zap.Duration("retry_in", wait))
 		select {
 		case <-ctx.Done():
 			l.set("stopped", nil)
