@@ -64,6 +64,7 @@ const (
 	reasonTrigger        = "mlr_trigger"
 	reasonMetadataColumn = "mlr_column"
 	reasonSQLLogBin      = "sql_log_bin"
+	reasonDamaged        = "replication_damaged"
 )
 
 // internalSchema is the schema of mlproxy's own tables (docs/internals.md).

@@ -307,6 +307,9 @@ func (c *conn) command(p []byte, next byte) error {
 		}
 		stamp := false
 		if cl != nil {
+			if g := c.guarded(cl); g != nil {
+				return c.refuse(g, "", next)
+			}
 			stamp, _ = c.decide(cl)
 		}
 		dst, setErr, err := c.send(p, stamp, next)
@@ -399,6 +402,28 @@ func (c *conn) decide(cl *class) (bool, string) {
 	return false, labelRefused
 }
 
+// guarded is the refusal of a write to a table the Guard blocks (nil when
+// the write may go ahead).
+func (c *conn) guarded(cl *class) *class {
+	g := c.s.guard
+	if g == nil {
+		return nil
+	}
+	switch cl.kind {
+	case kindWrite:
+		for _, t := range cl.writes {
+			if why := g.Blocked(t.schema, t.table); why != "" {
+				return refused(reasonDamaged, why)
+			}
+		}
+	case kindWriteUnknown:
+		if why := g.AnyBlocked(); why != "" {
+			return refused(reasonDamaged, why)
+		}
+	}
+	return nil
+}
+
 // refuse answers a refused statement; the connection stays usable.
 func (c *conn) refuse(cl *class, sql string, next byte) error {
 	c.s.m.refused.WithLabelValues(cl.reason).Inc()
@@ -415,6 +440,9 @@ func (c *conn) refuse(cl *class, sql string, next byte) error {
 func (c *conn) query(p []byte, next byte) error {
 	sql := string(p[1:])
 	cl := c.s.cls.classify(c.db, sql)
+	if g := c.guarded(cl); g != nil {
+		cl = g
+	}
 	if cl.kind == kindRefused {
 		return c.refuse(cl, sql, next)
 	}
@@ -453,6 +481,9 @@ func (c *conn) query(p []byte, next byte) error {
 func (c *conn) prepare(p []byte, next byte) error {
 	sql := string(p[1:])
 	cl := c.s.cls.classify(c.db, sql)
+	if g := c.guarded(cl); g != nil {
+		cl = g
+	}
 	if cl.kind == kindRefused {
 		return c.refuse(cl, sql, next)
 	}

@@ -82,3 +82,50 @@ func TestPanicEndsOnlyItsConnection(t *testing.T) {
 		t.Fatal("write after the panic not stamped")
 	}
 }
+
+// guardTables blocks app.rt (as if its triggers had been dropped).
+type guardTables struct{ tableSet }
+
+func (guardTables) Blocked(schema, table string) string {
+	if schema+"."+table == "app.rt" {
+		return "writes to app.rt are refused: test damage"
+	}
+	return ""
+}
+func (guardTables) AnyBlocked() string { return "writes the proxy cannot name are refused: test damage" }
+
+// TestGuardRefusesDamagedTables: while the Guard blocks a table, writes to
+// it (text and prepared) and writes the proxy cannot name are refused with
+// the Guard's reason; reads and other tables go on.
+func TestGuardRefusesDamagedTables(t *testing.T) {
+	p := startProxy(t, nil)
+	g, err := New(p.cfg, p.st, guardTables{replicated}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Server = g
+	if err := g.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- g.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	db := p.open(t, "app")
+	for _, q := range []string{"INSERT INTO rt (v) VALUES ('x')", "UPDATE app.rt SET v = 'y'", "CALL nothing()"} {
+		_, err := db.Exec(q)
+		if err == nil || !strings.Contains(err.Error(), "mlproxy: writes") {
+			t.Errorf("%s: err %v, want the guard's refusal", q, err)
+		}
+	}
+	if _, err := db.Exec("INSERT INTO rt (v) VALUES (?)", "prepared"); err == nil || !strings.Contains(err.Error(), "test damage") {
+		t.Errorf("prepared write: err %v, want the guard's refusal", err)
+	}
+	var n int
+	if err := db.QueryRow("SELECT COUNT(*) FROM rt").Scan(&n); err != nil {
+		t.Errorf("read of a blocked table: %v", err)
+	}
+	if _, err := db.Exec("INSERT INTO plain (v) VALUES ('ok')"); err != nil && strings.Contains(err.Error(), "mlproxy:") {
+		t.Errorf("write to another table refused: %v", err)
+	}
+}

@@ -30,6 +30,20 @@ type Tables interface {
 	Replicated(schema, table string) bool
 }
 
+// Guard, when the Tables also implement it, names replicated tables that
+// must not be written now: their replication metadata (the stamping
+// triggers, the _mlr_ columns) was damaged by something the proxy could
+// not see (DDL inside a procedure or a prepared statement). Writes to them
+// would not replicate correctly, so they are refused until an operator
+// repairs the table with `mlproxy schema apply`.
+type Guard interface {
+	// Blocked is why writes to schema.table are refused ("": they are not).
+	Blocked(schema, table string) string
+	// AnyBlocked is a reason when any table is blocked: writes the proxy
+	// cannot name (CALL, EXECUTE of a text PREPARE) are refused then.
+	AnyBlocked() string
+}
+
 // Config configures a Server.
 type Config struct {
 	// Listen is the client-facing host:port.
@@ -83,6 +97,7 @@ type Server struct {
 	log     *zap.Logger
 	m       *metrics
 	cls     *classifier
+	guard   Guard // nil when Tables does not implement it
 
 	mu       sync.Mutex
 	ln       net.Listener
@@ -123,8 +138,9 @@ func New(cfg Config, st Stamper, tables Tables, log *zap.Logger, reg prometheus.
 		return nil, fmt.Errorf("proxy: statement cache: %w", err)
 	}
 	cls.onPanic = m.panics.WithLabelValues("parser").Inc
+	g, _ := tables.(Guard)
 	return &Server{
-		cfg: cfg, stamper: st, tables: tables, log: log, m: m, cls: cls,
+		cfg: cfg, stamper: st, tables: tables, log: log, m: m, cls: cls, guard: g,
 		conns: map[*conn]struct{}{},
 	}, nil
 }

@@ -688,3 +688,29 @@ func TestPrimaryKeyMoveLeavesTombstone(t *testing.T) {
 	h, _, _ = stamp(t, "mlr.`mv.t`", 2)
 	assert.Zero(t, h, "an update that keeps the key leaves no tombstone")
 }
+
+// TestDamage: a replicated table that lost a stamping trigger or a
+// metadata column (DDL the proxy could not see) is reported with what is
+// missing; schema apply repairs it; a dropped table is not damage.
+func TestDamage(t *testing.T) {
+	mustExec(t, dbA, "CREATE DATABASE dmg", "CREATE TABLE dmg.a (id INT PRIMARY KEY, v INT)", "CREATE TABLE dmg.b (id INT PRIMARY KEY, v INT)")
+	rules := []config.TableRule{{Schema: "dmg", Table: "*"}}
+	tables, _, err := applyTables(t, rules, region)
+	require.NoError(t, err)
+	ctx := context.Background()
+	d, err := Damage(ctx, dbA, tables)
+	require.NoError(t, err)
+	assert.Empty(t, d)
+
+	mustExec(t, dbA, "DROP TRIGGER dmg._mlr_bu_a", "ALTER TABLE dmg.b DROP COLUMN _mlr_vv")
+	d, err = Damage(ctx, dbA, tables)
+	require.NoError(t, err)
+	assert.Equal(t, map[string]string{"dmg.a": "trigger _mlr_bu_a", "dmg.b": "column _mlr_vv"}, d)
+
+	_, _, err = applyTables(t, rules, region)
+	require.NoError(t, err)
+	mustExec(t, dbA, "DROP TABLE dmg.b")
+	d, err = Damage(ctx, dbA, tables)
+	require.NoError(t, err)
+	assert.Empty(t, d, "repaired, and a dropped table is not damaged")
+}

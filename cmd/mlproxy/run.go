@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -64,6 +65,7 @@ type region struct {
 	clock *hlc.Clock
 	proxy *proxy.Server
 	links []*link
+	guard *guard
 }
 
 // runRegion runs until ctx ends (SIGTERM), then shuts down in this order:
@@ -73,7 +75,7 @@ type region struct {
 // every stamp it issued); the metrics server and the local pool close. A
 // clean stop returns nil.
 func runRegion(ctx context.Context, cfg *config.Config, log *zap.Logger) error {
-	r := &region{cfg: cfg, log: log, reg: prometheus.NewRegistry()}
+	r := &region{cfg: cfg, log: log, reg: prometheus.NewRegistry(), guard: newGuard()}
 	r.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
 	db, err := waitLocal(ctx, cfg, log)
@@ -110,7 +112,7 @@ func runRegion(ctx context.Context, cfg *config.Config, log *zap.Logger) error {
 		MaxConnections:  cfg.Proxy.MaxConnections,
 		CacheSize:       cfg.Proxy.StatementCacheSize,
 		ShutdownTimeout: cfg.Proxy.ShutdownTimeout,
-	}, r.clock, replicatedTables{cfg}, log.Named("proxy"), r.reg)
+	}, r.clock, replicatedTables{cfg, r.guard}, log.Named("proxy"), r.reg)
 	if err != nil {
 		return err
 	}
@@ -149,6 +151,9 @@ func runRegion(ctx context.Context, cfg *config.Config, log *zap.Logger) error {
 	}
 	wg.Add(1)
 	go func() { defer wg.Done(); r.gcLoop(ctx) }()
+	r.reg.MustRegister(r.guard.damaged)
+	wg.Add(1)
+	go func() { defer wg.Done(); r.guardLoop(ctx) }()
 
 	perr := r.proxy.Run(ctx) // returns once ctx ends and clients drained
 	wg.Wait()
@@ -181,12 +186,115 @@ func waitLocal(ctx context.Context, cfg *config.Config, log *zap.Logger) (*sql.D
 	return backoff.Retry(ctx, op, backoff.WithBackOff(backoff.NewExponentialBackOff()), backoff.WithMaxElapsedTime(2*time.Minute))
 }
 
-// replicatedTables answers the proxy's question from the config's rules.
-type replicatedTables struct{ cfg *config.Config }
+// replicatedTables answers the proxy's questions: which tables replicate
+// (the config's rules) and which must not be written now (the guard).
+type replicatedTables struct {
+	cfg *config.Config
+	g   *guard
+}
 
 func (t replicatedTables) Replicated(schema, table string) bool {
 	_, ok := t.cfg.TableRule(schema, table)
 	return ok
+}
+
+func (t replicatedTables) Blocked(schema, table string) string { return t.g.blocked(schema, table) }
+func (t replicatedTables) AnyBlocked() string                  { return t.g.anyBlocked() }
+
+var _ proxy.Guard = replicatedTables{}
+
+// guard holds the replicated tables whose replication metadata was found
+// damaged (guardLoop), keyed by lower-case "schema.table".
+type guard struct {
+	mu      sync.Mutex
+	tables  map[string]string // key -> what is missing
+	damaged prometheus.Gauge
+}
+
+func newGuard() *guard {
+	return &guard{tables: map[string]string{}, damaged: prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "mlproxy_schema_damaged_tables",
+		Help: "Replicated tables whose stamping triggers or _mlr_ columns were removed outside the proxy; writes to them are refused until `mlproxy schema apply`.",
+	})}
+}
+
+func (g *guard) blocked(schema, table string) string {
+	k := strings.ToLower(schema + "." + table)
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if what, ok := g.tables[k]; ok {
+		return fmt.Sprintf("writes to %s.%s are refused: its replication metadata was changed outside the proxy (missing %s), so they would not replicate correctly; an operator must run `mlproxy schema apply`", schema, table, what)
+	}
+	return ""
+}
+
+func (g *guard) anyBlocked() string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for k, what := range g.tables {
+		return fmt.Sprintf("writes the proxy cannot attribute to a table (CALL, EXECUTE) are refused while %s lacks its replication metadata (missing %s); an operator must run `mlproxy schema apply`", k, what)
+	}
+	return ""
+}
+
+// guardInterval is how often guardLoop checks the replicated tables.
+const guardInterval = 2 * time.Second
+
+// guardLoop checks every guardInterval that each replicated table still
+// has its stamping triggers and metadata columns (schema.Damage). DDL the
+// proxy cannot see (inside a procedure or a prepared statement, or run on
+// the server directly) can remove them; the table is then reported loudly
+// and writes to it through the proxy are refused until `mlproxy schema
+// apply` repairs it. The list of tables is re-read every minute.
+func (r *region) guardLoop(ctx context.Context) {
+	var tables []*schema.Table
+	var read time.Time
+	t := time.NewTicker(guardInterval)
+	defer t.Stop()
+	for {
+		if tables == nil || time.Since(read) > time.Minute {
+			if ts, err := schema.Inspect(ctx, r.db, r.cfg.Tables); err == nil {
+				tables, read = ts, time.Now()
+			} else if ctx.Err() == nil {
+				r.log.Warn("replication metadata check: reading the replicated tables failed", redact.Err(err))
+			}
+		}
+		if damage, err := schema.Damage(ctx, r.db, tables); err == nil {
+			r.guard.update(damage, r.log)
+		} else if ctx.Err() == nil {
+			r.log.Warn("replication metadata check failed", redact.Err(err))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// update replaces the damaged set, logging each table that breaks or is
+// repaired.
+func (g *guard) update(damage map[string]string, log *zap.Logger) {
+	next := make(map[string]string, len(damage))
+	for k, what := range damage {
+		next[strings.ToLower(k)] = what
+	}
+	g.mu.Lock()
+	prev := g.tables
+	g.tables = next
+	g.mu.Unlock()
+	for k, what := range next {
+		if _, was := prev[k]; !was {
+			log.Error("replication metadata removed outside the proxy: writes to the table are refused until `mlproxy schema apply`",
+				zap.String("table", k), zap.String("missing", what))
+		}
+	}
+	for k := range prev {
+		if _, still := next[k]; !still {
+			log.Info("replication metadata repaired: writes to the table are accepted again", zap.String("table", k))
+		}
+	}
+	g.damaged.Set(float64(len(next)))
 }
 
 func (r *region) metricsServer() (*http.Server, error) {
