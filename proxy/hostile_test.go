@@ -92,7 +92,9 @@ func (guardTables) Blocked(schema, table string) string {
 	}
 	return ""
 }
-func (guardTables) AnyBlocked() string { return "writes the proxy cannot name are refused: test damage" }
+func (guardTables) AnyBlocked() string {
+	return "writes the proxy cannot name are refused: test damage"
+}
 
 // TestGuardRefusesDamagedTables: while the Guard blocks a table, writes to
 // it (text and prepared) and writes the proxy cannot name are refused with
