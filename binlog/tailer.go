@@ -13,11 +13,9 @@ package binlog
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -642,38 +640,10 @@ func cleanErr(err error) error {
 	return err
 }
 
-// tlsConfig builds the client TLS configuration for s, nil when s has none.
-func tlsConfig(s config.Server) (*tls.Config, error) {
-	if s.TLS == nil {
-		return nil, nil
-	}
-	c := &tls.Config{
-		MinVersion:         tls.VersionTLS12,
-		ServerName:         s.TLS.ServerName,
-		InsecureSkipVerify: s.TLS.InsecureSkipVerify, //nolint:gosec // operator's explicit choice
-	}
-	if c.ServerName == "" {
-		if host, _, err := net.SplitHostPort(s.Addr); err == nil {
-			c.ServerName = host
-		}
-	}
-	if s.TLS.CA != "" {
-		pem, err := os.ReadFile(s.TLS.CA)
-		if err != nil {
-			return nil, fmt.Errorf("read CA %s: %w", s.TLS.CA, err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("no certificates in CA %s", s.TLS.CA)
-		}
-		c.RootCAs = pool
-	}
-	if s.TLS.Cert != "" {
-		cert, err := tls.LoadX509KeyPair(s.TLS.Cert, s.TLS.Key)
-		if err != nil {
-			return nil, fmt.Errorf("load client certificate %s: %w", s.TLS.Cert, err)
-		}
-		c.Certificates = []tls.Certificate{cert}
-	}
-	return c, nil
-}
+// tlsConfig builds the client TLS configuration for s, nil when s has none
+// (a peer with insecure: true). It is config.Server.TLSConfig, the one
+// place that builds it: the peer's certificate is verified against s.TLS.CA
+// (system roots when empty) and its name against server_name or the host
+// of addr, unless s.TLS.InsecureSkipVerify; the client certificate is
+// presented when s.TLS.Cert is set.
+func tlsConfig(s config.Server) (*tls.Config, error) { return s.TLSConfig() }
