@@ -31,7 +31,11 @@ var (
 // self is the local region's id in every test.
 const self = 1
 
-func TestMain(m *testing.M) { os.Exit(run(m)) }
+func TestMain(m *testing.M) {
+	code := run(m)
+	dbtest.Cleanup()
+	os.Exit(code)
+}
 
 func run(m *testing.M) int {
 	var err error

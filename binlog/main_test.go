@@ -32,7 +32,9 @@ var (
 )
 
 func TestMain(m *testing.M) {
-	os.Exit(run(m))
+	code := run(m)
+	dbtest.Cleanup()
+	os.Exit(code)
 }
 
 func run(m *testing.M) int {

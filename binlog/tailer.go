@@ -213,6 +213,7 @@ func (t *Tailer) Run(ctx context.Context, from Checkpoint, out chan<- *Txn) erro
 	bo.InitialInterval = 200 * time.Millisecond
 	bo.MaxInterval = 30 * time.Second
 	attempt := 0
+	var lastCause error // the last error of an attempt the breaker let through
 	for {
 		var streamErr error
 		var connected bool
@@ -223,8 +224,14 @@ func (t *Tailer) Run(ctx context.Context, from Checkpoint, out chan<- *Txn) erro
 			}
 			return struct{}{}, streamErr
 		})
-		if streamErr == nil {
-			streamErr = err // the breaker refused the attempt
+		switch {
+		case streamErr == nil && lastCause != nil:
+			// The breaker refused the attempt: say what opened it.
+			streamErr = fmt.Errorf("%w; last error: %w", err, lastCause)
+		case streamErr == nil:
+			streamErr = err
+		default:
+			lastCause = streamErr
 		}
 		t.m.link.Set(0)
 		if ctx.Err() != nil {

@@ -44,9 +44,12 @@ type Proxy struct {
 	// default: which interface the proxy is exposed on is the operator's
 	// decision. An empty host listens on every interface.
 	Listen string `yaml:"listen"`
-	// TLS, when set, is offered to clients (they may still connect without
-	// it unless their MySQL account says REQUIRE SSL).
+	// TLS is offered to clients (they may still connect without it unless
+	// their MySQL account says REQUIRE SSL). Required unless Insecure.
 	TLS *TLSServer `yaml:"tls"`
+	// Insecure serves plaintext only, without TLS; it must be said
+	// explicitly, and `mlproxy run` warns about it.
+	Insecure bool `yaml:"insecure"`
 	// MaxConnections bounds concurrent client connections (0 = 1000).
 	MaxConnections int `yaml:"max_connections"`
 	// StatementCacheSize is the number of parsed statements kept (0 = 10000).
@@ -61,6 +64,10 @@ type Server struct {
 	User     string     `yaml:"user"`
 	Password string     `yaml:"password"`
 	TLS      *TLSClient `yaml:"tls"`
+	// Insecure allows a plaintext connection: without it a peer's server
+	// needs tls with a client certificate, and the local server needs tls
+	// unless it is on a loopback address. `mlproxy run` warns about it.
+	Insecure bool `yaml:"insecure"`
 }
 
 // TLSServer holds the certificate a listener presents.
@@ -160,6 +167,10 @@ type Metrics struct {
 // Log configures logging (JSON lines on stderr).
 type Log struct {
 	Level string `yaml:"level"` // debug, info (default), warn, error
+	// Values lets server error messages that quote row values (a
+	// duplicate key's text) appear unredacted in logs and /status. Off by
+	// default; for debugging only.
+	Values bool `yaml:"values"`
 }
 
 // Conflict rules a TableRule may name.

@@ -76,8 +76,8 @@ topology:
 	// As hub, eu pulls from ap too, so ap's server becomes required.
 	_, err = Parse("region.yaml", []byte(strings.Replace(doc, "hub: us", "hub: eu", 1)))
 	require.Error(t, err)
-	assert.Equal(t, "region.yaml:18: peers[1].server.addr: required: the MySQL/MariaDB server as host:port\n"+
-		"region.yaml:18: peers[1].server.user: required: the MySQL user mlproxy connects as", err.Error())
+	assert.Equal(t, "region.yaml:20: peers[1].server.addr: required: the MySQL/MariaDB server as host:port\n"+
+		"region.yaml:20: peers[1].server.user: required: the MySQL user mlproxy connects as", err.Error())
 }
 
 func TestAnchorsAndAliases(t *testing.T) {
@@ -85,10 +85,11 @@ func TestAnchorsAndAliases(t *testing.T) {
     id: 3
     server:
       addr: db.ap:3306
+      insecure: true
       user: *repl
 `
 	c, err := Parse("region.yaml", []byte(doc))
 	require.NoError(t, err)
 	assert.Equal(t, "repl", c.Peers[1].Server.User)
-	assert.Equal(t, 18, c.Peers[1].Line)
+	assert.Equal(t, 20, c.Peers[1].Line)
 }

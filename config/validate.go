@@ -47,7 +47,7 @@ func (c *Config) validate() Errors {
 	k := &checker{c: c}
 	k.region()
 	k.proxy()
-	k.server("local", c.Local)
+	k.server("local", "", c.Local)
 	k.peers()
 	k.tables()
 	k.topology()
@@ -83,6 +83,12 @@ func (k *checker) proxy() {
 	} else {
 		k.addr("proxy.listen", p.Listen, true)
 	}
+	switch {
+	case p.TLS == nil && !p.Insecure:
+		k.bad("proxy.tls", "required: the certificate offered to clients (cert, key); set proxy.insecure: true to serve plaintext only")
+	case p.TLS != nil && p.Insecure:
+		k.bad("proxy.insecure", "contradicts proxy.tls: remove one of them")
+	}
 	if t := p.TLS; t != nil {
 		if t.Cert == "" {
 			k.bad("proxy.tls.cert", "required when proxy.tls is set: the server certificate (PEM file)")
@@ -93,6 +99,11 @@ func (k *checker) proxy() {
 		k.file("proxy.tls.cert", t.Cert)
 		k.file("proxy.tls.key", t.Key)
 		k.file("proxy.tls.ca", t.CA)
+		if t.Cert != "" && t.Key != "" && allExist(t.Cert, t.Key, t.CA) {
+			if _, err := t.Config(); err != nil {
+				k.bad("proxy.tls", "%v", err)
+			}
+		}
 	}
 	if p.MaxConnections < 0 {
 		k.bad("proxy.max_connections", "must be positive, got %d", p.MaxConnections)
@@ -105,8 +116,12 @@ func (k *checker) proxy() {
 	}
 }
 
-// server checks a database connection under key ("local", "peers[0].server").
-func (k *checker) server(key string, s Server) {
+// server checks a database connection under key ("local",
+// "peers[0].server"); peer names the peer region ("" for the local server).
+// A link to a peer is TLS with a client certificate (the peer's replication
+// account requires it), the local server TLS unless it is on loopback;
+// anything less needs insecure: true.
+func (k *checker) server(key, peer string, s Server) {
 	if s.Addr == "" {
 		k.bad(key+".addr", "required: the MySQL/MariaDB server as host:port")
 	} else {
@@ -121,8 +136,73 @@ func (k *checker) server(key string, s Server) {
 		k.file(key+".tls.key", t.Key)
 		if (t.Cert == "") != (t.Key == "") {
 			k.bad(key+".tls", "cert and key go together: set both or neither")
+		} else if allExist(t.CA, t.Cert, t.Key) {
+			if _, err := s.TLSConfig(); err != nil {
+				k.bad(key+".tls", "%v", err)
+			}
 		}
 	}
+	if h, _, err := net.SplitHostPort(s.Addr); err != nil || h == "" || s.User == "" {
+		return // the address or user is wrong already; TLS comes after
+	}
+	switch {
+	case s.Insecure && s.TLS != nil:
+		k.bad(key+".insecure", "contradicts %s.tls: remove one of them", key)
+	case s.Insecure:
+	case peer != "" && s.TLS == nil:
+		k.bad(key+".tls", "required: the link to peer %s is encrypted and authenticated with a client certificate (ca, cert, key); set %s.insecure: true to allow plaintext", peer, key)
+	case peer != "" && s.TLS.Cert == "":
+		k.bad(key+".tls.cert", "required: the client certificate peer %s's replication account requires (REQUIRE SUBJECT); set %s.insecure: true to go without", peer, key)
+	case peer == "" && s.TLS == nil && s.Addr != "" && !loopback(s.Addr):
+		k.bad(key+".tls", "required: %s is not a loopback address, so the connection is encrypted (ca; cert and key if the account requires one); set %s.insecure: true to allow plaintext", s.Addr, key)
+	}
+}
+
+// allExist reports whether every non-empty path names an existing file
+// (missing ones are reported by file).
+func allExist(paths ...string) bool {
+	for _, p := range paths {
+		if p == "" {
+			continue
+		}
+		if _, err := os.Stat(p); err != nil {
+			return false
+		}
+	}
+	return true
+}
+
+// loopback reports whether addr's host is a loopback address or localhost.
+func loopback(addr string) bool {
+	h := hostOf(addr)
+	if h == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(h)
+	return ip != nil && ip.IsLoopback()
+}
+
+// Plaintext lists, by key, the links this configuration leaves
+// unencrypted or unverified (insecure: true, insecure_skip_verify, a local
+// server on loopback without tls), for `mlproxy run` to warn about.
+func (c *Config) Plaintext() []string {
+	var out []string
+	if c.Proxy.TLS == nil {
+		out = append(out, "proxy: clients are served plaintext (proxy.insecure)")
+	}
+	check := func(key string, s Server) {
+		switch {
+		case s.TLS == nil && s.Insecure:
+			out = append(out, fmt.Sprintf("%s: plaintext to %s (insecure: true)", key, s.Addr))
+		case s.TLS != nil && s.TLS.InsecureSkipVerify:
+			out = append(out, fmt.Sprintf("%s: the certificate of %s is not verified (insecure_skip_verify)", key, s.Addr))
+		}
+	}
+	check("local", c.Local)
+	for _, p := range c.Sources() {
+		check(fmt.Sprintf("peer %s", p.Name), p.Server)
+	}
+	return out
 }
 
 // addr checks host:port. A listen address may leave the host empty (every
@@ -202,7 +282,7 @@ func (k *checker) peers() {
 			}
 		}
 		if sources[p.Name] || k.c.has(key+".server") {
-			k.server(key+".server", p.Server)
+			k.server(key+".server", p.Name, p.Server)
 		}
 		if p.Proxy != "" {
 			k.addr(key+".proxy", p.Proxy, false)

@@ -3,6 +3,10 @@
 // the binlog settings mlproxy requires. A server is stopped by Stop, and is
 // killed with the test process if that dies first (Pdeathsig).
 //
+// Every server offers TLS with a certificate from one throwaway CA per
+// process (Certs), so tests run encrypted links as production does;
+// Cleanup removes the CA and the shared template when the tests end.
+//
 // It never skips: a missing mariadbd binary is an error the test reports.
 package dbtest
 
@@ -22,6 +26,8 @@ import (
 	"time"
 
 	"github.com/go-sql-driver/mysql"
+
+	"github.com/mlproxy/mlproxy/internal/devca"
 )
 
 // Options describes one server.
@@ -70,17 +76,31 @@ func (s *Server) Open(db string) (*sql.DB, error) { return sql.Open("mysql", s.D
 
 var (
 	templateOnce sync.Once
+	templateRoot string // holds data/ (the template) and certs/
 	templateDir  string
+	templateCA   *devca.CA
+	serverPair   devca.Pair
 	templateErr  error
 )
 
+// CAName is the common name of the tests' CA: REQUIRE ISSUER '/CN=' + CAName.
+const CAName = "mlproxy test CA"
+
 // template installs a system database once per process; servers copy it
-// (mariadb-install-db per server would cost a second each).
+// (mariadb-install-db per server would cost a second each). It also makes
+// the process's CA and the servers' certificate.
 func template() (string, error) {
 	templateOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "mlproxy-dbtest-template-")
 		if err != nil {
 			templateErr = err
+			return
+		}
+		templateRoot = dir
+		if templateCA, templateErr = devca.New(filepath.Join(dir, "certs"), CAName); templateErr != nil {
+			return
+		}
+		if serverPair, templateErr = templateCA.Server("mariadb"); templateErr != nil {
 			return
 		}
 		data := filepath.Join(dir, "data")
@@ -98,6 +118,24 @@ func template() (string, error) {
 		templateDir = data
 	})
 	return templateDir, templateErr
+}
+
+// Certs returns the CA every test server's certificate comes from; issue
+// client and proxy certificates from it (they land in the same directory
+// and are removed by Cleanup).
+func Certs() (*devca.CA, error) {
+	if _, err := template(); err != nil {
+		return nil, err
+	}
+	return templateCA, nil
+}
+
+// Cleanup removes the template and the CA; call it from TestMain after
+// m.Run, when every server has been destroyed.
+func Cleanup() {
+	if templateRoot != "" && os.Getenv("DBTEST_KEEP") == "" {
+		_ = os.RemoveAll(templateRoot)
+	}
 }
 
 func currentUser() string {
@@ -176,6 +214,9 @@ func (s *Server) args() []string {
 		"--max-connections=500",
 		"--max-allowed-packet=64M",
 		"--log-bin-trust-function-creators=1",
+		"--ssl-ca=" + templateCA.CAFile(),
+		"--ssl-cert=" + serverPair.Cert,
+		"--ssl-key=" + serverPair.Key,
 	}
 	if o.AutoIncrementIncrement > 0 {
 		a = append(a, "--auto-increment-increment="+strconv.Itoa(o.AutoIncrementIncrement),

@@ -2,11 +2,18 @@ package hlc
 
 import (
 	"context"
+	"os"
 	"testing"
 	"time"
 
 	"github.com/mlproxy/mlproxy/dbtest"
 )
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	dbtest.Cleanup()
+	os.Exit(code)
+}
 
 // TestSQLStore saves, never lowers, survives a server crash, and restores a
 // clock that then issues only larger stamps.

@@ -22,7 +22,9 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	cluster.Cleanup()
+	os.Exit(code)
 }
 
 // soak is how long the randomized write phases run (MLPROXY_SOAK, e.g. 60s).

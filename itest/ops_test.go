@@ -83,7 +83,7 @@ func TestOperations(t *testing.T) {
 	// A peer that cannot be reached at start: eu still serves, and says
 	// which peer is down.
 	orig := mustRead(t, eu.ConfigPath)
-	ghost := strings.Replace(orig, "peers:\n", "peers:\n  - name: ghost\n    id: 9\n    server:\n      addr: \"127.0.0.1:1\"\n      user: root\n      password: \"\"\n", 1)
+	ghost := strings.Replace(orig, "peers:\n", "peers:\n  - name: ghost\n    id: 9\n    server:\n      addr: \"127.0.0.1:1\"\n      user: root\n      insecure: true\n", 1)
 	mustWrite(t, eu.ConfigPath, ghost)
 	defer os.WriteFile(eu.ConfigPath, []byte(orig), 0o600)
 	if err := c.StartProxy(eu); err != nil {

@@ -47,7 +47,9 @@ var (
 const testRegion = 7
 
 func TestMain(m *testing.M) {
-	os.Exit(runMain(m))
+	code := runMain(m)
+	dbtest.Cleanup()
+	os.Exit(code)
 }
 
 // sharedServerEnv carries the server's port and certificate directory from

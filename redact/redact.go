@@ -9,6 +9,7 @@ import (
 	"errors"
 	"regexp"
 	"strings"
+	"sync/atomic"
 
 	"github.com/go-sql-driver/mysql"
 	"go.uber.org/zap"
@@ -18,6 +19,14 @@ import (
 // them (a doubled or backslash-escaped quote stays inside).
 var quoted = regexp.MustCompile(`'(?:[^'\\]|\\.|'')*'|"(?:[^"\\]|\\.|"")*"`)
 
+// allow, when set (config log.values, for debugging), lets Error keep
+// values.
+var allow atomic.Bool
+
+// AllowValues makes Error return messages unchanged (on) or redacted (off,
+// the default).
+func AllowValues(on bool) { allow.Store(on) }
+
 // Error is err's text with the quoted literals of every server error in
 // its chain replaced by '…'. Our own wrapping names tables, peers and
 // positions, never values, and is kept.
@@ -26,6 +35,9 @@ func Error(err error) string {
 		return ""
 	}
 	s := err.Error()
+	if allow.Load() {
+		return s
+	}
 	for e := err; e != nil; {
 		var me *mysql.MySQLError
 		if !errors.As(e, &me) {

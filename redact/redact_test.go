@@ -32,3 +32,16 @@ func TestError(t *testing.T) {
 		t.Error("nil error not empty")
 	}
 }
+
+func TestAllowValues(t *testing.T) {
+	dup := &mysql.MySQLError{Number: 1062, Message: "Duplicate entry 'alice' for key 'email'"}
+	AllowValues(true)
+	defer AllowValues(false)
+	if got := Error(dup); !strings.Contains(got, "alice") {
+		t.Errorf("with values allowed, %q lost the value", got)
+	}
+	AllowValues(false)
+	if got := Error(dup); strings.Contains(got, "alice") {
+		t.Errorf("values leaked after AllowValues(false): %q", got)
+	}
+}

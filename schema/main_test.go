@@ -24,7 +24,9 @@ var (
 const region = 1
 
 func TestMain(m *testing.M) {
-	os.Exit(run(m))
+	code := run(m)
+	dbtest.Cleanup()
+	os.Exit(code)
 }
 
 func run(m *testing.M) int {

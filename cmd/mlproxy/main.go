@@ -11,11 +11,13 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/go-sql-driver/mysql"
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
 	"github.com/mlproxy/mlproxy/config"
+	"github.com/mlproxy/mlproxy/redact"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -28,6 +30,9 @@ var errProblems = errors.New("problems found")
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
+	// The driver's own unstructured lines (a reset connection) would
+	// interleave with the CLI's output; their errors are returned anyway.
+	_ = mysql.SetLogger(driverLog{})
 	root := &cobra.Command{
 		Use:           "mlproxy",
 		Short:         "Multi-leader replication for MySQL and MariaDB",
@@ -72,5 +77,21 @@ func newLogger(cfg *config.Config) (*zap.Logger, error) {
 	if err != nil {
 		return nil, err
 	}
-	return log.With(zap.String("region", cfg.Region.Name)), nil
+	log = log.With(zap.String("region", cfg.Region.Name))
+	_ = mysql.SetLogger(driverLog{log.Named("mysql")})
+	redact.AllowValues(cfg.Log.Values)
+	if cfg.Log.Values {
+		log.Warn("log.values is on: server error messages in logs and /status may quote row values")
+	}
+	return log, nil
+}
+
+// driverLog sends go-sql-driver's messages to the JSON log at debug level
+// (nil logger: dropped).
+type driverLog struct{ log *zap.Logger }
+
+func (d driverLog) Print(v ...any) {
+	if d.log != nil {
+		d.log.Debug(fmt.Sprint(v...))
+	}
 }

@@ -77,6 +77,9 @@ type region struct {
 func runRegion(ctx context.Context, cfg *config.Config, log *zap.Logger) error {
 	r := &region{cfg: cfg, log: log, reg: prometheus.NewRegistry(), guard: newGuard()}
 	r.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	for _, w := range cfg.Plaintext() {
+		log.Warn("link not encrypted or not verified: "+w, zap.String("config", cfg.Path))
+	}
 
 	db, err := waitLocal(ctx, cfg, log)
 	if err != nil {
