@@ -73,12 +73,12 @@ func badField(err error) bool {
 }
 
 // conflictValues is one row of insertConflictSQL's VALUES.
-const conflictValues = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+const conflictValues = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
 // insertConflictSQL logs one conflict; multi-row statements repeat
 // conflictValues.
 const insertConflictSQL = "INSERT INTO mlr.conflicts (peer_id, db, tbl, pk, rule, " +
-	"local_hlc, local_origin, remote_hlc, remote_origin, local_row, remote_row, outcome) " +
+	"local_hlc, local_origin, remote_hlc, remote_origin, local_row, remote_row, local_meta, remote_meta, outcome) " +
 	"VALUES " + conflictValues
 
 // exec runs a statement of the plan, prepared once on conn.

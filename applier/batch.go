@@ -129,6 +129,7 @@ type segResult struct {
 	rows     map[binlog.Op]uint64
 	stamps   []hlc.Timestamp
 	conflict []conflictRec
+	settled  []conflictRec // keys of manual tables a later version reached
 }
 
 // applyTxns applies txns (whole source transactions, or one piece of one)
@@ -248,6 +249,11 @@ func (a *Applier) applySegment(ctx context.Context, conn *sql.Conn, st *batchSta
 		}
 		if d.Conflict {
 			res.conflict = append(res.conflict, conflictRec{p: p, pk: it.pk, local: local, remote: it.remote, d: d})
+		} else if p.rule.Name() == "manual" && !local.Absent() {
+			// A version causally after the local one: a resolution made in
+			// another region (or a later write) settles this key's pending
+			// conflicts here too.
+			res.settled = append(res.settled, conflictRec{p: p, pk: it.pk, remote: it.remote})
 		}
 		res.rows[it.rc.Op]++
 		res.stamps = append(res.stamps, max(it.remote.Stamp, hlc.Timestamp(it.remote.Meta.VV.Max())))
@@ -263,6 +269,9 @@ func (a *Applier) applySegment(ctx context.Context, conn *sql.Conn, st *batchSta
 	}
 	if err := a.logConflicts(ctx, conn, res.conflict); err != nil {
 		return a.segErr(seg, seg[0].tk, fmt.Errorf("log conflicts: %w", err))
+	}
+	if err := a.settleConflicts(ctx, conn, res.settled); err != nil {
+		return a.segErr(seg, seg[0].tk, fmt.Errorf("settle conflicts: %w", err))
 	}
 
 	for op, n := range res.rows {
@@ -725,6 +734,32 @@ func equalCols(a, b []string) bool {
 	return true
 }
 
+// settleConflictSQL closes the pending conflicts of one key that a
+// causally later version has reached.
+const settleConflictSQL = "UPDATE mlr.conflicts SET resolved_at = NOW(6), resolution = ? " +
+	"WHERE db = ? AND tbl = ? AND pk = ? AND outcome = 'pending' AND resolved_at IS NULL"
+
+// settleConflicts marks resolved the pending conflicts of keys that a
+// version causally later than the local one reached (manual tables only:
+// only they leave conflicts pending).
+func (a *Applier) settleConflicts(ctx context.Context, conn *sql.Conn, recs []conflictRec) error {
+	for _, c := range recs {
+		pkJSON, err := jsonText(c.pk)
+		if err != nil {
+			return err
+		}
+		why := fmt.Sprintf("superseded by %s at %d", c.remote.Origin, uint64(c.remote.Stamp))
+		st, err := a.stmt(ctx, conn, settleConflictSQL)
+		if err != nil {
+			return err
+		}
+		if _, err := st.ExecContext(ctx, why, c.p.t.Schema, c.p.t.Name, pkJSON); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // logConflicts records the segment's conflicts, in decision order: both
 // versions (NULL row = absent or deleted), the rule and the outcome.
 func (a *Applier) logConflicts(ctx context.Context, conn *sql.Conn, recs []conflictRec) error {
@@ -734,9 +769,10 @@ func (a *Applier) logConflicts(ctx context.Context, conn *sql.Conn, recs []confl
 		if err != nil {
 			return err
 		}
-		var localHLC, localOrigin, localRow, remoteRow any
+		var localHLC, localOrigin, localRow, remoteRow, localMeta any
 		if c.local.Exists || c.local.Deleted {
 			localHLC, localOrigin = uint64(c.local.Stamp), uint32(c.local.Origin)
+			localMeta = c.local.Meta.Encode()
 		}
 		if c.local.Exists {
 			if localRow, err = jsonText(c.local.Row); err != nil {
@@ -749,7 +785,7 @@ func (a *Applier) logConflicts(ctx context.Context, conn *sql.Conn, recs []confl
 			}
 		}
 		rows = append(rows, []any{a.cfg.Peer.ID, c.p.t.Schema, c.p.t.Name, pkJSON, c.p.rule.Name(),
-			localHLC, localOrigin, uint64(c.remote.Stamp), uint32(c.remote.Origin), localRow, remoteRow, c.d.Outcome.String()})
+			localHLC, localOrigin, uint64(c.remote.Stamp), uint32(c.remote.Origin), localRow, remoteRow, localMeta, c.remote.Meta.Encode(), c.d.Outcome.String()})
 	}
 	return a.execRows(ctx, func(size int) (*sql.Stmt, error) {
 		return a.stmt(ctx, conn, insertConflictSQL+strings.Repeat(", "+conflictValues, size-1))

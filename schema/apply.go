@@ -38,6 +38,7 @@ var InternalTables = map[string]string{
 		"  local_hlc BIGINT UNSIGNED NULL,  local_origin SMALLINT UNSIGNED NULL,\n" +
 		"  remote_hlc BIGINT UNSIGNED NOT NULL, remote_origin SMALLINT UNSIGNED NOT NULL,\n" +
 		"  local_row JSON NULL, remote_row JSON NULL,\n" +
+		"  local_meta JSON NULL, remote_meta JSON NULL,\n" +
 		"  outcome VARCHAR(32) NOT NULL,\n" +
 		"  resolved_at TIMESTAMP(6) NULL, resolution VARCHAR(64) NULL,\n" +
 		"  KEY (db, tbl), KEY (outcome)\n" +
@@ -58,6 +59,10 @@ type internalColumn struct{ table, column, def string }
 // (the loop marker) precedes every row event of the transaction.
 var internalColumns = []internalColumn{
 	{"checkpoints", "batches", "BIGINT UNSIGNED NOT NULL DEFAULT 0 AFTER txns"},
+	// Both versions' vectors (change.Meta), so that a resolution can be
+	// written causally after both.
+	{"conflicts", "local_meta", "JSON NULL AFTER remote_row"},
+	{"conflicts", "remote_meta", "JSON NULL AFTER local_meta"},
 }
 
 // missingInternalColumns are the internalColumns that existing Internal

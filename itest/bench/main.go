@@ -22,6 +22,8 @@ import (
 	"time"
 
 	_ "github.com/go-sql-driver/mysql"
+
+	"github.com/mlproxy/mlproxy/itest/cluster"
 )
 
 func main() {
@@ -32,16 +34,19 @@ func main() {
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	code := 0
 	if *only == "" || *only == "proxy" {
 		if err := benchProxy(ctx, *bin, *dur); err != nil {
 			fmt.Fprintln(os.Stderr, "bench proxy:", err)
-			os.Exit(1)
+			code = 1
 		}
 	}
-	if *only == "" || *only == "replication" {
+	if code == 0 && (*only == "" || *only == "replication") {
 		if err := benchReplication(ctx, *bin, *dur, *backlog); err != nil {
 			fmt.Fprintln(os.Stderr, "bench replication:", err)
-			os.Exit(1)
+			code = 1
 		}
 	}
+	cluster.Cleanup() // the binary, the CA and the server template
+	os.Exit(code)
 }

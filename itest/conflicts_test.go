@@ -1,0 +1,144 @@
+package itest
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mlproxy/mlproxy/itest/cluster"
+)
+
+// TestConflictsCLI: the same row changed concurrently in two regions under
+// the manual rule is pending in the log; `mlproxy conflicts list` shows it
+// (table and json), `show` prints both versions with the differing column
+// marked, `resolve --keep remote` converges every region to that version
+// with a stamp newer than both and closes the conflict in every region. A
+// conflict under lww is listed with its outcome.
+func TestConflictsCLI(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	c := startCluster(t, cluster.Options{
+		Setup:  appSetup + "CREATE TABLE app.docs (id INT PRIMARY KEY, body VARCHAR(64) NOT NULL);",
+		Tables: appTables + "\n  - schema: app\n    table: docs\n    rule: manual",
+	})
+	eu, us := c.Regions[0], c.Regions[1]
+	if err := execAll(ctx, openProxy(t, eu, 1), "INSERT INTO docs VALUES (1, 'first')", "INSERT INTO kv VALUES (1, 'first', 1)"); err != nil {
+		t.Fatal(err)
+	}
+	wait := func() {
+		t.Helper()
+		wctx, wcancel := context.WithTimeout(ctx, 45*time.Second)
+		defer wcancel()
+		if err := c.WaitApplied(wctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wait()
+
+	// Concurrent edits: us is cut off while both regions write.
+	if err := c.StopProxy(us, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := execAll(ctx, openProxy(t, eu, 1), "UPDATE docs SET body = 'eu edit' WHERE id = 1", "UPDATE kv SET v = 'eu edit' WHERE k = 1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := execAll(ctx, openDirect(t, us), "UPDATE docs SET body = 'us edit' WHERE id = 1", "UPDATE kv SET v = 'us edit' WHERE k = 1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.StartProxy(us); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WaitProxy(ctx, us); err != nil {
+		t.Fatal(err)
+	}
+	wait()
+
+	cli := func(args ...string) string {
+		t.Helper()
+		out, err := c.Command(ctx, args...)
+		if err != nil {
+			t.Fatalf("mlproxy %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return string(out)
+	}
+	list := cli("conflicts", "list", "-c", eu.ConfigPath, "--table", "app.docs", "--status", "pending")
+	lines := strings.Split(strings.TrimSpace(list), "\n")
+	if len(lines) != 2 || !strings.Contains(lines[1], "app.docs") || !strings.Contains(lines[1], "manual") || !strings.Contains(lines[1], "pending") {
+		t.Fatalf("conflicts list on eu: want one pending manual conflict on app.docs, got:\n%s", list)
+	}
+	id := strings.Fields(lines[1])[0]
+
+	var rows []map[string]any
+	if err := json.Unmarshal([]byte(cli("conflicts", "list", "-c", eu.ConfigPath, "-o", "json")), &rows); err != nil {
+		t.Fatal(err)
+	}
+	outcomes := map[string]string{}
+	for _, r := range rows {
+		outcomes[r["table"].(string)] = r["outcome"].(string)
+	}
+	if outcomes["docs"] != "pending" || (outcomes["kv"] != "local_won" && outcomes["kv"] != "remote_won") {
+		t.Errorf("conflicts list -o json on eu: outcomes %v; want docs pending and kv decided by lww", outcomes)
+	}
+
+	show := cli("conflicts", "show", "-c", eu.ConfigPath, id)
+	t.Log(list, show)
+	var bodyLine string
+	for _, l := range strings.Split(show, "\n") {
+		if strings.HasPrefix(l, "body") {
+			bodyLine = l
+		}
+	}
+	if !strings.Contains(bodyLine, "eu edit") || !strings.Contains(bodyLine, "us edit") || !strings.HasSuffix(strings.TrimSpace(bodyLine), "*") {
+		t.Errorf("conflicts show %s: want the body column with both versions, marked as differing; got:\n%s", id, show)
+	}
+	if !strings.Contains(show, "vector") {
+		t.Errorf("conflicts show %s prints no vectors:\n%s", id, show)
+	}
+
+	var before uint64
+	if err := openDirect(t, eu).QueryRowContext(ctx, "SELECT GREATEST(MAX(local_hlc), MAX(remote_hlc)) FROM mlr.conflicts WHERE tbl = 'docs'").Scan(&before); err != nil {
+		t.Fatal(err)
+	}
+	out := cli("conflicts", "resolve", "-c", eu.ConfigPath, id, "--keep", "remote")
+	t.Log(out)
+	wait()
+	wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
+	defer wcancel()
+	if err := c.WaitConverged(wctx, map[string]string{"app.docs": "id"}, "id, body, _mlr_hlc, _mlr_origin, _mlr_vv"); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range c.Regions {
+		var body string
+		var stamp uint64
+		if err := openDirect(t, r).QueryRowContext(ctx, "SELECT body, _mlr_hlc FROM docs WHERE id = 1").Scan(&body, &stamp); err != nil {
+			t.Fatal(err)
+		}
+		if body != "us edit" || stamp <= before {
+			t.Errorf("region %s after resolve --keep remote: body %q stamp %d; want \"us edit\" stamped after %d", r.Name, body, stamp, before)
+		}
+		pending := cli("conflicts", "list", "-c", r.ConfigPath, "--status", "pending", "--table", "app.docs")
+		if n := len(strings.Split(strings.TrimSpace(pending), "\n")); n != 1 {
+			t.Errorf("region %s still has pending conflicts on app.docs after the resolution:\n%s", r.Name, pending)
+		}
+	}
+	if after := cli("conflicts", "show", "-c", eu.ConfigPath, id); !strings.Contains(after, "resolved") {
+		t.Errorf("conflict %s not marked resolved:\n%s", id, after)
+	}
+	if _, err := c.Command(ctx, "conflicts", "resolve", "-c", eu.ConfigPath, id, "--keep", "local"); err == nil {
+		t.Errorf("resolving conflict %s twice succeeded", id)
+	}
+}
+
+// execAll runs each statement in turn, stopping at the first error.
+func execAll(ctx context.Context, db *sql.DB, stmts ...string) error {
+	for _, q := range stmts {
+		if _, err := db.ExecContext(ctx, q); err != nil {
+			return fmt.Errorf("%s: %w", q, err)
+		}
+	}
+	return nil
+}
