@@ -131,10 +131,11 @@ func GCTombstones(ctx context.Context, db *sql.DB, tables []*schema.Table, older
 
 // RunTombstoneGC collects tombstones every interval (0 = 1m) until ctx
 // ends, returning ctx's error: each round computes GCHorizon over peers
-// with slack and deletes below it. A failed round is logged and retried
-// at the next tick (collection is never urgent); tables is read once, so a
-// caller that adds tables restarts it.
-func RunTombstoneGC(ctx context.Context, db *sql.DB, tables []*schema.Table, peers []uint16, slack, interval time.Duration, log *zap.Logger) error {
+// with slack and deletes below it in the tables that tables returns then
+// (asked every round, so tables created later are collected without a
+// restart). A failed round is logged and retried at the next tick
+// (collection is never urgent).
+func RunTombstoneGC(ctx context.Context, db *sql.DB, tables func(context.Context) ([]*schema.Table, error), peers []uint16, slack, interval time.Duration, log *zap.Logger) error {
 	if log == nil {
 		log = zap.NewNop()
 	}
@@ -145,8 +146,12 @@ func RunTombstoneGC(ctx context.Context, db *sql.DB, tables []*schema.Table, pee
 	defer tick.Stop()
 	for {
 		h, err := GCHorizon(ctx, db, peers, slack)
+		var ts []*schema.Table
 		if err == nil {
-			_, err = GCTombstones(ctx, db, tables, h, 1000, log)
+			ts, err = tables(ctx)
+		}
+		if err == nil {
+			_, err = GCTombstones(ctx, db, ts, h, 1000, log)
 		}
 		if err != nil && ctx.Err() == nil {
 			log.Warn("tombstone gc round failed", redact.Err(err))

@@ -157,6 +157,10 @@ type Apply struct {
 	// TombstoneGCInterval is how often applied-past tombstones are dropped
 	// (0 = 1m).
 	TombstoneGCInterval time.Duration `yaml:"tombstone_gc_interval"`
+	// ConflictRetention is how long the conflict log (mlr.conflicts) keeps
+	// conflicts that are settled (decided by their rule, or resolved);
+	// pending ones stay until an operator resolves them (0 = 720h).
+	ConflictRetention time.Duration `yaml:"conflict_retention"`
 }
 
 // Metrics is the Prometheus endpoint (/metrics) and health check (/healthz).
@@ -205,6 +209,7 @@ const (
 	DefaultRelayBytes          = 64 << 20
 	DefaultWorkers             = 4
 	DefaultTombstoneGCInterval = time.Minute
+	DefaultConflictRetention   = 30 * 24 * time.Hour
 	DefaultLogLevel            = "info"
 )
 
@@ -246,6 +251,9 @@ func (c *Config) Default() {
 	}
 	if c.Apply.TombstoneGCInterval == 0 {
 		c.Apply.TombstoneGCInterval = DefaultTombstoneGCInterval
+	}
+	if c.Apply.ConflictRetention == 0 {
+		c.Apply.ConflictRetention = DefaultConflictRetention
 	}
 	if c.Log.Level == "" {
 		c.Log.Level = DefaultLogLevel

@@ -219,3 +219,10 @@ func TestMismatchedKeyIsAConfigError(t *testing.T) {
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "region.yaml:18: peers[0].server.tls: tls for db.us:3306: load certificate "+a.Cert+" with key "+b.Key+": tls: private key does not match public key")
 }
+
+func TestPassThroughRegion(t *testing.T) {
+	doc := strings.Replace(base, "tables:\n  - schema: shop\n    table: \"*\"\n", "tables: []\n", 1)
+	c, err := Parse("region.yaml", []byte(doc))
+	require.NoError(t, err, "an explicit empty table list is a pure proxy")
+	assert.Empty(t, c.Tables)
+}

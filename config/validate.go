@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Validate checks the meaning of the configuration (required keys, unique
@@ -293,7 +294,9 @@ func (k *checker) peers() {
 func (k *checker) tables() {
 	c := k.c
 	if len(c.Tables) == 0 {
-		k.bad("tables", "required: at least one entry naming the replicated tables and their conflict rule")
+		if !c.has("tables") {
+			k.bad("tables", "required: at least one entry naming the replicated tables and their conflict rule (or `tables: []` for a pure proxy that replicates nothing)")
+		}
 		return
 	}
 	regions := c.RegionIDs()
@@ -423,6 +426,9 @@ func (k *checker) tuning() {
 	}
 	if c.Apply.TombstoneGCInterval <= 0 {
 		k.bad("apply.tombstone_gc_interval", "must be positive, got %s", c.Apply.TombstoneGCInterval)
+	}
+	if c.Apply.ConflictRetention < time.Minute {
+		k.bad("apply.conflict_retention", "must be at least 1m, got %s", c.Apply.ConflictRetention)
 	}
 	if c.Metrics.Listen != "" {
 		k.addr("metrics.listen", c.Metrics.Listen, true)

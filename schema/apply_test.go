@@ -44,7 +44,7 @@ func TestInspect(t *testing.T) {
 	assert.ErrorIs(t, err, ErrNoTable)
 	assert.ErrorIs(t, err, ErrInternalSchema)
 	assert.Contains(t, err.Error(), "ins.missing")
-	assert.Contains(t, err.Error(), "nosuchschema.*")
+	assert.NotContains(t, err.Error(), "nosuchschema", "a wildcard over an empty or absent schema is valid: it has nothing to prepare yet")
 	require.Len(t, tables, 2, "the view is not a base table")
 	assert.Equal(t, "a", tables[0].Name)
 	assert.Equal(t, "lww", tables[0].Rule.Rule)

@@ -70,10 +70,8 @@ func inspect(ctx context.Context, db *sql.DB, rules []config.TableRule) ([]*Tabl
 		}
 		inSchema := existing[strings.ToLower(r.Schema)]
 		if r.Table == "*" {
-			if len(inSchema) == 0 {
-				errs = append(errs, &whereError{r.Schema + ".*", fmt.Errorf("rule for %s.*: schema %s has no base tables: %w", r.Schema, r.Schema, ErrNoTable)})
-				continue
-			}
+			// An empty (or not yet created) schema is fine: its tables
+			// are prepared by schema apply once they exist.
 			for _, full := range inSchema {
 				s, t, _ := strings.Cut(full, "\x00")
 				k := key{s, t}

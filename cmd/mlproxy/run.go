@@ -154,6 +154,8 @@ func runRegion(ctx context.Context, cfg *config.Config, log *zap.Logger) error {
 	}
 	wg.Add(1)
 	go func() { defer wg.Done(); r.gcLoop(ctx) }()
+	wg.Add(1)
+	go func() { defer wg.Done(); r.conflictRetention(ctx) }()
 	r.reg.MustRegister(r.guard.damaged)
 	wg.Add(1)
 	go func() { defer wg.Done(); r.guardLoop(ctx) }()
@@ -523,19 +525,52 @@ func (l *link) startPosition(ctx context.Context) (binlog.Checkpoint, error) {
 // applier.GCHorizon.
 const gcSlack = 5 * time.Minute
 
+// conflictRetention deletes, every hour and at start, the settled
+// conflicts (decided by their rule, or resolved) older than
+// apply.conflict_retention, a thousand rows per statement. Pending
+// conflicts are kept until an operator resolves them.
+func (r *region) conflictRetention(ctx context.Context) {
+	pruned := prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "mlproxy_conflicts_pruned_total",
+		Help: "Settled conflicts deleted from mlr.conflicts after apply.conflict_retention.",
+	})
+	r.reg.MustRegister(pruned)
+	secs := int64(r.cfg.Apply.ConflictRetention / time.Second)
+	t := time.NewTicker(time.Hour)
+	defer t.Stop()
+	for {
+		for {
+			res, err := r.db.ExecContext(ctx, "DELETE FROM mlr.conflicts WHERE detected_at < NOW(6) - INTERVAL ? SECOND "+
+				"AND (resolved_at IS NOT NULL OR outcome <> 'pending') ORDER BY id LIMIT 1000", secs)
+			if err != nil {
+				if ctx.Err() == nil {
+					r.log.Warn("conflict log retention failed; retrying in an hour", redact.Err(err))
+				}
+				break
+			}
+			n, _ := res.RowsAffected()
+			pruned.Add(float64(n))
+			if n < 1000 {
+				break
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
 // gcLoop drops tombstones every peer has applied past, every
-// apply.tombstone_gc_interval (applier.RunTombstoneGC). The tables are the
-// configured ones as the server has them at start; a change of the table
-// rules needs a restart anyway.
+// apply.tombstone_gc_interval (applier.RunTombstoneGC), in the replicated
+// tables as the server has them at each round: a table created later, or
+// a database that was empty at start, is collected without a restart.
 func (r *region) gcLoop(ctx context.Context) {
 	var peers []uint16
 	for _, p := range r.cfg.Sources() {
 		peers = append(peers, p.ID)
 	}
-	tables, err := schema.Inspect(ctx, r.db, r.cfg.Tables)
-	if err != nil {
-		r.log.Warn("tombstone gc off until restart: reading the replicated tables failed", zap.Error(err))
-		return
-	}
+	tables := func(ctx context.Context) ([]*schema.Table, error) { return schema.Inspect(ctx, r.db, r.cfg.Tables) }
 	_ = applier.RunTombstoneGC(ctx, r.db, tables, peers, gcSlack, r.cfg.Apply.TombstoneGCInterval, r.log.Named("gc"))
 }

@@ -46,7 +46,9 @@ func schemaApplyCmd() *cobra.Command {
 			}
 			report, err := schema.Apply(ctx, db, schema.Stamping{Region: cfg.Region.ID, MaxOffset: cfg.Clock.MaxOffset}, tables, log)
 			if err != nil {
-				printReport(cmd, report)
+				for _, c := range report.Changes { // what was done before the failure
+					fmt.Fprintln(cmd.OutOrStdout(), c)
+				}
 				return err
 			}
 			recorded, err := recordBinlogStart(ctx, db, start)
@@ -56,7 +58,7 @@ func schemaApplyCmd() *cobra.Command {
 			if recorded {
 				report.Changes = append(report.Changes, fmt.Sprintf("recorded binlog start %s %s:%d: peers replicate this region from there", start.gtid, start.file, start.pos))
 			}
-			printReport(cmd, report)
+			printReport(cmd, report, len(tables))
 			return nil
 		},
 	}
@@ -109,9 +111,9 @@ func schemaCheckCmd() *cobra.Command {
 	return cmd
 }
 
-func printReport(cmd *cobra.Command, r schema.Report) {
+func printReport(cmd *cobra.Command, r schema.Report, tables int) {
 	if len(r.Changes) == 0 {
-		fmt.Fprintln(cmd.OutOrStdout(), "nothing to do: schema is up to date")
+		fmt.Fprintf(cmd.OutOrStdout(), "nothing to do: the schema is up to date (%d replicated tables)\n", tables)
 		return
 	}
 	for _, c := range r.Changes {
