@@ -264,7 +264,10 @@ func (c *Cluster) certificates(ctx context.Context) error {
 		for _, p := range c.Peers(r) {
 			u := ReplUser(p.Name)
 			_, err = db.ExecContext(ctx, fmt.Sprintf("CREATE USER '%s'@'127.0.0.1' REQUIRE SUBJECT '%s' AND ISSUER '%s'; "+
-				"GRANT REPLICATION SLAVE, BINLOG MONITOR ON *.* TO '%[4]s'@'127.0.0.1'; GRANT SELECT ON mlr.* TO '%[4]s'@'127.0.0.1'",
+				"GRANT REPLICATION SLAVE, BINLOG MONITOR ON *.* TO '%[4]s'@'127.0.0.1'; GRANT SELECT ON mlr.* TO '%[4]s'@'127.0.0.1'; "+
+				// mlproxy checksum reads peers' tables with these accounts
+				// (the README grants SELECT on the replicated schemas).
+				"GRANT SELECT ON *.* TO '%[4]s'@'127.0.0.1'",
 				u, devca.Subject("mlproxy-"+p.Name), devca.Subject(dbtest.CAName), u))
 			if err != nil {
 				break
