@@ -192,10 +192,19 @@ func TestHostileAppAccount(t *testing.T) {
 	// A duplicate key in a secondary unique index: each region's applier
 	// fails on the other's row, and says so, without the row's values.
 	const secret = "alice.secret@example.com"
+	if err := c.StopProxy(us, false); err != nil { // both inserts before either arrives
+		t.Fatal(err)
+	}
 	if _, err := openProxy(t, eu, 1).ExecContext(ctx, "INSERT INTO users VALUES (100, ?)", secret); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := openProxy(t, us, 1).ExecContext(ctx, "INSERT INTO users VALUES (200, ?)", secret); err != nil {
+	if _, err := openDirect(t, us).ExecContext(ctx, "INSERT INTO users VALUES (200, ?)", secret); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.StartProxy(us); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WaitProxy(ctx, us); err != nil {
 		t.Fatal(err)
 	}
 	var status string
