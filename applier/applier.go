@@ -145,6 +145,9 @@ type Status struct {
 	// HeldAhead by how much; the link waits until the clock catches up.
 	Held      string
 	HeldAhead time.Duration
+	// Stopped, when set, is the change the link is stopped at: a key the
+	// conflict rule cannot place refused it (on_constraint: stop).
+	Stopped *Stop
 }
 
 // Applier applies one peer's stream. Run owns the session and the plans;
@@ -180,6 +183,11 @@ type Applier struct {
 	binlogLocked bool
 	// unsaved counts source transactions of batches not saved that way.
 	unsaved uint64
+	// skipGTID, while a stopped link retries, is the source transaction an
+	// operator asked to skip (its refused changes are logged and passed
+	// over); skipBy who asked; skipped is set once something was skipped.
+	skipGTID, skipBy string
+	skipped          bool
 
 	// holdPoll is how often a held batch re-checks the clock (tests
 	// shorten it).
@@ -357,6 +365,10 @@ func (a *Applier) applyBatch(ctx context.Context, txns []*binlog.Txn) error {
 			zap.Int("txns", len(txns)), zap.Int("attempt", attempt), redact.Err(err))
 		return struct{}{}, err
 	}, backoff.WithBackOff(a.newBO()), backoff.WithMaxElapsedTime(0))
+	var ce *constraintError
+	if errors.As(err, &ce) {
+		return a.stopped(ctx, txns, ce)
+	}
 	return err
 }
 

@@ -160,12 +160,13 @@ func (a *Applier) applyTxns(ctx context.Context, conn *sql.Conn, st *batchState,
 				return fmt.Errorf("apply %s %s.%s from peer %s at gtid %s (%s:%d): %w",
 					rc.Op, rc.Schema, rc.Table, a.peer, t.Pos.GTID, t.Pos.File, t.Pos.Pos, err)
 			}
-			seg = append(seg, it)
 			if serial {
-				if err := flush(); err != nil {
+				if err := a.applyGuarded(ctx, conn, st, it); err != nil {
 					return err
 				}
+				continue
 			}
+			seg = append(seg, it)
 		}
 	}
 	if err := flush(); err != nil {
@@ -261,7 +262,7 @@ func (a *Applier) applySegment(ctx context.Context, conn *sql.Conn, st *batchSta
 
 	for _, ts := range order {
 		if err := a.writeTable(ctx, conn, a.plans[ts.tk], ts); err != nil {
-			if !serial && len(seg) > 1 && constraintErr(err) {
+			if !serial && constraintErr(err) {
 				err = fmt.Errorf("%w: %w", errSplit, err)
 			}
 			return a.segErr(seg, ts.tk, err)

@@ -20,6 +20,7 @@ type metrics struct {
 	lag         *prometheus.GaugeVec     // peer
 	batchTxns   *prometheus.HistogramVec // peer
 	applyErrors *prometheus.CounterVec   // peer
+	stopped     *prometheus.GaugeVec     // peer: 1 while the link is stopped at a refused change
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -55,6 +56,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		applyErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "mlproxy_applier_errors_total", Help: "Applier stops on a non-retryable error.",
 		}, []string{"peer"}),
+		stopped: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "mlproxy_applier_link_stopped", Help: "1 while the link is stopped at a remote change a key the conflict rule cannot place refused (see mlproxy status; mlproxy link skip|retry).",
+		}, []string{"peer"}),
 	}
 	if reg == nil {
 		return m
@@ -69,6 +73,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.lag = register(reg, m.lag)
 	m.batchTxns = register(reg, m.batchTxns)
 	m.applyErrors = register(reg, m.applyErrors)
+	m.stopped = register(reg, m.stopped)
 	return m
 }
 

@@ -100,6 +100,12 @@ type TableRule struct {
 	// Columns names the numeric columns merged by the counter, max and min
 	// rules; other columns follow lww.
 	Columns []string `yaml:"columns"`
+	// OnConstraint says what the applier does with a remote change that a
+	// key the rule cannot place refuses (a secondary unique key, a foreign
+	// key): stop (default) holds the peer's link at that change until an
+	// operator runs `mlproxy link skip` or `retry`; log records the change
+	// whole in the conflict log (outcome rejected) and goes on.
+	OnConstraint string `yaml:"on_constraint"`
 	// Line is the line of this entry in the file (for messages).
 	Line int `yaml:"-"`
 }
@@ -211,6 +217,13 @@ const (
 	DefaultTombstoneGCInterval = time.Minute
 	DefaultConflictRetention   = 30 * 24 * time.Hour
 	DefaultLogLevel            = "info"
+)
+
+// What the applier does when a key refuses a remote change
+// (TableRule.OnConstraint).
+const (
+	OnConstraintStop = "stop"
+	OnConstraintLog  = "log"
 )
 
 // Rules lists every conflict rule, in the order the documentation gives.

@@ -334,6 +334,9 @@ func (k *checker) tables() {
 		if !merge && len(t.Columns) > 0 {
 			k.bad(key+".columns", "only used by rules counter, max and min, not %s", t.Rule)
 		}
+		if t.OnConstraint != "" && t.OnConstraint != OnConstraintStop && t.OnConstraint != OnConstraintLog {
+			k.bad(key+".on_constraint", "unknown value %q (known: stop, log)", t.OnConstraint)
+		}
 		if t.Rule != RuleOriginPriority && len(t.Priority) > 0 {
 			k.bad(key+".priority", "only used by rule origin-priority, not %s", t.Rule)
 		}

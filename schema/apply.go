@@ -44,10 +44,30 @@ var InternalTables = map[string]string{
 		"  KEY (db, tbl), KEY (outcome)\n" +
 		") ENGINE=InnoDB",
 	"hlc": "CREATE TABLE `" + Internal + "`.`hlc` (id TINYINT UNSIGNED PRIMARY KEY, high_water BIGINT UNSIGNED NOT NULL) ENGINE=InnoDB",
+	// link_stops names the change a stopped link is held at (key values
+	// included: the CLI shows them, logs and metrics do not).
+	"link_stops": "CREATE TABLE `" + Internal + "`.`link_stops` (\n" +
+		"  peer_id SMALLINT UNSIGNED NOT NULL PRIMARY KEY,\n" +
+		"  gtid VARCHAR(1024) NOT NULL,\n" +
+		"  db VARCHAR(64) NOT NULL, tbl VARCHAR(64) NOT NULL,\n" +
+		"  pk JSON NOT NULL,\n" +
+		"  error VARCHAR(1024) NOT NULL,\n" +
+		"  since TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)\n" +
+		") ENGINE=InnoDB",
+	// link_requests holds an operator's `mlproxy link skip|retry` for a
+	// stopped link, until the applier acts on it.
+	"link_requests": "CREATE TABLE `" + Internal + "`.`link_requests` (\n" +
+		"  peer_id SMALLINT UNSIGNED NOT NULL,\n" +
+		"  action VARCHAR(8) NOT NULL,\n" +
+		"  gtid VARCHAR(1024) NOT NULL DEFAULT '',\n" +
+		"  requested_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),\n" +
+		"  requested_by VARCHAR(128) NOT NULL DEFAULT '',\n" +
+		"  PRIMARY KEY (peer_id, action)\n" +
+		") ENGINE=InnoDB",
 }
 
 // internalOrder fixes the order InternalTables are created and reported in.
-var internalOrder = []string{"checkpoints", "conflicts", "hlc"}
+var internalOrder = []string{"checkpoints", "conflicts", "hlc", "link_requests", "link_stops"}
 
 // internalColumn is a column an Internal table gained after its first
 // release: schema apply adds it to an existing table that lacks it.

@@ -335,14 +335,17 @@ type linkStatus struct {
 	LastError string `json:"last_error,omitempty"`
 	// Held names the table of a change the applier holds back: its stamp
 	// is HeldAheadMs further ahead of local time than clock.max_offset.
-	Held        string    `json:"held,omitempty"`
-	HeldAheadMs int64     `json:"held_ahead_ms,omitempty"`
-	GTID        string    `json:"gtid"`
-	File        string    `json:"file"`
-	Pos         uint32    `json:"pos"`
-	SourceTime  time.Time `json:"source_time"`
-	Txns        uint64    `json:"txns"`
-	Conflicts   uint64    `json:"conflicts"`
+	Held        string `json:"held,omitempty"`
+	HeldAheadMs int64  `json:"held_ahead_ms,omitempty"`
+	// Stopped is the change the link is stopped at (on_constraint: stop):
+	// table, key hash, source transaction, error.
+	Stopped    *applier.Stop `json:"stopped,omitempty"`
+	GTID       string        `json:"gtid"`
+	File       string        `json:"file"`
+	Pos        uint32        `json:"pos"`
+	SourceTime time.Time     `json:"source_time"`
+	Txns       uint64        `json:"txns"`
+	Conflicts  uint64        `json:"conflicts"`
 }
 
 func (r *region) status() []linkStatus {
@@ -429,6 +432,11 @@ func (l *link) status() linkStatus {
 		s.State, s.Held, s.HeldAheadMs = "holding", as.Held, as.HeldAhead.Milliseconds()
 		s.LastError = fmt.Sprintf("holding a change to %s stamped %s further ahead of local time than clock.max_offset: the peer's clock runs fast (check NTP)",
 			as.Held, as.HeldAhead.Round(time.Millisecond))
+	}
+	if as.Stopped != nil {
+		s.State, s.Stopped = "stopped", as.Stopped
+		s.LastError = fmt.Sprintf("stopped at a change to %s (key hash %s, gtid %s) that a key the conflict rule cannot place refuses: %s; fix the local row and `mlproxy link retry %s`, or `mlproxy link skip %s`",
+			as.Stopped.Table, as.Stopped.KeyHash, as.Stopped.GTID, as.Stopped.Error, l.peer.Name, l.peer.Name)
 	}
 	s.GTID, s.File, s.Pos = as.Pos.GTID, as.Pos.File, as.Pos.Pos
 	s.SourceTime, s.Txns, s.Conflicts = as.SourceTime, as.Txns, as.Conflicts

@@ -1,0 +1,125 @@
+package itest
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mlproxy/mlproxy/itest/cluster"
+)
+
+// TestUniqueKeyAcrossRegions: the same email inserted in two regions
+// collides on a secondary unique key, which no conflict rule can place.
+// With on_constraint stop (the default) the link stops at that change and
+// `mlproxy status` names the row; a restart while stopped loses nothing;
+// `mlproxy link skip` resumes it and the skipped change is in the
+// conflict log. With on_constraint log, replication goes on and the
+// refused change is listed as a conflict.
+func TestUniqueKeyAcrossRegions(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	c := startCluster(t, cluster.Options{Names: []string{"eu", "us"},
+		Setup: appSetup + "CREATE TABLE app.users (id INT PRIMARY KEY, email VARCHAR(64) NOT NULL UNIQUE);" +
+			"CREATE TABLE app.members (id INT PRIMARY KEY, email VARCHAR(64) NOT NULL UNIQUE);",
+		Tables: appTables + "\n  - {schema: app, table: users, rule: lww}\n  - {schema: app, table: members, rule: lww, on_constraint: log}",
+	})
+	eu, us := c.Regions[0], c.Regions[1]
+	cli := func(args ...string) (string, error) {
+		out, err := c.Command(ctx, args...)
+		return string(out), err
+	}
+
+	if err := c.StopProxy(us, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := execAll(ctx, openProxy(t, eu, 1),
+		"INSERT INTO users VALUES (100, 'same@example.com')",
+		"INSERT INTO members VALUES (100, 'member@example.com')",
+		"INSERT INTO kv VALUES (1, 'after the collision', 1)"); err != nil {
+		t.Fatal(err)
+	}
+	if err := execAll(ctx, openDirect(t, us),
+		"INSERT INTO users VALUES (200, 'same@example.com')",
+		"INSERT INTO members VALUES (200, 'member@example.com')"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.StartProxy(us); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WaitProxy(ctx, us); err != nil {
+		t.Fatal(err)
+	}
+
+	stoppedAt := func(r *cluster.Region, peer string) string {
+		t.Helper()
+		var out string
+		for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(300 * time.Millisecond) {
+			out, _ = cli("status", "-c", r.ConfigPath)
+			for _, l := range strings.Split(out, "\n") {
+				if strings.HasPrefix(l, peer+" ") && strings.Contains(l, "stopped") && strings.Contains(l, "app.users key [") {
+					return l
+				}
+			}
+		}
+		t.Fatalf("mlproxy status on %s: want the link from %s stopped at app.users, got:\n%s\nlog:\n%s", r.Name, peer, out, cluster.Tail(r.LogPath, 8))
+		return ""
+	}
+	line := stoppedAt(us, "eu")
+	t.Log(line)
+	if !strings.Contains(line, "app.users key [100]") || !strings.Contains(line, "1062") {
+		t.Errorf("us's status does not name the refused row (app.users key [100], error 1062):\n%s", line)
+	}
+	if n := metric(t, us, "mlproxy_applier_link_stopped"); n != 1 {
+		t.Errorf("mlproxy_applier_link_stopped on us = %v, want 1", n)
+	}
+
+	// A restart while stopped: still stopped at the same change.
+	if err := c.StopProxy(us, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.StartProxy(us); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WaitProxy(ctx, us); err != nil {
+		t.Fatal(err)
+	}
+	stoppedAt(us, "eu")
+	var n int
+	if err := openDirect(t, us).QueryRowContext(ctx, "SELECT COUNT(*) FROM kv WHERE k = 1").Scan(&n); err != nil || n != 0 {
+		t.Fatalf("kv row 1, written at eu after the collision, at us while the link is stopped: %d (%v); want 0", n, err)
+	}
+
+	out, err := cli("link", "skip", "eu", "-c", us.ConfigPath)
+	if err != nil {
+		t.Fatalf("mlproxy link skip eu on us: %v\n%s", err, out)
+	}
+	if !strings.Contains(out, "resumed") {
+		t.Errorf("link skip did not report the link resumed:\n%s", out)
+	}
+	if out, err := cli("link", "skip", "us", "-c", eu.ConfigPath); err != nil {
+		t.Fatalf("mlproxy link skip us on eu: %v\n%s", err, out)
+	}
+	wctx, wcancel := context.WithTimeout(ctx, 45*time.Second)
+	defer wcancel()
+	if err := c.WaitConverged(wctx, map[string]string{"app.kv": "k"}, "k, v, n, _mlr_hlc, _mlr_origin"); err != nil {
+		t.Fatalf("after the skip, the changes behind it did not arrive: %v", err)
+	}
+	for _, r := range c.Regions {
+		list, err := cli("conflicts", "list", "-c", r.ConfigPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var skipped, rejected bool
+		for _, l := range strings.Split(list, "\n") {
+			skipped = skipped || (strings.Contains(l, "app.users") && strings.Contains(l, "skipped"))
+			rejected = rejected || (strings.Contains(l, "app.members") && strings.Contains(l, "rejected"))
+		}
+		if !skipped || !rejected {
+			t.Errorf("region %s: want the skipped app.users change and the rejected app.members change in the conflict log, got:\n%s", r.Name, list)
+		}
+		if out, _ := cli("status", "-c", r.ConfigPath); strings.Contains(out, "stopped") {
+			t.Errorf("region %s still reports a stopped link:\n%s", r.Name, out)
+		}
+	}
+}
