@@ -56,6 +56,12 @@ type Proxy struct {
 	StatementCacheSize int `yaml:"statement_cache_size"`
 	// ShutdownTimeout bounds connection draining on SIGTERM (0 = 30s).
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+	// AllowDDL lets DDL on replicated tables (ALTER, CREATE, DROP, RENAME,
+	// TRUNCATE, indexes) through the proxy. Off by default: such DDL is
+	// refused with an error that names `mlproxy schema ddl`, which runs it
+	// in every region and prepares the table's stamping. DDL let through
+	// does not replicate: run it in every region, then `schema apply`.
+	AllowDDL bool `yaml:"allow_ddl"`
 }
 
 // Server is how to reach a MySQL/MariaDB server (the local one or a peer's).

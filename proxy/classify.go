@@ -55,6 +55,10 @@ type class struct {
 	// calls is set when the packet has a CALL, whose extra result sets make
 	// counting results per statement impossible.
 	calls bool
+	// ddl are the tables a kindDDL statement defines, alters or drops,
+	// and verb its kind (ALTER TABLE, ...), for the DDL policy.
+	ddl  []tableRef
+	verb string
 }
 
 // Refusal reasons (refused_total{reason}).
@@ -65,6 +69,7 @@ const (
 	reasonMetadataColumn = "mlr_column"
 	reasonSQLLogBin      = "sql_log_bin"
 	reasonDamaged        = "replication_damaged"
+	reasonReplicatedDDL  = "replicated_ddl"
 )
 
 // internalSchema is the schema of mlproxy's own tables (docs/internals.md).
@@ -232,6 +237,10 @@ func classifyStmts(db string, stmts []ast.StmtNode, depth int) *class {
 		}
 		if cl.kind > out.kind {
 			out.kind = cl.kind
+		}
+		if len(cl.ddl) > 0 {
+			out.ddl = append(out.ddl, cl.ddl...)
+			out.verb = cl.verb
 		}
 		out.writes = append(out.writes, cl.writes...)
 	}
@@ -507,6 +516,7 @@ func (v *varFinder) Leave(n ast.Node) (ast.Node, bool) { return n, true }
 func classifyDDL(db string, n ast.DDLNode) *class {
 	var targets []tableRef
 	var schemas []string
+	verb := ""
 	switch x := n.(type) {
 	case *ast.CreateDatabaseStmt:
 		schemas = append(schemas, x.Name.O)
@@ -557,5 +567,23 @@ func classifyDDL(db string, n ast.DDLNode) *class {
 			return refused(reasonInternalSchema, msgInternalSchema)
 		}
 	}
-	return &class{kind: kindDDL}
+	switch n.(type) {
+	case *ast.CreateTableStmt:
+		verb = "CREATE TABLE"
+	case *ast.DropTableStmt:
+		verb = "DROP TABLE"
+	case *ast.TruncateTableStmt:
+		verb = "TRUNCATE TABLE"
+	case *ast.RenameTableStmt:
+		verb = "RENAME TABLE"
+	case *ast.CreateIndexStmt:
+		verb = "CREATE INDEX"
+	case *ast.DropIndexStmt:
+		verb = "DROP INDEX"
+	case *ast.AlterTableStmt:
+		verb = "ALTER TABLE"
+	default:
+		return &class{kind: kindDDL}
+	}
+	return &class{kind: kindDDL, ddl: targets, verb: verb}
 }

@@ -71,6 +71,9 @@ type Config struct {
 	CacheSize int
 	// ShutdownTimeout bounds draining in Run (0 = 30s).
 	ShutdownTimeout time.Duration
+	// AllowDDL lets DDL on replicated tables through; by default it is
+	// refused with an error naming `mlproxy schema ddl`.
+	AllowDDL bool
 }
 
 // Defaults for zero Config fields.

@@ -115,6 +115,7 @@ func runRegion(ctx context.Context, cfg *config.Config, log *zap.Logger) error {
 		MaxConnections:  cfg.Proxy.MaxConnections,
 		CacheSize:       cfg.Proxy.StatementCacheSize,
 		ShutdownTimeout: cfg.Proxy.ShutdownTimeout,
+		AllowDDL:        cfg.Proxy.AllowDDL,
 	}, r.clock, replicatedTables{cfg, r.guard}, log.Named("proxy"), r.reg)
 	if err != nil {
 		return err

@@ -16,7 +16,7 @@ func schemaCmd() *cobra.Command {
 		Use:   "schema",
 		Short: "Install or check what replication needs in the region's server",
 	}
-	cmd.AddCommand(schemaApplyCmd(), schemaCheckCmd())
+	cmd.AddCommand(schemaApplyCmd(), schemaCheckCmd(), schemaDDLCmd())
 	return cmd
 }
 
