@@ -13,8 +13,10 @@ import (
 // body) or one of the metadata columns. Such damage comes from DDL the
 // proxy could not see (inside a procedure or a prepared statement, or on
 // the server directly); writes to the table would then not replicate
-// correctly. The result maps "schema.table" to what is missing; tables
-// that no longer exist are not damaged (nothing to replicate).
+// correctly. A table a wildcard rule matches that was never prepared, or
+// that has no primary key, is reported too. The result maps
+// "schema.table" to why writes to it cannot replicate; tables that no
+// longer exist are not damaged (nothing to replicate).
 func Damage(ctx context.Context, db *sql.DB, tables []*Table) (map[string]string, error) {
 	if len(tables) == 0 {
 		return nil, nil
@@ -105,8 +107,15 @@ func Damage(ctx context.Context, db *sql.DB, tables []*Table) (map[string]string
 				missing = append(missing, "trigger "+n+t.Name)
 			}
 		}
-		if len(missing) > 0 {
-			out[k] = strings.Join(missing, ", ")
+		switch {
+		case len(t.PK) == 0:
+			out[k] = "it has no primary key, which replication needs to address its rows: add one in every region (`mlproxy schema ddl`)"
+		case len(missing) == 6:
+			out[k] = "it matches a replicated table rule but was never prepared for replication (created outside `mlproxy schema ddl`): " +
+				"create it in every region and run `mlproxy schema apply` in each"
+		case len(missing) > 0:
+			out[k] = "its replication metadata was changed outside the proxy (missing " + strings.Join(missing, ", ") +
+				"), so they would not replicate correctly; an operator must run `mlproxy schema apply`"
 		}
 	}
 	return out, nil

@@ -229,7 +229,7 @@ func (g *guard) blocked(schema, table string) string {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if what, ok := g.tables[k]; ok {
-		return fmt.Sprintf("writes to %s.%s are refused: its replication metadata was changed outside the proxy (missing %s), so they would not replicate correctly; an operator must run `mlproxy schema apply`", schema, table, what)
+		return fmt.Sprintf("writes to %s.%s are refused: %s", schema, table, what)
 	}
 	return ""
 }
@@ -238,7 +238,7 @@ func (g *guard) anyBlocked() string {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	for k, what := range g.tables {
-		return fmt.Sprintf("writes the proxy cannot attribute to a table (CALL, EXECUTE) are refused while %s lacks its replication metadata (missing %s); an operator must run `mlproxy schema apply`", k, what)
+		return fmt.Sprintf("writes the proxy cannot attribute to a table (CALL, EXECUTE) are refused while %s cannot replicate: %s", k, what)
 	}
 	return ""
 }
@@ -251,14 +251,16 @@ const guardInterval = 2 * time.Second
 // proxy cannot see (inside a procedure or a prepared statement, or run on
 // the server directly) can remove them; the table is then reported loudly
 // and writes to it through the proxy are refused until `mlproxy schema
-// apply` repairs it. The list of tables is re-read every minute.
+// apply` repairs it. The list of tables is re-read every 10 seconds, so a
+// table created later under a wildcard rule, unprepared, is reported and
+// refused, never silently left unreplicated.
 func (r *region) guardLoop(ctx context.Context) {
 	var tables []*schema.Table
 	var read time.Time
 	t := time.NewTicker(guardInterval)
 	defer t.Stop()
 	for {
-		if tables == nil || time.Since(read) > time.Minute {
+		if tables == nil || time.Since(read) > 10*time.Second {
 			if ts, err := schema.Inspect(ctx, r.db, r.cfg.Tables); err == nil {
 				tables, read = ts, time.Now()
 			} else if ctx.Err() == nil {
@@ -291,8 +293,8 @@ func (g *guard) update(damage map[string]string, log *zap.Logger) {
 	g.mu.Unlock()
 	for k, what := range next {
 		if _, was := prev[k]; !was {
-			log.Error("replication metadata removed outside the proxy: writes to the table are refused until `mlproxy schema apply`",
-				zap.String("table", k), zap.String("missing", what))
+			log.Error("replicated table cannot replicate: writes to it through the proxy are refused",
+				zap.String("table", k), zap.String("why", what))
 		}
 	}
 	for k := range prev {
