@@ -129,6 +129,14 @@ func Check(ctx context.Context, local *sql.DB, peers map[string]*sql.DB, rules [
 		ps = append(ps, p...)
 	}
 	ps = append(ps, checkAccounts(ctx, local, tables, st)...)
+	uk, err := checkUniqueKeys(ctx, local, tables)
+	if err != nil {
+		if ctx.Err() != nil {
+			return ps, ctx.Err()
+		}
+		add(Error, Local, "cannot read the tables' unique keys (%v)", err)
+	}
+	ps = append(ps, uk...)
 	p, err := checkInternal(ctx, local)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -406,4 +414,45 @@ func checkAccounts(ctx context.Context, db *sql.DB, tables []*Table, st Stamping
 		rows.Close()
 	}
 	return ps
+}
+
+// checkUniqueKeys warns about replicated tables with a unique key besides
+// the primary key: two regions inserting the same value each commit, and
+// no conflict rule can place the second row (rules merge versions of one
+// primary key). The table's on_constraint says what the applier does then.
+func checkUniqueKeys(ctx context.Context, db *sql.DB, tables []*Table) ([]Problem, error) {
+	if len(tables) == 0 {
+		return nil, nil
+	}
+	rows, err := db.QueryContext(ctx, `SELECT TABLE_SCHEMA, TABLE_NAME, INDEX_NAME, GROUP_CONCAT(COLUMN_NAME ORDER BY SEQ_IN_INDEX)
+FROM information_schema.STATISTICS WHERE NON_UNIQUE = 0 AND INDEX_NAME <> 'PRIMARY'
+GROUP BY TABLE_SCHEMA, TABLE_NAME, INDEX_NAME ORDER BY TABLE_SCHEMA, TABLE_NAME, INDEX_NAME`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	byName := map[string]*Table{}
+	for _, t := range tables {
+		byName[strings.ToLower(t.Schema+"."+t.Name)] = t
+	}
+	var ps []Problem
+	for rows.Next() {
+		var sch, tbl, idx, cols string
+		if err := rows.Scan(&sch, &tbl, &idx, &cols); err != nil {
+			return nil, err
+		}
+		t, ok := byName[strings.ToLower(sch+"."+tbl)]
+		if !ok {
+			continue
+		}
+		policy := t.Rule.OnConstraint
+		if policy == "" {
+			policy = config.OnConstraintStop
+		}
+		ps = append(ps, Problem{Severity: Warning, Where: t.String(), Message: fmt.Sprintf(
+			"unique key %s (%s) can collide across regions: two regions inserting the same value both commit, and no conflict rule can place the second row; "+
+				"on_constraint is %s (stop: the link stops at the refused row until `mlproxy link skip|retry`; log: it is recorded in the conflict log and skipped). "+
+				"Write such keys in one region (home them) or derive them from the primary key", idx, cols, policy)})
+	}
+	return ps, rows.Err()
 }

@@ -153,3 +153,25 @@ func TestCheckRiskyAccounts(t *testing.T) {
 	assert.Contains(t, all, "REVOKE BINLOG ADMIN ON *.* FROM 'tricky'@'%'")
 	assert.Contains(t, all, "REVOKE SELECT ON `mlr`.* FROM 'tricky'@'%'")
 }
+
+func TestCheckUniqueKeys(t *testing.T) {
+	mustExec(t, dbA,
+		"CREATE DATABASE uk",
+		"CREATE TABLE uk.users (id INT PRIMARY KEY, email VARCHAR(64) NOT NULL, org INT, nick VARCHAR(16), UNIQUE KEY email (email), UNIQUE KEY org_nick (org, nick))",
+		"CREATE TABLE uk.plain (id INT PRIMARY KEY, v INT, KEY v (v))",
+	)
+	rules := []config.TableRule{{Schema: "uk", Table: "*"}, {Schema: "uk", Table: "users", OnConstraint: "log"}}
+	_, _, err := applyTables(t, rules, region)
+	require.NoError(t, err)
+	ps, err := Check(context.Background(), dbA, nil, rules, Stamping{Region: region})
+	require.NoError(t, err)
+	var got []string
+	for _, p := range ps {
+		if strings.Contains(p.Message, "can collide across regions") {
+			assert.Equal(t, Warning, p.Severity)
+			got = append(got, p.Where+": "+p.Message[:strings.Index(p.Message, ":")])
+			assert.Contains(t, p.Message, "on_constraint is log")
+		}
+	}
+	assert.Equal(t, []string{"uk.users: unique key email (email) can collide across regions", "uk.users: unique key org_nick (org,nick) can collide across regions"}, got)
+}
