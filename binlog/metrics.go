@@ -19,6 +19,13 @@ type metrics struct {
 	bypass     prometheus.Counter // emitted inserts/updates stamped by the trigger (bypassed the proxy)
 	pieces     prometheus.Counter // pieces emitted for transactions larger than MaxTxnBytes
 	resumed    prometheus.Counter // pieces re-read after a reconnect mid-transaction and not sent again
+
+	unregister func() // removes the series from the registry (nil: none)
+}
+
+func (m *metrics) all() []prometheus.Collector {
+	return []prometheus.Collector{m.link, m.reconnects, m.txns, m.rows, m.bytes,
+		m.filtered, m.lastEvent, m.lastCommit, m.unpaired, m.orphans, m.bypass, m.pieces, m.resumed}
 }
 
 func newMetrics(reg prometheus.Registerer, peer string) *metrics {
@@ -52,8 +59,12 @@ func newMetrics(reg prometheus.Registerer, peer string) *metrics {
 	}
 	if reg != nil {
 		r := prometheus.WrapRegistererWith(prometheus.Labels{"peer": peer}, reg)
-		for _, c := range []prometheus.Collector{m.link, m.reconnects, m.txns, m.rows, m.bytes,
-			m.filtered, m.lastEvent, m.lastCommit, m.unpaired, m.orphans, m.bypass, m.pieces, m.resumed} {
+		m.unregister = func() {
+			for _, c := range m.all() {
+				r.Unregister(c)
+			}
+		}
+		for _, c := range m.all() {
 			if err := r.Register(c); err != nil {
 				// Registering twice for one peer is a wiring mistake, but
 				// metrics must never stop replication: keep the

@@ -654,3 +654,12 @@ func cleanErr(err error) error {
 // of addr, unless s.TLS.InsecureSkipVerify; the client certificate is
 // presented when s.TLS.Cert is set.
 func tlsConfig(s config.Server) (*tls.Config, error) { return s.TLSConfig() }
+
+// Unregister removes the tailer's series from the registry New was given,
+// when its link is removed (a config reload dropped the peer, or changed
+// how it is reached): a new tailer for the peer registers its own.
+func (t *Tailer) Unregister() {
+	if t.m.unregister != nil {
+		t.m.unregister()
+	}
+}

@@ -8,8 +8,13 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
+	"os/signal"
+	"reflect"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/cenkalti/backoff/v5"
@@ -18,14 +23,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/mlproxy/mlproxy/applier"
-	"github.com/mlproxy/mlproxy/binlog"
 	"github.com/mlproxy/mlproxy/config"
 	"github.com/mlproxy/mlproxy/hlc"
 	"github.com/mlproxy/mlproxy/proxy"
 	"github.com/mlproxy/mlproxy/redact"
+	"github.com/mlproxy/mlproxy/replicator"
 	"github.com/mlproxy/mlproxy/schema"
 )
 
@@ -44,7 +48,19 @@ func runCmd() *cobra.Command {
 				return err
 			}
 			defer log.Sync() //nolint:errcheck // stderr
-			err = runRegion(cmd.Context(), cfg, log)
+			hup := make(chan os.Signal, 1)
+			signal.Notify(hup, syscall.SIGHUP)
+			defer signal.Stop(hup)
+			reload := make(chan struct{}, 1)
+			go func() {
+				for range hup {
+					select {
+					case reload <- struct{}{}:
+					default: // a reload is already pending
+					}
+				}
+			}()
+			err = runRegion(cmd.Context(), cfg, log, reload)
 			if err != nil {
 				log.Error("mlproxy stopped with an error", redact.Err(err))
 			}
@@ -58,15 +74,19 @@ func runCmd() *cobra.Command {
 // region is one `mlproxy run` process: it owns the local pool, the clock,
 // the proxy and one link per source peer.
 type region struct {
-	cfg   *config.Config
+	cfg   *config.Config // as started; current() is the latest loaded
+	live  atomic.Pointer[config.Config]
 	log   *zap.Logger
 	reg   *prometheus.Registry
 	db    *sql.DB
 	clock *hlc.Clock
 	proxy *proxy.Server
-	links []*link
+	rep   *replicator.Replicator
 	guard *guard
 }
+
+// current is the configuration in force (the last one loaded).
+func (r *region) current() *config.Config { return r.live.Load() }
 
 // runRegion runs until ctx ends (SIGTERM), then shuts down in this order:
 // the proxy stops accepting and drains its clients; the links stop (the
@@ -74,8 +94,9 @@ type region struct {
 // uncommitted); the clock stops (its saved reservation already covers
 // every stamp it issued); the metrics server and the local pool close. A
 // clean stop returns nil.
-func runRegion(ctx context.Context, cfg *config.Config, log *zap.Logger) error {
+func runRegion(ctx context.Context, cfg *config.Config, log *zap.Logger, reload <-chan struct{}) error {
 	r := &region{cfg: cfg, log: log, reg: prometheus.NewRegistry(), guard: newGuard()}
+	r.live.Store(cfg)
 	r.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for _, w := range cfg.Plaintext() {
 		log.Warn("link not encrypted or not verified: "+w, zap.String("config", cfg.Path))
@@ -116,7 +137,7 @@ func runRegion(ctx context.Context, cfg *config.Config, log *zap.Logger) error {
 		CacheSize:       cfg.Proxy.StatementCacheSize,
 		ShutdownTimeout: cfg.Proxy.ShutdownTimeout,
 		AllowDDL:        cfg.Proxy.AllowDDL,
-	}, r.clock, replicatedTables{cfg, r.guard}, log.Named("proxy"), r.reg)
+	}, r.clock, replicatedTables{r, r.guard}, log.Named("proxy"), r.reg)
 	if err != nil {
 		return err
 	}
@@ -124,10 +145,7 @@ func runRegion(ctx context.Context, cfg *config.Config, log *zap.Logger) error {
 		return fmt.Errorf("proxy.listen %s: %w", cfg.Proxy.Listen, err)
 	}
 
-	tables := applier.NewTables(db, cfg.Tables, cfg.RegionIDs())
-	for _, p := range cfg.Sources() {
-		r.links = append(r.links, newLink(r, p, tables))
-	}
+	r.rep = replicator.New(db, r.clock, openServer, log, r.reg)
 
 	var srv *http.Server
 	if cfg.Metrics.Listen != "" {
@@ -136,7 +154,7 @@ func runRegion(ctx context.Context, cfg *config.Config, log *zap.Logger) error {
 		}
 	}
 	log.Info("mlproxy started", zap.String("version", version), zap.Stringer("proxy", r.proxy.Addr()),
-		zap.Int("peers", len(r.links)), zap.String("topology", cfg.Topology.Mode))
+		zap.Int("peers", len(cfg.Sources())), zap.String("topology", cfg.Topology.Mode))
 
 	// Each part stops when ctx ends; none of them ends the others by failing
 	// (a broken peer link must never stop local writes).
@@ -149,10 +167,10 @@ func runRegion(ctx context.Context, cfg *config.Config, log *zap.Logger) error {
 			errs <- fmt.Errorf("hlc: %w", err)
 		}
 	}()
-	for _, l := range r.links {
-		wg.Add(1)
-		go func(l *link) { defer wg.Done(); l.run(ctx) }(l)
-	}
+	wg.Add(1)
+	go func() { defer wg.Done(); r.rep.Run(ctx, cfg) }()
+	wg.Add(1)
+	go func() { defer wg.Done(); r.reloadOnHUP(ctx, reload) }()
 	wg.Add(1)
 	go func() { defer wg.Done(); r.gcLoop(ctx) }()
 	wg.Add(1)
@@ -179,6 +197,53 @@ func runRegion(ctx context.Context, cfg *config.Config, log *zap.Logger) error {
 	return nil
 }
 
+// reloadOnHUP reloads the configuration file on every SIGHUP (reload):
+// tables and rules take effect at once for the proxy and the guard, and
+// the replicator starts, stops or restarts links to match the peers and
+// topology (a link resumes from its checkpoint; client connections are
+// untouched). A file with errors is refused, each error with its file and
+// line, and the running configuration is kept. Keys that only a restart
+// can change (region, proxy, local, metrics, clock, log) keep their running
+// values, with a warning naming them.
+func (r *region) reloadOnHUP(ctx context.Context, reload <-chan struct{}) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-reload:
+		}
+		next, err := config.Load(r.cfg.Path)
+		if err != nil {
+			r.log.Error("config reload refused: the running configuration is kept", zap.String("config", r.cfg.Path), zap.String("errors", err.Error()))
+			continue
+		}
+		cur := r.current()
+		var fixed []string
+		keep := func(name string, running, loaded any, restore func()) {
+			if !reflect.DeepEqual(running, loaded) {
+				fixed = append(fixed, name)
+				restore()
+			}
+		}
+		keep("region", cur.Region, next.Region, func() { next.Region = cur.Region })
+		keep("proxy", cur.Proxy, next.Proxy, func() { next.Proxy = cur.Proxy })
+		keep("local", cur.Local, next.Local, func() { next.Local = cur.Local })
+		keep("metrics", cur.Metrics, next.Metrics, func() { next.Metrics = cur.Metrics })
+		keep("clock", cur.Clock, next.Clock, func() { next.Clock = cur.Clock })
+		keep("log", cur.Log, next.Log, func() { next.Log = cur.Log })
+		if len(fixed) > 0 {
+			r.log.Warn("config reload: these keys change only with a restart; their running values are kept", zap.Strings("keys", fixed))
+		}
+		for _, w := range next.Plaintext() {
+			r.log.Warn("link not encrypted or not verified: "+w, zap.String("config", next.Path))
+		}
+		r.live.Store(next)
+		did := r.rep.Update(next)
+		r.log.Info("config reloaded", zap.String("config", next.Path), zap.Int("tables", len(next.Tables)),
+			zap.Int("sources", len(next.Sources())), zap.Strings("links", did))
+	}
+}
+
 // waitLocal opens the local server, retrying for up to two minutes: at boot
 // the database may come up after mlproxy.
 func waitLocal(ctx context.Context, cfg *config.Config, log *zap.Logger) (*sql.DB, error) {
@@ -195,12 +260,12 @@ func waitLocal(ctx context.Context, cfg *config.Config, log *zap.Logger) (*sql.D
 // replicatedTables answers the proxy's questions: which tables replicate
 // (the config's rules) and which must not be written now (the guard).
 type replicatedTables struct {
-	cfg *config.Config
-	g   *guard
+	r *region
+	g *guard
 }
 
 func (t replicatedTables) Replicated(schema, table string) bool {
-	_, ok := t.cfg.TableRule(schema, table)
+	_, ok := t.r.current().TableRule(schema, table)
 	return ok
 }
 
@@ -261,7 +326,7 @@ func (r *region) guardLoop(ctx context.Context) {
 	defer t.Stop()
 	for {
 		if tables == nil || time.Since(read) > 10*time.Second {
-			if ts, err := schema.Inspect(ctx, r.db, r.cfg.Tables); err == nil {
+			if ts, err := schema.Inspect(ctx, r.db, r.current().Tables); err == nil {
 				tables, read = ts, time.Now()
 			} else if ctx.Err() == nil {
 				r.log.Warn("replication metadata check: reading the replicated tables failed", redact.Err(err))
@@ -330,206 +395,7 @@ func (r *region) metricsServer() (*http.Server, error) {
 	return srv, nil
 }
 
-// linkStatus is one peer link as /status reports it.
-type linkStatus struct {
-	Peer      string `json:"peer"`
-	PeerID    uint16 `json:"peer_id"`
-	State     string `json:"state"`
-	LastError string `json:"last_error,omitempty"`
-	// Held names the table of a change the applier holds back: its stamp
-	// is HeldAheadMs further ahead of local time than clock.max_offset.
-	Held        string `json:"held,omitempty"`
-	HeldAheadMs int64  `json:"held_ahead_ms,omitempty"`
-	// Stopped is the change the link is stopped at (on_constraint: stop):
-	// table, key hash, source transaction, error.
-	Stopped    *applier.Stop `json:"stopped,omitempty"`
-	GTID       string        `json:"gtid"`
-	File       string        `json:"file"`
-	Pos        uint32        `json:"pos"`
-	SourceTime time.Time     `json:"source_time"`
-	Txns       uint64        `json:"txns"`
-	Conflicts  uint64        `json:"conflicts"`
-}
-
-func (r *region) status() []linkStatus {
-	out := make([]linkStatus, 0, len(r.links))
-	for _, l := range r.links {
-		out = append(out, l.status())
-	}
-	return out
-}
-
-// link replicates one source peer into the local server: a tailer and an
-// applier joined by a bounded relay, restarted with backoff when they fail.
-type link struct {
-	r       *region
-	peer    config.Peer
-	tailer  *binlog.Tailer
-	applier *applier.Applier
-	log     *zap.Logger
-
-	mu      sync.Mutex
-	state   string // starting, running, retrying, stopped
-	lastErr error
-}
-
-// relayTxns bounds the relay between tailer and applier by count; with the
-// tailer's piece size (relay_bytes / relayTxns) it is bounded by bytes too.
-const relayTxns = 1024
-
-func newLink(r *region, p config.Peer, tables applier.TableSource) *link {
-	cfg := r.cfg
-	hub := uint16(0)
-	if id, ok := cfg.RegionIDs()[cfg.Topology.Hub]; ok {
-		hub = id
-	}
-	piece := cfg.Apply.RelayBytes / relayTxns
-	if piece < 64<<10 {
-		piece = 64 << 10
-	}
-	log := r.log.With(zap.String("peer", p.Name))
-	return &link{
-		r:    r,
-		peer: p,
-		log:  log,
-		tailer: binlog.New(binlog.Config{
-			Peer:        p,
-			Self:        cfg.Region.ID,
-			Topology:    cfg.Topology.Mode,
-			Hub:         hub,
-			MaxTxnBytes: piece,
-		}, r.log.Named("tailer"), r.reg), // tailer and applier add the peer field
-		applier: applier.New(applier.Config{
-			Self:      cfg.Region.ID,
-			Peer:      p,
-			RegionIDs: cfg.RegionIDs(),
-			BatchTxns: cfg.Apply.BatchTxns,
-			Workers:   cfg.Apply.Workers,
-		}, r.db, tables, r.clock, r.log.Named("applier"), r.reg),
-		state: "starting",
-	}
-}
-
-func (l *link) set(state string, err error) {
-	l.mu.Lock()
-	l.state, l.lastErr = state, err
-	l.mu.Unlock()
-}
-
-func (l *link) status() linkStatus {
-	l.mu.Lock()
-	s := linkStatus{Peer: l.peer.Name, PeerID: l.peer.ID, State: l.state}
-	if l.lastErr != nil {
-		s.LastError = redact.Error(l.lastErr)
-	}
-	l.mu.Unlock()
-	as := l.applier.Status()
-	ts := l.tailer.Status()
-	if s.State == "running" && !ts.Connected {
-		s.State = "connecting"
-		if ts.LastError != nil {
-			s.LastError = redact.Error(ts.LastError)
-		}
-	}
-	if as.Held != "" {
-		s.State, s.Held, s.HeldAheadMs = "holding", as.Held, as.HeldAhead.Milliseconds()
-		s.LastError = fmt.Sprintf("holding a change to %s stamped %s further ahead of local time than clock.max_offset: the peer's clock runs fast (check NTP)",
-			as.Held, as.HeldAhead.Round(time.Millisecond))
-	}
-	if as.Stopped != nil {
-		s.State, s.Stopped = "stopped", as.Stopped
-		s.LastError = fmt.Sprintf("stopped at a change to %s (key hash %s, gtid %s) that a key the conflict rule cannot place refuses: %s; fix the local row and `mlproxy link retry %s`, or `mlproxy link skip %s`",
-			as.Stopped.Table, as.Stopped.KeyHash, as.Stopped.GTID, as.Stopped.Error, l.peer.Name, l.peer.Name)
-	}
-	s.GTID, s.File, s.Pos = as.Pos.GTID, as.Pos.File, as.Pos.Pos
-	s.SourceTime, s.Txns, s.Conflicts = as.SourceTime, as.Txns, as.Conflicts
-	return s
-}
-
-// run keeps the link going until ctx ends. A failure (a fatal tailer error
-// such as a peer not in ROW format, or an applier error retries cannot
-// fix) is logged with the peer's name and retried with backoff and jitter,
-// from the committed checkpoint.
-func (l *link) run(ctx context.Context) {
-	bo := backoff.NewExponentialBackOff()
-	bo.InitialInterval = time.Second
-	bo.MaxInterval = time.Minute
-	for {
-		started := time.Now()
-		err := l.once(ctx)
-		if ctx.Err() != nil {
-			l.set("stopped", nil)
-			return
-		}
-		if time.Since(started) > 5*time.Minute {
-			bo.Reset()
-		}
-		wait := bo.NextBackOff()
-		l.set("retrying", err)
-		l.log.Warn("replication link down; retrying from the checkpoint", redact.Err(err), zap.Duration("retry_in", wait))
-		select {
-		case <-ctx.Done():
-			l.set("stopped", nil)
-			return
-		case <-time.After(wait):
-		}
-	}
-}
-
-func (l *link) once(ctx context.Context) error {
-	cp, err := l.applier.Checkpoint(ctx)
-	if err != nil {
-		return err
-	}
-	// The clock persists stamps taken in by Update a moment later; after a
-	// crash, the checkpoint still holds the highest stamp applied.
-	if cp.HLC > 0 {
-		_ = l.r.clock.Update(cp.HLC)
-	}
-	from := cp.Resume()
-	if !cp.Found {
-		if from, err = l.startPosition(ctx); err != nil {
-			return err
-		}
-	}
-	l.set("running", nil)
-	relay := make(chan *binlog.Txn, relayTxns)
-	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error {
-		defer close(relay)
-		if err := l.tailer.Run(gctx, from, relay); err != nil {
-			return fmt.Errorf("tail peer %s: %w", l.peer.Name, err)
-		}
-		return nil
-	})
-	g.Go(func() error {
-		if err := l.applier.Run(gctx, relay); err != nil {
-			return fmt.Errorf("apply from peer %s: %w", l.peer.Name, err)
-		}
-		return nil
-	})
-	return g.Wait()
-}
-
-// startPosition is where a link starts when this region never applied
-// anything from the peer: the peer's binlog position recorded by `schema
-// apply` there, before its first stamped write could happen. Starting at
-// the peer's current position instead would lose writes made between the
-// peer's start and this region's first connection.
-func (l *link) startPosition(ctx context.Context) (binlog.Checkpoint, error) {
-	db, err := openServer(ctx, "peer "+l.peer.Name, l.peer.Server)
-	if err != nil {
-		return binlog.Checkpoint{}, err
-	}
-	defer db.Close()
-	var cp binlog.Checkpoint
-	err = db.QueryRowContext(ctx, "SELECT gtid, file, pos FROM mlr.binlog_start WHERE id = 1").Scan(&cp.GTID, &cp.File, &cp.Pos)
-	if err != nil {
-		return cp, fmt.Errorf("peer %s: reading where its replication starts (mlr.binlog_start): %w; run `mlproxy schema apply` in region %s first", l.peer.Name, err, l.peer.Name)
-	}
-	l.log.Info("first start: replicating from where the peer's schema apply began", zap.String("gtid", cp.GTID), zap.String("file", cp.File), zap.Uint32("pos", cp.Pos))
-	return cp, nil
-}
+func (r *region) status() []replicator.LinkStatus { return r.rep.Status() }
 
 // gcSlack covers what a stamp may trail its commit by (a long transaction,
 // a forwarding hop, clock offset between a proxy and its server); see
@@ -582,6 +448,6 @@ func (r *region) gcLoop(ctx context.Context) {
 	for _, p := range r.cfg.Sources() {
 		peers = append(peers, p.ID)
 	}
-	tables := func(ctx context.Context) ([]*schema.Table, error) { return schema.Inspect(ctx, r.db, r.cfg.Tables) }
+	tables := func(ctx context.Context) ([]*schema.Table, error) { return schema.Inspect(ctx, r.db, r.current().Tables) }
 	_ = applier.RunTombstoneGC(ctx, r.db, tables, peers, gcSlack, r.cfg.Apply.TombstoneGCInterval, r.log.Named("gc"))
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/mlproxy/mlproxy/binlog"
 	"github.com/mlproxy/mlproxy/config"
+	"github.com/mlproxy/mlproxy/replicator"
 )
 
 func statusCmd() *cobra.Command {
@@ -56,7 +57,7 @@ func orDash(s string) string {
 
 // liveLinks asks the running `mlproxy run` (its metrics listener) for the
 // state of its links; nil when it is not reachable.
-func liveLinks(ctx context.Context, cfg *config.Config) map[string]linkStatus {
+func liveLinks(ctx context.Context, cfg *config.Config) map[string]replicator.LinkStatus {
 	if cfg.Metrics.Listen == "" {
 		return nil
 	}
@@ -71,18 +72,18 @@ func liveLinks(ctx context.Context, cfg *config.Config) map[string]linkStatus {
 		return nil
 	}
 	defer resp.Body.Close()
-	var ls []linkStatus
+	var ls []replicator.LinkStatus
 	if json.NewDecoder(resp.Body).Decode(&ls) != nil {
 		return nil
 	}
-	m := make(map[string]linkStatus, len(ls))
+	m := make(map[string]replicator.LinkStatus, len(ls))
 	for _, l := range ls {
 		m[l.Peer] = l
 	}
 	return m
 }
 
-func peerStatus(ctx context.Context, local *sql.DB, p config.Peer, links map[string]linkStatus) statusRow {
+func peerStatus(ctx context.Context, local *sql.DB, p config.Peer, links map[string]replicator.LinkStatus) statusRow {
 	row := statusRow{link: "unknown (mlproxy run not reachable)", filePos: "-", lagSec: "-", lagTxns: "-"}
 	if l, ok := links[p.Name]; ok {
 		row.link, row.lastErr = l.State, l.LastError

@@ -425,6 +425,17 @@ func (c *Cluster) StopProxy(r *Region, kill bool) error {
 	}
 }
 
+// Signal sends sig to region r's running mlproxy (SIGHUP: reload).
+func (c *Cluster) Signal(r *Region, sig syscall.Signal) error {
+	r.mu.Lock()
+	cmd := r.cmd
+	r.mu.Unlock()
+	if cmd == nil {
+		return fmt.Errorf("cluster: mlproxy of region %s is not running", r.Name)
+	}
+	return cmd.Process.Signal(sig)
+}
+
 // DSN is a go-sql-driver DSN for root through region r's proxy.
 func (r *Region) DSN(db string) string {
 	cfg := mysql.NewConfig()

@@ -1,0 +1,99 @@
+package itest
+
+import (
+	"context"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/mlproxy/mlproxy/itest/cluster"
+)
+
+// TestReloadOnSIGHUP: `mlproxy run` reloads its file on SIGHUP without
+// dropping client connections: a peer removed from the file stops being
+// pulled from, put back it catches up from its checkpoint, and a file
+// with errors is refused with its file:line errors while the running
+// configuration goes on.
+func TestReloadOnSIGHUP(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	c := startCluster(t, cluster.Options{})
+	eu, ap := c.Regions[0], c.Regions[2]
+	orig := mustRead(t, eu.ConfigPath)
+	defer mustWrite(t, eu.ConfigPath, orig)
+
+	// A client connection held open across every reload.
+	held, err := openProxy(t, eu, 1).Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	useHeld := func(when string) {
+		t.Helper()
+		var one int
+		if err := held.QueryRowContext(ctx, "SELECT 1").Scan(&one); err != nil {
+			t.Fatalf("the client connection opened before the reload failed %s: %v", when, err)
+		}
+	}
+	hup := func() {
+		t.Helper()
+		if err := c.Signal(eu, syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitLog := func(want string) {
+		t.Helper()
+		for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+			if strings.Contains(mustRead(t, eu.LogPath), want) {
+				return
+			}
+		}
+		t.Fatalf("eu's log never said %q:\n%s", want, cluster.Tail(eu.LogPath, 10))
+	}
+
+	// Drop ap from eu's peers.
+	i := strings.Index(orig, "  - name: ap\n")
+	if i < 0 {
+		t.Fatalf("no peer ap in eu's config:\n%s", orig)
+	}
+	j := strings.Index(orig[i+1:], "  - name: ")
+	rest := ""
+	if j >= 0 {
+		rest = orig[i+1+j:]
+	} else if k := strings.Index(orig[i:], "\n\n"); k >= 0 {
+		rest = orig[i+k:]
+	}
+	mustWrite(t, eu.ConfigPath, orig[:i]+rest)
+	hup()
+	waitLog("stopped the link from ap")
+	useHeld("after the reload that dropped a peer")
+	if _, err := openProxy(t, ap, 1).ExecContext(ctx, "INSERT INTO kv VALUES (1, 'from ap', 1)"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * time.Second)
+	var n int
+	if err := openDirect(t, eu).QueryRowContext(ctx, "SELECT COUNT(*) FROM kv WHERE k = 1").Scan(&n); err != nil || n != 0 {
+		t.Fatalf("ap's row reached eu after ap was dropped from its peers: %d, %v", n, err)
+	}
+
+	// A broken file: refused, the running configuration kept.
+	mustWrite(t, eu.ConfigPath, strings.Replace(orig, "region:\n", "region:\n  colour: red\n", 1))
+	hup()
+	waitLog("config reload refused")
+	if log := mustRead(t, eu.LogPath); !strings.Contains(log, "eu.yaml:3: region.colour: unknown key") {
+		t.Errorf("the refused reload does not name the file, line and key:\n%s", cluster.Tail(eu.LogPath, 5))
+	}
+	useHeld("after a refused reload")
+
+	// ap back: its link resumes from the checkpoint and catches up.
+	mustWrite(t, eu.ConfigPath, orig)
+	hup()
+	waitLog("started the link from ap")
+	wctx, wcancel := context.WithTimeout(ctx, 45*time.Second)
+	defer wcancel()
+	if err := c.WaitConverged(wctx, map[string]string{"app.kv": "k"}, "k, v, n, _mlr_hlc, _mlr_origin"); err != nil {
+		t.Fatal(err)
+	}
+	useHeld("after the last reload")
+}

@@ -1,0 +1,360 @@
+// Package replicator runs a region's replication links: one Link per peer
+// the topology pulls from, each owning its tailer (the peer's binlog), the
+// bounded relay, its applier (into the local server) and its restart
+// policy. The tailer carries the circuit breaker toward the peer. A link
+// that fails is retried from its committed checkpoint with backoff and
+// jitter; no link's failure stops another, or local writes.
+//
+// Update makes the running links match a (re)loaded configuration: links
+// to peers no longer pulled from stop, new ones start, and links whose
+// peer or table rules changed restart from their checkpoints. Nothing is
+// lost: a link only ever resumes from what the local server committed.
+package replicator
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"reflect"
+	"sync"
+	"time"
+
+	"github.com/cenkalti/backoff/v5"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/mlproxy/mlproxy/applier"
+	"github.com/mlproxy/mlproxy/binlog"
+	"github.com/mlproxy/mlproxy/config"
+	"github.com/mlproxy/mlproxy/hlc"
+	"github.com/mlproxy/mlproxy/redact"
+)
+
+// OpenFunc opens a database pool to a server (a peer's, to read where its
+// binlog starts); name is for messages ("peer us").
+type OpenFunc func(ctx context.Context, name string, s config.Server) (*sql.DB, error)
+
+// Replicator owns the links of one region.
+type Replicator struct {
+	db    *sql.DB
+	clock *hlc.Clock
+	open  OpenFunc
+	log   *zap.Logger
+	reg   prometheus.Registerer
+
+	mu    sync.Mutex
+	ctx   context.Context // Run's; links run under it
+	links map[string]*Link
+	wg    sync.WaitGroup
+}
+
+// New returns a Replicator writing into db (the local server).
+func New(db *sql.DB, clock *hlc.Clock, open OpenFunc, log *zap.Logger, reg prometheus.Registerer) *Replicator {
+	return &Replicator{db: db, clock: clock, open: open, log: log, reg: reg, links: map[string]*Link{}}
+}
+
+// Run starts the links of cfg and blocks until ctx ends and every link has
+// stopped (an applier batch in flight rolls back; its checkpoint was not
+// committed).
+func (r *Replicator) Run(ctx context.Context, cfg *config.Config) {
+	r.mu.Lock()
+	r.ctx = ctx
+	r.mu.Unlock()
+	r.Update(cfg)
+	<-ctx.Done()
+	r.wg.Wait()
+}
+
+// Update makes the running links match cfg: it stops links to peers cfg
+// no longer pulls from, starts new ones, and restarts those whose peer
+// settings or whose table rules changed. It returns what it did, one line
+// per link, for the log. Before Run it does nothing.
+func (r *Replicator) Update(cfg *config.Config) []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.ctx == nil || r.ctx.Err() != nil {
+		return nil
+	}
+	want := map[string]config.Peer{}
+	for _, p := range cfg.Sources() {
+		want[p.Name] = p
+	}
+	var did []string
+	for name, l := range r.links {
+		p, ok := want[name]
+		switch {
+		case !ok:
+			l.stop()
+			delete(r.links, name)
+			did = append(did, "stopped the link from "+name+" (no longer a source)")
+		case !l.sameAs(p, cfg):
+			l.stop()
+			delete(r.links, name)
+			did = append(did, "restarting the link from "+name+" (its settings or the table rules changed)")
+		}
+	}
+	tables := applier.NewTables(r.db, cfg.Tables, cfg.RegionIDs())
+	for _, p := range cfg.Sources() {
+		if _, ok := r.links[p.Name]; ok {
+			continue
+		}
+		l := newLink(r, cfg, p, tables)
+		r.links[p.Name] = l
+		lctx, cancel := context.WithCancel(r.ctx)
+		l.cancel = cancel
+		r.wg.Add(1)
+		go func() { defer r.wg.Done(); defer close(l.done); l.run(lctx) }()
+		did = append(did, "started the link from "+p.Name)
+	}
+	return did
+}
+
+// Status is every link's state, in the order of cfg's peers.
+func (r *Replicator) Status() []LinkStatus {
+	r.mu.Lock()
+	links := make([]*Link, 0, len(r.links))
+	for _, l := range r.links {
+		links = append(links, l)
+	}
+	r.mu.Unlock()
+	out := make([]LinkStatus, 0, len(links))
+	for _, l := range links {
+		out = append(out, l.Status())
+	}
+	sortStatus(out)
+	return out
+}
+
+func sortStatus(s []LinkStatus) {
+	for i := 1; i < len(s); i++ {
+		for j := i; j > 0 && s[j].PeerID < s[j-1].PeerID; j-- {
+			s[j], s[j-1] = s[j-1], s[j]
+		}
+	}
+}
+
+// LinkStatus is one peer link as /status reports it.
+type LinkStatus struct {
+	Peer      string `json:"peer"`
+	PeerID    uint16 `json:"peer_id"`
+	State     string `json:"state"`
+	LastError string `json:"last_error,omitempty"`
+	// Held names the table of a change the applier holds back: its stamp
+	// is HeldAheadMs further ahead of local time than clock.max_offset.
+	Held        string `json:"held,omitempty"`
+	HeldAheadMs int64  `json:"held_ahead_ms,omitempty"`
+	// Stopped is the change the link is stopped at (on_constraint: stop):
+	// table, key hash, source transaction, error.
+	Stopped    *applier.Stop `json:"stopped,omitempty"`
+	GTID       string        `json:"gtid"`
+	File       string        `json:"file"`
+	Pos        uint32        `json:"pos"`
+	SourceTime time.Time     `json:"source_time"`
+	Txns       uint64        `json:"txns"`
+	Conflicts  uint64        `json:"conflicts"`
+}
+
+// Link replicates one peer into the local server.
+type Link struct {
+	r       *Replicator
+	peer    config.Peer
+	rules   []config.TableRule // the table rules it was built with
+	topo    config.Topology
+	tailer  *binlog.Tailer
+	applier *applier.Applier
+	log     *zap.Logger
+	cancel  context.CancelFunc
+	done    chan struct{}
+
+	mu      sync.Mutex
+	state   string // starting, running, retrying, stopped
+	lastErr error
+}
+
+// relayTxns bounds the relay between tailer and applier by count; with the
+// tailer's piece size (relay_bytes / relayTxns) it is bounded by bytes too.
+const relayTxns = 1024
+
+func newLink(r *Replicator, cfg *config.Config, p config.Peer, tables applier.TableSource) *Link {
+	hub := uint16(0)
+	if id, ok := cfg.RegionIDs()[cfg.Topology.Hub]; ok {
+		hub = id
+	}
+	piece := cfg.Apply.RelayBytes / relayTxns
+	if piece < 64<<10 {
+		piece = 64 << 10
+	}
+	return &Link{
+		r:     r,
+		peer:  p,
+		rules: cfg.Tables,
+		topo:  cfg.Topology,
+		log:   r.log.With(zap.String("peer", p.Name)),
+		done:  make(chan struct{}),
+		tailer: binlog.New(binlog.Config{
+			Peer:        p,
+			Self:        cfg.Region.ID,
+			Topology:    cfg.Topology.Mode,
+			Hub:         hub,
+			MaxTxnBytes: piece,
+		}, r.log.Named("tailer"), r.reg), // tailer and applier add the peer field
+		applier: applier.New(applier.Config{
+			Self:      cfg.Region.ID,
+			Peer:      p,
+			RegionIDs: cfg.RegionIDs(),
+			BatchTxns: cfg.Apply.BatchTxns,
+			Workers:   cfg.Apply.Workers,
+		}, r.db, tables, r.clock, r.log.Named("applier"), r.reg),
+		state: "starting",
+	}
+}
+
+// sameAs reports whether the link, built from its own config, would be
+// built the same from cfg for peer p (then a reload leaves it running).
+func (l *Link) sameAs(p config.Peer, cfg *config.Config) bool {
+	a, b := l.peer, p
+	a.Line, b.Line = 0, 0
+	if !reflect.DeepEqual(a, b) || l.topo != cfg.Topology {
+		return false
+	}
+	return reflect.DeepEqual(stripLines(l.rules), stripLines(cfg.Tables))
+}
+
+func stripLines(rs []config.TableRule) []config.TableRule {
+	out := make([]config.TableRule, len(rs))
+	for i, r := range rs {
+		r.Line = 0
+		out[i] = r
+	}
+	return out
+}
+
+// stop ends the link and waits for it, removing its tailer's series.
+func (l *Link) stop() {
+	l.cancel()
+	<-l.done
+	l.tailer.Unregister()
+}
+
+func (l *Link) set(state string, err error) {
+	l.mu.Lock()
+	l.state, l.lastErr = state, err
+	l.mu.Unlock()
+}
+
+// Status is the link's state for /status.
+func (l *Link) Status() LinkStatus {
+	l.mu.Lock()
+	s := LinkStatus{Peer: l.peer.Name, PeerID: l.peer.ID, State: l.state}
+	if l.lastErr != nil {
+		s.LastError = redact.Error(l.lastErr)
+	}
+	l.mu.Unlock()
+	as := l.applier.Status()
+	ts := l.tailer.Status()
+	if s.State == "running" && !ts.Connected {
+		s.State = "connecting"
+		if ts.LastError != nil {
+			s.LastError = redact.Error(ts.LastError)
+		}
+	}
+	if as.Held != "" {
+		s.State, s.Held, s.HeldAheadMs = "holding", as.Held, as.HeldAhead.Milliseconds()
+		s.LastError = fmt.Sprintf("holding a change to %s stamped %s further ahead of local time than clock.max_offset: the peer's clock runs fast (check NTP)",
+			as.Held, as.HeldAhead.Round(time.Millisecond))
+	}
+	if as.Stopped != nil {
+		s.State, s.Stopped = "stopped", as.Stopped
+		s.LastError = fmt.Sprintf("stopped at a change to %s (key hash %s, gtid %s) that a key the conflict rule cannot place refuses: %s; fix the local row and `mlproxy link retry %s`, or `mlproxy link skip %s`",
+			as.Stopped.Table, as.Stopped.KeyHash, as.Stopped.GTID, as.Stopped.Error, l.peer.Name, l.peer.Name)
+	}
+	s.GTID, s.File, s.Pos = as.Pos.GTID, as.Pos.File, as.Pos.Pos
+	s.SourceTime, s.Txns, s.Conflicts = as.SourceTime, as.Txns, as.Conflicts
+	return s
+}
+
+// run keeps the link going until ctx ends. A failure (a fatal tailer error
+// such as a peer not in ROW format, or an applier error retries cannot
+// fix) is logged with the peer's name and retried with backoff and jitter,
+// from the committed checkpoint.
+func (l *Link) run(ctx context.Context) {
+	bo := backoff.NewExponentialBackOff()
+	bo.InitialInterval = time.Second
+	bo.MaxInterval = time.Minute
+	for {
+		started := time.Now()
+		err := l.once(ctx)
+		if ctx.Err() != nil {
+			l.set("stopped", nil)
+			return
+		}
+		if time.Since(started) > 5*time.Minute {
+			bo.Reset()
+		}
+		wait := bo.NextBackOff()
+		l.set("retrying", err)
+		l.log.Warn("replication link down; retrying from the checkpoint", redact.Err(err), zap.Duration("retry_in", wait))
+		select {
+		case <-ctx.Done():
+			l.set("stopped", nil)
+			return
+		case <-time.After(wait):
+		}
+	}
+}
+
+func (l *Link) once(ctx context.Context) error {
+	cp, err := l.applier.Checkpoint(ctx)
+	if err != nil {
+		return err
+	}
+	// The clock persists stamps taken in by Update a moment later; after a
+	// crash, the checkpoint still holds the highest stamp applied.
+	if cp.HLC > 0 {
+		_ = l.r.clock.Update(cp.HLC)
+	}
+	from := cp.Resume()
+	if !cp.Found {
+		if from, err = l.startPosition(ctx); err != nil {
+			return err
+		}
+	}
+	l.set("running", nil)
+	relay := make(chan *binlog.Txn, relayTxns)
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		defer close(relay)
+		if err := l.tailer.Run(gctx, from, relay); err != nil {
+			return fmt.Errorf("tail peer %s: %w", l.peer.Name, err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		if err := l.applier.Run(gctx, relay); err != nil {
+			return fmt.Errorf("apply from peer %s: %w", l.peer.Name, err)
+		}
+		return nil
+	})
+	return g.Wait()
+}
+
+// startPosition is where a link starts when this region never applied
+// anything from the peer: the peer's binlog position recorded by `schema
+// apply` there, before its first stamped write could happen. Starting at
+// the peer's current position instead would lose writes made between the
+// peer's start and this region's first connection.
+func (l *Link) startPosition(ctx context.Context) (binlog.Checkpoint, error) {
+	db, err := l.r.open(ctx, "peer "+l.peer.Name, l.peer.Server)
+	if err != nil {
+		return binlog.Checkpoint{}, err
+	}
+	defer db.Close()
+	var cp binlog.Checkpoint
+	err = db.QueryRowContext(ctx, "SELECT gtid, file, pos FROM mlr.binlog_start WHERE id = 1").Scan(&cp.GTID, &cp.File, &cp.Pos)
+	if err != nil {
+		return cp, fmt.Errorf("peer %s: reading where its replication starts (mlr.binlog_start): %w; run `mlproxy schema apply` in region %s first", l.peer.Name, err, l.peer.Name)
+	}
+	l.log.Info("first start: replicating from where the peer's schema apply began", zap.String("gtid", cp.GTID), zap.String("file", cp.File), zap.Uint32("pos", cp.Pos))
+	return cp, nil
+}
