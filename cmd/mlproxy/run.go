@@ -448,6 +448,8 @@ func (r *region) gcLoop(ctx context.Context) {
 	for _, p := range r.cfg.Sources() {
 		peers = append(peers, p.ID)
 	}
-	tables := func(ctx context.Context) ([]*schema.Table, error) { return schema.Inspect(ctx, r.db, r.current().Tables) }
+	tables := func(ctx context.Context) ([]*schema.Table, error) {
+		return schema.Inspect(ctx, r.db, r.current().Tables)
+	}
 	_ = applier.RunTombstoneGC(ctx, r.db, tables, peers, gcSlack, r.cfg.Apply.TombstoneGCInterval, r.log.Named("gc"))
 }
