@@ -17,7 +17,7 @@ import (
 // ErrUnknownColumn is returned for a change naming a column the local table
 // lacks even after re-reading it: apply the same DDL here (mlproxy does not
 // replicate DDL), then restart.
-var ErrUnknownColumn = errors.New("change names a column the local table does not have: apply the source's DDL to this region's table, then restart")
+var ErrUnknownColumn = errors.New("change names a column the local table does not have: waiting for the DDL to reach this region's table (`mlproxy schema ddl` runs it in every region); the link retries")
 
 // ErrNotPrepared is returned for a table without the metadata columns or a
 // primary key: run `mlproxy schema apply` on this region.

@@ -14,6 +14,7 @@ package replicator
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"reflect"
 	"sync"
@@ -29,6 +30,7 @@ import (
 	"github.com/mlproxy/mlproxy/config"
 	"github.com/mlproxy/mlproxy/hlc"
 	"github.com/mlproxy/mlproxy/redact"
+	"github.com/mlproxy/mlproxy/schema"
 )
 
 // OpenFunc opens a database pool to a server (a peer's, to read where its
@@ -237,6 +239,17 @@ func (l *Link) stop() {
 	l.tailer.Unregister()
 }
 
+func (l *Link) lastErrIs(targets ...error) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, t := range targets {
+		if errors.Is(l.lastErr, t) {
+			return true
+		}
+	}
+	return false
+}
+
 func (l *Link) set(state string, err error) {
 	l.mu.Lock()
 	l.state, l.lastErr = state, err
@@ -258,6 +271,11 @@ func (l *Link) Status() LinkStatus {
 		if ts.LastError != nil {
 			s.LastError = redact.Error(ts.LastError)
 		}
+	}
+	if s.State == "retrying" && l.lastErrIs(applier.ErrUnknownColumn, applier.ErrNotPrepared, schema.ErrNoTable) {
+		// Schema drift: the peer sends rows for a table or column this
+		// region does not have (yet); the link retries until the DDL lands.
+		s.State = "waiting_for_ddl"
 	}
 	if as.Held != "" {
 		s.State, s.Held, s.HeldAheadMs = "holding", as.Held, as.HeldAhead.Milliseconds()
