@@ -186,11 +186,28 @@ func run(ctx context.Context, bin string, dur time.Duration) error {
 	if err := showConflicts(ctx, c); err != nil {
 		return err
 	}
+	first := c.Regions[0]
+	say("the operator's view: `mlproxy conflicts list -c eu.yaml --limit 3` and `mlproxy checksum -c eu.yaml`:")
+	for _, args := range [][]string{{"conflicts", "list", "-c", first.ConfigPath, "--limit", "3"}, {"checksum", "-c", first.ConfigPath}} {
+		out, err := c.Command(ctx, args...)
+		fmt.Print(indent(string(out)))
+		if err != nil {
+			return fmt.Errorf("mlproxy %s: %w", strings.Join(args[:2], " "), err)
+		}
+	}
 	say("converged. demo OK")
 	return nil
 }
 
 func say(s string) { fmt.Printf("\n== %s\n", s) }
+
+func indent(s string) string {
+	var b strings.Builder
+	for _, l := range strings.Split(strings.TrimRight(s, "\n"), "\n") {
+		b.WriteString("  " + l + "\n")
+	}
+	return b.String()
+}
 
 func waitConverged(ctx context.Context, c *cluster.Cluster, d time.Duration) error {
 	wctx, cancel := context.WithTimeout(ctx, d)
