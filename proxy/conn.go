@@ -41,6 +41,8 @@ type conn struct {
 	// first response packet: what a recovered panic reports.
 	cur  []byte
 	next byte
+	// watch notices a backend that ends while the client is idle.
+	watch idleWatch
 
 	mu         sync.Mutex
 	rawClient  net.Conn // closed to unblock I/O on cancel
@@ -231,9 +233,9 @@ func (c *conn) clientReadErr(err error, seq byte, what string) error {
 	return fmt.Errorf("%s: %w: %v", what, errClientGone, err)
 }
 
-// backendErr reports a failed backend exchange to the client (2013, with
-// the sequence id the client expects next) and returns the error to end
-// the connection.
+// backendErr reports a failed backend exchange to the client (1158 with
+// SQLSTATE 08S01, and the sequence id the client expects next) and returns
+// the error to end the connection.
 func (c *conn) backendErr(err error, seq byte, what string) error {
 	var we *writeError
 	if errors.As(err, &we) {
@@ -244,7 +246,7 @@ func (c *conn) backendErr(err error, seq byte, what string) error {
 		return fmt.Errorf("%s: %w", what, c.ctx.Err())
 	}
 	c.s.m.backendErrors.Inc()
-	c.sendErr(seq, &sqlError{crServerLost, "HY000",
+	c.sendErr(seq, &sqlError{erBackendLost, "08S01",
 		fmt.Sprintf("mlproxy: lost connection to the MySQL server at '%s' during the command", c.s.cfg.Backend.Addr)})
 	return fmt.Errorf("%s: backend: %w", what, err)
 }
@@ -256,7 +258,11 @@ func (c *conn) loop() error {
 		if !c.setIdle(true) {
 			return nil
 		}
+		if c.backend != nil && c.client.r.Buffered() == 0 {
+			c.armWatch()
+		}
 		p, first, last, err := c.client.readPacket(maxCommand)
+		c.disarmWatch()
 		if err != nil {
 			if errors.Is(err, errMalformed) {
 				c.sendErr(1, &sqlError{erOutOfOrder, "08S01", "Got packets out of order"})

@@ -412,7 +412,7 @@ func TestBackendUnreachable(t *testing.T) {
 	p := startProxy(t, func(c *Config) { c.Backend.Addr = addr })
 	err = p.open(t, "").Ping()
 	var me *mysql.MySQLError
-	if !errors.As(err, &me) || me.Number != 2003 || !strings.Contains(me.Message, addr) {
+	if !errors.As(err, &me) || me.Number != erBackendUnreachable || me.SQLState != [5]byte{'0', '8', 'S', '0', '1'} || !strings.Contains(me.Message, addr) {
 		t.Fatalf("unreachable backend: %v", err)
 	}
 }

@@ -206,7 +206,7 @@ func (c *conn) handshake() error {
 	bnc, err := d.DialContext(c.ctx, "tcp", addr)
 	if err != nil {
 		c.s.m.backendErrors.Inc()
-		c.sendErr(0, &sqlError{crConnHostError, "HY000",
+		c.sendErr(0, &sqlError{erBackendUnreachable, "08S01",
 			fmt.Sprintf("mlproxy: can't connect to the MySQL server at '%s' (%v)", addr, errors.Unwrap(err))})
 		return fmt.Errorf("dial backend %s: %w", addr, err)
 	}
@@ -218,7 +218,7 @@ func (c *conn) handshake() error {
 	g0, _, _, err := c.backend.readPacket(maxAuthPacket)
 	if err != nil {
 		c.s.m.backendErrors.Inc()
-		c.sendErr(0, &sqlError{crServerLost, "HY000",
+		c.sendErr(0, &sqlError{erBackendLost, "08S01",
 			fmt.Sprintf("mlproxy: lost connection to the MySQL server at '%s' while reading its handshake", addr)})
 		return fmt.Errorf("read greeting from %s: %w", addr, err)
 	}
@@ -293,7 +293,7 @@ func (c *conn) handshake() error {
 	bseq := byte(1)
 	if bcfg := c.s.backendTLS(clientTLS); bcfg != nil {
 		if g.caps&mysql.CLIENT_SSL == 0 {
-			c.sendErr(cseq+1, &sqlError{crSSLConnectError, "HY000",
+			c.sendErr(cseq+1, &sqlError{erBackendUnreachable, "08S01",
 				fmt.Sprintf("mlproxy: the MySQL server at '%s' does not offer TLS, which the proxy is configured to use", addr)})
 			return errors.New("backend does not offer TLS")
 		}
@@ -310,7 +310,7 @@ func (c *conn) handshake() error {
 		tc := tls.Client(c.backend.raw(), bcfg)
 		if err := tc.HandshakeContext(c.ctx); err != nil {
 			c.s.m.backendErrors.Inc()
-			c.sendErr(cseq+1, &sqlError{crSSLConnectError, "HY000",
+			c.sendErr(cseq+1, &sqlError{erBackendUnreachable, "08S01",
 				fmt.Sprintf("mlproxy: TLS to the MySQL server at '%s' failed: %v", addr, err)})
 			return fmt.Errorf("backend TLS handshake: %w", err)
 		}

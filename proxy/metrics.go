@@ -6,15 +6,16 @@ import "github.com/prometheus/client_golang/prometheus"
 // proxy). They exist even when no registerer is given, so code never
 // checks for nil.
 type metrics struct {
-	connections      prometheus.Gauge
-	connectionsTotal prometheus.Counter
-	statements       *prometheus.CounterVec // {kind}
-	stamped          prometheus.Counter
-	refused          *prometheus.CounterVec // {reason}
-	backendErrors    prometheus.Counter
-	cacheHits        prometheus.Counter
-	cacheMisses      prometheus.Counter
-	panics           *prometheus.CounterVec // {where}: connection, parser
+	connections       prometheus.Gauge
+	connectionsTotal  prometheus.Counter
+	statements        *prometheus.CounterVec // {kind}
+	stamped           prometheus.Counter
+	refused           *prometheus.CounterVec // {reason}
+	backendErrors     prometheus.Counter
+	backendIdleClosed prometheus.Counter
+	cacheHits         prometheus.Counter
+	cacheMisses       prometheus.Counter
+	panics            *prometheus.CounterVec // {where}: connection, parser
 }
 
 // Statement kinds (statements_total{kind}).
@@ -43,6 +44,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			"Statements and connections refused by the proxy, by reason.")), []string{"reason"}),
 		backendErrors: prometheus.NewCounter(prometheus.CounterOpts(opts("backend_errors_total",
 			"Backend connections that failed (dial, handshake, lost mid-command)."))),
+		backendIdleClosed: prometheus.NewCounter(prometheus.CounterOpts(opts("backend_idle_closed_total",
+			"Backend connections the server ended while their client was idle (wait_timeout, KILL, restart); the client connection was closed with them."))),
 		cacheHits: prometheus.NewCounter(prometheus.CounterOpts(opts("statement_cache_hits_total",
 			"Statement classifications found in the cache."))),
 		cacheMisses: prometheus.NewCounter(prometheus.CounterOpts(opts("statement_cache_misses_total",
@@ -52,7 +55,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.connections, m.connectionsTotal, m.statements,
-			m.stamped, m.refused, m.backendErrors, m.cacheHits, m.cacheMisses, m.panics} {
+			m.stamped, m.refused, m.backendErrors, m.backendIdleClosed, m.cacheHits, m.cacheMisses, m.panics} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}

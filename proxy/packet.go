@@ -292,7 +292,14 @@ const (
 	erUnknown         = 1105 // ER_UNKNOWN_ERROR
 	erOutOfOrder      = 1156 // ER_NET_PACKETS_OUT_OF_ORDER
 	erMalformed       = 1835 // ER_MALFORMED_PACKET
-	crConnHostError   = 2003 // CR_CONN_HOST_ERROR
-	crServerLost      = 2013 // CR_SERVER_LOST
-	crSSLConnectError = 2026 // CR_SSL_CONNECTION_ERROR
+	erNetRead         = 1158 // ER_NET_READ_ERROR
+)
+
+// The proxy never sends client-range codes (2000-2999: CR_SERVER_LOST and
+// the like), which clients raise themselves and some report as a malformed
+// packet when a server sends them: a backend it cannot reach, or lost, is
+// a server-range code with SQLSTATE 08S01 (communication link failure).
+const (
+	erBackendUnreachable = erUnknown // with 08S01
+	erBackendLost        = erNetRead // with 08S01
 )
