@@ -59,6 +59,10 @@ type class struct {
 	// and verb its kind (ALTER TABLE, ...), for the DDL policy.
 	ddl  []tableRef
 	verb string
+	// text is a kindWriteUnknown statement's text, lower-cased: it is
+	// stamped only when it may reach a replicated schema (the current one,
+	// or one it names).
+	text string
 }
 
 // Refusal reasons (refused_total{reason}).
@@ -121,6 +125,9 @@ func (c *classifier) classify(db, sql string) *class {
 	}
 	c.onMiss()
 	cl := c.parse(db, sql)
+	if cl.kind == kindWriteUnknown {
+		cl.text = strings.ToLower(sql)
+	}
 	if cacheable {
 		c.cache.Add(key, cl)
 	}
@@ -199,8 +206,15 @@ var (
 	reMlrAssign   = regexp.MustCompile("(?i)`?\\b_mlr_\\w*`?\\s*=[^=]")
 )
 
+// reGetDiagnostics is GET [CURRENT|STACKED] DIAGNOSTICS, which the parser
+// does not know: it reads the diagnostics area, which a stamping SET
+// before it would reset.
+var reGetDiagnostics = regexp.MustCompile(`(?is)^\s*(/\*.*?\*/\s*)*get\s+((current|stacked)\s+)?diagnostics\b`)
+
 func classifyUnparsed(db, sql string) *class {
 	switch {
+	case reGetDiagnostics.MatchString(sql):
+		return &class{kind: kindRead}
 	case reMlrTrigger.MatchString(sql):
 		return refused(reasonTrigger, msgTrigger)
 	case reStampAssign.MatchString(sql):

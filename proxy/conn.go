@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 
 	"github.com/go-mysql-org/go-mysql/mysql"
@@ -396,6 +397,9 @@ func (c *conn) decide(cl *class) (bool, string) {
 	case kindDDL:
 		return false, labelDDL
 	case kindWriteUnknown:
+		if !c.mayReachReplicated(cl) {
+			return false, labelWriteOther
+		}
 		return true, labelWriteUnknown
 	case kindWrite:
 		for _, t := range cl.writes {
@@ -406,6 +410,26 @@ func (c *conn) decide(cl *class) (bool, string) {
 		return false, labelWriteOther
 	}
 	return false, labelRefused
+}
+
+// mayReachReplicated reports whether a statement whose writes the proxy
+// cannot see (CALL, EXECUTE, DO, syntax the parser does not know) may
+// write a replicated table: the current database has replicated tables,
+// or the text names a schema that does. Only then does it get the
+// stamping SET (which would otherwise show in ROW_COUNT() and the
+// diagnostics area for nothing). Writes it cannot see are stamped by the
+// triggers either way; the SET only gives them the proxy's clock.
+func (c *conn) mayReachReplicated(cl *class) bool {
+	ss, ok := c.s.tables.(SchemaSet)
+	if !ok {
+		return true
+	}
+	for _, s := range ss.ReplicatedSchemas() {
+		if strings.EqualFold(s, c.db) || (cl.text != "" && strings.Contains(cl.text, strings.ToLower(s))) || cl.text == "" {
+			return true
+		}
+	}
+	return false
 }
 
 // guarded is the refusal of a write to a table the Guard blocks (nil when

@@ -30,6 +30,13 @@ type Tables interface {
 	Replicated(schema, table string) bool
 }
 
+// SchemaSet, when the Tables also implement it, lists the schemas that
+// hold replicated tables; statements whose writes the proxy cannot see
+// are stamped only when they may reach one of them.
+type SchemaSet interface {
+	ReplicatedSchemas() []string
+}
+
 // Guard, when the Tables also implement it, names replicated tables that
 // must not be written now: their replication metadata (the stamping
 // triggers, the _mlr_ columns) was damaged by something the proxy could

@@ -269,6 +269,15 @@ func (t replicatedTables) Replicated(schema, table string) bool {
 	return ok
 }
 
+// ReplicatedSchemas lists the schemas the table rules name.
+func (t replicatedTables) ReplicatedSchemas() []string {
+	var out []string
+	for _, r := range t.r.current().Tables {
+		out = append(out, r.Schema)
+	}
+	return out
+}
+
 func (t replicatedTables) Blocked(schema, table string) string { return t.g.blocked(schema, table) }
 func (t replicatedTables) AnyBlocked() string                  { return t.g.anyBlocked() }
 
