@@ -24,6 +24,27 @@ func BenchmarkClassifyCached(b *testing.B) {
 	}
 }
 
+// BenchmarkClassifyVaryingLiterals: the same statement with another value
+// each time (sysbench's text protocol): a cache hit on the normalized key.
+func BenchmarkClassifyVaryingLiterals(b *testing.B) {
+	c, err := newClassifier(100, func() {}, func() {})
+	if err != nil {
+		b.Fatal(err)
+	}
+	stmts := make([]string, 1024)
+	for i := range stmts {
+		stmts[i] = fmt.Sprintf("SELECT c FROM sbtest1 WHERE id=%d", i*7919)
+	}
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		if cl := c.classify("sbtest", stmts[i%len(stmts)]); cl.kind != kindRead {
+			b.Fatal(cl.kind)
+		}
+		i++
+	}
+}
+
 func BenchmarkClassifyUncached(b *testing.B) {
 	c, err := newClassifier(100, func() {}, func() {})
 	if err != nil {
@@ -91,6 +112,16 @@ func benchInsert(b *testing.B, db *sql.DB, table string) {
 		i++
 		if _, err := st.Exec(i); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkNormalizedKey: the lexer pass that makes the cache key.
+func BenchmarkNormalizedKey(b *testing.B) {
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, ok := normalizedKey(benchStmt); !ok {
+			b.Fatal("not normalized")
 		}
 	}
 }

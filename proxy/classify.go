@@ -117,7 +117,11 @@ func (c *classifier) classify(db, sql string) *class {
 	cacheable := len(sql) <= maxCachedLen
 	var key string
 	if cacheable {
-		key = db + "\x00" + sql
+		text := sql
+		if n, ok := normalizedKey(sql); ok {
+			text = n
+		}
+		key = db + "\x00" + text
 		if cl, ok := c.cache.Get(key); ok {
 			c.onHit()
 			return cl

@@ -438,7 +438,7 @@ func (c *conn) guarded(cl *class) *class {
 	if cl.kind == kindDDL && !c.s.cfg.AllowDDL {
 		for _, t := range cl.ddl {
 			if c.s.tables.Replicated(t.schema, t.table) {
-				return refused(reasonReplicatedDDL, fmt.Sprintf("mlproxy: %s on replicated table %s.%s is refused through the proxy: "+
+				return refused(reasonReplicatedDDL, fmt.Sprintf("%s on replicated table %s.%s is refused through the proxy: "+
 					"run it in every region with `mlproxy schema ddl -c <each region's file> \"<statement>\"`, which also prepares the table's stamping everywhere "+
 					"(proxy.allow_ddl lets DDL through, to be run in every region and followed by `mlproxy schema apply`)", cl.verb, t.schema, t.table))
 			}

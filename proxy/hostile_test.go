@@ -131,3 +131,24 @@ func TestGuardRefusesDamagedTables(t *testing.T) {
 		t.Errorf("write to another table refused: %v", err)
 	}
 }
+
+// TestReplicatedDDLRefused: DDL on a replicated table through the proxy is
+// refused with an error that says how to run it; on other tables, and
+// with AllowDDL, it passes.
+func TestReplicatedDDLRefused(t *testing.T) {
+	db := startProxy(t, nil).open(t, "app")
+	_, err := db.Exec("ALTER TABLE rt ADD COLUMN extra INT NULL")
+	if err == nil || !strings.Contains(err.Error(), "ALTER TABLE on replicated table app.rt is refused through the proxy") ||
+		!strings.Contains(err.Error(), "mlproxy schema ddl") || strings.Contains(err.Error(), "mlproxy: mlproxy:") {
+		t.Fatalf("ALTER TABLE on a replicated table: %v", err)
+	}
+	for _, q := range []string{"CREATE TABLE app.scratch_ddl (id INT PRIMARY KEY)", "DROP TABLE app.scratch_ddl"} {
+		if _, err := db.Exec(q); err != nil {
+			t.Fatalf("%s on a table that is not replicated: %v", q, err)
+		}
+	}
+	allow := startProxy(t, func(c *Config) { c.AllowDDL = true }).open(t, "app")
+	if _, err := allow.Exec("ALTER TABLE rt COMMENT 'allowed'"); err != nil {
+		t.Fatalf("ALTER TABLE with AllowDDL: %v", err)
+	}
+}

@@ -24,7 +24,9 @@ func TestSysbenchOLTP(t *testing.T) {
 		delete(replicated, "sbtest.sbtest1")
 		delete(replicated, "sbtest.sbtest2")
 	})
-	p := startProxy(t, nil)
+	// sysbench creates and drops its tables through the proxy, as a
+	// migration tool would: proxy.allow_ddl.
+	p := startProxy(t, func(c *Config) { c.AllowDDL = true })
 	args := []string{"oltp_read_write", "--db-driver=mysql", "--mysql-host=127.0.0.1",
 		"--mysql-port=" + p.port(), "--mysql-user=root", "--mysql-db=sbtest",
 		"--tables=2", "--table-size=2000", "--threads=2", "--time=5", "--report-interval=0"}
