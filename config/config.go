@@ -178,6 +178,9 @@ type Apply struct {
 // Metrics is the Prometheus endpoint (/metrics) and health check (/healthz).
 type Metrics struct {
 	Listen string `yaml:"listen"` // empty = off
+	// Pprof serves Go's profiler at /debug/pprof/ on the same listener
+	// (for performance work; off by default).
+	Pprof bool `yaml:"pprof"`
 }
 
 // Log configures logging (JSON lines on stderr).

@@ -18,6 +18,8 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -31,12 +33,24 @@ func main() {
 	dur := flag.Duration("duration", 10*time.Second, "length of each sysbench run")
 	backlog := flag.Duration("backlog", 60*time.Second, "how long the peer is stopped to build a backlog")
 	only := flag.String("only", "", "run only 'proxy' or 'replication'")
+	runs := flag.Int("runs", 3, "interleaved runs per figure (the median is printed)")
+	threadList := flag.String("threads", "1,16,64", "sysbench thread counts for the proxy bench")
+	modeList := flag.String("modes", "text,prepared", "sysbench statement modes for the proxy bench: text, prepared")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	code := 0
 	if *only == "" || *only == "proxy" {
-		if err := benchProxy(ctx, *bin, *dur); err != nil {
+		var threads []int
+		for _, t := range strings.Split(*threadList, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(t))
+			if err != nil || n < 1 {
+				fmt.Fprintf(os.Stderr, "bench: -threads %q: want numbers like 1,16,64\n", *threadList)
+				os.Exit(2)
+			}
+			threads = append(threads, n)
+		}
+		if err := benchProxy(ctx, *bin, *dur, *runs, threads, strings.Split(*modeList, ",")); err != nil {
 			fmt.Fprintln(os.Stderr, "bench proxy:", err)
 			code = 1
 		}

@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
+	"sort"
 	"time"
 
 	"github.com/mlproxy/mlproxy/itest/cluster"
@@ -12,52 +14,135 @@ const sbTables = `  - schema: sbtest
     table: "*"
     rule: lww`
 
-// benchProxy runs sysbench through the proxy and directly, alternating, in
-// one run, and prints throughput ratios and latency added per statement.
-func benchProxy(ctx context.Context, bin string, dur time.Duration) error {
-	fmt.Println("== proxy vs direct (sysbench, 4 tables x 10000 rows, replicated tables stamped)")
+type target struct {
+	name string
+	addr string
+	pid  func() int // the proxy process, for CPU per statement (nil: none)
+}
+
+type measured struct {
+	qps, p95ms, cpuPerStmt float64 // cpuPerStmt in µs
+}
+
+// benchProxy runs sysbench directly, through HAProxy (mode tcp) and
+// through mlproxy against the same server in one run, interleaved, and
+// prints medians: qps, p95 latency and the proxy process's CPU per
+// statement, with mlproxy's ratios to HAProxy and to direct.
+func benchProxy(ctx context.Context, bin string, dur time.Duration, runs int, threads []int, modes []string) error {
+	fmt.Println("== mlproxy vs HAProxy (mode tcp) vs direct (sysbench, 4 tables x 10000 rows, replicated tables stamped)")
 	prepare := func(ctx context.Context, c *cluster.Cluster) error {
 		_, err := sysbench(ctx, c.Regions[0].Server.Addr(), "oltp_read_write", "prepare")
 		return err
 	}
-	c, err := cluster.Start(ctx, cluster.Options{Bin: bin, Names: []string{"eu"}, Setup: "CREATE DATABASE sbtest;", Tables: sbTables, Prepare: prepare})
+	c, err := cluster.Start(ctx, cluster.Options{Bin: bin, Names: []string{"eu"}, Setup: "CREATE DATABASE sbtest;", Tables: sbTables, Prepare: prepare,
+		ServerArgs: []string{"--max-connections=1500"}, Pprof: true})
 	if err != nil {
 		return err
 	}
 	defer c.Close()
 	r := c.Regions[0]
-	relay, err := startRelay(r.Server.Addr())
+	ha, err := startHAProxy(r.Server.Addr())
 	if err != nil {
 		return err
 	}
-	defer relay.Close()
+	defer ha.Close()
+	targets := []target{{"direct", r.Server.Addr(), nil}, {"haproxy", ha.addr, ha.PID}, {"mlproxy", r.ProxyAddr, r.PID}}
+
+	const row = "%-18s %-8s %7s | %9s %9s %9s | %7s %7s | %8s %8s %8s | %9s %9s %6s\n"
+	fmt.Printf(row, "workload", "mode", "threads", "direct", "haproxy", "mlproxy", "ml/ha", "ml/dir", "p95 dir", "p95 ha", "p95 ml", "µs/st ha", "µs/st ml", "ratio")
+	fmt.Printf(row, "", "", "", "qps", "qps", "qps", "", "", "ms", "ms", "ms", "cpu", "cpu", "")
 	secs := fmt.Sprintf("--time=%d", int(dur.Seconds()))
-	const row = "%-18s %7v %10v %10v %6v %10v %6v %13v %12v %14v %20v\n"
-	fmt.Printf(row, "test", "threads", "direct tps", "proxy tps", "ratio", "relay tps", "ratio", "direct avg ms", "proxy avg ms", "added µs/stmt", "relay added µs/stmt")
-	for _, test := range []string{"oltp_point_select", "oltp_read_write"} {
-		for _, threads := range []int{1, 4, 16} {
-			th := fmt.Sprintf("--threads=%d", threads)
-			d, err := run(ctx, r.Server.Addr(), test, secs, th)
-			if err != nil {
-				return err
+	for _, test := range []string{"oltp_point_select", "oltp_read_write", "oltp_write_only"} {
+		for _, mode := range modes {
+			ps := "--db-ps-mode=disable"
+			if mode == "prepared" {
+				ps = "--db-ps-mode=auto"
 			}
-			p, err := run(ctx, r.ProxyAddr, test, secs, th)
-			if err != nil {
-				return err
+			for _, th := range threads {
+				res := map[string][]measured{}
+				for i := 0; i < runs; i++ {
+					for _, tg := range targets { // interleaved: drift hits all alike
+						var pid int
+						if tg.pid != nil {
+							pid = tg.pid()
+						}
+						before := cpuTime(ctx, pid)
+						out, err := run(ctx, tg.addr, test, secs, fmt.Sprintf("--threads=%d", th), ps)
+						if err != nil {
+							return err
+						}
+						used := cpuTime(ctx, pid) - before
+						m := measured{qps: out.QPS, p95ms: out.P95Ms}
+						if pid != 0 && out.Queries > 0 {
+							m.cpuPerStmt = float64(used.Microseconds()) / out.Queries
+						}
+						res[tg.name] = append(res[tg.name], m)
+					}
+				}
+				d, h, m := median(res["direct"]), median(res["haproxy"]), median(res["mlproxy"])
+				fmt.Printf(row, test, mode, fmt.Sprint(th), f0(d.qps), f0(h.qps), f0(m.qps), f2(m.qps/h.qps), f2(m.qps/d.qps),
+					f2(d.p95ms), f2(h.p95ms), f2(m.p95ms), f1(h.cpuPerStmt), f1(m.cpuPerStmt), f2(m.cpuPerStmt/h.cpuPerStmt))
 			}
-			b, err := run(ctx, relay.Addr(), test, secs, th)
-			if err != nil {
-				return err
-			}
-			perTxn := p.Queries / p.Txns
-			added := (p.AvgLatencyMs - d.AvgLatencyMs) * 1000 / perTxn
-			relayAdded := (b.AvgLatencyMs - d.AvgLatencyMs) * 1000 / perTxn
-			fmt.Printf(row, test, threads, fmt.Sprintf("%.0f", d.TPS), fmt.Sprintf("%.0f", p.TPS), fmt.Sprintf("%.2fx", p.TPS/d.TPS),
-				fmt.Sprintf("%.0f", b.TPS), fmt.Sprintf("%.2fx", b.TPS/d.TPS), fmt.Sprintf("%.3f", d.AvgLatencyMs),
-				fmt.Sprintf("%.3f", p.AvgLatencyMs), fmt.Sprintf("%.1f", added), fmt.Sprintf("%.1f", relayAdded))
 		}
 	}
-	fmt.Println("ratio = tps / direct tps; added µs/stmt = (proxy or relay - direct) average transaction latency / statements per transaction;")
-	fmt.Println("relay = a bare TCP byte copier in the bench process (io.Copy both ways): the cost of one extra hop on this machine, the floor for any proxy")
+	fmt.Printf("medians of %d interleaved runs of %s each; ml/ha = mlproxy qps / HAProxy qps; µs/st cpu = the proxy process's user+system CPU per statement (from /proc)\n", runs, dur)
+
+	// Memory of mlproxy with idle client connections open.
+	for _, n := range []int{64, 1000} {
+		db, err := sql.Open("mysql", r.DSN("sbtest"))
+		if err != nil {
+			return err
+		}
+		db.SetMaxOpenConns(n)
+		db.SetMaxIdleConns(n)
+		conns := make([]*sql.Conn, 0, n)
+		for i := 0; i < n; i++ {
+			cn, err := db.Conn(ctx)
+			if err != nil {
+				db.Close()
+				return fmt.Errorf("open %d connections through mlproxy: %w", n, err)
+			}
+			if err := cn.PingContext(ctx); err != nil {
+				db.Close()
+				return err
+			}
+			conns = append(conns, cn)
+		}
+		fmt.Printf("mlproxy resident memory with %d client connections open: %.1f MiB\n", n, float64(rss(r.PID()))/(1<<20))
+		for _, cn := range conns {
+			cn.Close()
+		}
+		db.Close()
+	}
 	return nil
 }
+
+func median(ms []measured) measured {
+	pick := func(f func(measured) float64) float64 {
+		v := make([]float64, len(ms))
+		for i, m := range ms {
+			v[i] = f(m)
+		}
+		sort.Float64s(v)
+		if len(v) == 0 {
+			return 0
+		}
+		return v[len(v)/2]
+	}
+	return measured{
+		qps:        pick(func(m measured) float64 { return m.qps }),
+		p95ms:      pick(func(m measured) float64 { return m.p95ms }),
+		cpuPerStmt: pick(func(m measured) float64 { return m.cpuPerStmt }),
+	}
+}
+
+func f0(v float64) string { return fmt.Sprintf("%.0f", v) }
+func f1(v float64) string { return fmt.Sprintf("%.1f", v) }
+func f2(v float64) string {
+	if v != v { // NaN
+		return "-"
+	}
+	return fmt.Sprintf("%.2f", v)
+}
+
+

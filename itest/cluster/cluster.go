@@ -46,6 +46,8 @@ type Options struct {
 	Extra string
 	// ServerArgs are extra mariadbd arguments for every region.
 	ServerArgs []string
+	// Pprof serves Go's profiler on each region's metrics listener.
+	Pprof bool
 	// Stdout receives the regions' JSON logs when set (in addition to files).
 	Stdout *os.File
 	// Prepare, when set, runs after the setup SQL and before `schema apply`
@@ -295,6 +297,9 @@ local:
   password: ""
 metrics:
   listen: "{{.R.Metrics}}"
+{{- if .C.Opts.Pprof}}
+  pprof: true
+{{- end}}
 topology:
   mode: {{.C.Opts.Topology}}
 {{- if .C.Opts.Hub}}
@@ -423,6 +428,16 @@ func (c *Cluster) StopProxy(r *Region, kill bool) error {
 		<-done
 		return fmt.Errorf("cluster: mlproxy of region %s did not exit within 30s of %v", r.Name, sig)
 	}
+}
+
+// PID is the process id of region r's running mlproxy (0 when stopped).
+func (r *Region) PID() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.cmd == nil || r.cmd.Process == nil {
+		return 0
+	}
+	return r.cmd.Process.Pid
 }
 
 // Signal sends sig to region r's running mlproxy (SIGHUP: reload).
