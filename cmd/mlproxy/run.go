@@ -90,11 +90,11 @@ type region struct {
 func (r *region) current() *config.Config { return r.live.Load() }
 
 // runRegion runs until ctx ends (SIGTERM), then shuts down in this order:
-// the proxy stops accepting and drains its clients; the links stop (the
-// tailer first; an applier batch in flight rolls back, its checkpoint
-// uncommitted); the clock stops (its saved reservation already covers
-// every stamp it issued); the metrics server and the local pool close. A
-// clean stop returns nil.
+// the proxy stops accepting and drains its clients while the links stop
+// (the tailer first; an applier batch in flight rolls back, its checkpoint
+// uncommitted); only when both are done does the clock stop (its saved
+// reservation covers every stamp it issued), then the metrics server and
+// the local pool close. A clean stop returns nil.
 func runRegion(ctx context.Context, cfg *config.Config, log *zap.Logger, reload <-chan struct{}) error {
 	r := &region{cfg: cfg, log: log, reg: prometheus.NewRegistry(), guard: newGuard()}
 	r.live.Store(cfg)
@@ -159,12 +159,16 @@ func runRegion(ctx context.Context, cfg *config.Config, log *zap.Logger, reload 
 
 	// Each part stops when ctx ends; none of them ends the others by failing
 	// (a broken peer link must never stop local writes).
+	// The clock stops last, on its own context: draining clients and
+	// appliers rolling back still ask it for stamps.
 	var wg sync.WaitGroup
 	errs := make(chan error, 2)
-	wg.Add(1)
+	clockCtx, stopClock := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopClock()
+	clockDone := make(chan struct{})
 	go func() {
-		defer wg.Done()
-		if err := r.clock.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
+		defer close(clockDone)
+		if err := r.clock.Run(clockCtx); err != nil && !errors.Is(err, context.Canceled) {
 			errs <- fmt.Errorf("hlc: %w", err)
 		}
 	}()
@@ -181,7 +185,9 @@ func runRegion(ctx context.Context, cfg *config.Config, log *zap.Logger, reload 
 	go func() { defer wg.Done(); r.guardLoop(ctx) }()
 
 	perr := r.proxy.Run(ctx) // returns once ctx ends and clients drained
-	wg.Wait()
+	wg.Wait()                // links stopped (a batch in flight rolled back), loops done
+	stopClock()
+	<-clockDone
 	if srv != nil {
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		_ = srv.Shutdown(sctx)
