@@ -74,6 +74,7 @@ const (
 	reasonSQLLogBin      = "sql_log_bin"
 	reasonDamaged        = "replication_damaged"
 	reasonReplicatedDDL  = "replicated_ddl"
+	reasonCharset        = "client_charset"
 )
 
 // internalSchema is the schema of mlproxy's own tables (docs/internals.md).
@@ -196,6 +197,7 @@ const (
 	msgTrigger        = "dropping or replacing an `_mlr_` trigger is refused: it stamps writes for replication; use `mlproxy schema apply` to change replication metadata"
 	msgMetadataColumn = "changing an `_mlr_` column is refused: it holds the replication stamp; use `mlproxy schema apply` to change replication metadata"
 	msgMetadataWrite  = "writing an `_mlr_` column is refused: it holds the replication stamp, origin and version vector, which mlproxy sets itself; leave the column out"
+	msgCharset        = "the client character sets gbk, big5, sjis, cp932 and gb18030 are refused: a byte 0x5c (backslash) inside one of their characters reads differently to the proxy's SQL parser and to the server, which would let a statement hide from classification; use utf8mb4"
 	msgSQLLogBin      = "SET sql_log_bin=0 is refused: it would hide writes from replication to the other regions; run maintenance that must not replicate directly on the server"
 )
 
@@ -204,7 +206,7 @@ const (
 // not refused, unless they match one of these.
 var (
 	reMlrSchema   = regexp.MustCompile("(?i)(^|[^\\w$])`?mlr`?\\s*\\.")
-	reStampAssign = regexp.MustCompile("(?i)@`?_mlr_\\w*`?\\s*:?=|\\binto\\s+(@\\S+\\s*,\\s*)*@`?_mlr_")
+	reStampAssign = regexp.MustCompile("(?i)@[`'\"]?_mlr_\\w*[`'\"]?\\s*:?=|\\binto\\s+(@\\S+\\s*,\\s*)*@[`'\"]?_mlr_")
 	reMlrTrigger  = regexp.MustCompile("(?i)\\b(drop|create)\\s+(or\\s+replace\\s+)?(definer\\s*=\\s*\\S+\\s+)?trigger\\s+(if\\s+(not\\s+)?exists\\s+)?(\\S+\\.)?`?_mlr_")
 	reSQLLogBin   = regexp.MustCompile(`(?i)\bsql_log_bin\b`)
 	reMlrAssign   = regexp.MustCompile("(?i)`?\\b_mlr_\\w*`?\\s*=[^=]")
@@ -215,8 +217,15 @@ var (
 // before it would reset.
 var reGetDiagnostics = regexp.MustCompile(`(?is)^\s*(/\*.*?\*/\s*)*get\s+((current|stacked)\s+)?diagnostics\b`)
 
+// reUnsafeCharset is a SET NAMES / CHARACTER SET (or character_set_client)
+// naming a character set unsafeCharset refuses, in text the parser could
+// not read.
+var reUnsafeCharset = regexp.MustCompile("(?i)\\b(names|character\\s+set|charset|character_set_client|character_set_connection)\\s*(=\\s*)?['\"`]?(gbk|big5|sjis|cp932|gb18030)\\b")
+
 func classifyUnparsed(db, sql string) *class {
 	switch {
+	case reUnsafeCharset.MatchString(sql):
+		return refused(reasonCharset, msgCharset)
 	case reGetDiagnostics.MatchString(sql):
 		return &class{kind: kindRead}
 	case reMlrTrigger.MatchString(sql):
@@ -474,6 +483,13 @@ func deleteTargets(db string, n *ast.DeleteStmt) []tableRef {
 func classifySet(n *ast.SetStmt) *class {
 	for _, v := range n.Variables {
 		name := strings.ToLower(v.Name)
+		switch {
+		case name == strings.ToLower(ast.SetNames) || name == strings.ToLower(ast.SetCharset),
+			v.IsSystem && (name == "character_set_client" || name == "character_set_connection"):
+			if unsafeCharset(exprText(v.Value)) {
+				return refused(reasonCharset, msgCharset)
+			}
+		}
 		if !v.IsSystem && strings.HasPrefix(name, "_mlr_") {
 			return refused(reasonStampVariable, msgStampVariable)
 		}
@@ -482,6 +498,43 @@ func classifySet(n *ast.SetStmt) *class {
 		}
 	}
 	return &class{kind: kindSession}
+}
+
+// unsafeCharset reports the character sets in which a multi-byte
+// character may end in 0x5c, the backslash: the parser (which reads
+// utf8) and the server would then disagree on where a string ends.
+func unsafeCharset(name string) bool {
+	switch strings.ToLower(strings.Trim(name, "'\"` ")) {
+	case "gbk", "big5", "sjis", "cp932", "gb18030":
+		return true
+	}
+	return false
+}
+
+// unsafeCollation is unsafeCharset for a handshake's collation id (MariaDB
+// numbers NO PAD variants 1024 above their base collation).
+func unsafeCollation(id byte) bool {
+	switch id {
+	case 1, 84, 13, 88, 28, 87, 95, 96, 248, 249, 250:
+		return true
+	}
+	return false
+}
+
+// exprText is a SET value as text: a string literal's value, or a bare
+// name.
+func exprText(e ast.ExprNode) string {
+	switch x := e.(type) {
+	case ast.ValueExpr:
+		if s, ok := x.GetValue().(string); ok {
+			return s
+		}
+	case *ast.ColumnNameExpr:
+		if x.Name != nil {
+			return x.Name.Name.O
+		}
+	}
+	return ""
 }
 
 // truthy reports whether a SET value certainly turns a boolean variable on

@@ -286,6 +286,11 @@ func (c *conn) handshake() error {
 		return fmt.Errorf("%w: SSL request where a handshake response was due", errMalformed)
 	}
 	c.log = c.log.With(zap.String("user", hr.user), zap.Bool("client_tls", clientTLS))
+	if unsafeCollation(resp[8]) {
+		c.s.m.refused.WithLabelValues(reasonCharset).Inc()
+		c.sendErr(cseq+1, &sqlError{erUnknown, "HY000", "mlproxy: " + msgCharset})
+		return fmt.Errorf("client character set (collation %d) refused", resp[8])
+	}
 
 	ccaps := hr.caps & (relayCaps | mysql.CLIENT_SSL)
 	// The MariaDB extended capabilities sit in the last 4 filler bytes.

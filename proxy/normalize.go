@@ -21,6 +21,15 @@ func normalizedKey(sql string) (key string, ok bool) {
 	if i < 0 || !dmlStart(sql[i:]) {
 		return "", false
 	}
+	// Where the server's lexer and this one could disagree, the exact
+	// text is the key: executable comments (a string inside one may hold
+	// "*/"), line comments (the server ends "--" at any control byte), and
+	// user variables named by a quoted string (@'x').
+	if strings.Contains(sql, "/*!") || strings.Contains(sql, "/*M!") || strings.Contains(sql, "/*m!") ||
+		strings.Contains(sql, "--") || strings.IndexByte(sql, '#') >= 0 ||
+		strings.Contains(sql, "@'") || strings.Contains(sql, "@\"") || strings.Contains(sql, "@`") {
+		return "", false
+	}
 	// Runs without literals are copied whole; a statement without any
 	// (a prepared statement's text) is its own key, without a copy.
 	var b []byte
@@ -74,6 +83,10 @@ func normalizedKey(sql string) (key string, ok bool) {
 				j = len(sql) - i
 			}
 			i += j
+		case isDigit(c) && i > 0 && sql[i-1] == '.':
+			// After a dot the server reads a name (app.1 is table 1):
+			// the exact text is the key.
+			return "", false
 		case isDigit(c) && (i == 0 || !isWordByte(sql[i-1])):
 			if j, ok := numberEnd(sql, i); ok {
 				literal(i, j)
@@ -104,10 +117,16 @@ func normalizedKey(sql string) (key string, ok bool) {
 // token is a name rather than a number.
 func numberEnd(s string, i int) (int, bool) {
 	j := i
-	if strings.HasPrefix(s[i:], "0x") || strings.HasPrefix(s[i:], "0X") {
+	if strings.HasPrefix(s[i:], "0x") {
+		// Only lower-case 0x with at least one hex digit is a number
+		// (0X1F and a bare 0x are names to the server).
 		j += 2
+		k := j
 		for j < len(s) && (isDigit(s[j]) || (s[j]|0x20 >= 'a' && s[j]|0x20 <= 'f')) {
 			j++
+		}
+		if j == k {
+			return 0, false
 		}
 	} else {
 		for j < len(s) && isDigit(s[j]) {

@@ -14,6 +14,9 @@ func TestNormalizedKey(t *testing.T) {
 		{"select * from t where h = 0x1F", "select * from t where h = 0xAB"},
 		{"  /* note */ SELECT 1", "  /* note */ SELECT 2"},
 	}
+	if k, ok := normalizedKey("SELECT 0x FROM t"); ok && k == "SELECT ? FROM t" {
+		t.Errorf("a bare 0x (a name) normalized as a number: %q", k)
+	}
 	for _, p := range same {
 		a, okA := normalizedKey(p[0])
 		b, okB := normalizedKey(p[1])
@@ -44,8 +47,17 @@ func TestNormalizedKey(t *testing.T) {
 		"SELECT 'a\\' , 1",                       // backslash: sql_mode decides
 		"SELECT 'unterminated",
 		"INSERT INTO t VALUES ('x') /* open",
+		// The review's collisions: each must keep its exact text as key.
+		"SELECT 1 --\r'\n; DROP TABLE app.kv; SELECT ' # '\n",
+		"SELECT /*! '*/' */ ; DROP TABLE app.kv; SELECT ' # '\n",
+		"SELECT /*M! '*/' */ , 2",
+		"UPDATE app.1 SET v = 2",
+		"SELECT @'_mlr_hlc' := 1",
+		"SELECT 1 INTO @\"_mlr_hlc\"",
+		"SELECT 0X1F FROM t",
+		"SELECT 1 # comment",
 	} {
-		if k, ok := normalizedKey(s); ok {
+		if k, ok := normalizedKey(s); ok && k != s {
 			t.Errorf("%q normalized to %q; want the exact text as key", s, k)
 		}
 	}
@@ -73,6 +85,27 @@ func TestNormalizedKeyKeepsClass(t *testing.T) {
 		kb, _ := normalizedKey(p[1])
 		if ka != kb {
 			t.Errorf("%q and %q: different keys %q, %q", p[0], p[1], ka, kb)
+		}
+	}
+}
+
+// TestUnsafeCharsetsRefused: character sets whose characters can end in a
+// backslash byte are refused, so the parser and the server always agree
+// on where a string ends.
+func TestUnsafeCharsetsRefused(t *testing.T) {
+	c, err := newClassifier(100, func() {}, func() {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{"SET NAMES gbk", "SET NAMES 'big5' COLLATE big5_bin", "SET CHARACTER SET sjis",
+		"SET character_set_client = cp932", "SET @@session.character_set_client = 'gb18030'"} {
+		if cl := c.classify("app", q); cl.kind != kindRefused || cl.reason != reasonCharset {
+			t.Errorf("%q: %+v; want refused (%s)", q, cl, reasonCharset)
+		}
+	}
+	for _, q := range []string{"SET NAMES utf8mb4", "SET character_set_client = latin1"} {
+		if cl := c.classify("app", q); cl.kind == kindRefused {
+			t.Errorf("%q refused: %s", q, cl.msg)
 		}
 	}
 }
