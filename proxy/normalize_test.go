@@ -40,7 +40,7 @@ func TestNormalizedKey(t *testing.T) {
 		}
 	}
 	for _, s := range []string{
-		"SET @a = 1",                             // not DML: values can carry names
+		"SET @a = 1", // not DML: values can carry names
 		"PREPARE p FROM 'DROP TRIGGER _mlr_bi_t'", // the text is SQL
 		"CALL p('mlr')",
 		"/*!50000 SET @_mlr_apply=1 */ SELECT 1", // code in a leading executable comment

@@ -287,12 +287,12 @@ func (e *sqlError) packet() []byte { return errPacket(e.code, e.state, e.msg) }
 
 // MySQL error codes the proxy sends itself.
 const (
-	erConCount        = 1040 // ER_CON_COUNT_ERROR
-	erUnknownCom      = 1047 // ER_UNKNOWN_COM_ERROR
-	erUnknown         = 1105 // ER_UNKNOWN_ERROR
-	erOutOfOrder      = 1156 // ER_NET_PACKETS_OUT_OF_ORDER
-	erMalformed       = 1835 // ER_MALFORMED_PACKET
-	erNetRead         = 1158 // ER_NET_READ_ERROR
+	erConCount   = 1040 // ER_CON_COUNT_ERROR
+	erUnknownCom = 1047 // ER_UNKNOWN_COM_ERROR
+	erUnknown    = 1105 // ER_UNKNOWN_ERROR
+	erOutOfOrder = 1156 // ER_NET_PACKETS_OUT_OF_ORDER
+	erMalformed  = 1835 // ER_MALFORMED_PACKET
+	erNetRead    = 1158 // ER_NET_READ_ERROR
 )
 
 // The proxy never sends client-range codes (2000-2999: CR_SERVER_LOST and

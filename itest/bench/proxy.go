@@ -144,5 +144,3 @@ func f2(v float64) string {
 	}
 	return fmt.Sprintf("%.2f", v)
 }
-
-
