@@ -217,6 +217,10 @@ var (
 // before it would reset.
 var reGetDiagnostics = regexp.MustCompile(`(?is)^\s*(/\*.*?\*/\s*)*get\s+((current|stacked)\s+)?diagnostics\b`)
 
+// reDDLVerb is statement text the parser could not read that starts (after
+// comments) like DDL, or an EXECUTE IMMEDIATE of such text.
+var reDDLVerb = regexp.MustCompile(`(?is)^\s*(/\*.*?\*/\s*)*(execute\s+immediate\s+['"]?\s*)?(create|alter|drop|rename|truncate)\b`)
+
 // reUnsafeCharset is a SET NAMES / CHARACTER SET (or character_set_client)
 // naming a character set unsafeCharset refuses, in text the parser could
 // not read.
@@ -236,6 +240,12 @@ func classifyUnparsed(db, sql string) *class {
 		return refused(reasonSQLLogBin, msgSQLLogBin)
 	case reMlrAssign.MatchString(sql):
 		return refused(reasonMetadataColumn, msgMetadataWrite)
+	case reDDLVerb.MatchString(sql):
+		// CREATE OR REPLACE TABLE, ALTER TABLE IF EXISTS, ALTER ONLINE
+		// TABLE, CREATE TRIGGER ...: DDL the parser cannot read. The
+		// proxy's DDL policy checks its text against the replicated
+		// schemas.
+		return &class{kind: kindWriteUnknown, verb: "DDL"}
 	case reMlrSchema.MatchString(sql) || strings.EqualFold(db, internalSchema):
 		return refused(reasonInternalSchema, "a statement mlproxy cannot parse that may touch the internal schema `mlr` is refused: it holds replication state; use the mlproxy command line to act on it")
 	}
@@ -320,11 +330,17 @@ func classifyStmt(db string, st ast.StmtNode, depth int) *class {
 		if n.SQLText != "" && depth == 0 {
 			p := parser.New()
 			if inner, _, err := p.Parse(n.SQLText, "", ""); err == nil {
-				if cl := classifyStmts(db, inner, depth+1); cl.kind == kindRefused {
+				cl := classifyStmts(db, inner, depth+1)
+				if cl.kind == kindRefused {
 					return cl
+				}
+				if len(cl.ddl) > 0 { // checked against the DDL policy like the statement itself
+					return &class{kind: kindSession, ddl: cl.ddl, verb: cl.verb}
 				}
 			} else if cl := classifyUnparsed(db, n.SQLText); cl.kind == kindRefused {
 				return cl
+			} else if reDDLVerb.MatchString(n.SQLText) {
+				return &class{kind: kindSession, text: strings.ToLower(n.SQLText), verb: "DDL"}
 			}
 		}
 		return &class{kind: kindSession}
@@ -616,6 +632,9 @@ func classifyDDL(db string, n ast.DDLNode) *class {
 	case *ast.AlterTableStmt:
 		targets = append(targets, qualify(db, x.Table))
 		for _, sp := range x.Specs {
+			if sp.NewTable != nil { // RENAME TO, EXCHANGE PARTITION ... WITH TABLE
+				targets = append(targets, qualify(db, sp.NewTable))
+			}
 			switch sp.Tp {
 			case ast.AlterTableDropColumn, ast.AlterTableModifyColumn,
 				ast.AlterTableChangeColumn, ast.AlterTableRenameColumn:
@@ -638,10 +657,20 @@ func classifyDDL(db string, n ast.DDLNode) *class {
 			return refused(reasonInternalSchema, msgInternalSchema)
 		}
 	}
-	switch n.(type) {
+	switch x := n.(type) {
+	case *ast.DropDatabaseStmt:
+		return &class{kind: kindDDL, ddl: []tableRef{{schema: x.Name.O}}, verb: "DROP DATABASE"}
+	case *ast.AlterDatabaseStmt:
+		return &class{kind: kindDDL, ddl: []tableRef{{schema: x.Name.O}}, verb: "ALTER DATABASE"}
 	case *ast.CreateTableStmt:
+		if x.TemporaryKeyword != ast.TemporaryNone {
+			return &class{kind: kindDDL} // session-local: nothing to replicate
+		}
 		verb = "CREATE TABLE"
 	case *ast.DropTableStmt:
+		if x.TemporaryKeyword != ast.TemporaryNone || x.IsView {
+			return &class{kind: kindDDL}
+		}
 		verb = "DROP TABLE"
 	case *ast.TruncateTableStmt:
 		verb = "TRUNCATE TABLE"

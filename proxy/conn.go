@@ -432,16 +432,51 @@ func (c *conn) mayReachReplicated(cl *class) bool {
 	return false
 }
 
+// ddlHow says how to run DDL on replicated tables instead.
+const ddlHow = "run it in every region with `mlproxy schema ddl -c <each region's file> \"<statement>\"`, which also prepares the table's stamping everywhere " +
+	"(proxy.allow_ddl lets DDL through, to be run in every region and followed by `mlproxy schema apply`)"
+
+// ddlRefusal is the refusal of DDL on a replicated table or schema (its
+// own, or prepared for EXECUTE), or of DDL the parser could not read on a
+// database that has replicated tables or naming one; nil otherwise.
+func (c *conn) ddlRefusal(cl *class) *class {
+	for _, t := range cl.ddl {
+		if t.table == "" {
+			if c.replicatedSchema(t.schema) {
+				return refused(reasonReplicatedDDL, fmt.Sprintf("%s on %s, which holds replicated tables, is refused through the proxy: %s", cl.verb, t.schema, ddlHow))
+			}
+			continue
+		}
+		if c.s.tables.Replicated(t.schema, t.table) {
+			return refused(reasonReplicatedDDL, fmt.Sprintf("%s on replicated table %s.%s is refused through the proxy: %s", cl.verb, t.schema, t.table, ddlHow))
+		}
+	}
+	if cl.verb == "DDL" && len(cl.ddl) == 0 && c.mayReachReplicated(cl) {
+		return refused(reasonReplicatedDDL, "DDL the proxy cannot parse, on a database with replicated tables or naming one, is refused: "+ddlHow)
+	}
+	return nil
+}
+
+// replicatedSchema reports whether schema holds replicated tables.
+func (c *conn) replicatedSchema(schema string) bool {
+	ss, ok := c.s.tables.(SchemaSet)
+	if !ok {
+		return false
+	}
+	for _, s := range ss.ReplicatedSchemas() {
+		if strings.EqualFold(s, schema) {
+			return true
+		}
+	}
+	return false
+}
+
 // guarded is the refusal of a write to a table the Guard blocks (nil when
 // the write may go ahead).
 func (c *conn) guarded(cl *class) *class {
-	if cl.kind == kindDDL && !c.s.cfg.AllowDDL {
-		for _, t := range cl.ddl {
-			if c.s.tables.Replicated(t.schema, t.table) {
-				return refused(reasonReplicatedDDL, fmt.Sprintf("%s on replicated table %s.%s is refused through the proxy: "+
-					"run it in every region with `mlproxy schema ddl -c <each region's file> \"<statement>\"`, which also prepares the table's stamping everywhere "+
-					"(proxy.allow_ddl lets DDL through, to be run in every region and followed by `mlproxy schema apply`)", cl.verb, t.schema, t.table))
-			}
+	if !c.s.cfg.AllowDDL {
+		if r := c.ddlRefusal(cl); r != nil {
+			return r
 		}
 	}
 	g := c.s.guard

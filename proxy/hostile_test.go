@@ -152,3 +152,33 @@ func TestReplicatedDDLRefused(t *testing.T) {
 		t.Fatalf("ALTER TABLE with AllowDDL: %v", err)
 	}
 }
+
+// TestReplicatedDDLBypassesRefused: the review's ways around the DDL
+// refusal, each refused.
+func TestReplicatedDDLBypassesRefused(t *testing.T) {
+	p := startProxy(t, nil)
+	db := p.open(t, "app")
+	for _, q := range []string{
+		"PREPARE s FROM 'DROP TABLE rt'",
+		"PREPARE s FROM 'ALTER TABLE app.rt ADD COLUMN x INT'",
+		"EXECUTE IMMEDIATE 'DROP TABLE rt'",
+		"DROP DATABASE app",
+		"CREATE OR REPLACE TABLE rt (id INT PRIMARY KEY)",
+		"ALTER TABLE IF EXISTS rt ADD COLUMN x INT",
+		"ALTER ONLINE TABLE rt ADD COLUMN x INT",
+		"ALTER TABLE rt_twin RENAME TO app.rt",
+		"CREATE TRIGGER sneaky BEFORE INSERT ON rt FOR EACH ROW SET NEW.v = 'x'",
+	} {
+		_, err := db.Exec(q)
+		if err == nil || !strings.Contains(err.Error(), "refused") || !strings.Contains(err.Error(), "mlproxy schema ddl") {
+			t.Errorf("%s: %v; want the DDL refusal", q, err)
+		}
+	}
+	// Temporary tables are the session's own.
+	if _, err := db.Exec("CREATE TEMPORARY TABLE rt (id INT)"); err != nil {
+		t.Errorf("CREATE TEMPORARY TABLE shadowing a replicated name: %v", err)
+	}
+	if _, err := db.Exec("DROP TEMPORARY TABLE rt"); err != nil {
+		t.Errorf("DROP TEMPORARY TABLE: %v", err)
+	}
+}

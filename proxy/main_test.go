@@ -264,6 +264,20 @@ type tableSet map[string]bool
 
 func (t tableSet) Replicated(schema, table string) bool { return t[schema+"."+table] }
 
+// ReplicatedSchemas makes the test tables a SchemaSet, as the region's are.
+func (t tableSet) ReplicatedSchemas() []string {
+	seen := map[string]bool{}
+	var out []string
+	for k := range t {
+		s, _, _ := strings.Cut(k, ".")
+		if !seen[s] {
+			seen[s] = true
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
 var replicated = tableSet{"app.rt": true, "app.rt2": true}
 
 // testProxy is a running proxy in front of srv.
