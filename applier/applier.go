@@ -185,9 +185,9 @@ type Applier struct {
 	unsaved uint64
 	// skipGTID, while a stopped link retries, is the source transaction an
 	// operator asked to skip (its refused changes are logged and passed
-	// over); skipBy who asked; skipped is set once something was skipped.
-	skipGTID, skipBy string
-	skipped          bool
+	// over) and skipKey the hash of the one change to skip; skipBy who
+	// asked.
+	skipGTID, skipKey, skipBy string
 
 	// holdPoll is how often a held batch re-checks the clock (tests
 	// shorten it).

@@ -86,8 +86,8 @@ func (a *Applier) tolerant(it *item) (outcome string, ok bool) {
 	if p := a.plans[it.tk]; p != nil && p.t.Rule.OnConstraint == config.OnConstraintLog {
 		return "rejected", true
 	}
-	if a.skipGTID != "" && it.txn.Pos.GTID == a.skipGTID {
-		return "skipped", true
+	if a.skipGTID != "" && it.txn.Pos.GTID == a.skipGTID && keyHash(it.key) == a.skipKey {
+		return "skipped", true // exactly the change the operator saw the link stopped at
 	}
 	return "", false
 }
@@ -124,7 +124,6 @@ func (a *Applier) applyGuarded(ctx context.Context, conn *sql.Conn, st *batchSta
 	why := fmt.Sprintf("mysql error %d", errNumber(err))
 	if outcome == "skipped" {
 		why += "; skipped by " + a.skipBy
-		a.skipped = true
 	}
 	p := a.plans[it.tk]
 	if _, err := conn.ExecContext(ctx, rejectedSQL, a.cfg.Peer.ID, p.t.Schema, p.t.Name, pkJSON, p.rule.Name(),
@@ -152,7 +151,7 @@ func truncate(s string, n int) string {
 // batch committed, or the first error that is not a refusal.
 func (a *Applier) stopped(ctx context.Context, txns []*binlog.Txn, ce *constraintError) error {
 	defer func() {
-		a.skipGTID, a.skipBy = "", ""
+		a.skipGTID, a.skipKey, a.skipBy = "", "", ""
 		a.mu.Lock()
 		a.status.Stopped = nil
 		a.mu.Unlock()
@@ -176,7 +175,7 @@ func (a *Applier) stopped(ctx context.Context, txns []*binlog.Txn, ce *constrain
 		} else {
 			a.mu.Unlock()
 		}
-		if err := a.awaitRequest(ctx, s.GTID); err != nil {
+		if err := a.awaitRequest(ctx, s.GTID, s.KeyHash); err != nil {
 			return err
 		}
 		err := a.commitBatch(ctx, txns, true)
@@ -186,8 +185,7 @@ func (a *Applier) stopped(ctx context.Context, txns []*binlog.Txn, ce *constrain
 			if _, derr := a.db.ExecContext(ctx, stopDeleteSQL, a.cfg.Peer.ID); derr != nil {
 				a.log.Warn("could not clear mlr.link_stops", redact.Err(derr))
 			}
-			a.log.Info("stopped link resumed", zap.String("gtid", s.GTID), zap.Bool("skipped", a.skipped))
-			a.skipped = false
+			a.log.Info("stopped link resumed", zap.String("gtid", s.GTID), zap.Bool("skipped", a.skipGTID != ""))
 			return nil
 		case errors.As(err, &next):
 			ce = next
@@ -201,7 +199,7 @@ func (a *Applier) stopped(ctx context.Context, txns []*binlog.Txn, ce *constrain
 
 // awaitRequest waits for an operator's retry, a skip of gtid (armed for the
 // next attempt), or stopRetry.
-func (a *Applier) awaitRequest(ctx context.Context, gtid string) error {
+func (a *Applier) awaitRequest(ctx context.Context, gtid, key string) error {
 	deadline := time.Now().Add(stopRetry)
 	for time.Now().Before(deadline) {
 		t := time.NewTimer(stopPoll)
@@ -231,7 +229,7 @@ func (a *Applier) awaitRequest(ctx context.Context, gtid string) error {
 			case r[0] == "retry":
 				return nil
 			case r[0] == "skip" && r[1] == gtid:
-				a.skipGTID, a.skipBy = gtid, r[2]
+				a.skipGTID, a.skipKey, a.skipBy = gtid, key, r[2]
 				return nil
 			case r[0] == "skip":
 				a.log.Warn("skip request ignored: it names another transaction than the one the link is stopped at",

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -557,12 +558,18 @@ type resolver struct {
 // the conflict log: this conflict and every other pending one of the key
 // marked resolved. It runs as mlproxy's own account with @_mlr_apply, the
 // one session the stamping triggers let write the metadata columns.
-func (r *resolver) resolve(ctx context.Context, id uint64) (string, error) {
+func (r *resolver) resolve(ctx context.Context, id uint64) (_ string, rerr error) {
 	conn, err := r.db.Conn(ctx)
 	if err != nil {
 		return "", err
 	}
-	defer conn.Close()
+	defer func() {
+		if rerr != nil {
+			// @_mlr_apply may still be set on it: never back to the pool.
+			_ = conn.Raw(func(any) error { return driver.ErrBadConn })
+		}
+		conn.Close()
+	}()
 	tx, err := conn.BeginTx(ctx, nil)
 	if err != nil {
 		return "", err
@@ -609,7 +616,9 @@ func (r *resolver) resolve(ctx context.Context, id uint64) (string, error) {
 		row[k] = v
 	}
 	var pk []any
-	if err := json.Unmarshal(c.PK, &pk); err != nil || len(pk) != len(t.PK) {
+	dec := json.NewDecoder(strings.NewReader(string(c.PK)))
+	dec.UseNumber() // a BIGINT key above 2^53 must not become a float
+	if err := dec.Decode(&pk); err != nil || len(pk) != len(t.PK) {
 		return "", fmt.Errorf("logged key %s does not match %s.%s's primary key (%s)", c.PK, c.Schema, c.Table, strings.Join(t.PK, ", "))
 	}
 	where := make([]string, len(t.PK))
@@ -621,7 +630,7 @@ func (r *resolver) resolve(ctx context.Context, id uint64) (string, error) {
 	var curOrigin sql.NullInt64
 	var curMeta sql.NullString
 	err = tx.QueryRowContext(ctx, "SELECT "+schema.Quote(schema.ColHLC)+", "+schema.Quote(schema.ColOrigin)+", "+schema.Quote(schema.ColMeta)+
-		" FROM "+t.QualifiedName()+" WHERE "+strings.Join(where, " AND ")+" FOR UPDATE", pk...).Scan(&curHLC, &curOrigin, &curMeta)
+		" FROM "+t.QualifiedName()+" WHERE "+strings.Join(where, " AND ")+" FOR UPDATE", pkArgs(pk)...).Scan(&curHLC, &curOrigin, &curMeta)
 	exists := err == nil
 	if err != nil && !errors.Is(err, sql.ErrNoRows) {
 		return "", fmt.Errorf("read the current row: %w", err)
@@ -669,8 +678,33 @@ func (r *resolver) resolve(ctx context.Context, id uint64) (string, error) {
 		if err := add(curMeta.String, uint64(curHLC.Int64), uint16(curOrigin.Int64), false); err != nil {
 			return "", err
 		}
+	} else {
+		// The row is deleted here: the resolution must come after the
+		// delete too, and replaces its tombstone.
+		var th sql.NullInt64
+		var to sql.NullInt64
+		var tm sql.NullString
+		terr := tx.QueryRowContext(ctx, "SELECT "+schema.Quote(schema.ColHLC)+", "+schema.Quote(schema.ColOrigin)+", "+schema.Quote(schema.ColMeta)+
+			" FROM "+t.TombstoneQualifiedName()+" WHERE "+strings.Join(where, " AND ")+" FOR UPDATE", pkArgs(pk)...).Scan(&th, &to, &tm)
+		switch {
+		case terr == nil:
+			if err := add(tm.String, uint64(th.Int64), uint16(to.Int64), false); err != nil {
+				return "", err
+			}
+			if _, err := tx.ExecContext(ctx, "DELETE FROM "+t.TombstoneQualifiedName()+" WHERE "+strings.Join(where, " AND "), pkArgs(pk)...); err != nil {
+				return "", fmt.Errorf("remove the key's tombstone: %w", err)
+			}
+		case !errors.Is(terr, sql.ErrNoRows):
+			return "", fmt.Errorf("read the key's tombstone: %w", terr)
+		}
 	}
 	if hlc.Timestamp(stamp).Bypass() { // a resolution is a stamped write, not a bypass
+		stamp = uint64(hlc.New(hlc.Timestamp(stamp).Millis()+1, 0))
+	}
+	if vv[self] >= stamp { // this region's entry may already be ahead of every stamp seen
+		stamp = vv[self] + 1
+	}
+	if hlc.Timestamp(stamp).Bypass() {
 		stamp = uint64(hlc.New(hlc.Timestamp(stamp).Millis()+1, 0))
 	}
 	vv[self] = stamp
@@ -698,7 +732,9 @@ func (r *resolver) resolve(ctx context.Context, id uint64) (string, error) {
 			sets[i] = q + " = ?"
 		}
 		stmt = "UPDATE " + t.QualifiedName() + " SET " + strings.Join(sets, ", ") + " WHERE " + strings.Join(where, " AND ")
-		args = append(args, pk...)
+		for _, v := range pk {
+			args = append(args, sqlValue(v))
+		}
 	} else {
 		stmt = "INSERT INTO " + t.QualifiedName() + " (" + strings.Join(quoted, ", ") + ") VALUES (" +
 			strings.TrimSuffix(strings.Repeat("?, ", len(quoted)), ", ") + ")"
@@ -730,6 +766,14 @@ func (r *resolver) resolve(ctx context.Context, id uint64) (string, error) {
 		msg += fmt.Sprintf(" (%d other pending conflicts of this key closed)", others)
 	}
 	return msg, nil
+}
+
+func pkArgs(pk []any) []any {
+	out := make([]any, len(pk))
+	for i, v := range pk {
+		out[i] = sqlValue(v)
+	}
+	return out
 }
 
 // sqlValue turns a decoded JSON value into a driver argument.
