@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -20,7 +21,7 @@ import (
 func TestInvisibleToClients(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	setup := appSetup + "CREATE DATABASE other;\n"
+	setup := appSetup + "CREATE DATABASE other;\nCREATE TABLE other.jt (id INT PRIMARY KEY, j JSON);\nINSERT INTO other.jt VALUES (1, '{\"a\": 1}');\n"
 	for _, db := range []string{"app", "other"} {
 		for _, side := range []string{"direct", "proxy"} {
 			setup += fmt.Sprintf("CREATE TABLE %s.fid_%s (id INT PRIMARY KEY AUTO_INCREMENT, v VARCHAR(8) NOT NULL, UNIQUE KEY (v));\n", db, side)
@@ -125,6 +126,24 @@ func TestInvisibleToClients(t *testing.T) {
 		q("SELECT id, v FROM TBL ORDER BY id")
 		return out
 	}
+	// Column metadata as the mariadb client shows it (MariaDB's extended
+	// type info: a JSON column's format).
+	meta := func(port string) string {
+		out, err := exec.CommandContext(ctx, "mariadb", "--no-defaults", "-h", "127.0.0.1", "-P", port, "-u", "root",
+			"--column-type-info", "-t", "-e", "SELECT j FROM other.jt").CombinedOutput()
+		if err != nil {
+			t.Fatalf("mariadb client on port %s: %v\n%s", port, err, out)
+		}
+		return string(out)
+	}
+	_, dport, _ := strings.Cut(eu.Server.Addr(), ":")
+	_, pport, _ := strings.Cut(eu.ProxyAddr, ":")
+	if d, p := meta(dport), meta(pport); d != p {
+		t.Errorf("column metadata differs:\ndirect:\n%s\nthrough the proxy:\n%s", d, p)
+	} else if !strings.Contains(d, "json") {
+		t.Logf("note: this client shows no JSON format metadata:\n%s", d)
+	}
+
 	for _, db := range []string{"app", "other"} {
 		direct := observe(open(eu.Server.Addr(), db), db, "direct")
 		proxied := observe(open(eu.ProxyAddr, db), db, "proxy")

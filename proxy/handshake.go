@@ -23,8 +23,11 @@ import (
 //     packets, which the proxy uses to find the end of a response;
 //   - CLIENT_QUERY_ATTRIBUTES: it changes COM_QUERY's layout;
 //   - CLIENT_SSL is set per leg by the proxy itself;
-//   - the MariaDB extended capabilities (progress reports, COM_MULTI,
-//     bulk execute, metadata cache) are zeroed too.
+//   - of the MariaDB extended capabilities only extended type info
+//     (MARIADB_CLIENT_EXTENDED_TYPE_INFO: a JSON column's format, and the
+//     like, inside the column definitions the proxy relays unread) is
+//     relayed; progress reports, COM_MULTI, bulk execute and the metadata
+//     cache change the packet flow and are zeroed.
 const relayCaps = mysql.CLIENT_LONG_PASSWORD | mysql.CLIENT_FOUND_ROWS | mysql.CLIENT_LONG_FLAG |
 	mysql.CLIENT_CONNECT_WITH_DB | mysql.CLIENT_NO_SCHEMA | mysql.CLIENT_ODBC |
 	mysql.CLIENT_LOCAL_FILES | mysql.CLIENT_IGNORE_SPACE | mysql.CLIENT_PROTOCOL_41 |
@@ -77,15 +80,24 @@ func parseGreeting(p []byte) (greeting, error) {
 	return g, nil
 }
 
-// setCaps writes caps into the greeting p and zeroes MariaDB's extended
-// capabilities.
+// relayExtCaps are the MariaDB extended capabilities relayed.
+const relayExtCaps = 1 << 3 // MARIADB_CLIENT_EXTENDED_TYPE_INFO
+
+// maskExt keeps only relayExtCaps in the 4 bytes of MariaDB's extended
+// capabilities at b.
+func maskExt(b []byte) {
+	binary.LittleEndian.PutUint32(b, binary.LittleEndian.Uint32(b)&relayExtCaps)
+}
+
+// setCaps writes caps into the greeting p and masks MariaDB's extended
+// capabilities to relayExtCaps.
 func (g greeting) setCaps(p []byte, caps uint32) {
 	binary.LittleEndian.PutUint16(p[g.capsLowAt:], uint16(caps))
 	if g.capsHighAt > 0 {
 		binary.LittleEndian.PutUint16(p[g.capsHighAt:], uint16(caps>>16))
 	}
 	if g.extCapsAt > 0 {
-		clear(p[g.extCapsAt : g.extCapsAt+4])
+		maskExt(p[g.extCapsAt : g.extCapsAt+4])
 	}
 }
 
@@ -294,7 +306,7 @@ func (c *conn) handshake() error {
 
 	ccaps := hr.caps & (relayCaps | mysql.CLIENT_SSL)
 	// The MariaDB extended capabilities sit in the last 4 filler bytes.
-	clear(resp[sslRequestLen-4 : sslRequestLen])
+	maskExt(resp[sslRequestLen-4 : sslRequestLen])
 	bseq := byte(1)
 	if bcfg := c.s.backendTLS(clientTLS); bcfg != nil {
 		if g.caps&mysql.CLIENT_SSL == 0 {
