@@ -108,6 +108,10 @@ func runRegion(ctx context.Context, cfg *config.Config, log *zap.Logger, reload 
 		return err
 	}
 	defer db.Close()
+	// Sized explicitly: one session per applier, plus the guard, tombstone
+	// GC, conflict retention, the clock's saves, /healthz and a margin.
+	db.SetMaxOpenConns(8 + 2*len(cfg.Peers))
+	db.SetMaxIdleConns(8 + 2*len(cfg.Peers))
 	r.db = db
 
 	r.clock = hlc.NewClock(hlc.Options{
