@@ -150,7 +150,7 @@ func New(cfg Config, log *zap.Logger, reg prometheus.Registerer) *Tailer {
 	t := &Tailer{cfg: cfg, log: log, m: newMetrics(reg, cfg.Peer.Name)}
 	t.breaker = gobreaker.NewCircuitBreaker[struct{}](gobreaker.Settings{
 		Name:    "binlog " + cfg.Peer.Name,
-		Timeout: 30 * time.Second,
+		Timeout: 5 * time.Second, // half-open probe: a returning peer is reconnected within seconds
 		ReadyToTrip: func(c gobreaker.Counts) bool {
 			return c.ConsecutiveFailures >= 5
 		},
@@ -211,7 +211,7 @@ func (t *Tailer) Run(ctx context.Context, from Checkpoint, out chan<- *Txn) erro
 
 	bo := backoff.NewExponentialBackOff()
 	bo.InitialInterval = 200 * time.Millisecond
-	bo.MaxInterval = 30 * time.Second
+	bo.MaxInterval = 10 * time.Second // with the breaker: a peer back up is reconnected within ~10 s
 	attempt := 0
 	var lastCause error // the last error of an attempt the breaker let through
 	for {
