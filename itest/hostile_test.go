@@ -189,6 +189,23 @@ func TestHostileAppAccount(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// TRUNCATE the proxy cannot see (prepared from an expression; the
+	// account has DROP): no row events, so nothing of it replicates; the
+	// region's own binlog shows it, and it is reported as an error.
+	for _, q := range []string{"SET @s = CONCAT('TRUNCATE TABLE ', 'events')", "PREPARE p FROM @s", "EXECUTE p"} {
+		if _, err := app.ExecContext(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	const truncSays = "rows of a replicated schema were removed without row events"
+	found := false
+	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline) && !found; time.Sleep(200 * time.Millisecond) {
+		found = strings.Contains(mustRead(t, eu.LogPath), truncSays)
+	}
+	if !found {
+		t.Errorf("eu did not report the TRUNCATE it could not see (%q):\n%s", truncSays, cluster.Tail(eu.LogPath, 10))
+	}
+
 	// A duplicate key in a secondary unique index: each region's applier
 	// fails on the other's row, and says so, without the row's values.
 	const secret = "alice.secret@example.com"

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"reflect"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -26,6 +27,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/mlproxy/mlproxy/applier"
+	"github.com/mlproxy/mlproxy/binlog"
 	"github.com/mlproxy/mlproxy/config"
 	"github.com/mlproxy/mlproxy/hlc"
 	"github.com/mlproxy/mlproxy/proxy"
@@ -187,6 +189,8 @@ func runRegion(ctx context.Context, cfg *config.Config, log *zap.Logger, reload 
 	r.reg.MustRegister(r.guard.damaged)
 	wg.Add(1)
 	go func() { defer wg.Done(); r.guardLoop(ctx) }()
+	wg.Add(1)
+	go func() { defer wg.Done(); r.ddlWatch(ctx) }()
 
 	perr := r.proxy.Run(ctx) // returns once ctx ends and clients drained
 	wg.Wait()                // links stopped (a batch in flight rolled back), loops done
@@ -300,10 +304,13 @@ type guard struct {
 	mu      sync.Mutex
 	tables  map[string]string // key -> what is missing
 	damaged prometheus.Gauge
+	// now asks guardLoop for a check at once (the own-binlog DDL watch
+	// saw DDL on a replicated schema).
+	now chan struct{}
 }
 
 func newGuard() *guard {
-	return &guard{tables: map[string]string{}, damaged: prometheus.NewGauge(prometheus.GaugeOpts{
+	return &guard{tables: map[string]string{}, now: make(chan struct{}, 1), damaged: prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "mlproxy_schema_damaged_tables",
 		Help: "Replicated tables whose stamping triggers or _mlr_ columns were removed outside the proxy; writes to them are refused until `mlproxy schema apply`.",
 	})}
@@ -361,8 +368,52 @@ func (r *region) guardLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-r.guard.now:
+			read = time.Time{} // DDL was seen: re-read the tables too
 		}
 	}
+}
+
+// ddlWatch follows the region's own binlog for DDL (binlog.WatchDDL), so
+// that DDL the proxy could not see (inside a procedure, a statement
+// prepared from an expression, or on the server directly) is known at
+// once: DDL on a replicated schema is logged (verb, schema, position; not
+// its text) and counted, and the guard checks the tables at once. TRUNCATE
+// and partition exchanges remove rows without row events, so nothing of
+// them replicates: they are logged as errors, with what to do.
+func (r *region) ddlWatch(ctx context.Context) {
+	seen := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "mlproxy_schema_ddl_seen_total",
+		Help: "DDL statements on replicated schemas in this region's own binlog, by verb; unreplicated=true for TRUNCATE and EXCHANGE PARTITION, whose row removals do not replicate.",
+	}, []string{"verb", "unreplicated"})
+	r.reg.MustRegister(seen)
+	onDDL := func(e binlog.DDLEvent) {
+		lower := strings.ToLower(e.Statement)
+		hit := ""
+		for _, t := range r.current().Tables {
+			if strings.EqualFold(t.Schema, e.Schema) || strings.Contains(lower, strings.ToLower(t.Schema)) {
+				hit = t.Schema
+				break
+			}
+		}
+		if hit == "" {
+			return
+		}
+		unrepl := strings.HasPrefix(e.Verb, "TRUNCATE") || strings.Contains(lower, "exchange partition")
+		seen.WithLabelValues(e.Verb, strconv.FormatBool(unrepl)).Inc()
+		fields := []zap.Field{zap.String("verb", e.Verb), zap.String("schema", hit), zap.String("file", e.File), zap.Uint32("pos", e.Pos)}
+		if unrepl {
+			r.log.Error("rows of a replicated schema were removed without row events (TRUNCATE or EXCHANGE PARTITION): other regions still hold them; "+
+				"compare with `mlproxy checksum` and reconcile", fields...)
+		} else {
+			r.log.Warn("DDL on a replicated schema in this region's binlog: checking the stamping at once", fields...)
+		}
+		select {
+		case r.guard.now <- struct{}{}:
+		default:
+		}
+	}
+	_ = binlog.WatchDDL(ctx, r.cfg.Local, r.db, 4000000000+uint32(r.cfg.Region.ID), onDDL, r.log.Named("ddlwatch"))
 }
 
 // update replaces the damaged set, logging each table that breaks or is

@@ -1,0 +1,172 @@
+package binlog
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"net"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/cenkalti/backoff/v5"
+	"github.com/go-mysql-org/go-mysql/mysql"
+	"github.com/go-mysql-org/go-mysql/replication"
+	"go.uber.org/zap"
+
+	"github.com/mlproxy/mlproxy/config"
+	"github.com/mlproxy/mlproxy/redact"
+)
+
+// DDLEvent is one DDL statement the region's own server logged.
+type DDLEvent struct {
+	Schema string // the session's current database
+	Verb   string // ALTER TABLE, DROP TRIGGER, TRUNCATE TABLE, ...
+	// Statement is the statement's text. It may quote values (a DEFAULT, a
+	// partition bound): callers log its verb and tables, not the text.
+	Statement string
+	File      string
+	Pos       uint32
+}
+
+// ddlVerb matches the statements WatchDDL reports.
+var ddlVerb = regexp.MustCompile(`(?i)^(CREATE|ALTER|DROP|RENAME|TRUNCATE)\b`)
+
+// WatchDDL reads the local server's own binlog, from its end when called,
+// and calls onDDL for every DDL statement it logs (from any session: the
+// proxy's, one inside a procedure or a statement prepared from an
+// expression, or one run on the server directly). It is how a region
+// learns at once of DDL the proxy could not see. It reconnects with
+// backoff until ctx ends. The account needs REPLICATION SLAVE and BINLOG
+// MONITOR on the local server; serverID must be unique among the server's
+// replicas.
+func WatchDDL(ctx context.Context, local config.Server, db *sql.DB, serverID uint32, onDDL func(DDLEvent), log *zap.Logger) error {
+	var file string
+	var pos uint32
+	flavor := mysql.MySQLFlavor
+	var version string
+	if err := db.QueryRowContext(ctx, "SELECT VERSION()").Scan(&version); err == nil && strings.Contains(strings.ToLower(version), "mariadb") {
+		flavor = mysql.MariaDBFlavor
+	}
+	bo := backoff.NewExponentialBackOff()
+	bo.MaxInterval = 30 * time.Second
+	for ctx.Err() == nil {
+		if file == "" {
+			f, p, err := masterStatus(ctx, db)
+			if err != nil {
+				log.Warn("own-binlog DDL watch: cannot read the binlog position; retrying", redact.Err(err))
+				if !sleepCtx(ctx, bo.NextBackOff()) {
+					break
+				}
+				continue
+			}
+			file, pos = f, p
+		}
+		err := watchOnce(ctx, local, flavor, serverID, &file, &pos, onDDL, log)
+		if ctx.Err() != nil {
+			break
+		}
+		log.Warn("own-binlog DDL watch interrupted; resuming", zap.String("file", file), zap.Uint32("pos", pos), redact.Err(err))
+		if !sleepCtx(ctx, bo.NextBackOff()) {
+			break
+		}
+	}
+	return ctx.Err()
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+func masterStatus(ctx context.Context, db *sql.DB) (string, uint32, error) {
+	rows, err := db.QueryContext(ctx, "SHOW MASTER STATUS")
+	if err != nil {
+		return "", 0, err
+	}
+	defer rows.Close()
+	cols, _ := rows.Columns()
+	vals := make([]sql.RawBytes, len(cols))
+	ptrs := make([]any, len(cols))
+	for i := range vals {
+		ptrs[i] = &vals[i]
+	}
+	if !rows.Next() {
+		return "", 0, fmt.Errorf("SHOW MASTER STATUS: no row (binary log off?)")
+	}
+	if err := rows.Scan(ptrs...); err != nil {
+		return "", 0, err
+	}
+	p, err := strconv.ParseUint(string(vals[1]), 10, 32)
+	if err != nil {
+		return "", 0, fmt.Errorf("SHOW MASTER STATUS position %q: %w", vals[1], err)
+	}
+	return string(vals[0]), uint32(p), rows.Err()
+}
+
+func watchOnce(ctx context.Context, local config.Server, flavor string, serverID uint32, file *string, pos *uint32, onDDL func(DDLEvent), log *zap.Logger) error {
+	host, portStr, err := net.SplitHostPort(local.Addr)
+	if err != nil {
+		return err
+	}
+	port, err := strconv.ParseUint(portStr, 10, 16)
+	if err != nil {
+		return err
+	}
+	tlsCfg, err := local.TLSConfig()
+	if err != nil {
+		return err
+	}
+	syncer := replication.NewBinlogSyncer(replication.BinlogSyncerConfig{
+		ServerID:                serverID,
+		Flavor:                  flavor,
+		Host:                    host,
+		Port:                    uint16(port),
+		User:                    local.User,
+		Password:                local.Password,
+		TLSConfig:               tlsCfg,
+		TimestampStringLocation: time.UTC,
+		HeartbeatPeriod:         heartbeatPeriod,
+		ReadTimeout:             readTimeout,
+		DisableRetrySync:        true,
+		EventCacheCount:         eventReadAhead,
+		FillZeroLogPos:          flavor == mysql.MariaDBFlavor,
+		Logger:                  newSlog(log),
+	})
+	stop := context.AfterFunc(ctx, syncer.Close)
+	defer func() {
+		stop()
+		syncer.Close()
+	}()
+	streamer, err := syncer.StartSync(mysql.Position{Name: *file, Pos: *pos})
+	if err != nil {
+		return cleanErr(err)
+	}
+	for {
+		ev, err := streamer.GetEvent(ctx)
+		if err != nil {
+			return cleanErr(err)
+		}
+		switch e := ev.Event.(type) {
+		case *replication.RotateEvent:
+			*file, *pos = string(e.NextLogName), uint32(e.Position)
+			continue
+		case *replication.QueryEvent:
+			q := strings.TrimSpace(skipComments(string(e.Query)))
+			if ddlVerb.MatchString(q) {
+				_, verb := classifyQuery(q)
+				onDDL(DDLEvent{Schema: string(e.Schema), Verb: verb, Statement: q, File: *file, Pos: ev.Header.LogPos})
+			}
+		}
+		if ev.Header.LogPos > 0 {
+			*pos = ev.Header.LogPos
+		}
+	}
+}
