@@ -16,8 +16,8 @@ import (
 // relayCaps are the capability flags the proxy relays between client and
 // backend. Everything else is masked in both the greeting and the
 // handshake response:
-//   - CLIENT_COMPRESS, CLIENT_ZSTD_COMPRESSION_ALGORITHM: the proxy peeks at
-//     uncompressed packet headers;
+//   - CLIENT_COMPRESS is the proxy's own, on the client leg only (zlib; see
+//     compress.go); CLIENT_ZSTD_COMPRESSION_ALGORITHM is not offered;
 //   - CLIENT_DEPRECATE_EOF, CLIENT_OPTIONAL_RESULTSET_METADATA: they change
 //     how a result set ends; without them every result set has its EOF
 //     packets, which the proxy uses to find the end of a response;
@@ -247,7 +247,7 @@ func (c *conn) handshake() error {
 		return fmt.Errorf("greeting from %s: %w", addr, err)
 	}
 	c.log = c.log.With(zap.Uint32("backend_conn_id", g.connID))
-	caps := g.caps & relayCaps
+	caps := g.caps&relayCaps | mysql.CLIENT_COMPRESS // zlib on the client leg, by the proxy itself
 	if c.s.cfg.ClientTLS != nil {
 		caps |= mysql.CLIENT_SSL
 	}
@@ -317,7 +317,8 @@ func (c *conn) handshake() error {
 		ccaps |= mysql.CLIENT_SSL
 		ssl := make([]byte, sslRequestLen)
 		binary.LittleEndian.PutUint32(ssl, ccaps)
-		copy(ssl[4:9], resp[4:9]) // max packet size, character set
+		copy(ssl[4:9], resp[4:9])                                        // max packet size, character set
+		copy(ssl[sslRequestLen-4:], resp[sslRequestLen-4:sslRequestLen]) // MariaDB's extended capabilities (masked): the server reads them here
 		if _, err := c.backend.writePacket(ssl, 1); err != nil {
 			return c.backendErr(err, cseq+1, "send SSL request")
 		}
@@ -351,6 +352,10 @@ func (c *conn) handshake() error {
 	}
 	if !ok {
 		return errAuthFailed
+	}
+	if hr.caps&mysql.CLIENT_COMPRESS != 0 {
+		c.client.compress() // after the OK, which went uncompressed
+		c.log = c.log.With(zap.Bool("compressed", true))
 	}
 	c.db = hr.db
 	_ = c.client.nc.SetDeadline(time.Time{})
