@@ -56,11 +56,13 @@
 //
 // # Protocol choices
 //
-// Capabilities relayed: see relayCaps. Masked: compression,
-// CLIENT_DEPRECATE_EOF (result sets keep their EOF packets, which is how
-// the proxy finds a response's end), optional result set metadata, query
-// attributes and all MariaDB extended capabilities (no COM_STMT_BULK_EXECUTE,
-// no progress reports). Commands relayed: everything a client library
+// Capabilities relayed: see relayCaps. The compressed protocol (zlib) is
+// the proxy's own on the client leg (compress.go); zstd is not offered.
+// Masked: CLIENT_DEPRECATE_EOF (result sets keep their EOF packets, which
+// is how the proxy finds a response's end), optional result set metadata,
+// query attributes and the MariaDB extended capabilities except extended
+// type info (no COM_STMT_BULK_EXECUTE, no progress reports, no metadata
+// cache). Commands relayed: everything a client library
 // sends (QUERY, the STMT_* family incl. cursors and FETCH, INIT_DB, PING,
 // FIELD_LIST, RESET_CONNECTION, CHANGE_USER, STATISTICS, SET_OPTION,
 // PROCESS_KILL/INFO, REFRESH, DEBUG, QUIT); replication and other commands
