@@ -148,6 +148,9 @@ type Status struct {
 	// Stopped, when set, is the change the link is stopped at: a key the
 	// conflict rule cannot place refused it (on_constraint: stop).
 	Stopped *Stop
+	// RetryErr is the error of the batch being retried (deadlock, lost
+	// connection, ...); nil once it committed.
+	RetryErr error
 }
 
 // Applier applies one peer's stream. Run owns the session and the plans;
@@ -351,6 +354,12 @@ func (a *Applier) applyBatch(ctx context.Context, txns []*binlog.Txn) error {
 	_, err := backoff.Retry(ctx, func() (struct{}, error) {
 		attempt++
 		err := a.commitBatch(ctx, txns, attempt > 1)
+		a.mu.Lock()
+		a.status.RetryErr = nil
+		if err != nil && retryable(err) {
+			a.status.RetryErr = err
+		}
+		a.mu.Unlock()
 		switch {
 		case err == nil:
 			return struct{}{}, nil

@@ -173,6 +173,10 @@ type Apply struct {
 	// conflicts that are settled (decided by their rule, or resolved);
 	// pending ones stay until an operator resolves them (0 = 720h).
 	ConflictRetention time.Duration `yaml:"conflict_retention"`
+	// StuckAfter is how long a link may make no progress at one position,
+	// while it has something to apply or keeps failing, before it reports
+	// itself stuck (status, metric, an error log line) (0 = 5m).
+	StuckAfter time.Duration `yaml:"stuck_after"`
 }
 
 // Metrics is the Prometheus endpoint (/metrics) and health check (/healthz).
@@ -225,6 +229,7 @@ const (
 	DefaultWorkers             = 4
 	DefaultTombstoneGCInterval = time.Minute
 	DefaultConflictRetention   = 30 * 24 * time.Hour
+	DefaultStuckAfter          = 5 * time.Minute
 	DefaultLogLevel            = "info"
 )
 
@@ -273,6 +278,9 @@ func (c *Config) Default() {
 	}
 	if c.Apply.TombstoneGCInterval == 0 {
 		c.Apply.TombstoneGCInterval = DefaultTombstoneGCInterval
+	}
+	if c.Apply.StuckAfter == 0 {
+		c.Apply.StuckAfter = DefaultStuckAfter
 	}
 	if c.Apply.ConflictRetention == 0 {
 		c.Apply.ConflictRetention = DefaultConflictRetention

@@ -430,6 +430,9 @@ func (k *checker) tuning() {
 	if c.Apply.TombstoneGCInterval <= 0 {
 		k.bad("apply.tombstone_gc_interval", "must be positive, got %s", c.Apply.TombstoneGCInterval)
 	}
+	if c.Apply.StuckAfter < time.Second {
+		k.bad("apply.stuck_after", "must be at least 1s, got %s", c.Apply.StuckAfter)
+	}
 	if c.Apply.ConflictRetention < time.Minute {
 		k.bad("apply.conflict_retention", "must be at least 1m, got %s", c.Apply.ConflictRetention)
 	}

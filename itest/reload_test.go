@@ -97,3 +97,59 @@ func TestReloadOnSIGHUP(t *testing.T) {
 	}
 	useHeld("after the last reload")
 }
+
+// TestStuckLink: a peer sends rows for a table this region does not have;
+// the link cannot get past them and, after apply.stuck_after, reports
+// itself stuck (status, metric); once the table exists it goes on.
+func TestStuckLink(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c := startCluster(t, cluster.Options{Names: []string{"eu", "us"},
+		Tables: appTables + "\n  - {schema: app, table: \"*\", rule: lww}",
+		Extra:  "apply:\n  stuck_after: 2s\n"})
+	eu, us := c.Regions[0], c.Regions[1]
+	// A table created in eu only, prepared there, written through eu.
+	if err := execAll(ctx, openDirect(t, eu), "CREATE TABLE app.only_eu (id INT PRIMARY KEY)"); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := c.Command(ctx, "schema", "apply", "-c", eu.ConfigPath); err != nil {
+		t.Fatalf("schema apply on eu: %v\n%s", err, out)
+	}
+	var err error
+	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(300 * time.Millisecond) {
+		if _, err = openProxy(t, eu, 1).ExecContext(ctx, "INSERT INTO only_eu VALUES (1)"); err == nil {
+			break
+		}
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []byte
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(300 * time.Millisecond) {
+		out, _ = c.Command(ctx, "status", "-c", us.ConfigPath)
+		if strings.Contains(string(out), "stuck") {
+			break
+		}
+	}
+	if !strings.Contains(string(out), "stuck") || !strings.Contains(string(out), "no progress at") {
+		t.Fatalf("us's status: want the link from eu stuck, got:\n%s\nlog:\n%s", out, cluster.Tail(us.LogPath, 8))
+	}
+	if n := metric(t, us, "mlproxy_link_stuck"); n != 1 {
+		t.Errorf("mlproxy_link_stuck on us = %v, want 1", n)
+	}
+	if !strings.Contains(mustRead(t, us.LogPath), "link stuck") {
+		t.Errorf("us did not log the stuck link:\n%s", cluster.Tail(us.LogPath, 8))
+	}
+	// The table arrives: the link goes on.
+	if err := execAll(ctx, openDirect(t, us), "CREATE TABLE app.only_eu (id INT PRIMARY KEY)"); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := c.Command(ctx, "schema", "apply", "-c", us.ConfigPath); err != nil {
+		t.Fatalf("schema apply on us: %v\n%s", err, out)
+	}
+	wctx, wcancel := context.WithTimeout(ctx, 60*time.Second)
+	defer wcancel()
+	if err := c.WaitConverged(wctx, map[string]string{"app.only_eu": "id"}, "id, _mlr_hlc, _mlr_origin"); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -49,11 +49,26 @@ type Replicator struct {
 	ctx   context.Context // Run's; links run under it
 	links map[string]*Link
 	wg    sync.WaitGroup
+
+	stuck *prometheus.GaugeVec // peer: 1 while a link is stuck
 }
 
 // New returns a Replicator writing into db (the local server).
 func New(db *sql.DB, clock *hlc.Clock, open OpenFunc, log *zap.Logger, reg prometheus.Registerer) *Replicator {
-	return &Replicator{db: db, clock: clock, open: open, log: log, reg: reg, links: map[string]*Link{}}
+	r := &Replicator{db: db, clock: clock, open: open, log: log, reg: reg, links: map[string]*Link{},
+		stuck: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "mlproxy_link_stuck",
+			Help: "1 while a link has made no progress at one position for apply.stuck_after although it has work or keeps failing (see mlproxy status).",
+		}, []string{"peer"})}
+	if reg != nil {
+		if err := reg.Register(r.stuck); err != nil {
+			var are prometheus.AlreadyRegisteredError
+			if errors.As(err, &are) {
+				r.stuck = are.ExistingCollector.(*prometheus.GaugeVec)
+			}
+		}
+	}
+	return r
 }
 
 // Run starts the links of cfg and blocks until ctx ends and every link has
@@ -105,8 +120,9 @@ func (r *Replicator) Update(cfg *config.Config) []string {
 		r.links[p.Name] = l
 		lctx, cancel := context.WithCancel(r.ctx)
 		l.cancel = cancel
-		r.wg.Add(1)
+		r.wg.Add(2)
 		go func() { defer r.wg.Done(); defer close(l.done); l.run(lctx) }()
+		go func() { defer r.wg.Done(); l.watch(lctx, cfg.Apply.StuckAfter) }()
 		did = append(did, "started the link from "+p.Name)
 	}
 	return did
@@ -172,6 +188,10 @@ type Link struct {
 	mu      sync.Mutex
 	state   string // starting, running, retrying, stopped
 	lastErr error
+	// stuckSince, when set, is since when the link has made no progress
+	// at stuckAt although it had work or kept failing (see watch).
+	stuckSince time.Time
+	stuckAt    string
 }
 
 // relayTxns bounds the relay between tailer and applier by count; with the
@@ -277,6 +297,13 @@ func (l *Link) Status() LinkStatus {
 		// region does not have (yet); the link retries until the DDL lands.
 		s.State = "waiting_for_ddl"
 	}
+	l.mu.Lock()
+	stuckSince, stuckAt := l.stuckSince, l.stuckAt
+	l.mu.Unlock()
+	if !stuckSince.IsZero() && as.Stopped == nil && as.Held == "" {
+		s.State = "stuck"
+		s.LastError = fmt.Sprintf("no progress at %s for %s: %s", stuckAt, time.Since(stuckSince).Round(time.Second), s.LastError)
+	}
 	if as.Held != "" {
 		s.State, s.Held, s.HeldAheadMs = "holding", as.Held, as.HeldAhead.Milliseconds()
 		s.LastError = fmt.Sprintf("holding a change to %s stamped %s further ahead of local time than clock.max_offset: the peer's clock runs fast (check NTP)",
@@ -292,6 +319,64 @@ func (l *Link) Status() LinkStatus {
 	return s
 }
 
+// watch reports the link stuck when its applied position has not moved
+// for after while it kept failing (the link restarting, the tailer not
+// connecting, the applier retrying a batch, or stopped at a refused row): a link that cannot get past a change never retries
+// silently forever. It logs once (peer, position, error), sets
+// mlproxy_link_stuck and the status; progress clears all three.
+func (l *Link) watch(ctx context.Context, after time.Duration) {
+	every := max(after/10, 200*time.Millisecond)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	var lastPos binlog.Position
+	since := time.Now()
+	reported := false
+	for {
+		select {
+		case <-ctx.Done():
+			l.r.stuck.WithLabelValues(l.peer.Name).Set(0)
+			return
+		case <-t.C:
+		}
+		as := l.applier.Status()
+		pos := as.Pos
+		ts := l.tailer.Status()
+		l.mu.Lock()
+		failing := l.lastErr != nil || ts.LastError != nil || as.RetryErr != nil || as.Stopped != nil
+		l.mu.Unlock()
+		if pos != lastPos || !failing {
+			lastPos, since = pos, time.Now()
+			if reported {
+				reported = false
+				l.mu.Lock()
+				l.stuckSince, l.stuckAt = time.Time{}, ""
+				l.mu.Unlock()
+				l.r.stuck.WithLabelValues(l.peer.Name).Set(0)
+				l.log.Info("link progressing again", zap.String("gtid", pos.GTID))
+			}
+			continue
+		}
+		if reported || time.Since(since) < after {
+			continue
+		}
+		reported = true
+		at := fmt.Sprintf("gtid %s (%s:%d)", pos.GTID, pos.File, pos.Pos)
+		l.mu.Lock()
+		l.stuckSince, l.stuckAt = since, at
+		lastErr := l.lastErr
+		l.mu.Unlock()
+		if lastErr == nil {
+			lastErr = as.RetryErr
+		}
+		if lastErr == nil {
+			lastErr = ts.LastError
+		}
+		l.r.stuck.WithLabelValues(l.peer.Name).Set(1)
+		l.log.Error("link stuck: no progress for apply.stuck_after", zap.String("at", at),
+			zap.Duration("for", time.Since(since).Round(time.Second)), redact.Err(lastErr))
+	}
+}
+
 // run keeps the link going until ctx ends. A failure (a fatal tailer error
 // such as a peer not in ROW format, or an applier error retries cannot
 // fix) is logged with the peer's name and retried with backoff and jitter,
@@ -299,7 +384,7 @@ func (l *Link) Status() LinkStatus {
 func (l *Link) run(ctx context.Context) {
 	bo := backoff.NewExponentialBackOff()
 	bo.InitialInterval = time.Second
-	bo.MaxInterval = time.Minute
+	bo.MaxInterval = 15 * time.Second // a link waiting for DDL resumes within seconds of it
 	for {
 		started := time.Now()
 		err := l.once(ctx)
