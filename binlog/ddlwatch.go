@@ -4,7 +4,6 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
-	"net"
 	"regexp"
 	"strconv"
 	"strings"
@@ -53,7 +52,7 @@ func WatchDDL(ctx context.Context, local config.Server, db *sql.DB, serverID uin
 	bo.MaxInterval = 30 * time.Second
 	for ctx.Err() == nil {
 		if file == "" {
-			f, p, err := masterStatus(ctx, db)
+			f, p, err := MasterStatus(ctx, db)
 			if err != nil {
 				log.Warn("own-binlog DDL watch: cannot read the binlog position; retrying", redact.Err(err))
 				if !sleepCtx(ctx, bo.NextBackOff()) {
@@ -86,7 +85,9 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 	}
 }
 
-func masterStatus(ctx context.Context, db *sql.DB) (string, uint32, error) {
+// MasterStatus is the server's current binlog file and position (SHOW
+// MASTER STATUS); an error when the binary log is off.
+func MasterStatus(ctx context.Context, db *sql.DB) (string, uint32, error) {
 	rows, err := db.QueryContext(ctx, "SHOW MASTER STATUS")
 	if err != nil {
 		return "", 0, err
@@ -99,7 +100,7 @@ func masterStatus(ctx context.Context, db *sql.DB) (string, uint32, error) {
 		ptrs[i] = &vals[i]
 	}
 	if !rows.Next() {
-		return "", 0, fmt.Errorf("SHOW MASTER STATUS: no row (binary log off?)")
+		return "", 0, fmt.Errorf("the binary log is off (SHOW MASTER STATUS is empty): set log_bin")
 	}
 	if err := rows.Scan(ptrs...); err != nil {
 		return "", 0, err
@@ -112,34 +113,15 @@ func masterStatus(ctx context.Context, db *sql.DB) (string, uint32, error) {
 }
 
 func watchOnce(ctx context.Context, local config.Server, flavor string, serverID uint32, file *string, pos *uint32, onDDL func(DDLEvent), log *zap.Logger) error {
-	host, portStr, err := net.SplitHostPort(local.Addr)
-	if err != nil {
-		return err
-	}
-	port, err := strconv.ParseUint(portStr, 10, 16)
-	if err != nil {
-		return err
-	}
 	tlsCfg, err := local.TLSConfig()
 	if err != nil {
 		return err
 	}
-	syncer := replication.NewBinlogSyncer(replication.BinlogSyncerConfig{
-		ServerID:                serverID,
-		Flavor:                  flavor,
-		Host:                    host,
-		Port:                    uint16(port),
-		User:                    local.User,
-		Password:                local.Password,
-		TLSConfig:               tlsCfg,
-		TimestampStringLocation: time.UTC,
-		HeartbeatPeriod:         heartbeatPeriod,
-		ReadTimeout:             readTimeout,
-		DisableRetrySync:        true,
-		EventCacheCount:         eventReadAhead,
-		FillZeroLogPos:          flavor == mysql.MariaDBFlavor,
-		Logger:                  newSlog(log),
-	})
+	sc, err := syncerConfig(local, tlsCfg, flavor, serverID, log)
+	if err != nil {
+		return err
+	}
+	syncer := replication.NewBinlogSyncer(sc)
 	stop := context.AfterFunc(ctx, syncer.Close)
 	defer func() {
 		stop()

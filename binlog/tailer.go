@@ -321,36 +321,14 @@ func (t *Tailer) stream(ctx context.Context, st *runState) (connected bool, err 
 	if err != nil {
 		return false, err
 	}
-	host, portStr, err := net.SplitHostPort(t.cfg.Peer.Server.Addr)
+	sc, err := syncerConfig(t.cfg.Peer.Server, tlsCfg, info.flavor, t.cfg.ServerID(), t.log)
 	if err != nil {
-		return false, fmt.Errorf("binlog: peer %s: %w: address %q: %v", peer, errConfig, t.cfg.Peer.Server.Addr, err)
+		return false, fmt.Errorf("binlog: peer %s: %w: %v", peer, errConfig, err)
 	}
-	port, err := strconv.ParseUint(portStr, 10, 16)
-	if err != nil {
-		return false, fmt.Errorf("binlog: peer %s: %w: port %q: %v", peer, errConfig, portStr, err)
-	}
-	syncer := replication.NewBinlogSyncer(replication.BinlogSyncerConfig{
-		ServerID:                t.cfg.ServerID(),
-		Flavor:                  info.flavor,
-		Host:                    host,
-		Port:                    uint16(port),
-		User:                    t.cfg.Peer.Server.User,
-		Password:                t.cfg.Peer.Server.Password,
-		TLSConfig:               tlsCfg,
-		TimestampStringLocation: time.UTC,
-		HeartbeatPeriod:         heartbeatPeriod,
-		ReadTimeout:             readTimeout,
-		// The tailer reconnects itself, from the last whole transaction;
-		// go-mysql's own retry would resume mid-transaction.
-		DisableRetrySync: true,
-		// go-mysql reads ahead into a channel of this many events; keep it
-		// small so that read-ahead stays well below MaxTxnBytes (a rows
-		// event is up to about 8 KiB, or one row if larger).
-		EventCacheCount: eventReadAhead,
-		DiscardGTIDSet:  true,
-		FillZeroLogPos:  info.flavor == mysql.MariaDBFlavor,
-		Logger:          newSlog(t.log),
-	})
+	// go-mysql's GTID set is the tailer's own business (it resumes from
+	// its checkpoint).
+	sc.DiscardGTIDSet = true
+	syncer := replication.NewBinlogSyncer(sc)
 	stop := context.AfterFunc(ctx, syncer.Close)
 	defer func() {
 		stop()
@@ -662,4 +640,36 @@ func (t *Tailer) Unregister() {
 	if t.m.unregister != nil {
 		t.m.unregister()
 	}
+}
+
+// syncerConfig is the binlog connection to s both readers of a binlog use
+// (a peer's tailer, the own-binlog DDL watch): heartbeats and a read
+// timeout so a dead link is noticed, no go-mysql retry (the callers resume
+// from their own position), a small read-ahead (well below MaxTxnBytes: a
+// rows event is up to about 8 KiB, or one row if larger), and the JSON log.
+func syncerConfig(s config.Server, tlsCfg *tls.Config, flavor string, serverID uint32, log *zap.Logger) (replication.BinlogSyncerConfig, error) {
+	host, portStr, err := net.SplitHostPort(s.Addr)
+	if err != nil {
+		return replication.BinlogSyncerConfig{}, fmt.Errorf("address %q: %v", s.Addr, err)
+	}
+	port, err := strconv.ParseUint(portStr, 10, 16)
+	if err != nil {
+		return replication.BinlogSyncerConfig{}, fmt.Errorf("port %q: %v", portStr, err)
+	}
+	return replication.BinlogSyncerConfig{
+		ServerID:                serverID,
+		Flavor:                  flavor,
+		Host:                    host,
+		Port:                    uint16(port),
+		User:                    s.User,
+		Password:                s.Password,
+		TLSConfig:               tlsCfg,
+		TimestampStringLocation: time.UTC,
+		HeartbeatPeriod:         heartbeatPeriod,
+		ReadTimeout:             readTimeout,
+		DisableRetrySync:        true,
+		EventCacheCount:         eventReadAhead,
+		FillZeroLogPos:          flavor == mysql.MariaDBFlavor,
+		Logger:                  newSlog(log),
+	}, nil
 }

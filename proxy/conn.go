@@ -424,8 +424,12 @@ func (c *conn) mayReachReplicated(cl *class) bool {
 	if !ok {
 		return true
 	}
-	for _, s := range ss.ReplicatedSchemas() {
-		if strings.EqualFold(s, c.db) || (cl.text != "" && strings.Contains(cl.text, strings.ToLower(s))) || cl.text == "" {
+	schemas := ss.ReplicatedSchemas()
+	if cl.text == "" { // no text to look into: stamp when anything replicates
+		return len(schemas) > 0
+	}
+	for _, s := range schemas {
+		if strings.EqualFold(s, c.db) || strings.Contains(cl.text, strings.ToLower(s)) {
 			return true
 		}
 	}

@@ -355,6 +355,7 @@ func (c *conn) handshake() error {
 	}
 	if hr.caps&mysql.CLIENT_COMPRESS != 0 {
 		c.client.compress() // after the OK, which went uncompressed
+		c.s.m.compressed.Inc()
 		c.log = c.log.With(zap.Bool("compressed", true))
 	}
 	c.db = hr.db

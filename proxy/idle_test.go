@@ -72,6 +72,9 @@ func TestCompressedProtocol(t *testing.T) {
 	if err := db.QueryRow("SELECT 1").Scan(&one); err != nil || one != 1 {
 		t.Fatalf("SELECT 1 over the compressed protocol: %d, %v", one, err)
 	}
+	if n := testutil.ToFloat64(p.m.compressed); n < 1 {
+		t.Fatalf("the driver asked for compression but the proxy counts %v compressed connections", n)
+	}
 	big := strings.Repeat("compressible ", 200000) // 2.6 MB, several frames
 	var got string
 	if err := db.QueryRow("SELECT ?", big).Scan(&got); err != nil || got != big {
@@ -89,9 +92,13 @@ func TestCompressedProtocol(t *testing.T) {
 
 	// The mariadb command-line client, too.
 	_, port, _ := strings.Cut(p.Addr().String(), ":")
+	before := testutil.ToFloat64(p.m.compressed)
 	out, err := exec.Command("mariadb", "--no-defaults", "--compress", "-h", "127.0.0.1", "-P", port, "-u", "root", "-N",
 		"-e", "SELECT LENGTH(REPEAT('ab', 100000)), 'done'").CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "200000\tdone") {
 		t.Fatalf("mariadb --compress through the proxy: %v\n%s", err, out)
+	}
+	if n := testutil.ToFloat64(p.m.compressed); n <= before {
+		t.Errorf("mariadb --compress did not use the compressed protocol (compressed connections %v before, %v after)", before, n)
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"slices"
 	"sync"
 	"time"
 
@@ -128,7 +129,7 @@ func (r *Replicator) Update(cfg *config.Config) []string {
 	return did
 }
 
-// Status is every link's state, in the order of cfg's peers.
+// Status is every link's state, by peer id.
 func (r *Replicator) Status() []LinkStatus {
 	r.mu.Lock()
 	links := make([]*Link, 0, len(r.links))
@@ -140,16 +141,8 @@ func (r *Replicator) Status() []LinkStatus {
 	for _, l := range links {
 		out = append(out, l.Status())
 	}
-	sortStatus(out)
+	slices.SortFunc(out, func(a, b LinkStatus) int { return int(a.PeerID) - int(b.PeerID) })
 	return out
-}
-
-func sortStatus(s []LinkStatus) {
-	for i := 1; i < len(s); i++ {
-		for j := i; j > 0 && s[j].PeerID < s[j-1].PeerID; j-- {
-			s[j], s[j-1] = s[j-1], s[j]
-		}
-	}
 }
 
 // LinkStatus is one peer link as /status reports it.

@@ -15,6 +15,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/mlproxy/mlproxy/binlog"
 	"github.com/mlproxy/mlproxy/config"
 	"github.com/mlproxy/mlproxy/hlc"
 	"github.com/mlproxy/mlproxy/schema"
@@ -44,7 +45,7 @@ type csRegion struct {
 	// sequence number its binlog holds in it.
 	gtid   map[uint16]string
 	domain uint32
-	seq    uint64
+	seq    int64
 }
 
 type csOptions struct {
@@ -271,9 +272,8 @@ func checksumTable(ctx context.Context, regions []*csRegion, t *schema.Table, o 
 		if !allEqual(sums) {
 			suspect = append(suspect, chunkRef{where: where, args: args})
 		}
-		if o.rate > 0 {
-			want := time.Duration(float64(count) / o.rate * float64(time.Second))
-			if d := want - time.Since(began)/time.Duration(max(res.Chunks, 1)); d > 0 {
+		if o.rate > 0 { // pace the whole table: rows so far at o.rate
+			if d := time.Duration(float64(res.Rows)/o.rate*float64(time.Second)) - time.Since(began); d > 0 {
 				select {
 				case <-ctx.Done():
 					return res, ctx.Err()
@@ -343,22 +343,8 @@ func (r *csRegion) loadApplied(ctx context.Context) error {
 	if err := r.db.QueryRowContext(ctx, "SELECT @@gtid_domain_id, @@gtid_binlog_pos").Scan(&r.domain, &pos); err != nil {
 		return fmt.Errorf("region %s: read its binlog position: %w", r.name, err)
 	}
-	r.seq = gtidSeqs(pos)[r.domain]
+	r.seq = binlog.SeqNo(pos, r.domain)
 	return nil
-}
-
-// gtidSeqs parses a MariaDB GTID list ("1-1-40,2-2-7") into the highest
-// sequence number per domain.
-func gtidSeqs(pos string) map[uint32]uint64 {
-	out := map[uint32]uint64{}
-	for _, g := range strings.Split(pos, ",") {
-		var d, srv uint32
-		var n uint64
-		if _, err := fmt.Sscanf(strings.TrimSpace(g), "%d-%d-%d", &d, &srv, &n); err == nil && n > out[d] {
-			out[d] = n
-		}
-	}
-	return out
 }
 
 // caughtUp reports whether r has applied everything origin's binlog held
@@ -370,11 +356,11 @@ func (r *csRegion) caughtUp(origin *csRegion, all []*csRegion) bool {
 		return true
 	}
 	if g, ok := r.gtid[origin.id]; ok {
-		return gtidSeqs(g)[origin.domain] >= origin.seq
+		return binlog.SeqNo(g, origin.domain) >= origin.seq
 	}
 	for id, g := range r.gtid {
 		for _, src := range all {
-			if src.id == id && gtidSeqs(g)[src.domain] < src.seq {
+			if src.id == id && binlog.SeqNo(g, src.domain) < src.seq {
 				return false
 			}
 		}

@@ -3,11 +3,11 @@ package main
 import (
 	"context"
 	"database/sql"
-	"errors"
 	"fmt"
 
 	"github.com/spf13/cobra"
 
+	"github.com/mlproxy/mlproxy/binlog"
 	"github.com/mlproxy/mlproxy/schema"
 )
 
@@ -133,27 +133,11 @@ func binlogPosition(ctx context.Context, db *sql.DB) (position, error) {
 	if err := db.QueryRowContext(ctx, "SELECT @@gtid_binlog_pos").Scan(&p.gtid); err != nil {
 		return p, fmt.Errorf("local server: reading @@gtid_binlog_pos (MariaDB with log_bin on is required): %w", err)
 	}
-	rows, err := db.QueryContext(ctx, "SHOW MASTER STATUS")
-	if err != nil {
-		return p, fmt.Errorf("local server: SHOW MASTER STATUS: %w", err)
+	var err error
+	if p.file, p.pos, err = binlog.MasterStatus(ctx, db); err != nil {
+		return p, fmt.Errorf("local server: %w", err)
 	}
-	defer rows.Close()
-	cols, err := rows.Columns()
-	if err != nil {
-		return p, err
-	}
-	if !rows.Next() {
-		return p, errors.New("local server: binary log is off (SHOW MASTER STATUS is empty): set log_bin")
-	}
-	vals := make([]any, len(cols))
-	vals[0], vals[1] = &p.file, &p.pos
-	for i := 2; i < len(vals); i++ {
-		vals[i] = new(sql.RawBytes)
-	}
-	if err := rows.Scan(vals...); err != nil {
-		return p, err
-	}
-	return p, rows.Err()
+	return p, nil
 }
 
 // recordBinlogStart remembers, once, where this region's stamped writes
