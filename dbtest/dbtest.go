@@ -289,6 +289,9 @@ func (s *Server) signal(sig syscall.Signal, wait time.Duration) error {
 	cmd, exited := s.cmd, s.exited
 	s.mu.Unlock()
 	_ = cmd.Process.Signal(sig)
+	// A server stopped by SIGSTOP (Signal) acts on SIGTERM only once
+	// continued; SIGCONT to a running server does nothing.
+	_ = cmd.Process.Signal(syscall.SIGCONT)
 	select {
 	case <-exited:
 		return nil
@@ -296,6 +299,44 @@ func (s *Server) signal(sig syscall.Signal, wait time.Duration) error {
 		_ = cmd.Process.Kill()
 		<-exited
 		return fmt.Errorf("dbtest: mariadbd on port %d did not stop on %v within %v; killed", s.Port, sig, wait)
+	}
+}
+
+// PID is the process id of the running mariadbd (0 after Stop or Kill).
+func (s *Server) PID() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopped || s.cmd == nil || s.cmd.Process == nil {
+		return 0
+	}
+	return s.cmd.Process.Pid
+}
+
+// Signal sends sig to the running mariadbd without waiting: SIGSTOP and
+// SIGCONT freeze and resume it as a hung host would. Use Stop and Kill to
+// end it.
+func (s *Server) Signal(sig syscall.Signal) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopped || s.cmd == nil {
+		return fmt.Errorf("dbtest: mariadbd on port %d is not running", s.Port)
+	}
+	return s.cmd.Process.Signal(sig)
+}
+
+// Exited reports whether the server was started and has exited since
+// without Stop or Kill (it crashed).
+func (s *Server) Exited() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopped || s.exited == nil {
+		return false
+	}
+	select {
+	case <-s.exited:
+		return true
+	default:
+		return false
 	}
 }
 
