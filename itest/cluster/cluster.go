@@ -53,6 +53,13 @@ type Options struct {
 	// Prepare, when set, runs after the setup SQL and before `schema apply`
 	// and before any mlproxy starts (e.g. to load data with sysbench).
 	Prepare func(ctx context.Context, c *Cluster) error
+	// Via, when set, gives the address region from's config uses to
+	// reach the server of region to (to == from: its own server, as
+	// local.addr; otherwise the peer's server, read by from's tailer),
+	// so a test can put a fault proxy on every link. It is called once
+	// per pair after the servers started; nil = the servers' own
+	// addresses.
+	Via func(from, to *Region) (string, error)
 }
 
 // Region is one running region.
@@ -70,9 +77,16 @@ type Region struct {
 	// (subject /CN=mlproxy-<name>, required by the peers' repl_<name>).
 	ProxyCert, ReplCert devca.Pair
 
-	mu   sync.Mutex
-	cmd  *exec.Cmd
-	done chan error
+	// LocalAddr is the address this region's config gives for its own
+	// server (Server.Addr unless Options.Via says otherwise); peerAddr
+	// the one it gives for each peer's server, by peer name.
+	LocalAddr string
+	peerAddr  map[string]string
+
+	mu     sync.Mutex
+	cmd    *exec.Cmd
+	done   chan error
+	exited chan struct{} // closed when the running mlproxy has exited
 }
 
 // Cluster is a set of regions that replicate to each other.
@@ -189,6 +203,9 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 		r.ConfigPath = filepath.Join(c.Dir, name+".yaml")
 		r.LogPath = filepath.Join(c.Dir, name+".log")
 	}
+	if err := c.addresses(); err != nil {
+		return nil, err
+	}
 	if err := c.certificates(ctx); err != nil {
 		return nil, err
 	}
@@ -232,6 +249,31 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 		}
 	}
 	return c, nil
+}
+
+// addresses sets, for every region, the addresses its config gives for its
+// own server and its peers' servers (Options.Via).
+func (c *Cluster) addresses() error {
+	for _, r := range c.Regions {
+		r.LocalAddr = r.Server.Addr()
+		r.peerAddr = map[string]string{}
+		for _, p := range c.Peers(r) {
+			r.peerAddr[p.Name] = p.Server.Addr()
+		}
+		if c.Opts.Via == nil {
+			continue
+		}
+		var err error
+		if r.LocalAddr, err = c.Opts.Via(r, r); err != nil {
+			return fmt.Errorf("cluster: address of region %s's own server: %w", r.Name, err)
+		}
+		for _, p := range c.Peers(r) {
+			if r.peerAddr[p.Name], err = c.Opts.Via(r, p); err != nil {
+				return fmt.Errorf("cluster: address of region %s's server for region %s: %w", p.Name, r.Name, err)
+			}
+		}
+	}
+	return nil
 }
 
 // ReplUser is the account region name's tailers use on every peer.
@@ -292,7 +334,7 @@ proxy:
   shutdown_timeout: 5s
   tls: {cert: "{{.R.ProxyCert.Cert}}", key: "{{.R.ProxyCert.Key}}"}
 local:
-  addr: "{{.R.Server.Addr}}"
+  addr: "{{.R.LocalAddr}}"
   user: root
   password: ""
 metrics:
@@ -312,7 +354,7 @@ peers:
   - name: {{.Name}}
     id: {{.ID}}
     server:
-      addr: "{{.Server.Addr}}"
+      addr: "{{index $.R.PeerAddrs .Name}}"
       user: {{$.ReplUser}}
       password: ""
       tls: {ca: "{{$.C.CAFile}}", cert: "{{$.R.ReplCert.Cert}}", key: "{{$.R.ReplCert.Key}}"}
@@ -367,10 +409,30 @@ func (c *Cluster) StartProxy(r *Region) error {
 		logf.Close()
 		return fmt.Errorf("cluster: start mlproxy for region %s: %w", r.Name, err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait(); logf.Close() }()
-	r.cmd, r.done = cmd, done
+	done, exited := make(chan error, 1), make(chan struct{})
+	go func() { err := cmd.Wait(); logf.Close(); close(exited); done <- err }()
+	r.cmd, r.done, r.exited = cmd, done, exited
 	return nil
+}
+
+// PeerAddrs is, by peer name, the address region r's config gives for
+// that peer's server.
+func (r *Region) PeerAddrs() map[string]string { return r.peerAddr }
+
+// ProxyExited reports whether region r's mlproxy was started and has
+// exited since, without StopProxy (it crashed or stopped by itself).
+func (r *Region) ProxyExited() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.cmd == nil {
+		return false
+	}
+	select {
+	case <-r.exited:
+		return true
+	default:
+		return false
+	}
 }
 
 func (r *Region) waitProxy(ctx context.Context) error {
@@ -420,6 +482,8 @@ func (c *Cluster) StopProxy(r *Region, kill bool) error {
 		sig = syscall.SIGKILL
 	}
 	_ = cmd.Process.Signal(sig)
+	// A process stopped by SIGSTOP acts on SIGTERM only once continued.
+	_ = cmd.Process.Signal(syscall.SIGCONT)
 	select {
 	case err := <-done:
 		return err
