@@ -1,0 +1,123 @@
+package chaos
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-sql-driver/mysql"
+
+	"github.com/mlproxy/mlproxy/itest/cluster"
+)
+
+// Flags (`make chaos` passes them after -args). The defaults are what
+// `make test` runs: two short schedules.
+var (
+	schedules = flag.Int("schedules", 2, "schedules to run")
+	seedFlag  = flag.Uint64("seed", 0, "seed of the first schedule (schedule i uses seed+i); 0 = from the time")
+	duration  = flag.Duration("duration", 8*time.Second, "write phase of each schedule, with faults")
+	regions   = flag.Int("regions", 3, "regions per cluster (2 to 5)")
+	summary   = flag.String("summary", "", "also write the markdown summary to this file")
+)
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	// The driver's own lines about connections the faults cut are noise
+	// here; what the clients saw is in the ledger.
+	_ = mysql.SetLogger(log.New(io.Discard, "", 0))
+	if _, err := cluster.Build(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	cluster.Cleanup()
+	os.Exit(code)
+}
+
+// TestChaos runs the schedules, prints the summary, and fails with every
+// failing seed and how to replay it.
+func TestChaos(t *testing.T) {
+	if *regions < 2 || *regions > 5 {
+		t.Fatalf("-regions %d: want 2 to 5", *regions)
+	}
+	base := *seedFlag
+	if base == 0 {
+		base = uint64(time.Now().UnixNano()%1_000_000_000) + 1
+	}
+	bin, err := cluster.Build()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := &Summary{Duration: *duration}
+	for i := 0; i < *schedules; i++ {
+		seed := base + uint64(i)
+		plan := NewPlan(seed, *duration, *regions, Classes)
+		t.Logf("schedule %d/%d: %s", i+1, *schedules, plan)
+		ctx, cancel := context.WithTimeout(context.Background(), *duration+6*time.Minute)
+		res, err := Run(ctx, Options{Plan: plan, Bin: bin, Logf: t.Logf})
+		cancel()
+		if err != nil {
+			t.Fatalf("seed %d: %v (replay: make chaos SEED=%d SCHEDULES=1 DURATION=%v)", seed, err, seed, *duration)
+		}
+		sum.Add(res)
+		if len(res.Problems) > 0 {
+			t.Errorf("seed %d failed %d checks (replay: make chaos SEED=%d SCHEDULES=1 DURATION=%v):\n  %s",
+				seed, len(res.Problems), seed, *duration, strings.Join(res.Problems, "\n  "))
+		}
+	}
+	md := sum.Markdown()
+	t.Logf("\n%s", md)
+	fmt.Println(md)
+	if *summary != "" {
+		if err := os.WriteFile(*summary, []byte(md), 0o644); err != nil {
+			t.Error(err)
+		}
+	}
+}
+
+// TestPlanDeterministic: a seed alone decides the plan, and a long plan
+// covers every fault class with exclusive faults never overlapping.
+func TestPlanDeterministic(t *testing.T) {
+	a := NewPlan(42, 30*time.Second, 3, Classes)
+	b := NewPlan(42, 30*time.Second, 3, Classes)
+	if a.String() != b.String() {
+		t.Fatalf("same seed, different plans:\n%s\n%s", a, b)
+	}
+	if c := NewPlan(43, 30*time.Second, 3, Classes); c.String() == a.String() {
+		t.Fatalf("seeds 42 and 43 gave the same plan")
+	}
+	for seed := uint64(1); seed < 200; seed++ {
+		p := NewPlan(seed, 30*time.Second, 3, Classes)
+		seen := map[Class]bool{}
+		var excl []Fault
+		for _, f := range p.Faults {
+			seen[f.Class] = true
+			if f.At < 0 || f.At+f.For > p.Duration+8*time.Second || f.For <= 0 && f.Class != RestartProxy {
+				t.Fatalf("seed %d: fault out of range: %s", seed, f)
+			}
+			if f.Class.Network() {
+				continue
+			}
+			for _, e := range excl {
+				if f.At < e.At+e.For && e.At < f.At+f.For {
+					t.Fatalf("seed %d: process faults overlap: %s and %s", seed, e, f)
+				}
+			}
+			excl = append(excl, f)
+		}
+		if network := len(p.Faults) - len(excl); network < 6 {
+			t.Fatalf("seed %d: only %d link faults in 30s:\n%s", seed, network, p)
+		}
+		for _, c := range Classes {
+			if c.Network() && !seen[c] {
+				t.Fatalf("seed %d: no %s fault in a 30s plan:\n%s", seed, c, p)
+			}
+		}
+	}
+}
