@@ -5,7 +5,7 @@ PKGS     := ./...
 # mariadbd lives in /usr/sbin on Debian; tests start their own servers.
 export PATH := $(PATH):/usr/sbin
 
-.PHONY: build test demo bench lint fuzz clean
+.PHONY: build test demo bench lint fuzz chaos clean
 
 build:
 	$(GO) build -o $(BIN) ./cmd/mlproxy
@@ -45,6 +45,21 @@ fuzz:
 	  { echo "fuzz $$t failed; running it again (saved crashers run first)"; \
 	    $(GO) test ./proxy/ -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) || exit 1; }; \
 	done
+
+# Fault injection: SCHEDULES seed-driven plans of DURATION each, three
+# regions writing through their proxies while links get latency, bandwidth
+# limits, resets, timeouts and partitions, and mlproxy and mariadbd are
+# killed, frozen and restarted; then heal, converge, check every write.
+# SEED=0 picks one from the time; a failure prints the seed to replay
+# (make chaos SEED=... SCHEDULES=1). CHAOS_SUMMARY names a markdown file.
+SCHEDULES ?= 3
+SEED      ?= 0
+DURATION  ?= 30s
+CHAOS_SUMMARY ?=
+chaos:
+	$(GO) test ./itest/chaos/ -run '^TestChaos$$' -count=1 -v -timeout 60m \
+	  -args -schedules $(SCHEDULES) -seed $(SEED) -duration $(DURATION) \
+	  $(if $(CHAOS_SUMMARY),-summary $(abspath $(CHAOS_SUMMARY)))
 
 clean:
 	rm -rf bin
