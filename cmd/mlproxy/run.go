@@ -125,7 +125,7 @@ func runRegion(ctx context.Context, cfg *config.Config, log *zap.Logger, reload 
 	r.skew = skew.New(skew.Options{
 		Now:        now,
 		MaxOffset:  cfg.Clock.MaxOffset,
-		Peers:      func() []config.Peer { return r.current().Peers },
+		Peers:      r.clockPeers,
 		Open:       openServer,
 		Registerer: r.reg,
 		Logger:     log.Named("clock"),
@@ -489,6 +489,19 @@ func (r *region) metricsServer() (*http.Server, error) {
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = srv.Serve(ln) }()
 	return srv, nil
+}
+
+// clockPeers are the peers whose clocks the fence measures: those with a
+// server address (in star and ring, a region may list peers it has no
+// link to without one).
+func (r *region) clockPeers() []config.Peer {
+	var out []config.Peer
+	for _, p := range r.current().Peers {
+		if p.Server.Addr != "" {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // statusPage is what /status serves: every link, and the clock against
