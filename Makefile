@@ -12,16 +12,19 @@ build:
 
 # The whole suite: unit tests, real-server tests in every package, itest/.
 test:
+	@scripts/need.sh mariadb sysbench
 	$(GO) vet $(PKGS)
 	$(GO) test -count=1 -timeout 25m -p 2 $(PKGS)
 
 # Three local regions, concurrent conflicting writes, convergence shown.
 demo: build
+	@scripts/need.sh mariadb
 	$(GO) run ./itest/demo -bin $(BIN)
 
 # Benchmarks (not tests): proxy vs direct with sysbench, replication apply
 # rate vs source commit rate, and the Go micro-benchmarks in pairs.
 bench: build
+	@scripts/need.sh mariadb sysbench haproxy
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./hlc/ ./proxy/ ./applier/
 	$(GO) test -run '^$$' -bench TriggerWriteCost -benchtime 2000x ./schema/
 	$(GO) run ./itest/bench -bin $(BIN)

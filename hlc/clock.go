@@ -35,6 +35,12 @@ type Options struct {
 	// MaxOffset is how far ahead of local wall time a peer stamp may be
 	// (default 500ms).
 	MaxOffset time.Duration
+	// Slack, when set, widens MaxOffset for Update and Ahead by how far
+	// this region's clock is measured behind most of its peers (package
+	// skew): peers' stamps are then judged against the majority's time,
+	// not a slow local clock, so a region that runs behind keeps applying
+	// and its clock moves past its peers' stamps.
+	Slack func() time.Duration
 	// Store persists the high-water reservation. Without it the clock is
 	// monotonic only within one process.
 	Store Store
@@ -64,6 +70,7 @@ type Options struct {
 type Clock struct {
 	now       func() time.Time
 	maxOffset time.Duration
+	slack     func() time.Duration
 	window    uint64 // Window in stamp units (millis << 16)
 	store     Store
 	log       *zap.Logger
@@ -116,6 +123,7 @@ func NewClock(opts Options) *Clock {
 	c := &Clock{
 		now:       opts.Now,
 		maxOffset: opts.MaxOffset,
+		slack:     opts.Slack,
 		window:    uint64(opts.Window.Milliseconds()) << logicalBits,
 		store:     opts.Store,
 		log:       opts.Logger,
@@ -221,11 +229,11 @@ func (c *Clock) wake() {
 // therefore passes each peer checkpoint's stamp to Update when it starts.
 func (c *Clock) Update(remote Timestamp) error {
 	wall := c.now()
-	if remote.Millis() > wall.UnixMilli()+c.maxOffset.Milliseconds() {
+	if max := c.allowed(); remote.Millis() > wall.UnixMilli()+max.Milliseconds() {
 		c.rejected.Add(1)
 		c.m.rejected.Inc()
 		return fmt.Errorf("hlc: update to %s, %dms ahead of wall time (max offset %s): %w",
-			remote, remote.Millis()-wall.UnixMilli(), c.maxOffset, ErrTooFarAhead)
+			remote, remote.Millis()-wall.UnixMilli(), max, ErrTooFarAhead)
 	}
 	for {
 		old := c.last.Load()
@@ -245,11 +253,20 @@ func (c *Clock) Update(remote Timestamp) error {
 // Ahead is how much further ahead of local wall time remote is than the
 // max offset allows (0 when Update would accept it).
 func (c *Clock) Ahead(remote Timestamp) time.Duration {
-	over := remote.Millis() - c.now().UnixMilli() - c.maxOffset.Milliseconds()
+	over := remote.Millis() - c.now().UnixMilli() - c.allowed().Milliseconds()
 	if over <= 0 {
 		return 0
 	}
 	return time.Duration(over) * time.Millisecond
+}
+
+// allowed is how far ahead of local wall time a peer stamp may be:
+// MaxOffset plus the measured slack.
+func (c *Clock) allowed() time.Duration {
+	if c.slack == nil {
+		return c.maxOffset
+	}
+	return c.maxOffset + max(0, c.slack())
 }
 
 // Last is the highest stamp issued or accepted so far.

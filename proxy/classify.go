@@ -48,6 +48,8 @@ type class struct {
 	// reason and msg explain a refusal: reason is a metric label, msg the
 	// client's error message.
 	reason, msg string
+	// code is a refusal's MySQL error code (0: 1105 ER_UNKNOWN_ERROR).
+	code uint16
 	// uses has, per statement of a multi-statement packet, the database a
 	// USE statement switches to ("" for other statements); nil when the
 	// packet has no USE.
@@ -73,6 +75,7 @@ const (
 	reasonMetadataColumn = "mlr_column"
 	reasonSQLLogBin      = "sql_log_bin"
 	reasonDamaged        = "replication_damaged"
+	reasonClockFenced    = "clock_fenced"
 	reasonReplicatedDDL  = "replicated_ddl"
 	reasonCharset        = "client_charset"
 )

@@ -483,6 +483,13 @@ func (c *conn) guarded(cl *class) *class {
 			return r
 		}
 	}
+	if f := c.s.cfg.Fence; f != nil {
+		if why := f.Fenced(); why != "" && c.stamps(cl) {
+			r := refused(reasonClockFenced, why)
+			r.code = erReadOnly
+			return r
+		}
+	}
 	g := c.s.guard
 	if g == nil {
 		return nil
@@ -512,7 +519,18 @@ func (c *conn) refuse(cl *class, sql string, next byte) error {
 	}
 	c.log.Info("proxy refused statement", zap.String("reason", cl.reason),
 		zap.String("statement", norm), zap.String("digest", digest.String()))
-	return c.sendRaw(errPacket(erUnknown, "HY000", cl.msg), next)
+	code := uint16(erUnknown)
+	if cl.code != 0 {
+		code = cl.code
+	}
+	return c.sendRaw(errPacket(code, "HY000", cl.msg), next)
+}
+
+// stamps reports whether cl would be stamped: it writes, or may write, a
+// replicated table.
+func (c *conn) stamps(cl *class) bool {
+	stamp, _ := c.decide(cl)
+	return stamp
 }
 
 func (c *conn) query(p []byte, next byte) error {

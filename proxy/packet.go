@@ -293,6 +293,7 @@ const (
 	erOutOfOrder = 1156 // ER_NET_PACKETS_OUT_OF_ORDER
 	erMalformed  = 1835 // ER_MALFORMED_PACKET
 	erNetRead    = 1158 // ER_NET_READ_ERROR
+	erReadOnly   = 1290 // ER_OPTION_PREVENTS_STATEMENT (what read_only returns)
 )
 
 // The proxy never sends client-range codes (2000-2999: CR_SERVER_LOST and

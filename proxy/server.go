@@ -51,6 +51,16 @@ type Guard interface {
 	AnyBlocked() string
 }
 
+// Fence, when set in Config, can stop writes to every replicated table at
+// once: while Fenced returns a reason, statements that would be stamped get
+// ERR 1290 (what a read_only server answers) with that reason, and reads
+// and writes to tables that do not replicate go on. The region's clock
+// fence (package skew) implements it: a region whose clock runs ahead of
+// most of its peers must not stamp writes that would win every conflict.
+type Fence interface {
+	Fenced() string
+}
+
 // Config configures a Server.
 type Config struct {
 	// Listen is the client-facing host:port.
@@ -71,6 +81,8 @@ type Config struct {
 	BackendTLS *tls.Config
 	// RegionID is the origin stamped into writes (@_mlr_origin).
 	RegionID uint16
+	// Fence, when set, refuses stamped writes while it says so.
+	Fence Fence
 	// MaxConnections bounds concurrent clients (0 = 1000); beyond it a
 	// client gets ERR 1040 and is closed.
 	MaxConnections int

@@ -34,6 +34,7 @@ import (
 	"github.com/mlproxy/mlproxy/redact"
 	"github.com/mlproxy/mlproxy/replicator"
 	"github.com/mlproxy/mlproxy/schema"
+	"github.com/mlproxy/mlproxy/skew"
 )
 
 func runCmd() *cobra.Command {
@@ -86,6 +87,7 @@ type region struct {
 	proxy *proxy.Server
 	rep   *replicator.Replicator
 	guard *guard
+	skew  *skew.Monitor
 }
 
 // current is the configuration in force (the last one loaded).
@@ -116,7 +118,21 @@ func runRegion(ctx context.Context, cfg *config.Config, log *zap.Logger, reload 
 	db.SetMaxIdleConns(8 + 2*len(cfg.Peers))
 	r.db = db
 
+	now, err := wallClock(ctx, log)
+	if err != nil {
+		return err
+	}
+	r.skew = skew.New(skew.Options{
+		Now:        now,
+		MaxOffset:  cfg.Clock.MaxOffset,
+		Peers:      r.clockPeers,
+		Open:       openServer,
+		Registerer: r.reg,
+		Logger:     log.Named("clock"),
+	})
 	r.clock = hlc.NewClock(hlc.Options{
+		Now:        now,
+		Slack:      r.skew.Behind,
 		MaxOffset:  cfg.Clock.MaxOffset,
 		Store:      hlc.NewSQLStore(db),
 		Registerer: r.reg,
@@ -144,6 +160,7 @@ func runRegion(ctx context.Context, cfg *config.Config, log *zap.Logger, reload 
 		CacheSize:       cfg.Proxy.StatementCacheSize,
 		ShutdownTimeout: cfg.Proxy.ShutdownTimeout,
 		AllowDDL:        cfg.Proxy.AllowDDL,
+		Fence:           r.skew,
 	}, r.clock, replicatedTables{r, r.guard}, log.Named("proxy"), r.reg)
 	if err != nil {
 		return err
@@ -191,6 +208,8 @@ func runRegion(ctx context.Context, cfg *config.Config, log *zap.Logger, reload 
 	go func() { defer wg.Done(); r.guardLoop(ctx) }()
 	wg.Add(1)
 	go func() { defer wg.Done(); r.ddlWatch(ctx) }()
+	wg.Add(1)
+	go func() { defer wg.Done(); r.skew.Run(ctx) }()
 
 	perr := r.proxy.Run(ctx) // returns once ctx ends and clients drained
 	wg.Wait()                // links stopped (a batch in flight rolled back), loops done
@@ -472,7 +491,29 @@ func (r *region) metricsServer() (*http.Server, error) {
 	return srv, nil
 }
 
-func (r *region) status() []replicator.LinkStatus { return r.rep.Status() }
+// clockPeers are the peers whose clocks the fence measures: those with a
+// server address (in star and ring, a region may list peers it has no
+// link to without one).
+func (r *region) clockPeers() []config.Peer {
+	var out []config.Peer
+	for _, p := range r.current().Peers {
+		if p.Server.Addr != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// statusPage is what /status serves: every link, and the clock against
+// the peers (offsets, fence).
+type statusPage struct {
+	Links []replicator.LinkStatus `json:"links"`
+	Clock skew.Status             `json:"clock"`
+}
+
+func (r *region) status() statusPage {
+	return statusPage{Links: r.rep.Status(), Clock: r.skew.Status()}
+}
 
 // gcSlack covers what a stamp may trail its commit by (a long transaction,
 // a forwarding hop, clock offset between a proxy and its server); see

@@ -29,12 +29,34 @@ func statusCmd() *cobra.Command {
 				return err
 			}
 			defer local.Close()
-			links := liveLinks(ctx, cfg)
+			page := livePage(ctx, cfg)
+			links := page.links()
 			w := tabwriter.NewWriter(cmd.OutOrStdout(), 2, 4, 2, ' ', 0)
 			fmt.Fprintln(w, "PEER\tLINK\tAPPLIED GTID\tFILE:POS\tLAG (s)\tLAG (txns)\tAPPLIED TXNS\tLAST ERROR")
 			for _, p := range cfg.Sources() {
 				row := peerStatus(ctx, local, p, links)
 				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", p.Name, row.link, orDash(row.gtid), row.filePos, row.lagSec, row.lagTxns, row.txns, orDash(row.lastErr))
+			}
+			if err := w.Flush(); err != nil {
+				return err
+			}
+			if page == nil || len(page.Clock.Peers) == 0 {
+				return nil
+			}
+			fmt.Fprintln(cmd.OutOrStdout())
+			fence := "no"
+			if page.Clock.Fenced {
+				fence = "YES: " + page.Clock.Reason
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "clock fenced (max_offset %dms): %s\n", page.Clock.MaxOffsetMs, fence)
+			w = tabwriter.NewWriter(cmd.OutOrStdout(), 2, 4, 2, ' ', 0)
+			fmt.Fprintln(w, "PEER\tCLOCK OFFSET (ms)\tRTT (ms)\tMEASURED\tERROR")
+			for _, c := range page.Clock.Peers {
+				at := "-"
+				if !c.MeasuredAt.IsZero() {
+					at = time.Since(c.MeasuredAt).Round(time.Second).String() + " ago"
+				}
+				fmt.Fprintf(w, "%s\t%+.1f\t%.1f\t%s\t%s\n", c.Peer, c.OffsetMs, c.RTTMs, at, orDash(c.Error))
 			}
 			return w.Flush()
 		},
@@ -55,9 +77,9 @@ func orDash(s string) string {
 	return s
 }
 
-// liveLinks asks the running `mlproxy run` (its metrics listener) for the
-// state of its links; nil when it is not reachable.
-func liveLinks(ctx context.Context, cfg *config.Config) map[string]replicator.LinkStatus {
+// livePage asks the running `mlproxy run` (its metrics listener) for its
+// status page; nil when it is not reachable.
+func livePage(ctx context.Context, cfg *config.Config) *statusPage {
 	if cfg.Metrics.Listen == "" {
 		return nil
 	}
@@ -72,12 +94,20 @@ func liveLinks(ctx context.Context, cfg *config.Config) map[string]replicator.Li
 		return nil
 	}
 	defer resp.Body.Close()
-	var ls []replicator.LinkStatus
-	if json.NewDecoder(resp.Body).Decode(&ls) != nil {
+	var page statusPage
+	if json.NewDecoder(resp.Body).Decode(&page) != nil {
 		return nil
 	}
-	m := make(map[string]replicator.LinkStatus, len(ls))
-	for _, l := range ls {
+	return &page
+}
+
+// links is the page's links by peer name (nil for no page).
+func (page *statusPage) links() map[string]replicator.LinkStatus {
+	if page == nil {
+		return nil
+	}
+	m := make(map[string]replicator.LinkStatus, len(page.Links))
+	for _, l := range page.Links {
 		m[l.Peer] = l
 	}
 	return m

@@ -399,6 +399,7 @@ func (c *Cluster) StartProxy(r *Region) error {
 		return err
 	}
 	cmd := exec.Command(c.Bin, "run", "-c", r.ConfigPath)
+	cmd.Env = append(os.Environ(), "MLPROXY_CLOCK_OFFSET_FILE="+r.clockFile())
 	cmd.Stdout = logf
 	cmd.Stderr = logf
 	if c.Opts.Stdout != nil {
@@ -492,6 +493,20 @@ func (c *Cluster) StopProxy(r *Region, kill bool) error {
 		<-done
 		return fmt.Errorf("cluster: mlproxy of region %s did not exit within 30s of %v", r.Name, sig)
 	}
+}
+
+func (r *Region) clockFile() string { return strings.TrimSuffix(r.ConfigPath, ".yaml") + ".clock" }
+
+// SetClockOffset shifts the wall clock of region r's mlproxy by d (its
+// hybrid clock and its offset measurements; not the region's server),
+// through the test hook MLPROXY_CLOCK_OFFSET_FILE; mlproxy reads it within
+// about 100 ms. 0 sets it back.
+func (r *Region) SetClockOffset(d time.Duration) error {
+	tmp := r.clockFile() + ".tmp"
+	if err := os.WriteFile(tmp, []byte(d.String()+"\n"), 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, r.clockFile())
 }
 
 // PID is the process id of region r's running mlproxy (0 when stopped).
