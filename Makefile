@@ -60,6 +60,7 @@ SEED      ?= 0
 DURATION  ?= 30s
 CHAOS_SUMMARY ?=
 chaos:
+	@scripts/need.sh mariadb
 	$(GO) test ./itest/chaos/ -run '^TestChaos$$' -count=1 -v -timeout 60m \
 	  -args -schedules $(SCHEDULES) -seed $(SEED) -duration $(DURATION) \
 	  $(if $(CHAOS_SUMMARY),-summary $(abspath $(CHAOS_SUMMARY)))

@@ -72,7 +72,6 @@ func TestChaos(t *testing.T) {
 		}
 	}
 	md := sum.Markdown()
-	t.Logf("\n%s", md)
 	fmt.Println(md)
 	if *summary != "" {
 		if err := os.WriteFile(*summary, []byte(md), 0o644); err != nil {

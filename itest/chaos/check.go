@@ -336,6 +336,9 @@ var faultCaused = []struct {
 	{regexp.MustCompile(`^binlog tailer stopped$`), []Class{Latency, Bandwidth, ResetPeer, Timeout, PartitionOneWay, PartitionTwoWay, KillServer, StopServer, StopProxy, RestartProxy}},
 	// The applier loses its own server.
 	{regexp.MustCompile(`^applier stopped$`), []Class{Latency, Bandwidth, ResetPeer, Timeout, PartitionOneWay, PartitionTwoWay, KillServer, StopServer, StopProxy, RestartProxy}},
+	// The clock fence (package skew): a region ahead of its peers by more
+	// than clock.max_offset refuses writes.
+	{regexp.MustCompile(`^clock fence engaged: refusing writes to replicated tables$`), []Class{ClockSkew}},
 	// mlproxy gives up when its own server is gone at start or for long.
 	{regexp.MustCompile(`^mlproxy stopped with an error$`), []Class{ResetPeer, Timeout, PartitionOneWay, PartitionTwoWay, KillServer, StopServer}},
 }
