@@ -59,9 +59,10 @@ SCHEDULES ?= 3
 SEED      ?= 0
 DURATION  ?= 30s
 CHAOS_SUMMARY ?=
+CHAOS_TIMEOUT ?= 60m
 chaos:
 	@scripts/need.sh mariadb
-	$(GO) test ./itest/chaos/ -run '^TestChaos$$' -count=1 -v -timeout 60m \
+	$(GO) test ./itest/chaos/ -run '^TestChaos$$' -count=1 -v -timeout $(CHAOS_TIMEOUT) \
 	  -args -schedules $(SCHEDULES) -seed $(SEED) -duration $(DURATION) \
 	  $(if $(CHAOS_SUMMARY),-summary $(abspath $(CHAOS_SUMMARY)))
 

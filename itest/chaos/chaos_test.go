@@ -7,7 +7,9 @@ import (
 	"io"
 	"log"
 	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -54,12 +56,29 @@ func TestChaos(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// An interrupt (or SIGTERM) cancels the schedule in progress, which
+	// then stops what it started and removes its directories.
+	sigCtx, stopSignals := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stopSignals()
 	sum := &Summary{Duration: *duration}
 	for i := 0; i < *schedules; i++ {
 		seed := base + uint64(i)
+		// A schedule needs its write phase plus a few minutes at most
+		// (start, heal, convergence, checks); one that cannot finish
+		// before go test's -timeout is not started, since the timeout's
+		// panic would leave the servers' directories behind.
+		need := *duration + 4*time.Minute
+		if dl, ok := t.Deadline(); ok && time.Until(dl) < need {
+			t.Errorf("stopping after %d of %d schedules: less than %v left before -timeout", i, *schedules, need)
+			break
+		}
+		if sigCtx.Err() != nil {
+			t.Errorf("interrupted after %d of %d schedules", i, *schedules)
+			break
+		}
 		plan := NewPlan(seed, *duration, *regions, Classes)
 		t.Logf("schedule %d/%d: %s", i+1, *schedules, plan)
-		ctx, cancel := context.WithTimeout(context.Background(), *duration+6*time.Minute)
+		ctx, cancel := context.WithTimeout(sigCtx, need)
 		res, err := Run(ctx, Options{Plan: plan, Bin: bin, Logf: t.Logf})
 		cancel()
 		if err != nil {
