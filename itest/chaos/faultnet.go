@@ -17,13 +17,13 @@ import (
 // and attributes; upstream is towards the server), but is our own small
 // proxy: toxiproxy v2.12.0 used as a library panics in
 // (*ToxicLink).AddToxic ("index out of range") when a toxic is added to a
-// link whose earlier toxic was removed while the connection was closing
-// (its RemoveToxic returns early on that path and leaves the link's stub
-// list longer than the toxic chain). The panic is on a goroutine of
-// toxiproxy's, so it takes the test process down with every server still
-// running and their directories left behind; timeout and reset_peer
-// toxics close connections all the time, so schedules hit it within a
-// minute.
+// link from which a timeout toxic was removed while connections were open:
+// its RemoveToxic returns early once the toxic's Cleanup has closed the
+// stub, leaving the link's stub list one longer than the toxic chain, and
+// the next AddToxic in that direction indexes the chain past its end. The
+// panic is on one of toxiproxy's goroutines, so it takes the test process
+// down with every server's directory left behind; schedules hit it within
+// a minute.
 type Net struct {
 	mu    sync.Mutex
 	links map[string]*link
