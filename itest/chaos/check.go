@@ -333,14 +333,14 @@ var faultCaused = []struct {
 }{
 	// A tailer loses its peer's server: a link fault, the peer's mariadbd
 	// killed or frozen, or this mlproxy stopping.
-	{regexp.MustCompile(`^binlog tailer stopped$`), []Class{Latency, Bandwidth, ResetPeer, Timeout, PartitionOneWay, PartitionTwoWay, KillServer, StopServer, StopProxy, RestartProxy}},
+	{regexp.MustCompile(`^binlog tailer stopped$`), []Class{Latency, Bandwidth, ResetPeer, Timeout, PartitionOneWay, PartitionTwoWay, KillServer, StopServer, RestartServer, StopProxy, RestartProxy}},
 	// The applier loses its own server.
-	{regexp.MustCompile(`^applier stopped$`), []Class{Latency, Bandwidth, ResetPeer, Timeout, PartitionOneWay, PartitionTwoWay, KillServer, StopServer, StopProxy, RestartProxy}},
+	{regexp.MustCompile(`^applier stopped$`), []Class{Latency, Bandwidth, ResetPeer, Timeout, PartitionOneWay, PartitionTwoWay, KillServer, StopServer, RestartServer, StopProxy, RestartProxy}},
 	// The clock fence (package skew): a region ahead of its peers by more
 	// than clock.max_offset refuses writes.
 	{regexp.MustCompile(`^clock fence engaged: refusing writes to replicated tables$`), []Class{ClockSkew}},
 	// mlproxy gives up when its own server is gone at start or for long.
-	{regexp.MustCompile(`^mlproxy stopped with an error$`), []Class{ResetPeer, Timeout, PartitionOneWay, PartitionTwoWay, KillServer, StopServer}},
+	{regexp.MustCompile(`^mlproxy stopped with an error$`), []Class{ResetPeer, Timeout, PartitionOneWay, PartitionTwoWay, KillServer, StopServer, RestartServer}},
 }
 
 // logLine is the part of a JSON log line the check reads.

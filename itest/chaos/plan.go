@@ -32,12 +32,13 @@ const (
 	RestartProxy    Class = "restart_mlproxy"  // SIGTERM mlproxy, wait for exit, start it
 	KillServer      Class = "sigkill_mariadbd" // SIGKILL mariadbd, restart it later
 	StopServer      Class = "sigstop_mariadbd" // SIGSTOP mariadbd, SIGCONT later
+	RestartServer   Class = "restart_mariadbd" // SIGTERM mariadbd (clean shutdown), start it later
 	ClockSkew       Class = "clock_skew"       // one region's wall clock off, within or beyond max_offset
 )
 
 // Classes lists every class in a fixed order (summaries print in it).
 var Classes = []Class{Latency, Bandwidth, ResetPeer, Timeout, PartitionOneWay, PartitionTwoWay,
-	KillProxy, StopProxy, RestartProxy, KillServer, StopServer, ClockSkew}
+	KillProxy, StopProxy, RestartProxy, KillServer, StopServer, RestartServer, ClockSkew}
 
 // Network reports whether c acts on a link (the fault layer).
 func (c Class) Network() bool {

@@ -316,7 +316,7 @@ func (r *run) apply(f Fault, idx int, start bool) error {
 		}
 		return nil
 	}
-	if f.Class == KillServer || f.Class == StopServer {
+	if f.Class == KillServer || f.Class == StopServer || f.Class == RestartServer {
 		st.ownFaultUntil = time.Now().Add(f.For)
 	}
 	switch f.Class {
@@ -341,9 +341,12 @@ func (r *run) apply(f Fault, idx int, start bool) error {
 		}
 		st.proxyFrozen = start
 		return r.c.Signal(reg, sig)
-	case KillServer:
+	case KillServer, RestartServer:
 		if start {
 			st.serverDown = true
+			if f.Class == RestartServer {
+				return reg.Server.Stop()
+			}
 			return reg.Server.Kill()
 		}
 		if err := reg.Server.Restart(); err != nil {
