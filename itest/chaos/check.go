@@ -166,8 +166,13 @@ func (r *run) checkRegion(ctx context.Context, reg *cluster.Region, txns []Txn, 
 	// counter: the exact sum of committed increments.
 	want := map[int]int64{}
 	for _, t := range committed {
-		if t.Op == opCounter {
+		switch t.Op {
+		case opCounter:
 			want[t.Key] += t.Delta
+		case opCounterAll:
+			for id := 1; id <= counterRows; id++ {
+				want[id] += t.Delta
+			}
 		}
 	}
 	if err := scanRows(ctx, db, "SELECT id, hits FROM counters", func(rs *sql.Rows) error {

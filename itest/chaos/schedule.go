@@ -107,7 +107,7 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 	defer c.Close()
 	r := &run{o: o, c: c, net: n, res: res, state: make([]regionState, len(c.Regions))}
 	defer func() {
-		if len(res.Problems) > 0 {
+		if len(res.Problems) > 0 || err != nil {
 			for _, reg := range c.Regions {
 				o.Logf("region %s mlproxy log tail:\n%s", reg.Name, cluster.Tail(reg.LogPath, 25))
 			}

@@ -3,7 +3,6 @@ package chaos
 import (
 	"context"
 	"database/sql"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"strings"
@@ -73,11 +72,12 @@ const (
 	opKVUpsert
 	opKVUpdate
 	opKVDelete
-	opRaise // hw.top = GREATEST(top, val)
+	opRaise      // hw.top = GREATEST(top, val)
+	opCounterAll // every counters row += delta, in one statement (one row event, several rows)
 )
 
 func (o op) String() string {
-	return [...]string{"counter", "kv-ins", "kv-upd", "kv-del", "raise"}[o]
+	return [...]string{"counter", "kv-ins", "kv-upd", "kv-del", "raise", "ctr-all"}[o]
 }
 
 // Txn is one transaction the workload made, as the client saw it.
@@ -173,6 +173,8 @@ func (w *Writer) Run(stop <-chan struct{}) error {
 		}
 		t := Txn{ID: int64(w.Index+1)*1_000_000_000 + int64(w.Worker)*10_000_000 + seq, Region: w.Index}
 		switch x := rng.IntN(20); {
+		case x < 1:
+			t.Op, t.Delta = opCounterAll, 1+rng.Int64N(5)
 		case x < 8:
 			t.Op, t.Key, t.Delta = opCounter, 1+rng.IntN(counterRows), 1+rng.Int64N(5)
 		case x < 11:
@@ -229,6 +231,8 @@ func (w *Writer) do(db *sql.DB, t *Txn) {
 		res, err = tx.ExecContext(ctx, "UPDATE kv SET v = ? WHERE k = ?", v, t.Key)
 	case opKVDelete:
 		res, err = tx.ExecContext(ctx, "DELETE FROM kv WHERE k = ?", t.Key)
+	case opCounterAll:
+		res, err = tx.ExecContext(ctx, "UPDATE counters SET hits = hits + ?", t.Delta)
 	case opRaise:
 		res, err = tx.ExecContext(ctx, "INSERT INTO hw (k, top, v) VALUES (?, ?, ?) ON DUPLICATE KEY UPDATE top = GREATEST(top, VALUES(top)), v = VALUES(v)", t.Key, t.Delta, v)
 	}
@@ -238,8 +242,8 @@ func (w *Writer) do(db *sql.DB, t *Txn) {
 	}
 	n, _ := res.RowsAffected()
 	t.Changed = n > 0
-	if t.Op == opCounter && !t.Changed {
-		fail(errors.New("counter row missing"))
+	if (t.Op == opCounter && n != 1) || (t.Op == opCounterAll && n != counterRows) {
+		fail(fmt.Errorf("%d counter rows changed", n))
 		return
 	}
 	if t.Changed && (t.Op == opKVUpsert || t.Op == opKVUpdate || t.Op == opKVDelete) {
