@@ -45,8 +45,14 @@ const (
 	// readTimeout declares the link dead when nothing, not even a
 	// heartbeat, arrived for this long.
 	readTimeout = 5 * heartbeatPeriod
-	// dialTimeout bounds connecting and each probe query.
-	dialTimeout = 10 * time.Second
+	// dialTimeout bounds connecting (TCP, TLS, authentication) and each
+	// probe query: a dial that hangs (a peer stopped, or packets dropped)
+	// must not delay the next probe by long.
+	dialTimeout = 3 * time.Second
+	// probeEvery is the longest wait between attempts to reach a peer
+	// that is down (before jitter): a peer that comes back is tailed
+	// again within about that. A probe is one TCP connection; cheap.
+	probeEvery = time.Second
 	// eventReadAhead is how many decoded events go-mysql may buffer.
 	eventReadAhead = 256
 )
@@ -150,7 +156,10 @@ func New(cfg Config, log *zap.Logger, reg prometheus.Registerer) *Tailer {
 	t := &Tailer{cfg: cfg, log: log, m: newMetrics(reg, cfg.Peer.Name)}
 	t.breaker = gobreaker.NewCircuitBreaker[struct{}](gobreaker.Settings{
 		Name:    "binlog " + cfg.Peer.Name,
-		Timeout: 5 * time.Second, // half-open probe: a returning peer is reconnected within seconds
+		// Open only as long as the probe cadence: the backoff below (with
+		// jitter) decides when to probe, the breaker tells the state and
+		// keeps a flapping peer from being hammered.
+		Timeout: probeEvery * 4 / 5,
 		ReadyToTrip: func(c gobreaker.Counts) bool {
 			return c.ConsecutiveFailures >= 5
 		},
@@ -211,7 +220,8 @@ func (t *Tailer) Run(ctx context.Context, from Checkpoint, out chan<- *Txn) erro
 
 	bo := backoff.NewExponentialBackOff()
 	bo.InitialInterval = 200 * time.Millisecond
-	bo.MaxInterval = 10 * time.Second // with the breaker: a peer back up is reconnected within ~10 s
+	bo.MaxInterval = probeEvery // a peer back up is tailed again within ~1.5 s
+	bo.RandomizationFactor = 0.3
 	attempt := 0
 	var lastCause error // the last error of an attempt the breaker let through
 	for {
@@ -253,7 +263,13 @@ func (t *Tailer) Run(ctx context.Context, from Checkpoint, out chan<- *Txn) erro
 		t.mu.Lock()
 		t.status.Retries++
 		t.mu.Unlock()
-		t.log.Warn("peer binlog unavailable, retrying",
+		// Every attempt counts (metric, status); the log says so at warn
+		// on attempts 1, 2, 4, 8, ... and at debug in between.
+		logAt := t.log.Debug
+		if attempt&(attempt-1) == 0 {
+			logAt = t.log.Warn
+		}
+		logAt("peer binlog unavailable, retrying",
 			zap.String("addr", t.cfg.Peer.Server.Addr), zap.Int("attempt", attempt),
 			zap.Duration("backoff", wait), zap.String("resume_gtid", st.resume.GTID),
 			zap.String("resume_file", st.resume.File), zap.Uint32("resume_pos", st.resume.Pos),

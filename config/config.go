@@ -54,6 +54,10 @@ type Proxy struct {
 	MaxConnections int `yaml:"max_connections"`
 	// StatementCacheSize is the number of parsed statements kept (0 = 10000).
 	StatementCacheSize int `yaml:"statement_cache_size"`
+	// StatementCacheBytes bounds the statement cache's memory: keys
+	// (normalized texts up to 16 KiB each) and classifications
+	// (0 = 32 MiB). The least recently used entries go first.
+	StatementCacheBytes int64 `yaml:"statement_cache_bytes"`
 	// ShutdownTimeout bounds connection draining on SIGTERM (0 = 30s).
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
 	// AllowDDL lets DDL on replicated tables (ALTER, CREATE, DROP, RENAME,
@@ -198,19 +202,20 @@ type Log struct {
 
 // Conflict rules a TableRule may name.
 const (
-	RuleLWW              = "lww"
-	RuleFirstWriterWins  = "first-writer-wins"
-	RuleOriginPriority   = "origin-priority"
-	RuleCounter          = "counter"
-	RuleMax              = "max"
-	RuleMin              = "min"
-	RuleManual           = "manual"
-	defaultRule          = RuleLWW
-	wildcardTable        = "*"
-	internalSchema       = "mlr"
-	maxRegionID          = 32767
-	defaultMaxConns      = 1000
-	defaultStmtCacheSize = 10000
+	RuleLWW               = "lww"
+	RuleFirstWriterWins   = "first-writer-wins"
+	RuleOriginPriority    = "origin-priority"
+	RuleCounter           = "counter"
+	RuleMax               = "max"
+	RuleMin               = "min"
+	RuleManual            = "manual"
+	defaultRule           = RuleLWW
+	wildcardTable         = "*"
+	internalSchema        = "mlr"
+	maxRegionID           = 32767
+	defaultMaxConns       = 1000
+	defaultStmtCacheSize  = 10000
+	defaultStmtCacheBytes = 32 << 20
 )
 
 // Topology modes.
@@ -252,6 +257,9 @@ func (c *Config) Default() {
 	}
 	if c.Proxy.StatementCacheSize == 0 {
 		c.Proxy.StatementCacheSize = defaultStmtCacheSize
+	}
+	if c.Proxy.StatementCacheBytes == 0 {
+		c.Proxy.StatementCacheBytes = defaultStmtCacheBytes
 	}
 	if c.Proxy.ShutdownTimeout == 0 {
 		c.Proxy.ShutdownTimeout = DefaultShutdownTimeout

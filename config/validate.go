@@ -112,6 +112,9 @@ func (k *checker) proxy() {
 	if p.StatementCacheSize < 0 {
 		k.bad("proxy.statement_cache_size", "must be positive, got %d", p.StatementCacheSize)
 	}
+	if p.StatementCacheBytes < 0 {
+		k.bad("proxy.statement_cache_bytes", "must be positive, got %d", p.StatementCacheBytes)
+	}
 	if p.ShutdownTimeout < 0 {
 		k.bad("proxy.shutdown_timeout", "must be positive, got %s", p.ShutdownTimeout)
 	}

@@ -157,4 +157,3 @@ func waitRows(ctx context.Context, t *testing.T, r *cluster.Region, query string
 	}
 	t.Fatalf("region %s: %s = %d, want %d", r.Name, query, n, want)
 }
-

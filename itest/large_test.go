@@ -4,6 +4,7 @@ import (
 	"context"
 	"regexp"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -102,4 +103,109 @@ func metric(t *testing.T, r *cluster.Region, name string) float64 {
 		t.Fatalf("region %s exports no metric %s", r.Name, name)
 	}
 	return sum
+}
+
+// TestLargeTransactionRetriedWhole: a 200,000-row transaction travels in
+// pieces; at one peer its apply fails mid-way (the applier's connection is
+// killed once it holds tens of thousands of the rows). It is retried as a
+// whole from the checkpoint and applied exactly once; a reader at that peer
+// never sees part of it; the peer that saw no fault applies it once too.
+func TestLargeTransactionRetriedWhole(t *testing.T) {
+	const rows = 200000
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	c := startCluster(t, cluster.Options{Extra: "apply:\n  relay_bytes: 1048576\n"})
+	eu, us := c.Regions[0], c.Regions[1]
+	usDB := openDirect(t, us)
+
+	// At us: kill the applier's connection once its transaction holds
+	// more than a tenth of the rows, and watch that no reader ever sees
+	// a count other than 0 or all of them.
+	killed := make(chan int64, 1)
+	seen := make(chan string, 1)
+	go func() {
+		for ctx.Err() == nil {
+			var id, modified int64
+			err := usDB.QueryRowContext(ctx, "SELECT trx_mysql_thread_id, trx_rows_modified FROM information_schema.INNODB_TRX ORDER BY trx_rows_modified DESC LIMIT 1").Scan(&id, &modified)
+			if err == nil && modified > rows/10 {
+				if _, err := usDB.ExecContext(ctx, "KILL CONNECTION "+strconv.FormatInt(id, 10)); err == nil {
+					killed <- modified
+					return
+				}
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
+	go func() {
+		for ctx.Err() == nil {
+			var n int
+			if err := usDB.QueryRowContext(ctx, "SELECT COUNT(*) FROM kv").Scan(&n); err == nil && n != 0 && n != rows {
+				seen <- "a reader at us saw " + strconv.Itoa(n) + " rows"
+				return
+			}
+			if n == rows {
+				return
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}()
+
+	euDB := openProxy(t, eu, 1)
+	if _, err := euDB.ExecContext(ctx, "INSERT INTO counters (id, hits) VALUES (1, 0)"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WaitConverged(ctx, map[string]string{"app.counters": "id"}, "id, hits"); err != nil {
+		t.Fatal(err)
+	}
+	tx, err := euDB.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.ExecContext(ctx, "INSERT INTO kv (k, v, n) SELECT seq, 'bulk', seq FROM seq_1_to_"+strconv.Itoa(rows)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.ExecContext(ctx, "UPDATE counters SET hits = hits + 1 WHERE id = 1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case m := <-killed:
+		t.Logf("killed us's applier connection holding %d of the %d rows", m, rows)
+	case <-time.After(2 * time.Minute):
+		t.Fatal("us's applier never held a tenth of the transaction: nothing was injected")
+	}
+	wctx, wcancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer wcancel()
+	if err := c.WaitConverged(wctx, map[string]string{"app.kv": "k"}, "*, _mlr_hlc, _mlr_origin"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case s := <-seen:
+		t.Errorf("the transaction was not atomic at us: %s", s)
+	default:
+	}
+	for _, r := range c.Regions {
+		var n, sum int64
+		if err := openDirect(t, r).QueryRowContext(ctx, "SELECT COUNT(*), COALESCE(SUM(n), 0) FROM kv").Scan(&n, &sum); err != nil {
+			t.Fatal(err)
+		}
+		if n != rows || sum != int64(rows)*(rows+1)/2 {
+			t.Errorf("region %s holds %d rows summing to %d; want %d rows summing to %d", r.Name, n, sum, rows, int64(rows)*(rows+1)/2)
+		}
+	}
+	if !strings.Contains(mustRead(t, us.LogPath), "streamed in pieces failed part way") {
+		t.Errorf("us's log does not show the streamed transaction failing part way and being retried:\n%s", cluster.Tail(us.LogPath, 20))
+	}
+	// Exactly once: the counter incremented in the same transaction.
+	for _, r := range c.Regions {
+		var hits int64
+		if err := openDirect(t, r).QueryRowContext(ctx, "SELECT hits FROM counters WHERE id = 1").Scan(&hits); err != nil {
+			t.Fatal(err)
+		}
+		if hits != 1 {
+			t.Errorf("region %s: the counter incremented once in the large transaction is %d", r.Name, hits)
+		}
+	}
 }

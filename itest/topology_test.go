@@ -42,6 +42,32 @@ func TestPeerDown(t *testing.T) {
 	if err := down.Server.Restart(); err != nil {
 		t.Fatal(err)
 	}
+	// Back after 30 s away: the live regions tail it again within 2 s (a
+	// probe at least every ~1.3 s, not a breaker's fixed open period).
+	// Timed from a write committed on its server the moment it is back.
+	ddb := openDirect(t, down)
+	if _, err := ddb.Exec("INSERT INTO app.events (id, region, seq, body) VALUES (999999, ?, 0, 'back')", down.Name); err != nil {
+		t.Fatal(err)
+	}
+	back := time.Now()
+	for _, r := range c.Regions[:2] {
+		db := openDirect(t, r)
+		for {
+			var n int
+			if err := db.QueryRow("SELECT COUNT(*) FROM app.events WHERE id = 999999").Scan(&n); err == nil && n == 1 {
+				break
+			}
+			if time.Since(back) > time.Minute {
+				t.Fatalf("region %s never applied %s's write after %s came back", r.Name, down.Name, down.Name)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		took := time.Since(back)
+		t.Logf("region %s applied %s's first write %s after it was back", r.Name, down.Name, took.Round(time.Millisecond))
+		if took > 2*time.Second {
+			t.Errorf("region %s applied %s's first write only %s after it was back: links must reconnect within 2 s", r.Name, down.Name, took.Round(time.Millisecond))
+		}
+	}
 	checkConverged(t, c, h)
 }
 

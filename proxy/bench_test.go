@@ -11,7 +11,7 @@ const benchStmt = "INSERT INTO orders (id, customer, total, note) VALUES (?, ?, 
 // BenchmarkClassifyCached and BenchmarkClassifyUncached: the cost of
 // classifying a statement with and without the LRU.
 func BenchmarkClassifyCached(b *testing.B) {
-	c, err := newClassifier(100, func() {}, func() {})
+	c, err := newClassifier(100, 0, func() {}, func() {})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -27,7 +27,7 @@ func BenchmarkClassifyCached(b *testing.B) {
 // BenchmarkClassifyVaryingLiterals: the same statement with another value
 // each time (sysbench's text protocol): a cache hit on the normalized key.
 func BenchmarkClassifyVaryingLiterals(b *testing.B) {
-	c, err := newClassifier(100, func() {}, func() {})
+	c, err := newClassifier(100, 0, func() {}, func() {})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -46,7 +46,7 @@ func BenchmarkClassifyVaryingLiterals(b *testing.B) {
 }
 
 func BenchmarkClassifyUncached(b *testing.B) {
-	c, err := newClassifier(100, func() {}, func() {})
+	c, err := newClassifier(100, 0, func() {}, func() {})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -4,6 +4,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/pingcap/tidb/pkg/parser"
@@ -92,27 +93,49 @@ const maxCachedLen = 16 << 10
 // the results in an LRU keyed by (current database, text). Safe for
 // concurrent use.
 type classifier struct {
-	cache   *lru.Cache[string, *class]
-	parsers sync.Pool // *parser.Parser; a parser is not safe for concurrent use
-	onHit   func()
-	onMiss  func()
+	cache *lru.Cache[string, *class]
+	// bytes is what the cached entries hold (see cost); maxBytes bounds it.
+	bytes    atomic.Int64
+	maxBytes int64
+	parsers  sync.Pool // *parser.Parser; a parser is not safe for concurrent use
+	onHit    func()
+	onMiss   func()
 	// onPanic counts a parser panic (recovered; the statement is then
 	// classified without the literal that caused it, or as unparsed).
 	onPanic func()
 }
 
-func newClassifier(size int, onHit, onMiss func()) (*classifier, error) {
-	c, err := lru.New[string, *class](size)
+func newClassifier(size int, maxBytes int64, onHit, onMiss func()) (*classifier, error) {
+	cl := &classifier{maxBytes: maxBytes}
+	c, err := lru.NewWithEvict[string, *class](size, func(k string, v *class) { cl.bytes.Add(-cost(k, v)) })
 	if err != nil {
 		return nil, err
 	}
-	return &classifier{
-		cache:   c,
-		parsers: sync.Pool{New: func() any { return parser.New() }},
-		onHit:   onHit,
-		onMiss:  onMiss,
-		onPanic: func() {},
-	}, nil
+	*cl = classifier{
+		maxBytes: maxBytes,
+		cache:    c,
+		parsers:  sync.Pool{New: func() any { return parser.New() }},
+		onHit:    onHit,
+		onMiss:   onMiss,
+		onPanic:  func() {},
+	}
+	return cl, nil
+}
+
+// cost is what a cache entry holds, roughly: its key, a kindWriteUnknown
+// statement's lower-cased text, the table names, and fixed overhead.
+func cost(key string, cl *class) int64 {
+	n := 160 + len(key) + len(cl.text) + len(cl.msg) + len(cl.verb)
+	for _, t := range cl.writes {
+		n += 32 + len(t.schema) + len(t.table)
+	}
+	for _, t := range cl.ddl {
+		n += 32 + len(t.schema) + len(t.table)
+	}
+	for _, u := range cl.uses {
+		n += 16 + len(u)
+	}
+	return int64(n)
 }
 
 // classify returns the class of sql run with db as the current database.
@@ -137,7 +160,16 @@ func (c *classifier) classify(db, sql string) *class {
 		cl.text = strings.ToLower(sql)
 	}
 	if cacheable {
-		c.cache.Add(key, cl)
+		// Another connection may have cached the same key meanwhile: then
+		// nothing is added (and nothing counted twice).
+		if found, _ := c.cache.ContainsOrAdd(key, cl); !found {
+			c.bytes.Add(cost(key, cl))
+		}
+		for c.maxBytes > 0 && c.bytes.Load() > c.maxBytes {
+			if _, _, ok := c.cache.RemoveOldest(); !ok {
+				break
+			}
+		}
 	}
 	return cl
 }

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 )
 
@@ -96,7 +97,7 @@ func TestClassify(t *testing.T) {
 		{"app", "SELECT * FROM mlr.checkpoints", kindRead, "[]", ""},
 		{"app", "SET @mlr_x = 1", kindSession, "[]", ""},
 	}
-	c, err := newClassifier(100, func() {}, func() {})
+	c, err := newClassifier(100, 0, func() {}, func() {})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -117,7 +118,7 @@ func TestClassify(t *testing.T) {
 
 func TestClassifyCacheKeyIncludesDatabase(t *testing.T) {
 	hits, misses := 0, 0
-	c, err := newClassifier(100, func() { hits++ }, func() { misses++ })
+	c, err := newClassifier(100, 0, func() { hits++ }, func() { misses++ })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -133,7 +134,7 @@ func TestClassifyCacheKeyIncludesDatabase(t *testing.T) {
 }
 
 func TestUsesTrackedPerStatement(t *testing.T) {
-	c, err := newClassifier(10, func() {}, func() {})
+	c, err := newClassifier(10, 0, func() {}, func() {})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -141,4 +142,52 @@ func TestUsesTrackedPerStatement(t *testing.T) {
 	if fmt.Sprintf("%q", cl.uses) != `["" "a" "b" ""]` || !cl.calls {
 		t.Fatalf("uses %q calls %v", cl.uses, cl.calls)
 	}
+}
+
+// TestCacheBoundedInBytes: statements of 16 KiB each (the longest cached)
+// fill a cache allowed 10,000 entries but 256 KiB: it keeps what fits,
+// dropping the least recently used, and its count of bytes is exact.
+func TestCacheBoundedInBytes(t *testing.T) {
+	const limit = 256 << 10
+	c, err := newClassifier(10000, limit, func() {}, func() {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	long := func(i int) string {
+		return fmt.Sprintf("SELECT c%d, %s", i, strings.Repeat("a, ", (maxCachedLen-64)/3))
+	}
+	for i := 0; i < 200; i++ {
+		c.classify("db", long(i))
+		if b := c.bytes.Load(); b > limit {
+			t.Fatalf("after %d statements the cache holds %d bytes, over its %d", i+1, b, limit)
+		}
+	}
+	n := int64(c.cache.Len())
+	one := c.bytes.Load() / max(n, 1)
+	if n*one > limit || (n+1)*one <= limit {
+		t.Errorf("cache holds %d entries of %d bytes within %d; it should keep as many as fit", n, one, limit)
+	}
+	var sum int64
+	for _, k := range c.cache.Keys() {
+		v, _ := c.cache.Peek(k)
+		sum += cost(k, v)
+	}
+	if sum != c.bytes.Load() {
+		t.Errorf("entries cost %d bytes, the cache counts %d", sum, c.bytes.Load())
+	}
+	// The most recent statement is a hit, the first long gone.
+	if !c.cache.Contains("db\x00" + mustKey(t, long(199))) {
+		t.Error("the most recently classified statement is not cached")
+	}
+	if c.cache.Contains("db\x00" + mustKey(t, long(0))) {
+		t.Error("the least recently used statement is still cached over the byte bound")
+	}
+}
+
+func mustKey(t *testing.T, sql string) string {
+	t.Helper()
+	if n, ok := normalizedKey(sql); ok {
+		return n
+	}
+	return sql
 }

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -436,6 +437,70 @@ func TestMaxConnections(t *testing.T) {
 	var me *mysql.MySQLError
 	if !errors.As(err, &me) || me.Number != 1040 {
 		t.Fatalf("third connection: %v, want 1040 Too many connections", err)
+	}
+}
+
+// TestPreparedStatementsBoundedByServer: the server's
+// max_prepared_stmt_count bounds a connection's prepared statements; past
+// it the client gets the server's own error (1461), the proxy keeps no
+// entry for a statement the server refused, and closing one makes room.
+func TestPreparedStatementsBoundedByServer(t *testing.T) {
+	root, err := srv.Open("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer root.Close()
+	var was int
+	if err := root.QueryRow("SELECT @@GLOBAL.max_prepared_stmt_count").Scan(&was); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := root.Exec("SET GLOBAL max_prepared_stmt_count = 3"); err != nil {
+		t.Fatal(err)
+	}
+	defer root.Exec("SET GLOBAL max_prepared_stmt_count = " + strconv.Itoa(was))
+	p := startProxy(t, nil)
+	ctx := context.Background()
+	c, err := p.open(t, "").Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var stmts []*sql.Stmt
+	for i := 0; i < 3; i++ {
+		st, err := c.PrepareContext(ctx, "SELECT ? + "+strconv.Itoa(i))
+		if err != nil {
+			t.Fatalf("prepare %d of 3: %v", i+1, err)
+		}
+		stmts = append(stmts, st)
+	}
+	_, err = c.PrepareContext(ctx, "SELECT ? + 99")
+	var me *mysql.MySQLError
+	if !errors.As(err, &me) || me.Number != 1461 {
+		t.Fatalf("a 4th prepared statement with max_prepared_stmt_count = 3: %v; want the server's 1461", err)
+	}
+	held := func() int {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		n := 0
+		for cn := range p.conns {
+			n += len(cn.stmts)
+		}
+		return n
+	}
+	if n := held(); n != 3 {
+		t.Errorf("the proxy holds %d prepared statements; the server holds 3", n)
+	}
+	stmts[0].Close()
+	st, err := c.PrepareContext(ctx, "SELECT ? + 100")
+	if err != nil {
+		t.Fatalf("prepare after closing one: %v", err)
+	}
+	var v int
+	if err := st.QueryRowContext(ctx, 1).Scan(&v); err != nil || v != 101 {
+		t.Fatalf("execute: %d, %v", v, err)
+	}
+	if n := held(); n != 3 {
+		t.Errorf("after closing one and preparing another the proxy holds %d prepared statements; want 3", n)
 	}
 }
 

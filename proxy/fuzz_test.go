@@ -152,7 +152,7 @@ func FuzzCommand(f *testing.F) {
 // FuzzClassify feeds arbitrary statement texts to the classifier: it never
 // panics, decides the same way twice, and explains every refusal.
 func FuzzClassify(f *testing.F) {
-	c, err := newClassifier(16, func() {}, func() {})
+	c, err := newClassifier(16, 0, func() {}, func() {})
 	if err != nil {
 		f.Fatal(err)
 	}

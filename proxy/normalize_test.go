@@ -66,7 +66,7 @@ func TestNormalizedKey(t *testing.T) {
 // TestNormalizedKeyKeepsClass: statements that share a key classify the
 // same, field for field.
 func TestNormalizedKeyKeepsClass(t *testing.T) {
-	c, err := newClassifier(100, func() {}, func() {})
+	c, err := newClassifier(100, 0, func() {}, func() {})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -93,7 +93,7 @@ func TestNormalizedKeyKeepsClass(t *testing.T) {
 // backslash byte are refused, so the parser and the server always agree
 // on where a string ends.
 func TestUnsafeCharsetsRefused(t *testing.T) {
-	c, err := newClassifier(100, func() {}, func() {})
+	c, err := newClassifier(100, 0, func() {}, func() {})
 	if err != nil {
 		t.Fatal(err)
 	}

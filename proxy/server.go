@@ -88,6 +88,10 @@ type Config struct {
 	MaxConnections int
 	// CacheSize is the number of classified statements kept (0 = 10000).
 	CacheSize int
+	// CacheBytes bounds the cache's memory (0 = 32 MiB): what each entry
+	// holds (key, classification) is counted, and the least recently used
+	// entries are dropped beyond it.
+	CacheBytes int64
 	// ShutdownTimeout bounds draining in Run (0 = 30s).
 	ShutdownTimeout time.Duration
 	// AllowDDL lets DDL on replicated tables through; by default it is
@@ -99,6 +103,7 @@ type Config struct {
 const (
 	defaultMaxConnections  = 1000
 	defaultCacheSize       = 10000
+	defaultCacheBytes      = 32 << 20
 	defaultShutdownTimeout = 30 * time.Second
 	// handshakeTimeout bounds the connection phase (greeting to auth OK),
 	// like the server's connect_timeout.
@@ -145,6 +150,9 @@ func New(cfg Config, st Stamper, tables Tables, log *zap.Logger, reg prometheus.
 	if cfg.CacheSize <= 0 {
 		cfg.CacheSize = defaultCacheSize
 	}
+	if cfg.CacheBytes <= 0 {
+		cfg.CacheBytes = defaultCacheBytes
+	}
 	if cfg.ShutdownTimeout <= 0 {
 		cfg.ShutdownTimeout = defaultShutdownTimeout
 	}
@@ -155,11 +163,16 @@ func New(cfg Config, st Stamper, tables Tables, log *zap.Logger, reg prometheus.
 	if err != nil {
 		return nil, fmt.Errorf("proxy: register metrics: %w", err)
 	}
-	cls, err := newClassifier(cfg.CacheSize, m.cacheHits.Inc, m.cacheMisses.Inc)
+	cls, err := newClassifier(cfg.CacheSize, cfg.CacheBytes, m.cacheHits.Inc, m.cacheMisses.Inc)
 	if err != nil {
 		return nil, fmt.Errorf("proxy: statement cache: %w", err)
 	}
 	cls.onPanic = m.panics.WithLabelValues("parser").Inc
+	if reg != nil {
+		_ = reg.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "mlproxy", Subsystem: "proxy", Name: "statement_cache_bytes",
+			Help: "Memory held by the statement cache (keys and classifications), bounded by proxy.statement_cache_bytes."},
+			func() float64 { return float64(cls.bytes.Load()) }))
+	}
 	g, _ := tables.(Guard)
 	return &Server{
 		cfg: cfg, stamper: st, tables: tables, log: log, m: m, cls: cls, guard: g,

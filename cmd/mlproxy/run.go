@@ -158,6 +158,7 @@ func runRegion(ctx context.Context, cfg *config.Config, log *zap.Logger, reload 
 		RegionID:        cfg.Region.ID,
 		MaxConnections:  cfg.Proxy.MaxConnections,
 		CacheSize:       cfg.Proxy.StatementCacheSize,
+		CacheBytes:      cfg.Proxy.StatementCacheBytes,
 		ShutdownTimeout: cfg.Proxy.ShutdownTimeout,
 		AllowDDL:        cfg.Proxy.AllowDDL,
 		Fence:           r.skew,

@@ -7,7 +7,9 @@
 //   - replication: sysbench oltp_write_only on one region at a fixed rate and
 //     at full speed; the apply rate at the peer as a ratio of the source's
 //     commit rate, replication lag p50/p99, catch-up after a backlog; and a
-//     native MariaDB replica of the same source under the same load.
+//     native MariaDB replica of the same source under the same load;
+//   - deadlocks: client deadlocks the applier causes at 64 client threads;
+//   - breaking point: the highest write rate a peer applies with lag < 1 s.
 //
 // Run it with `make bench`.
 package main
@@ -32,10 +34,11 @@ func main() {
 	bin := flag.String("bin", "", "mlproxy binary (default: build it)")
 	dur := flag.Duration("duration", 10*time.Second, "length of each sysbench run")
 	backlog := flag.Duration("backlog", 60*time.Second, "how long the peer is stopped to build a backlog")
-	only := flag.String("only", "", "run only 'proxy' or 'replication'")
+	only := flag.String("only", "", "run only 'proxy', 'replication', 'deadlocks' or 'breaking'")
 	runs := flag.Int("runs", 3, "interleaved runs per figure (the median is printed)")
 	threadList := flag.String("threads", "1,16,64", "sysbench thread counts for the proxy bench")
 	modeList := flag.String("modes", "text,prepared", "sysbench statement modes for the proxy bench: text, prepared")
+	extra := flag.String("extra", "", "YAML appended to the regions' configs in the deadlock bench (e.g. $'apply:\\n  batch_txns: 16')")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -58,6 +61,18 @@ func main() {
 	if code == 0 && (*only == "" || *only == "replication") {
 		if err := benchReplication(ctx, *bin, *dur, *backlog); err != nil {
 			fmt.Fprintln(os.Stderr, "bench replication:", err)
+			code = 1
+		}
+	}
+	if code == 0 && (*only == "" || *only == "deadlocks") {
+		if err := benchDeadlocks(ctx, *bin, *dur, *extra); err != nil {
+			fmt.Fprintln(os.Stderr, "bench deadlocks:", err)
+			code = 1
+		}
+	}
+	if code == 0 && (*only == "" || *only == "breaking") {
+		if err := benchBreakingPoint(ctx, *bin, *dur); err != nil {
+			fmt.Fprintln(os.Stderr, "bench breaking point:", err)
 			code = 1
 		}
 	}
