@@ -85,6 +85,22 @@ func (s *Summary) Markdown() string {
 		total += inj[c]
 	}
 	fmt.Fprintf(&b, "| total | %d | |\n", total)
+	b.WriteString("\n| seed | faults | acknowledged | refused | in doubt (committed) | converged in | result |\n| ---: | ---: | ---: | ---: | ---: | ---: | --- |\n")
+	for _, r := range s.Results {
+		n := 0
+		for _, k := range r.Injected {
+			n += k
+		}
+		result := "pass"
+		if len(r.Problems) > 0 {
+			result = fmt.Sprintf("FAIL (%d checks)", len(r.Problems))
+		}
+		conv := "-"
+		if r.Converge > 0 {
+			conv = r.Converge.Round(time.Millisecond).String()
+		}
+		fmt.Fprintf(&b, "| %d | %d | %d | %d | %d (%d) | %s | %s |\n", r.Seed, n, r.Acked, r.Refused, r.InDoubt, r.InDoubtCommitted, conv, result)
+	}
 	if len(why) > 0 {
 		b.WriteString("\nskipped because:\n")
 		for _, w := range why {
