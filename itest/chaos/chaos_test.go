@@ -25,6 +25,7 @@ var (
 	seedFlag  = flag.Uint64("seed", 0, "seed of the first schedule (schedule i uses seed+i); 0 = from the time")
 	duration  = flag.Duration("duration", 8*time.Second, "write phase of each schedule, with faults")
 	regions   = flag.Int("regions", 3, "regions per cluster (2 to 5)")
+	workers   = flag.Int("workers", 2, "writers per region")
 	summary   = flag.String("summary", "", "also write the markdown summary to this file")
 )
 
@@ -79,7 +80,7 @@ func TestChaos(t *testing.T) {
 		plan := NewPlan(seed, *duration, *regions, Classes)
 		t.Logf("schedule %d/%d: %s", i+1, *schedules, plan)
 		ctx, cancel := context.WithTimeout(sigCtx, need)
-		res, err := Run(ctx, Options{Plan: plan, Bin: bin, Logf: t.Logf})
+		res, err := Run(ctx, Options{Plan: plan, Bin: bin, Workers: *workers, Logf: t.Logf})
 		cancel()
 		if err != nil {
 			// The harness failed (a cluster that did not start, writers
