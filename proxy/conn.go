@@ -51,7 +51,11 @@ type conn struct {
 	closed     bool
 	idle       bool // waiting for the client's next command
 	inTrans    bool // last status the server sent had SERVER_STATUS_IN_TRANS
-	draining   bool // the server is shutting down
+	// txnStamp is set once a write inside the current transaction was
+	// stamped: the session's @_mlr_hlc then serves the transaction's later
+	// writes (see needSet). The connection's goroutine alone uses it.
+	txnStamp bool
+	draining bool // the server is shutting down
 }
 
 func (s *Server) newConn(base context.Context, nc net.Conn) *conn {
@@ -119,7 +123,46 @@ func (c *conn) setIdle(idle bool) bool {
 func (c *conn) trackStatus(st uint16) {
 	c.mu.Lock()
 	c.inTrans = st&mysql.SERVER_STATUS_IN_TRANS != 0
+	if !c.inTrans {
+		c.txnStamp = false
+	}
 	c.mu.Unlock()
+}
+
+// needSet reports whether a statement of class cl that decide says to
+// stamp needs the stamping SET sent before it. One stamp serves a whole
+// transaction: once a write inside a transaction was stamped, the
+// session's @_mlr_hlc (which no client statement can set: the proxy
+// refuses them) stamps the transaction's later writes too, as a commit
+// timestamp would; the triggers still stamp each row above the version it
+// replaces. A statement the proxy cannot see into (CALL, EXECUTE, ...),
+// a session statement (BEGIN, COMMIT, SET, ...) or any error (a deadlock
+// rolls the transaction back) ends the reuse: the next write is stamped
+// anew. Reads keep it.
+func (c *conn) needSet(cl *class, stamp bool) bool {
+	if cl == nil || (cl.kind != kindWrite && cl.kind != kindRead) {
+		c.txnStamp = false
+		return stamp
+	}
+	if !stamp {
+		return false
+	}
+	c.mu.Lock()
+	reuse := c.txnStamp && c.inTrans
+	c.mu.Unlock()
+	if reuse {
+		c.s.m.stampReused.Inc()
+		return false
+	}
+	return true
+}
+
+// stamped records that a write's SET succeeded: within a transaction, its
+// stamp serves the writes after it (trackStatus forgets it at the end).
+func (c *conn) stamped(cl *class, set bool, setErr []byte) {
+	if set && setErr == nil && cl != nil && cl.kind == kindWrite {
+		c.txnStamp = true
+	}
 }
 
 // serve runs the connection to its end and closes both sockets. A panic
@@ -319,10 +362,12 @@ func (c *conn) command(p []byte, next byte) error {
 			}
 			stamp, _ = c.decide(cl)
 		}
+		stamp = c.needSet(cl, stamp)
 		dst, setErr, err := c.send(p, stamp, next)
 		if err != nil {
 			return err
 		}
+		c.stamped(cl, stamp, setErr)
 		if err := c.results(dst, next, nil); err != nil {
 			return err
 		}
@@ -544,10 +589,12 @@ func (c *conn) query(p []byte, next byte) error {
 	}
 	stamp, label := c.decide(cl)
 	c.s.m.statements.WithLabelValues(label).Inc()
+	stamp = c.needSet(cl, stamp)
 	dst, setErr, err := c.send(p, stamp, next)
 	if err != nil {
 		return err
 	}
+	c.stamped(cl, stamp, setErr)
 	var onResult func(i int, ok bool)
 	failed := false
 	if cl.uses != nil {
@@ -751,6 +798,7 @@ func (c *conn) results(dst *bufio.Writer, next byte, onResult func(i int, ok boo
 				onResult(i, true)
 			}
 		case mysql.ERR_HEADER:
+			c.txnStamp = false // the transaction may have been rolled back
 			if onResult != nil {
 				onResult(i, false)
 			}

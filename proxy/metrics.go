@@ -14,6 +14,7 @@ type metrics struct {
 	backendErrors     prometheus.Counter
 	backendIdleClosed prometheus.Counter
 	compressed        prometheus.Counter
+	stampReused       prometheus.Counter
 	cacheHits         prometheus.Counter
 	cacheMisses       prometheus.Counter
 	panics            *prometheus.CounterVec // {where}: connection, parser
@@ -49,6 +50,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			"Backend connections the server ended while their client was idle (wait_timeout, KILL, restart); the client connection was closed with them."))),
 		compressed: prometheus.NewCounter(prometheus.CounterOpts(opts("compressed_connections_total",
 			"Client connections that use the compressed protocol (zlib, on the client leg)."))),
+		stampReused: prometheus.NewCounter(prometheus.CounterOpts(opts("stamp_reused_total",
+			"Writes inside a transaction that used the stamp of its first write (no SET sent)."))),
 		cacheHits: prometheus.NewCounter(prometheus.CounterOpts(opts("statement_cache_hits_total",
 			"Statement classifications found in the cache."))),
 		cacheMisses: prometheus.NewCounter(prometheus.CounterOpts(opts("statement_cache_misses_total",
@@ -58,7 +61,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.connections, m.connectionsTotal, m.statements,
-			m.stamped, m.refused, m.backendErrors, m.backendIdleClosed, m.compressed, m.cacheHits, m.cacheMisses, m.panics} {
+			m.stamped, m.refused, m.backendErrors, m.backendIdleClosed, m.compressed, m.stampReused, m.cacheHits, m.cacheMisses, m.panics} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}

@@ -540,3 +540,64 @@ func TestRefused(t *testing.T) {
 		}
 	}
 }
+
+// TestOneStampPerTransaction: inside a transaction, the first write's
+// stamp serves the writes after it (one SET, one clock reading); reads keep
+// it; a statement the proxy cannot see into, an error, or the end of the
+// transaction makes the next write take a fresh stamp. Autocommit writes
+// are stamped one by one.
+func TestOneStampPerTransaction(t *testing.T) {
+	p := startProxy(t, nil)
+	ctx := context.Background()
+	c, err := p.open(t, "app").Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	exec := func(q string) {
+		t.Helper()
+		if _, err := c.ExecContext(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	stamps := func(what string, want int, stmts ...string) {
+		t.Helper()
+		before := p.st.count()
+		for _, q := range stmts {
+			if strings.HasPrefix(q, "!") { // expected to fail
+				if _, err := c.ExecContext(ctx, q[1:]); err == nil {
+					t.Fatalf("%s: no error", q[1:])
+				}
+				continue
+			}
+			exec(q)
+		}
+		if got := p.st.count() - before; got != want {
+			t.Errorf("%s: %d stamps taken, want %d", what, got, want)
+		}
+	}
+	exec("DELETE FROM rt")
+	stamps("a transaction of four writes and a read", 1,
+		"BEGIN", "INSERT INTO rt (v) VALUES ('a')", "UPDATE rt SET n = 1 WHERE v = 'a'",
+		"SELECT COUNT(*) FROM rt", "INSERT INTO rt (v) VALUES ('b')", "DELETE FROM rt WHERE v = 'b'", "COMMIT")
+	stamps("three autocommit writes", 3,
+		"INSERT INTO rt (v) VALUES ('c')", "UPDATE rt SET n = 2 WHERE v = 'c'", "DELETE FROM rt WHERE v = 'c'")
+	stamps("a write after an error in the transaction", 2,
+		"BEGIN", "INSERT INTO rt (v) VALUES ('d')", "!INSERT INTO rt (v) VALUES ('d')", "INSERT INTO rt (v) VALUES ('e')", "COMMIT")
+	stamps("a write after a statement the proxy cannot see into", 3,
+		"BEGIN", "INSERT INTO rt (v) VALUES ('f')", "DO 1", "INSERT INTO rt (v) VALUES ('g')", "COMMIT")
+	stamps("two transactions", 2,
+		"BEGIN", "INSERT INTO rt (v) VALUES ('h')", "COMMIT", "BEGIN", "INSERT INTO rt (v) VALUES ('i')", "COMMIT")
+	// The rows of one transaction carry its one stamp.
+	exec("BEGIN")
+	exec("INSERT INTO rt (v) VALUES ('j')")
+	exec("INSERT INTO rt (v) VALUES ('k')")
+	exec("COMMIT")
+	var distinct int
+	if err := c.QueryRowContext(ctx, "SELECT COUNT(DISTINCT _mlr_hlc) FROM rt WHERE v IN ('j', 'k')").Scan(&distinct); err != nil {
+		t.Fatal(err)
+	}
+	if distinct != 1 {
+		t.Errorf("the two rows of one transaction carry %d different stamps; want 1", distinct)
+	}
+}

@@ -221,9 +221,13 @@ func (m *Monitor) closeAll() {
 
 // round measures every peer (concurrently: one slow peer does not delay
 // the others' readings) and recomputes the fence.
-func (m *Monitor) round(ctx context.Context) {
+func (m *Monitor) round(parent context.Context) {
 	peers := m.o.Peers()
 	m.forget(peers)
+	// A peer that hangs (stopped, packets dropped) must not hold up the
+	// others' readings: the round gives up on it after a few intervals.
+	ctx, cancel := context.WithTimeout(parent, 3*m.o.Interval)
+	defer cancel()
 	var wg sync.WaitGroup
 	for _, p := range peers {
 		wg.Add(1)
@@ -231,7 +235,7 @@ func (m *Monitor) round(ctx context.Context) {
 			defer wg.Done()
 			r := Reading{Peer: p.Name}
 			off, rtt, err := m.measure(ctx, p)
-			if ctx.Err() != nil {
+			if parent.Err() != nil {
 				return
 			}
 			m.mu.Lock()
@@ -250,7 +254,7 @@ func (m *Monitor) round(ctx context.Context) {
 		}()
 	}
 	wg.Wait()
-	if ctx.Err() != nil {
+	if parent.Err() != nil {
 		return
 	}
 	m.decide(len(peers))
@@ -321,7 +325,7 @@ func (m *Monitor) measure(ctx context.Context, p config.Peer) (time.Duration, ti
 	}
 	best, bestRTT := time.Duration(0), time.Duration(math.MaxInt64)
 	for range m.o.Samples {
-		qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		qctx, cancel := context.WithTimeout(ctx, m.o.Interval)
 		t0 := m.o.Now()
 		var s string
 		err := db.QueryRowContext(qctx, "SELECT UNIX_TIMESTAMP(NOW(6))").Scan(&s)

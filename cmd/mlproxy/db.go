@@ -12,7 +12,10 @@ import (
 )
 
 // openServer opens a database/sql pool to s (the local server or a peer's),
-// with TLS when s says so, and checks that it answers.
+// with TLS when s says so, and checks that it answers. The pool is sized
+// explicitly (poolConns open and idle): the commands and the clock fence
+// use a connection or two at a time; `mlproxy run` sizes its local pool
+// itself.
 func openServer(ctx context.Context, name string, s config.Server) (*sql.DB, error) {
 	mc := mysql.NewConfig()
 	mc.User = s.User
@@ -40,6 +43,8 @@ func openServer(ctx context.Context, name string, s config.Server) (*sql.DB, err
 		return nil, err
 	}
 	db := sql.OpenDB(conn)
+	db.SetMaxOpenConns(poolConns)
+	db.SetMaxIdleConns(poolConns)
 	db.SetConnMaxIdleTime(5 * time.Minute)
 	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
@@ -49,6 +54,9 @@ func openServer(ctx context.Context, name string, s config.Server) (*sql.DB, err
 	}
 	return db, nil
 }
+
+// poolConns bounds a pool openServer opens.
+const poolConns = 4
 
 // loadLocal loads the region's config and opens its local server.
 func loadLocal(ctx context.Context, path string) (*config.Config, *sql.DB, error) {
