@@ -54,17 +54,19 @@ fuzz:
 # limits, resets, timeouts and partitions, and mlproxy and mariadbd are
 # killed, frozen and restarted; then heal, converge, check every write.
 # SEED=0 picks one from the time; a failure prints the seed to replay
-# (make chaos SEED=... SCHEDULES=1). CHAOS_SUMMARY names a markdown file.
+# (make chaos SEED=... SCHEDULES=1). CHAOS_SUMMARY names a markdown file;
+# CHAOS_ARGS passes more flags (-regions 5, -workers 4).
 SCHEDULES ?= 3
 SEED      ?= 0
 DURATION  ?= 30s
 CHAOS_SUMMARY ?=
 CHAOS_TIMEOUT ?= 60m
+CHAOS_ARGS    ?=
 chaos:
 	@scripts/need.sh mariadb
 	$(GO) test ./itest/chaos/ -run '^TestChaos$$' -count=1 -v -timeout $(CHAOS_TIMEOUT) \
 	  -args -schedules $(SCHEDULES) -seed $(SEED) -duration $(DURATION) \
-	  $(if $(CHAOS_SUMMARY),-summary $(abspath $(CHAOS_SUMMARY)))
+	  $(if $(CHAOS_SUMMARY),-summary $(abspath $(CHAOS_SUMMARY))) $(CHAOS_ARGS)
 
 clean:
 	rm -rf bin
