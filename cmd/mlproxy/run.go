@@ -65,6 +65,13 @@ func runCmd() *cobra.Command {
 				}
 			}()
 			err = runRegion(cmd.Context(), cfg, log, reload)
+			if err != nil && cmd.Context().Err() != nil {
+				// SIGTERM or an interrupt while starting (waiting for the
+				// local server, restoring the clock) ends that wait with
+				// an error: the stop was asked for, so it is a clean one.
+				log.Info("mlproxy stopped during start-up", zap.String("reason", context.Cause(cmd.Context()).Error()))
+				return nil
+			}
 			if err != nil {
 				log.Error("mlproxy stopped with an error", redact.Err(err))
 			}
