@@ -89,8 +89,8 @@ func TestChaos(t *testing.T) {
 		}
 		sum.Add(res)
 		if len(res.Problems) > 0 {
-			t.Errorf("seed %d failed %d checks (replay: make chaos SEED=%d SCHEDULES=1 DURATION=%v):\n  %s",
-				seed, len(res.Problems), seed, *duration, strings.Join(res.Problems, "\n  "))
+			t.Errorf("seed %d failed %d checks (replay: %s):\n  %s",
+				seed, len(res.Problems), replay(seed), strings.Join(res.Problems, "\n  "))
 		}
 	}
 	md := sum.Markdown()
@@ -100,6 +100,22 @@ func TestChaos(t *testing.T) {
 			t.Error(err)
 		}
 	}
+}
+
+// replay is the command that runs schedule seed again.
+func replay(seed uint64) string {
+	cmd := fmt.Sprintf("make chaos SEED=%d SCHEDULES=1 DURATION=%v", seed, *duration)
+	var args []string
+	if *regions != 3 {
+		args = append(args, fmt.Sprintf("-regions %d", *regions))
+	}
+	if *workers != 2 {
+		args = append(args, fmt.Sprintf("-workers %d", *workers))
+	}
+	if len(args) > 0 {
+		cmd += fmt.Sprintf(" CHAOS_ARGS='%s'", strings.Join(args, " "))
+	}
+	return cmd
 }
 
 // TestPlanDeterministic: a seed alone decides the plan, and a long plan
