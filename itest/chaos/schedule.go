@@ -58,6 +58,9 @@ type regionState struct {
 	proxyDown, proxyFrozen   bool
 	serverDown, serverFrozen bool
 	skewed                   bool
+	// proxyStarted is when the injector last started the region's
+	// mlproxy.
+	proxyStarted time.Time
 	// ownFaultUntil is when the last fault on the region's own server
 	// (its process, or the link to it) ends: an mlproxy that exits before
 	// then is explained by it.
@@ -208,7 +211,7 @@ func (r *run) inject(ctx context.Context) {
 			}
 			undo[a.idx] = true
 			r.res.Injected[a.f.Class]++
-			r.o.Logf("seed %d: %s", r.o.Plan.Seed, a.f)
+			r.o.Logf("seed %d: at %6.2fs: %s", r.o.Plan.Seed, time.Since(r.began).Seconds(), a.f)
 			continue
 		}
 		if undo[a.idx] {
@@ -261,6 +264,7 @@ func (r *run) supervise() {
 				reg.Name, time.Since(r.began).Round(time.Millisecond), cluster.Tail(reg.LogPath, 15))
 		}
 		_ = r.c.StopProxy(reg, true)
+		r.state[i].proxyStarted = time.Now()
 		if err := r.c.StartProxy(reg); err != nil {
 			r.o.Logf("seed %d: restart mlproxy of region %s: %v", r.o.Plan.Seed, reg.Name, err)
 		}
@@ -322,6 +326,12 @@ func (r *run) apply(f Fault, idx int, start bool) error {
 	switch f.Class {
 	case KillProxy, RestartProxy:
 		if start {
+			// A SIGTERM in the first instants after exec, before the Go
+			// runtime has installed mlproxy's handler, kills any process;
+			// that proves nothing, so give a just-started mlproxy a second.
+			if wait := time.Second - time.Since(st.proxyStarted); f.Class == RestartProxy && wait > 0 {
+				time.Sleep(wait)
+			}
 			st.proxyDown = true
 			err := r.c.StopProxy(reg, f.Class == KillProxy)
 			if f.Class == RestartProxy && err != nil {
@@ -333,6 +343,7 @@ func (r *run) apply(f Fault, idx int, start bool) error {
 		// Started, not waited for: the writers find out when it serves
 		// (its own server may be unreachable now); the heal waits.
 		st.proxyDown = false
+		st.proxyStarted = time.Now()
 		return r.c.StartProxy(reg)
 	case StopProxy:
 		sig := syscall.SIGCONT
