@@ -38,6 +38,9 @@ type Result struct {
 	Lost, Duplicated, Phantom   int
 	ExplainedErrors, ProxyExits int
 	Converge                    time.Duration
+	// SlowestStop is the longest graceful stop of an mlproxy (SIGTERM to
+	// exit); reported, not checked beyond StopProxy's 30 s.
+	SlowestStop time.Duration
 	// Problems are failed checks; empty = the schedule passed.
 	Problems []string
 }
@@ -333,7 +336,11 @@ func (r *run) apply(f Fault, idx int, start bool) error {
 				time.Sleep(wait)
 			}
 			st.proxyDown = true
+			began := time.Now()
 			err := r.c.StopProxy(reg, f.Class == KillProxy)
+			if f.Class == RestartProxy {
+				r.res.SlowestStop = max(r.res.SlowestStop, time.Since(began))
+			}
 			if f.Class == RestartProxy && err != nil {
 				// SIGTERM is a clean stop: it must exit 0, in time.
 				r.res.problem("graceful stop of mlproxy in region %s: %v; log tail:\n%s", reg.Name, err, cluster.Tail(reg.LogPath, 10))

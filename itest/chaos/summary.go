@@ -55,6 +55,7 @@ func (s *Summary) Markdown() string {
 		if r.Converge > 0 {
 			conv = append(conv, r.Converge)
 		}
+		t.SlowestStop = max(t.SlowestStop, r.SlowestStop)
 	}
 	slices.Sort(conv)
 	fmt.Fprintf(&b, "## mlproxy chaos summary\n\n")
@@ -77,7 +78,8 @@ func (s *Summary) Markdown() string {
 	} else {
 		b.WriteString("- time to converge: no schedule converged\n")
 	}
-	fmt.Fprintf(&b, "- error log lines explained by injected faults: %d; mlproxy exits by itself: %d\n\n", t.ExplainedErrors, t.ProxyExits)
+	fmt.Fprintf(&b, "- error log lines explained by injected faults: %d; mlproxy exits by itself: %d; slowest graceful stop of mlproxy (SIGTERM to exit): %v\n\n",
+		t.ExplainedErrors, t.ProxyExits, t.SlowestStop.Round(time.Millisecond))
 	b.WriteString("| fault class | injected | skipped |\n| --- | ---: | ---: |\n")
 	total := 0
 	for _, c := range Classes {
