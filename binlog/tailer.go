@@ -155,7 +155,7 @@ func New(cfg Config, log *zap.Logger, reg prometheus.Registerer) *Tailer {
 	log = log.With(zap.String("peer", cfg.Peer.Name)) // the caller's logger carries the region
 	t := &Tailer{cfg: cfg, log: log, m: newMetrics(reg, cfg.Peer.Name)}
 	t.breaker = gobreaker.NewCircuitBreaker[struct{}](gobreaker.Settings{
-		Name:    "binlog " + cfg.Peer.Name,
+		Name: "binlog " + cfg.Peer.Name,
 		// Open only as long as the probe cadence: the backoff below (with
 		// jitter) decides when to probe, the breaker tells the state and
 		// keeps a flapping peer from being hammered.
