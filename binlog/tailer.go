@@ -52,7 +52,7 @@ const (
 	// probeEvery is the longest wait between attempts to reach a peer
 	// that is down (before jitter): a peer that comes back is tailed
 	// again within about that. A probe is one TCP connection; cheap.
-	probeEvery = time.Second
+	probeEvery = 500 * time.Millisecond
 	// eventReadAhead is how many decoded events go-mysql may buffer.
 	eventReadAhead = 256
 )
@@ -155,7 +155,7 @@ func New(cfg Config, log *zap.Logger, reg prometheus.Registerer) *Tailer {
 	log = log.With(zap.String("peer", cfg.Peer.Name)) // the caller's logger carries the region
 	t := &Tailer{cfg: cfg, log: log, m: newMetrics(reg, cfg.Peer.Name)}
 	t.breaker = gobreaker.NewCircuitBreaker[struct{}](gobreaker.Settings{
-		Name:    "binlog " + cfg.Peer.Name,
+		Name: "binlog " + cfg.Peer.Name,
 		// Open only as long as the probe cadence: the backoff below (with
 		// jitter) decides when to probe, the breaker tells the state and
 		// keeps a flapping peer from being hammered.
@@ -220,7 +220,7 @@ func (t *Tailer) Run(ctx context.Context, from Checkpoint, out chan<- *Txn) erro
 
 	bo := backoff.NewExponentialBackOff()
 	bo.InitialInterval = 200 * time.Millisecond
-	bo.MaxInterval = probeEvery // a peer back up is tailed again within ~1.5 s
+	bo.MaxInterval = probeEvery // a peer back up is tailed again within ~1 s
 	bo.RandomizationFactor = 0.3
 	attempt := 0
 	var lastCause error // the last error of an attempt the breaker let through

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -50,7 +51,12 @@ func TestOperations(t *testing.T) {
 	if err != nil {
 		t.Fatalf("mlproxy status: %v\n%s", err, out)
 	}
-	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	// The links table, then (after a blank line) the clock against peers.
+	links, clock, _ := strings.Cut(strings.TrimSpace(string(out)), "\n\n")
+	lines := strings.Split(links, "\n")
+	if !strings.Contains(clock, "clock fenced (max_offset 500ms): no") || !regexp.MustCompile(`(?m)^eu\s+[+-]\d+\.\d`).MatchString(clock) {
+		t.Errorf("mlproxy status on us: want the clock section with eu's offset and no fence, got:\n%s", out)
+	}
 	if len(lines) != 2 || !strings.HasPrefix(lines[1], "eu") || !strings.Contains(lines[1], "running") {
 		t.Errorf("mlproxy status on us: want a header and one running line for peer eu, got:\n%s", out)
 	}
