@@ -8,6 +8,8 @@
 //     at full speed; the apply rate at the peer as a ratio of the source's
 //     commit rate, replication lag p50/p99, catch-up after a backlog; and a
 //     native MariaDB replica of the same source under the same load;
+//   - stamping: writes through mlproxy into replicated tables against
+//     HAProxy into tables without triggers;
 //   - deadlocks: client deadlocks the applier causes at 64 client threads;
 //   - breaking point: the highest write rate a peer applies with lag < 1 s.
 //
@@ -34,7 +36,7 @@ func main() {
 	bin := flag.String("bin", "", "mlproxy binary (default: build it)")
 	dur := flag.Duration("duration", 10*time.Second, "length of each sysbench run")
 	backlog := flag.Duration("backlog", 60*time.Second, "how long the peer is stopped to build a backlog")
-	only := flag.String("only", "", "run only 'proxy', 'replication', 'deadlocks' or 'breaking'")
+	only := flag.String("only", "", "run only 'proxy', 'replication', 'stamping', 'deadlocks' or 'breaking'")
 	runs := flag.Int("runs", 3, "interleaved runs per figure (the median is printed)")
 	threadList := flag.String("threads", "1,16,64", "sysbench thread counts for the proxy bench")
 	modeList := flag.String("modes", "text,prepared", "sysbench statement modes for the proxy bench: text, prepared")
@@ -61,6 +63,12 @@ func main() {
 	if code == 0 && (*only == "" || *only == "replication") {
 		if err := benchReplication(ctx, *bin, *dur, *backlog); err != nil {
 			fmt.Fprintln(os.Stderr, "bench replication:", err)
+			code = 1
+		}
+	}
+	if code == 0 && (*only == "" || *only == "stamping") {
+		if err := benchStamping(ctx, *bin, *dur, *runs, []int{1, 16}); err != nil {
+			fmt.Fprintln(os.Stderr, "bench stamping:", err)
 			code = 1
 		}
 	}

@@ -45,12 +45,18 @@ func parseSysbench(out string) (sbResult, error) {
 	return r, nil
 }
 
-// sysbench runs one sysbench command against addr ("host:port").
+// sysbench runs one sysbench command against addr ("host:port"), on the
+// database sbtest.
 func sysbench(ctx context.Context, addr, test, command string, args ...string) (string, error) {
+	return sysbenchOn(ctx, addr, "sbtest", test, command, args...)
+}
+
+// sysbenchOn runs one sysbench command against database db at addr.
+func sysbenchOn(ctx context.Context, addr, db, test, command string, args ...string) (string, error) {
 	host, port, _ := strings.Cut(addr, ":")
 	base := []string{test,
 		"--db-driver=mysql", "--mysql-host=" + host, "--mysql-port=" + port,
-		"--mysql-user=root", "--mysql-db=sbtest", "--tables=4", "--table-size=10000",
+		"--mysql-user=root", "--mysql-db=" + db, "--tables=4", "--table-size=10000",
 		"--rand-seed=1", "--report-interval=0", "--auto_inc=off", // explicit ids: every server loads identical rows
 	}
 	cmd := exec.CommandContext(ctx, "sysbench", append(append(base, args...), command)...)
