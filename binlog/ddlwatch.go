@@ -126,10 +126,10 @@ func watchOnce(ctx context.Context, local config.Server, flavor string, serverID
 	// the watch's CPU far below the server's write rate.
 	sc.RawModeEnabled = true
 	syncer := replication.NewBinlogSyncer(sc)
-	stop := context.AfterFunc(ctx, syncer.Close)
+	stop := context.AfterFunc(ctx, func() { closeSyncer(syncer, log) })
 	defer func() {
 		stop()
-		syncer.Close()
+		closeSyncer(syncer, log)
 	}()
 	streamer, err := syncer.StartSync(mysql.Position{Name: *file, Pos: *pos})
 	if err != nil {

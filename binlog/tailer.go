@@ -298,6 +298,21 @@ func (t *Tailer) send(out chan<- *Txn) func(context.Context, *Txn) error {
 	}
 }
 
+// closeSyncer closes a binlog syncer, waiting at most a second: go-mysql's
+// Close opens a new connection to the server to KILL the dump thread, for
+// up to 10 s, and against a peer that is unreachable that would hold up a
+// link's restart and the process's shutdown. Whatever is left finishes in
+// the background (the dump connection itself is already cut).
+func closeSyncer(s *replication.BinlogSyncer, log *zap.Logger) {
+	done := make(chan struct{})
+	go func() { s.Close(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(time.Second):
+		log.Debug("closing the binlog connection takes long (server unreachable?); finishing in the background")
+	}
+}
+
 func isFatal(err error) bool {
 	for _, s := range []error{ErrNotRowFormat, ErrNoColumnNames, ErrRowImage, ErrNoBinlog,
 		ErrPositionLost, ErrUnsupported, ErrReplayDiverged, errConfig} {
@@ -345,10 +360,10 @@ func (t *Tailer) stream(ctx context.Context, st *runState) (connected bool, err 
 	// its checkpoint).
 	sc.DiscardGTIDSet = true
 	syncer := replication.NewBinlogSyncer(sc)
-	stop := context.AfterFunc(ctx, syncer.Close)
+	stop := context.AfterFunc(ctx, func() { closeSyncer(syncer, t.log) })
 	defer func() {
 		stop()
-		syncer.Close()
+		closeSyncer(syncer, t.log)
 	}()
 
 	var gset mysql.GTIDSet
