@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mlproxy/mlproxy/binlog"
+	"github.com/mlproxy/mlproxy/config"
 	"github.com/mlproxy/mlproxy/schema"
 )
 
@@ -336,4 +337,102 @@ func TestWritesetKeys(t *testing.T) {
 	x, _ := key("p", []string{"a", "b"}, binlog.Row{"a": int64(1), "b": int64(23)})
 	y, _ := key("p", []string{"a", "b"}, binlog.Row{"a": int64(12), "b": int64(3)})
 	require.NotEqual(t, x, y)
+}
+
+// TestParallelConstraintStopsAndLogs: a remote change refused by a unique
+// key the rule cannot place, in the middle of parallel batches. Under
+// on_constraint log it is recorded and the rest applies; under stop the
+// link holds at it (nothing after it committed) until the local row goes,
+// then resumes: every source transaction applied once.
+func TestParallelConstraintStopsAndLogs(t *testing.T) {
+	defer func(r, p time.Duration) { stopRetry, stopPoll = r, p }(stopRetry, stopPoll)
+	stopRetry, stopPoll = 300*time.Millisecond, 50*time.Millisecond
+	for _, mode := range []string{"log", "stop"} {
+		t.Run(mode, func(t *testing.T) {
+			e := newEnvRule(t, "t_par_constraint_"+mode, withOnConstraint(mode))
+			e.workers = 4
+			_, err := db.Exec("ALTER TABLE " + schema.Quote(e.db) + ".items ADD UNIQUE KEY (name)")
+			require.NoError(t, err)
+			e.local(stamp(0, 1), "INSERT INTO "+schema.Quote(e.db)+".items (id, name, qty) VALUES (900, 'taken', 1)")
+			var txns []*binlog.Txn
+			for i := 1; i <= 60; i++ {
+				name := fmt.Sprintf("n%d", i)
+				if i == 30 {
+					name = "taken"
+				}
+				txns = append(txns, e.txn(uint64(i), e.ins(int64(i), name, int64(i), stamp(1, uint16(i)), peerOrigin)))
+			}
+			a := e.applier(2)
+			in := make(chan *binlog.Txn, len(txns))
+			for _, x := range txns {
+				in <- x
+			}
+			close(in)
+			done := make(chan error, 1)
+			go func() { done <- a.Run(context.Background(), in) }()
+			if mode == "stop" {
+				require.Eventually(t, func() bool { return a.Status().Stopped != nil }, 20*time.Second, 20*time.Millisecond)
+				ck, err := a.Checkpoint(context.Background())
+				require.NoError(t, err)
+				require.Less(t, ck.Pos.Pos, uint32(30*100), "nothing at or after the refused change committed")
+				_, ok := e.get(31)
+				require.False(t, ok)
+				_, err = db.Exec("DELETE FROM " + schema.Quote(e.db) + ".items WHERE id = 900")
+				require.NoError(t, err)
+			}
+			select {
+			case err := <-done:
+				require.NoError(t, err)
+			case <-time.After(60 * time.Second):
+				t.Fatal("applier did not finish")
+			}
+			ck, err := a.Checkpoint(context.Background())
+			require.NoError(t, err)
+			require.Equal(t, uint64(60), ck.Txns)
+			require.Equal(t, uint32(60*100), ck.Pos.Pos)
+			_, ok := e.get(30)
+			require.Equal(t, mode == "stop", ok, "the refused row is applied once the local row is gone (stop), logged and passed over (log)")
+			for _, id := range []int64{1, 29, 31, 60} {
+				_, ok := e.get(id)
+				require.True(t, ok, "row %d", id)
+			}
+			var rejected int
+			require.NoError(t, db.QueryRow("SELECT COUNT(*) FROM mlr.conflicts WHERE db = ? AND outcome = 'rejected'", e.db).Scan(&rejected))
+			require.Equal(t, map[string]int{"log": 1, "stop": 0}[mode], rejected)
+		})
+	}
+}
+
+func withOnConstraint(mode string) config.TableRule {
+	return config.TableRule{Table: "*", Rule: "lww", OnConstraint: mode}
+}
+
+// TestParallelUniqueSwap: two rows swap a unique value through a third,
+// one source transaction per batch: the batches share unique-key values
+// (from their before and after images) and apply in order.
+func TestParallelUniqueSwap(t *testing.T) {
+	e := newEnv(t, "t_par_uniqswap")
+	e.workers = 4
+	_, err := db.Exec("ALTER TABLE " + schema.Quote(e.db) + ".items ADD UNIQUE KEY (name)")
+	require.NoError(t, err)
+	s0 := stamp(0, 1)
+	upd := func(id int64, from, to string, ph, h uint64) binlog.RowChange {
+		rc := e.upd(id, ph, peerOrigin, to, 1, h, peerOrigin)
+		rc.Before["name"] = from
+		return rc
+	}
+	a := e.runAll(1,
+		e.txn(1, e.ins(1, "a", 1, s0, peerOrigin), e.ins(2, "b", 1, s0, peerOrigin)),
+		e.txn(2, upd(1, "a", "tmp", s0, stamp(1, 0))),
+		e.txn(3, upd(2, "b", "a", s0, stamp(2, 0))),
+		e.txn(4, upd(1, "tmp", "b", stamp(1, 0), stamp(3, 0))),
+	)
+	r, _ := e.get(1)
+	require.Equal(t, row{"b", 1, stamp(3, 0), peerOrigin}, r)
+	r, _ = e.get(2)
+	require.Equal(t, row{"a", 1, stamp(2, 0), peerOrigin}, r)
+	require.Empty(t, e.conflicts())
+	ck, err := a.Checkpoint(t.Context())
+	require.NoError(t, err)
+	require.Equal(t, uint64(4), ck.Txns)
 }
