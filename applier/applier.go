@@ -16,25 +16,36 @@
 //   - A source transaction is applied whole or not at all; transactions of
 //     one peer are committed in source order. Batching groups consecutive
 //     transactions into one local commit; it never splits one.
-//   - Changes are decided one after another in source order on one
-//     session, each seeing the outcome of the ones before it: the tables
-//     end exactly as applying the rows one by one would leave them.
-//     (Config.Workers is accepted
-//     for the configuration's sake; parallel apply is not implemented: rows
-//     applied on several connections could not commit atomically with one
-//     checkpoint without XA and a recovery log.)
+//   - Changes to one key are decided one after another in source order,
+//     each seeing the outcome of the ones before it: the tables end exactly
+//     as applying the rows one by one would leave them. With one worker
+//     (Config.Workers ≤ 1) everything runs on one session. With more
+//     (parallel.go), batches that share no key (primary or unique, before
+//     or after image: their writesets) are applied on several sessions at
+//     once; a batch that shares keys with in-flight batches waits for them
+//     or queues behind them on their worker, and every batch commits only
+//     after its predecessor, so commits stay in source order and each
+//     local commit still covers whole source transactions with the
+//     checkpoint. Why not one commit across sessions: rows applied on
+//     several connections cannot commit atomically with one checkpoint
+//     without XA and a recovery log; ordered commits need neither.
 //   - mlr.checkpoints holds the end of the last committed source
 //     transaction and is written in every local transaction the applier
-//     commits; in a transaction that carries rows it is also the loop marker
-//     tailers look for. A commit that only advances the checkpoint (the
-//     batch had no row changes) is kept out of the binlog, so idle regions
-//     do not echo checkpoint updates to each other.
+//     commits; in a transaction that carries rows, the loop marker tailers
+//     look for is written first: the peer's checkpoint row on the serial
+//     session, the worker's own row of mlr.markers on a parallel worker
+//     (so workers never wait on each other's marker; the checkpoint row
+//     itself is written just before COMMIT, once the predecessor has
+//     committed). A commit that only advances the checkpoint (the batch
+//     had no row changes) is kept out of the binlog, so idle regions do not
+//     echo checkpoint updates to each other.
 //   - A COMMIT whose reply is lost is recognised on retry by the checkpoint
 //     already pointing at the batch's end, and not applied again.
-//   - The session runs with @_mlr_apply = 1, so the table triggers keep the
-//     stamps the applier writes and write no tombstone of their own; the
-//     session is never handed back to the pool (it is discarded when Run
-//     returns or the connection fails).
+//   - Every apply session runs with @_mlr_apply = 1, so the table triggers
+//     keep the stamps the applier writes and write no tombstone of their
+//     own; a session is never handed back to the pool (it is discarded when
+//     Run returns or the connection fails). Parallel workers' sessions run
+//     READ COMMITTED (no gap locks between workers).
 //   - The local clock moves past every remote stamp the applier decides on,
 //     whatever the decision, and past the checkpoint's stamp at start.
 //
