@@ -19,8 +19,9 @@ import (
 
 // Parallel apply (Config.Workers > 1).
 //
-// Run's goroutine is the coordinator: it forms batches exactly as serial
-// apply does, numbers them in source order, computes each batch's
+// Run's goroutine is the coordinator: it forms batches as serial apply
+// does (consecutive whole transactions waiting in the relay, but closed at
+// parallelBatchRows row changes), numbers them in source order, computes each batch's
 // writeset (writeset.go) and hands the batch to one of Workers worker
 // sessions: to a worker that holds none of its keys when no in-flight
 // batch shares a key with it, to the one worker whose in-flight batches
@@ -64,11 +65,19 @@ import (
 //     refused changes or fails exactly as serial apply does.
 //
 // What stays serial, on the coordinator's session after every in-flight
-// batch has committed: a transaction streamed in pieces, a batch without
-// row changes (its checkpoint-only commit is kept out of the binlog), a
-// batch whose writeset cannot be computed, and the replay above. Held
+// batch has committed: a transaction streamed in pieces, a batch whose
+// writeset cannot be computed, and the replay above. Transactions without
+// row changes join the next batch that has rows; when the relay runs dry
+// they are committed alone, serially (a checkpoint-only commit, kept out
+// of the binlog). Held
 // changes (clock ahead) hold the coordinator before dispatch; in-flight
 // batches go on.
+
+// parallelBatchRows closes a batch of the parallel pipeline once it holds
+// this many row changes (batch_txns still bounds it): a large batch's
+// writeset meets every other batch's, which would leave one worker
+// applying everything. A variable for benchmarks.
+var parallelBatchRows = 64
 
 // queueDepth is how many batches one worker holds (one applying, one
 // waiting): with the relay's bound, memory stays bounded by about
@@ -194,6 +203,7 @@ type pipeline struct {
 	held    map[uint64]*hold
 	flight  map[uint64]*job // dispatched, not finished, by seq
 	replay  []*job          // finished without committing
+	empties []*binlog.Txn   // transactions without rows not yet dispatched
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
 }
@@ -220,7 +230,27 @@ func (a *Applier) runParallel(ctx context.Context, in <-chan *binlog.Txn) error 
 	for {
 		first := carry
 		carry = nil
+		if first == nil && len(p.empties) > 0 {
+			select {
+			case t, ok := <-in:
+				if ok {
+					first = t
+				} else {
+					in = nil // closed: taken below
+				}
+			default:
+			}
+			if first == nil {
+				if err := p.drain(ctx); err != nil { // saves the empties' progress
+					return a.fail(err)
+				}
+			}
+		}
 		if first == nil {
+			if in == nil {
+				a.log.Info("applier stopped: relay closed")
+				return nil
+			}
 			select {
 			case <-ctx.Done():
 				return ctx.Err()
@@ -258,9 +288,10 @@ func (a *Applier) runParallel(ctx context.Context, in <-chan *binlog.Txn) error 
 		}
 		txns := []*binlog.Txn{first}
 		size := first.Size
+		rows := len(first.Changes)
 		closed := false
 	gather:
-		for len(txns) < a.cfg.BatchTxns && size < maxBatchBytes {
+		for len(txns) < a.cfg.BatchTxns && size < maxBatchBytes && rows < parallelBatchRows {
 			select {
 			case t, ok := <-in:
 				if !ok {
@@ -273,6 +304,7 @@ func (a *Applier) runParallel(ctx context.Context, in <-chan *binlog.Txn) error 
 				}
 				txns = append(txns, t)
 				size += t.Size
+				rows += len(t.Changes)
 			default:
 				break gather
 			}
@@ -345,8 +377,19 @@ func (p *pipeline) resync() {
 // of this file).
 func (p *pipeline) dispatch(ctx context.Context, txns []*binlog.Txn) error {
 	a := p.a
+	if empty(txns) {
+		// Carried into the next batch with rows, or applied alone by
+		// drain when the relay runs dry: a pipeline stall for every
+		// filtered transaction would cost more than the transaction.
+		p.empties = append(p.empties, txns...)
+		return nil
+	}
+	if len(p.empties) > 0 {
+		txns = append(p.empties, txns...)
+		p.empties = nil
+	}
 	keys, err := a.writeset(ctx, p.seed, txns)
-	if err != nil || empty(txns) {
+	if err != nil {
 		if err := p.drain(ctx); err != nil {
 			return err
 		}
@@ -478,7 +521,7 @@ func (p *pipeline) drain(ctx context.Context) error {
 			p.finish(r)
 		}
 	}
-	if len(p.replay) == 0 {
+	if len(p.replay) == 0 && len(p.empties) == 0 {
 		return nil
 	}
 	if err := ctx.Err(); err != nil {
@@ -490,6 +533,13 @@ func (p *pipeline) drain(ctx context.Context) error {
 	for _, j := range replay {
 		p.a.unsaved += j.unsaved
 		if err := p.a.applyBatch(ctx, j.txns); err != nil {
+			return err
+		}
+	}
+	if len(p.empties) > 0 {
+		e := p.empties
+		p.empties = nil
+		if err := p.a.applyBatch(ctx, e); err != nil {
 			return err
 		}
 	}

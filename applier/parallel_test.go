@@ -31,7 +31,8 @@ type histOp struct {
 }
 
 // randomHistory is a stream of n source transactions of the peer over
-// keys ids 0..keys-1, each of 1..maxChanges changes, every change causally
+// keys ids 0..keys-1, each of 1..maxChanges changes (one in eight, none:
+// filtered by the tailer), every change causally
 // after the previous version of its key (inserts, updates, deletes,
 // re-inserts), stamps increasing.
 func randomHistory(r *rand.Rand, n, keys, maxChanges int) [][]histOp {
@@ -52,7 +53,11 @@ func randomHistory(r *rand.Rand, n, keys, maxChanges int) [][]histOp {
 	}
 	out := make([][]histOp, n)
 	for i := range out {
-		for k := 1 + r.Intn(maxChanges); k > 0; k-- {
+		k := 1 + r.Intn(maxChanges)
+		if i > 0 && r.Intn(8) == 0 {
+			k = 0 // a transaction the tailer filtered to nothing
+		}
+		for ; k > 0; k-- {
 			id := int64(r.Intn(keys))
 			s := state[id]
 			if s == nil {
