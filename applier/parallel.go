@@ -20,8 +20,7 @@ import (
 // Parallel apply (Config.Workers > 1).
 //
 // Run's goroutine is the coordinator: it forms batches as serial apply
-// does (consecutive whole transactions waiting in the relay, but closed at
-// parallelBatchRows row changes), numbers them in source order, computes each batch's
+// does (consecutive whole transactions waiting in the relay), numbers them in source order, computes each batch's
 // writeset (writeset.go) and hands the batch to one of Workers worker
 // sessions: to a worker that holds none of its keys when no in-flight
 // batch shares a key with it, to the one worker whose in-flight batches
@@ -73,11 +72,13 @@ import (
 // changes (clock ahead) hold the coordinator before dispatch; in-flight
 // batches go on.
 
-// parallelBatchRows closes a batch of the parallel pipeline once it holds
-// this many row changes (batch_txns still bounds it): a large batch's
-// writeset meets every other batch's, which would leave one worker
-// applying everything. A variable for benchmarks.
-var parallelBatchRows = 64
+// parallelBatchRows, when positive, closes a batch of the parallel
+// pipeline once it holds this many row changes (batch_txns still bounds
+// it). Smaller batches have disjoint writesets more often, but each costs
+// its own statements and commit; measured (README, "Measured"), batches
+// as large as the relay offers win even though their writesets then
+// usually meet: 0, no such bound. A variable for benchmarks and tests.
+var parallelBatchRows = 0
 
 // queueDepth is how many batches one worker holds (one applying, one
 // waiting): with the relay's bound, memory stays bounded by about
@@ -291,7 +292,7 @@ func (a *Applier) runParallel(ctx context.Context, in <-chan *binlog.Txn) error 
 		rows := len(first.Changes)
 		closed := false
 	gather:
-		for len(txns) < a.cfg.BatchTxns && size < maxBatchBytes && rows < parallelBatchRows {
+		for len(txns) < a.cfg.BatchTxns && size < maxBatchBytes && (parallelBatchRows <= 0 || rows < parallelBatchRows) {
 			select {
 			case t, ok := <-in:
 				if !ok {

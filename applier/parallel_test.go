@@ -7,15 +7,18 @@ import (
 	"hash/maphash"
 	"math/rand"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/go-sql-driver/mysql"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
 
 	"github.com/mlproxy/mlproxy/binlog"
 	"github.com/mlproxy/mlproxy/config"
+	"github.com/mlproxy/mlproxy/hlc"
 	"github.com/mlproxy/mlproxy/schema"
 )
 
@@ -176,6 +179,10 @@ func TestParallelMatchesSerial(t *testing.T) {
 				w, _ := par.workerCommits()
 				require.Greater(t, w, 1, "batches were committed by more than one worker")
 			}
+			if c.keys < 20 {
+				require.Positive(t, testutil.ToFloat64(a.m.depWaits.WithLabelValues(a.peer)), "hot keys: batches waited for their dependencies")
+			}
+			require.Zero(t, testutil.ToFloat64(a.m.workersBusy.WithLabelValues(a.peer)), "no worker busy after Run")
 			n, _ := serial.workerCommits()
 			require.Zero(t, n, "serial apply writes no worker marker")
 		})
@@ -440,4 +447,75 @@ func TestParallelUniqueSwap(t *testing.T) {
 	ck, err := a.Checkpoint(t.Context())
 	require.NoError(t, err)
 	require.Equal(t, uint64(4), ck.Txns)
+}
+
+// TestParallelHeldAndDDL: with workers, a change stamped too far ahead
+// holds the link at its batch (earlier batches commit, nothing after it
+// does) until the clock catches up; a column added here and at the source
+// is found by re-reading the table on every worker's plan; a column the
+// local table lacks stops Run with ErrUnknownColumn, nothing of it applied.
+func TestParallelHeldAndDDL(t *testing.T) {
+	e := newEnv(t, "t_par_held")
+	e.workers = 4
+	var mu sync.Mutex
+	wall := time.UnixMilli(base)
+	e.clock = hlc.NewClock(hlc.Options{Now: func() time.Time { mu.Lock(); defer mu.Unlock(); return wall }, MaxOffset: time.Second})
+	var txns []*binlog.Txn
+	for i := 1; i <= 30; i++ {
+		h := stamp(0, uint16(i))
+		if i == 21 {
+			h = stamp(60_000, 0) // a minute ahead
+		}
+		txns = append(txns, e.txn(uint64(i), e.ins(int64(i), "x", 1, h, peerOrigin)))
+	}
+	a := e.applier(1)
+	a.holdPoll = 10 * time.Millisecond
+	in := make(chan *binlog.Txn, len(txns))
+	for _, x := range txns {
+		in <- x
+	}
+	close(in)
+	done := make(chan error, 1)
+	go func() { done <- a.Run(context.Background(), in) }()
+	require.Eventually(t, func() bool { return a.Status().Held != "" }, 10*time.Second, 10*time.Millisecond)
+	require.Eventually(t, func() bool { _, ok := e.get(20); return ok }, 10*time.Second, 10*time.Millisecond, "batches before the held one commit")
+	time.Sleep(50 * time.Millisecond)
+	for _, id := range []int64{21, 22, 30} {
+		_, ok := e.get(id)
+		require.False(t, ok, "row %d applied while its predecessor is held", id)
+	}
+	mu.Lock()
+	wall = wall.Add(time.Minute)
+	mu.Unlock()
+	require.NoError(t, <-done)
+	require.Equal(t, 30, e.count())
+
+	_, err := db.Exec("ALTER TABLE " + schema.Quote(e.db) + ".items ADD COLUMN color VARCHAR(16) NULL")
+	require.NoError(t, err)
+	txns = nil
+	for i := 31; i <= 50; i++ {
+		ch := e.ins(int64(i), "y", 1, stamp(60_000, uint16(i)), peerOrigin)
+		ch.After["color"] = "red"
+		txns = append(txns, e.txn(uint64(i), ch))
+	}
+	e.runAll(1, txns...)
+	var n int
+	require.NoError(t, db.QueryRow("SELECT COUNT(*) FROM "+schema.Quote(e.db)+".items WHERE color = 'red'").Scan(&n))
+	require.Equal(t, 20, n)
+
+	ch := e.ins(60, "z", 1, stamp(60_000, 100), peerOrigin)
+	ch.After["size"] = int64(3)
+	in = make(chan *binlog.Txn, 3)
+	in <- e.txn(51, e.ins(51, "w", 1, stamp(60_000, 99), peerOrigin))
+	in <- e.txn(52, ch)
+	in <- e.txn(53, e.ins(53, "w", 1, stamp(60_000, 101), peerOrigin))
+	close(in)
+	err = e.applier(1).Run(context.Background(), in)
+	require.ErrorIs(t, err, ErrUnknownColumn)
+	_, ok := e.get(60)
+	require.False(t, ok)
+	_, ok = e.get(53)
+	require.False(t, ok, "nothing after the refused transaction")
+	_, ok = e.get(51)
+	require.True(t, ok, "the transaction before it committed")
 }

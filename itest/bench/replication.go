@@ -139,7 +139,7 @@ func benchReplications(ctx context.Context, bin string, dur, backlog time.Durati
 				xs[i] = f(r)
 			}
 			sort.Float64s(xs)
-			return xs[len(xs)/2]
+			return (xs[(len(xs)-1)/2] + xs[len(xs)/2]) / 2
 		}
 		src := med(func(r replResult) float64 { return r.source })
 		peer := med(func(r replResult) float64 { return r.peer })
