@@ -16,25 +16,36 @@
 //   - A source transaction is applied whole or not at all; transactions of
 //     one peer are committed in source order. Batching groups consecutive
 //     transactions into one local commit; it never splits one.
-//   - Changes are decided one after another in source order on one
-//     session, each seeing the outcome of the ones before it: the tables
-//     end exactly as applying the rows one by one would leave them.
-//     (Config.Workers is accepted
-//     for the configuration's sake; parallel apply is not implemented: rows
-//     applied on several connections could not commit atomically with one
-//     checkpoint without XA and a recovery log.)
+//   - Changes to one key are decided one after another in source order,
+//     each seeing the outcome of the ones before it: the tables end exactly
+//     as applying the rows one by one would leave them. With one worker
+//     (Config.Workers ≤ 1) everything runs on one session. With more
+//     (parallel.go), batches that share no key (primary or unique, before
+//     or after image: their writesets) are applied on several sessions at
+//     once; a batch that shares keys with in-flight batches waits for them
+//     or queues behind them on their worker, and every batch commits only
+//     after its predecessor, so commits stay in source order and each
+//     local commit still covers whole source transactions with the
+//     checkpoint. Why not one commit across sessions: rows applied on
+//     several connections cannot commit atomically with one checkpoint
+//     without XA and a recovery log; ordered commits need neither.
 //   - mlr.checkpoints holds the end of the last committed source
 //     transaction and is written in every local transaction the applier
-//     commits; in a transaction that carries rows it is also the loop marker
-//     tailers look for. A commit that only advances the checkpoint (the
-//     batch had no row changes) is kept out of the binlog, so idle regions
-//     do not echo checkpoint updates to each other.
+//     commits; in a transaction that carries rows, the loop marker tailers
+//     look for is written first: the peer's checkpoint row on the serial
+//     session, the worker's own row of mlr.markers on a parallel worker
+//     (so workers never wait on each other's marker; the checkpoint row
+//     itself is written just before COMMIT, once the predecessor has
+//     committed). A commit that only advances the checkpoint (the batch
+//     had no row changes) is kept out of the binlog, so idle regions do not
+//     echo checkpoint updates to each other.
 //   - A COMMIT whose reply is lost is recognised on retry by the checkpoint
 //     already pointing at the batch's end, and not applied again.
-//   - The session runs with @_mlr_apply = 1, so the table triggers keep the
-//     stamps the applier writes and write no tombstone of their own; the
-//     session is never handed back to the pool (it is discarded when Run
-//     returns or the connection fails).
+//   - Every apply session runs with @_mlr_apply = 1, so the table triggers
+//     keep the stamps the applier writes and write no tombstone of their
+//     own; a session is never handed back to the pool (it is discarded when
+//     Run returns or the connection fails). Parallel workers' sessions run
+//     READ COMMITTED (no gap locks between workers).
 //   - The local clock moves past every remote stamp the applier decides on,
 //     whatever the decision, and past the checkpoint's stamp at start.
 //
@@ -82,8 +93,8 @@ type Config struct {
 	// BatchTxns groups up to this many source transactions already waiting
 	// in the relay into one local commit (0 = 64; 1 = one commit each).
 	BatchTxns int
-	// Workers is reserved for parallel apply keyed by primary key; rows are
-	// applied sequentially today.
+	// Workers is the number of sessions applying batches that share no
+	// key at once (see parallel.go); 0 or 1 applies on one session.
 	Workers int
 }
 
@@ -168,7 +179,6 @@ type Applier struct {
 	conn  *sql.Conn              // the @_mlr_apply session; nil until used or after a loss
 	stmts map[string]*sql.Stmt   // table-independent statements on conn
 	plans map[tableKey]*plan     // compiled per table, reset on DDL
-	ahead error                  // the last clock error of the current batch, logged once
 	newBO func() backoff.BackOff // retry schedule (tests shorten it)
 
 	// uncertain is the batch whose COMMIT failed (it may have committed),
@@ -195,6 +205,10 @@ type Applier struct {
 	// holdPoll is how often a held batch re-checks the clock (tests
 	// shorten it).
 	holdPoll time.Duration
+
+	// setup are statements run on a new session after sessionSetup
+	// (a parallel worker's isolation level and lock wait timeout).
+	setup []string
 
 	// sessionID is the server's CONNECTION_ID() of the current session.
 	sessionID atomic.Int64
@@ -276,8 +290,22 @@ func (a *Applier) Run(ctx context.Context, in <-chan *binlog.Txn) error {
 		a.status.Pos, a.status.HLC, a.status.SourceTime, a.status.AppliedAt = ck.Pos, ck.HLC, ck.SourceTime, ck.AppliedAt
 	}
 	a.mu.Unlock()
-	a.log.Info("applier started", zap.Int("batch_txns", a.cfg.BatchTxns),
+	workers := max(a.cfg.Workers, 1)
+	if workers > 1 {
+		ok, err := a.markersReady(ctx)
+		if err != nil {
+			return a.fail(fmt.Errorf("apply from peer %s: look for mlr.markers: %w", a.peer, err))
+		}
+		if !ok {
+			workers = 1
+			a.log.Warn("mlr.markers is missing (run `mlproxy schema apply`): applying on one session, apply.workers ignored")
+		}
+	}
+	a.log.Info("applier started", zap.Int("batch_txns", a.cfg.BatchTxns), zap.Int("workers", workers),
 		zap.String("gtid", ck.Pos.GTID), zap.String("file", ck.Pos.File), zap.Uint32("pos", ck.Pos.Pos))
+	if workers > 1 {
+		return a.runParallel(ctx, in)
+	}
 	var carry *binlog.Txn
 	for {
 		first := carry
@@ -482,6 +510,7 @@ type batchState struct {
 	rows     map[binlog.Op]uint64
 	maxStamp hlc.Timestamp
 	ahead    uint64
+	aheadErr error // the last clock error of the batch, logged once
 	confl    []conflictKey
 }
 
@@ -608,7 +637,6 @@ func (a *Applier) begin(ctx context.Context, marked bool) (*sql.Conn, *batchStat
 	if err != nil {
 		return nil, nil, err
 	}
-	a.ahead = nil
 	if _, err := conn.ExecContext(ctx, "START TRANSACTION"); err != nil {
 		a.dropSession()
 		return nil, nil, fmt.Errorf("begin apply from peer %s: %w", a.peer, err)
@@ -697,7 +725,7 @@ func (a *Applier) afterCommit(st *batchState, appliedAt time.Time) {
 	}
 	if st.ahead > 0 {
 		a.m.clockAhead.WithLabelValues(a.peer).Add(float64(st.ahead))
-		a.log.Warn("applied stamps too far ahead of local time", zap.Uint64("rows", st.ahead), zap.Error(a.ahead))
+		a.log.Warn("applied stamps too far ahead of local time", zap.Uint64("rows", st.ahead), zap.Error(st.aheadErr))
 	}
 	a.m.txns.WithLabelValues(a.peer).Add(float64(st.txns))
 	a.m.batches.WithLabelValues(a.peer).Inc()
@@ -750,6 +778,11 @@ func (a *Applier) session(ctx context.Context) (*sql.Conn, error) {
 	}
 	var id int64
 	_, err = c.ExecContext(ctx, sessionSetup)
+	for _, q := range a.setup {
+		if err == nil {
+			_, err = c.ExecContext(ctx, q)
+		}
+	}
 	if err == nil {
 		err = c.QueryRowContext(ctx, "SELECT CONNECTION_ID()").Scan(&id)
 	}

@@ -288,7 +288,7 @@ func (a *Applier) applySegment(ctx context.Context, conn *sql.Conn, st *batchSta
 		// The stamp is data: it applies even when the clock refuses to follow.
 		if err := a.clock.Update(s); err != nil {
 			st.ahead++
-			a.ahead = err
+			st.aheadErr = err
 		}
 	}
 	return nil

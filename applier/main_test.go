@@ -62,6 +62,8 @@ type env struct {
 	tables *Tables
 	peer   config.Peer
 	clock  *hlc.Clock
+	// workers is Config.Workers of the appliers the env makes (0: serial).
+	workers int
 }
 
 // newEnv creates database name with table items (id INT PK, name, qty),
@@ -96,7 +98,7 @@ func newEnvRule(t testing.TB, name string, rule config.TableRule) *env {
 }
 
 func (e *env) applier(batch int) *Applier {
-	a := New(Config{Self: self, Peer: e.peer, BatchTxns: batch}, db, e.tables, e.clock, nil, nil)
+	a := New(Config{Self: self, Peer: e.peer, BatchTxns: batch, Workers: e.workers}, db, e.tables, e.clock, nil, nil)
 	a.newBO = func() backoff.BackOff { return backoff.NewConstantBackOff(20 * time.Millisecond) }
 	return a
 }

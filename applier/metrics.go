@@ -21,6 +21,8 @@ type metrics struct {
 	batchTxns   *prometheus.HistogramVec // peer
 	applyErrors *prometheus.CounterVec   // peer
 	stopped     *prometheus.GaugeVec     // peer: 1 while the link is stopped at a refused change
+	workersBusy *prometheus.GaugeVec     // peer: parallel workers holding a batch
+	depWaits    *prometheus.CounterVec   // peer: batches that waited for a batch they depend on
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -59,6 +61,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		stopped: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "mlproxy_applier_link_stopped", Help: "1 while the link is stopped at a remote change a key the conflict rule cannot place refused (see mlproxy status; mlproxy link skip|retry).",
 		}, []string{"peer"}),
+		workersBusy: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "mlproxy_applier_workers_busy", Help: "Parallel apply workers holding a batch (applying it or waiting to commit it in source order).",
+		}, []string{"peer"}),
+		depWaits: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mlproxy_applier_dependency_waits_total", Help: "Batches that waited before dispatch because they share keys with batches of more than one worker (or a full worker).",
+		}, []string{"peer"}),
 	}
 	if reg == nil {
 		return m
@@ -74,6 +82,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.batchTxns = register(reg, m.batchTxns)
 	m.applyErrors = register(reg, m.applyErrors)
 	m.stopped = register(reg, m.stopped)
+	m.workersBusy = register(reg, m.workersBusy)
+	m.depWaits = register(reg, m.depWaits)
 	return m
 }
 

@@ -36,57 +36,63 @@ func TestPropertyApplierMatchesRule(t *testing.T) {
 	ids := map[string]uint16{"r1": 1, "r2": 2, "r3": 3, "r4": 4, "r5": 5}
 	for i, cfg := range rules {
 		for _, n := range []int{3, 5} {
-			seed := int64(1000*i + n)
-			t.Run(fmt.Sprintf("%s/%d", cfg.Rule, n), func(t *testing.T) {
-				e := newEnvRule(t, fmt.Sprintf("t_prop_%d_%d", i, n), cfg)
-				e.tables = NewTables(db, []config.TableRule{withSchema(cfg, e.db)}, ids)
-				spec, err := RuleSpec(withSchema(cfg, e.db), ids)
-				require.NoError(t, err)
-				rule, err := conflict.NewRule(spec)
-				require.NoError(t, err)
-				m := newModel(rand.New(rand.NewSource(seed)), rule, n)
-				m.run(40)
-				// Deliver to the real region and to its model twin.
-				twin := map[int64]conflict.Version{}
-				var txns []*binlog.Txn
-				for seq := uint64(1); len(m.out) > 0; seq++ {
-					k := 1 + m.r.Intn(4)
-					src := m.out[0].from
-					var chs []binlog.RowChange
-					for j := 0; j < k && len(m.out) > 0; j++ {
-						// Any message next, as long as a transaction holds
-						// one source's versions.
-						idx := m.r.Intn(len(m.out))
-						if m.out[idx].from != src {
+			for _, workers := range []int{1, 4} {
+				seed := int64(1000*i + n)
+				t.Run(fmt.Sprintf("%s/%d/workers%d", cfg.Rule, n, workers), func(t *testing.T) {
+					e := newEnvRule(t, fmt.Sprintf("t_prop_%d_%d_%d", i, n, workers), cfg)
+					e.workers = workers
+					e.tables = NewTables(db, []config.TableRule{withSchema(cfg, e.db)}, ids)
+					spec, err := RuleSpec(withSchema(cfg, e.db), ids)
+					require.NoError(t, err)
+					rule, err := conflict.NewRule(spec)
+					require.NoError(t, err)
+					m := newModel(rand.New(rand.NewSource(seed)), rule, n)
+					m.run(40)
+					// Deliver to the real region and to its model twin.
+					twin := map[int64]conflict.Version{}
+					var txns []*binlog.Txn
+					for seq := uint64(1); len(m.out) > 0; seq++ {
+						k := 1 + m.r.Intn(4)
+						src := m.out[0].from
+						var chs []binlog.RowChange
+						for j := 0; j < k && len(m.out) > 0; j++ {
+							// Any message next, as long as a transaction holds
+							// one source's versions.
+							idx := m.r.Intn(len(m.out))
+							if m.out[idx].from != src {
+								continue
+							}
+							msg := m.out[idx]
+							m.out = append(m.out[:idx], m.out[idx+1:]...)
+							loc := twin[msg.key]
+							loc.Home = self
+							if d := rule.Resolve(loc, msg.v); d.Write.Action != conflict.Nothing {
+								twin[msg.key] = d.Write.Version(self)
+							}
+							chs = append(chs, m.rowChange(e.db, msg))
+						}
+						if len(chs) == 0 {
 							continue
 						}
-						msg := m.out[idx]
-						m.out = append(m.out[:idx], m.out[idx+1:]...)
-						loc := twin[msg.key]
-						loc.Home = self
-						if d := rule.Resolve(loc, msg.v); d.Write.Action != conflict.Nothing {
-							twin[msg.key] = d.Write.Version(self)
-						}
-						chs = append(chs, m.rowChange(e.db, msg))
+						tx := e.txn(seq, chs...)
+						tx.Source = src
+						txns = append(txns, tx)
 					}
-					if len(chs) == 0 {
-						continue
+					batch := 1
+					switch {
+					case workers > 1:
+						batch = 2
+					case seed%2 == 0:
+						batch = 64
 					}
-					tx := e.txn(seq, chs...)
-					tx.Source = src
-					txns = append(txns, tx)
-				}
-				batch := 1
-				if seed%2 == 0 {
-					batch = 64
-				}
-				e.runAll(batch, txns...)
-				for key := int64(0); key < propKeys; key++ {
-					want := twin[key]
-					got := e.version(key)
-					require.Equal(t, showVersion(want), showVersion(got), "key %d (rule %s, %d regions, seed %d)", key, cfg.Rule, n, seed)
-				}
-			})
+					e.runAll(batch, txns...)
+					for key := int64(0); key < propKeys; key++ {
+						want := twin[key]
+						got := e.version(key)
+						require.Equal(t, showVersion(want), showVersion(got), "key %d (rule %s, %d regions, seed %d)", key, cfg.Rule, n, seed)
+					}
+				})
+			}
 		}
 	}
 }

@@ -67,6 +67,9 @@ func (s *Tables) Reload(ctx context.Context, db, name string) (*schema.Table, co
 	if err != nil {
 		return nil, nil, err
 	}
+	if err := schema.ReadKeys(ctx, s.db, t); err != nil {
+		return nil, nil, err
+	}
 	t.Rule = cfg
 	spec, err := RuleSpec(cfg, s.regionIDs)
 	// Merge columns as the table spells them (the server compares column

@@ -16,8 +16,13 @@ import (
 	"github.com/mlproxy/mlproxy/schema"
 )
 
-// checkpointsTable is mlr.checkpoints, the loop marker (docs/internals.md).
-const checkpointsTable = "checkpoints"
+// checkpointsTable is mlr.checkpoints, the loop marker (docs/internals.md);
+// markersTable is mlr.markers, the marker of a parallel apply worker's
+// transactions (one row per peer and worker, peer_id as in checkpoints).
+const (
+	checkpointsTable = "checkpoints"
+	markersTable     = "markers"
+)
 
 // rowsEvent is one decoded rows event, free of go-mysql types so that the
 // assembler can be tested without a server. For an update, rows holds
@@ -205,7 +210,7 @@ func (a *assembler) internal(ev *rowsEvent) {
 	if ev.op == Delete {
 		return // tombstone GC, checkpoint cleanup: region-local
 	}
-	if ev.table == checkpointsTable {
+	if ev.table == checkpointsTable || ev.table == markersTable {
 		for i, r := range ev.rows {
 			if ev.op == Update && i%2 == 0 {
 				continue

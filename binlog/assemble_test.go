@@ -202,33 +202,37 @@ func TestFilterTopologies(t *testing.T) {
 		{Star, 2, 2, true, nil},               // hub reading a spoke: not its forwards
 		{Star, 2, 2, false, []uint16{1}},
 	}
+	// The marker is a row of mlr.checkpoints (serial apply) or of
+	// mlr.markers (a parallel apply worker's).
 	for _, tc := range cases {
-		t.Run(fmt.Sprintf("%s/hub%d/applied=%v", tc.mode, tc.hub, tc.applied), func(t *testing.T) {
-			a, c := newTestAssembler(t, tc.mode, tc.self, tc.hub, 1, 1<<20)
-			must(t, a.begin("1-1-1", time.Unix(1, 0)))
-			for i, o := range []uint16{1, 2, 3} {
-				must(t, a.rows(ctx, &rowsEvent{schema: "app", table: "t", op: Insert, rows: []Row{dataRow(int64(i), 1, o)}}, Position{}))
-			}
-			if tc.applied {
-				must(t, a.rows(ctx, &rowsEvent{schema: "mlr", table: "checkpoints", op: Update,
-					rows: []Row{{"peer_id": uint64(3)}, {"peer_id": uint64(3)}}}, Position{}))
-			}
-			must(t, a.commit(ctx, Position{}, time.Unix(1, 0)))
-			if len(c.txns) != 1 {
-				t.Fatalf("%d txns, want 1 (empty txns are still sent for progress)", len(c.txns))
-			}
-			x := c.txns[0]
-			var got []uint16
-			for _, rc := range x.Changes {
-				got = append(got, rc.Origin.Region())
-			}
-			if fmt.Sprint(got) != fmt.Sprint(tc.want) {
-				t.Fatalf("origins kept %v, want %v", got, tc.want)
-			}
-			if x.Applied != tc.applied || (tc.applied && x.ForwardedFrom != 3) {
-				t.Fatalf("Applied %v ForwardedFrom %d", x.Applied, x.ForwardedFrom)
-			}
-		})
+		for _, marker := range []string{"checkpoints", "markers"} {
+			t.Run(fmt.Sprintf("%s/hub%d/applied=%v/%s", tc.mode, tc.hub, tc.applied, marker), func(t *testing.T) {
+				a, c := newTestAssembler(t, tc.mode, tc.self, tc.hub, 1, 1<<20)
+				must(t, a.begin("1-1-1", time.Unix(1, 0)))
+				for i, o := range []uint16{1, 2, 3} {
+					must(t, a.rows(ctx, &rowsEvent{schema: "app", table: "t", op: Insert, rows: []Row{dataRow(int64(i), 1, o)}}, Position{}))
+				}
+				if tc.applied {
+					must(t, a.rows(ctx, &rowsEvent{schema: "mlr", table: marker, op: Update,
+						rows: []Row{{"peer_id": uint64(3)}, {"peer_id": uint64(3)}}}, Position{}))
+				}
+				must(t, a.commit(ctx, Position{}, time.Unix(1, 0)))
+				if len(c.txns) != 1 {
+					t.Fatalf("%d txns, want 1 (empty txns are still sent for progress)", len(c.txns))
+				}
+				x := c.txns[0]
+				var got []uint16
+				for _, rc := range x.Changes {
+					got = append(got, rc.Origin.Region())
+				}
+				if fmt.Sprint(got) != fmt.Sprint(tc.want) {
+					t.Fatalf("origins kept %v, want %v", got, tc.want)
+				}
+				if x.Applied != tc.applied || (tc.applied && x.ForwardedFrom != 3) {
+					t.Fatalf("Applied %v ForwardedFrom %d", x.Applied, x.ForwardedFrom)
+				}
+			})
+		}
 	}
 }
 

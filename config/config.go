@@ -168,7 +168,12 @@ type Apply struct {
 	// and the size of the pieces a large transaction is streamed in
 	// (0 = 64 MiB).
 	RelayBytes int64 `yaml:"relay_bytes"`
-	// Workers applies non-conflicting rows in parallel (0 = 4).
+	// Workers is the number of sessions per peer applying batches that
+	// share no primary or unique key at once, committing in source order
+	// (0 = 4; 1 = one session, strictly sequential). More than one needs
+	// mlr.markers (`mlproxy schema apply` of this release creates it).
+	// Transactions streamed in pieces, batches without row changes and a
+	// batch that failed are applied on one session.
 	Workers int `yaml:"workers"`
 	// TombstoneGCInterval is how often applied-past tombstones are dropped
 	// (0 = 1m).

@@ -54,6 +54,15 @@ var InternalTables = map[string]string{
 		"  error VARCHAR(1024) NOT NULL,\n" +
 		"  since TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)\n" +
 		") ENGINE=InnoDB",
+	// markers holds one row per parallel apply worker and peer: the loop
+	// marker of that worker's transactions (a row of checkpoints would
+	// make the workers wait for each other's commits).
+	"markers": "CREATE TABLE `" + Internal + "`.`markers` (\n" +
+		"  peer_id SMALLINT UNSIGNED NOT NULL,\n" +
+		"  worker  SMALLINT UNSIGNED NOT NULL,\n" +
+		"  batches BIGINT UNSIGNED NOT NULL DEFAULT 0,\n" +
+		"  PRIMARY KEY (peer_id, worker)\n" +
+		") ENGINE=InnoDB",
 	// link_requests holds an operator's `mlproxy link skip|retry` for a
 	// stopped link, until the applier acts on it.
 	"link_requests": "CREATE TABLE `" + Internal + "`.`link_requests` (\n" +
@@ -67,7 +76,7 @@ var InternalTables = map[string]string{
 }
 
 // internalOrder fixes the order InternalTables are created and reported in.
-var internalOrder = []string{"checkpoints", "conflicts", "hlc", "link_requests", "link_stops"}
+var internalOrder = []string{"checkpoints", "conflicts", "hlc", "link_requests", "link_stops", "markers"}
 
 // internalColumn is a column an Internal table gained after its first
 // release: schema apply adds it to an existing table that lacks it.

@@ -165,6 +165,41 @@ WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND TABLE_TYPE = 'BASE TABLE'`, schema
 	return t, nil
 }
 
+// ReadKeys fills t.Unique and t.ForeignKeys from information_schema.
+func ReadKeys(ctx context.Context, db *sql.DB, t *Table) error {
+	rows, err := db.QueryContext(ctx, `SELECT INDEX_NAME, COLUMN_NAME FROM information_schema.STATISTICS
+WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND NON_UNIQUE = 0 AND INDEX_NAME <> 'PRIMARY'
+ORDER BY INDEX_NAME, SEQ_IN_INDEX`, t.Schema, t.Name)
+	if err != nil {
+		return fmt.Errorf("read unique keys of %s: %w", t, err)
+	}
+	defer rows.Close()
+	t.Unique = nil
+	last := ""
+	for rows.Next() {
+		var idx, col string
+		if err := rows.Scan(&idx, &col); err != nil {
+			return fmt.Errorf("read unique keys of %s: %w", t, err)
+		}
+		if idx != last || len(t.Unique) == 0 {
+			t.Unique = append(t.Unique, nil)
+			last = idx
+		}
+		t.Unique[len(t.Unique)-1] = append(t.Unique[len(t.Unique)-1], col)
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("read unique keys of %s: %w", t, err)
+	}
+	var n int
+	if err := db.QueryRowContext(ctx, `SELECT COUNT(*) FROM information_schema.REFERENTIAL_CONSTRAINTS
+WHERE (CONSTRAINT_SCHEMA = ? AND TABLE_NAME = ?) OR (UNIQUE_CONSTRAINT_SCHEMA = ? AND REFERENCED_TABLE_NAME = ?)`,
+		t.Schema, t.Name, t.Schema, t.Name).Scan(&n); err != nil {
+		return fmt.Errorf("read foreign keys of %s: %w", t, err)
+	}
+	t.ForeignKeys = n > 0
+	return nil
+}
+
 func readColumns(ctx context.Context, db *sql.DB, schema, table string) ([]Column, error) {
 	// GENERATION_EXPRESSION is NULL (MariaDB) or '' (MySQL) for ordinary
 	// columns; EXTRA says INVISIBLE on both.

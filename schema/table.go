@@ -74,6 +74,12 @@ type Table struct {
 	Columns []Column
 	PK      []string // primary key column names in key order; empty = none
 	Rule    config.TableRule
+	// Unique lists the columns of each secondary unique key, in key order,
+	// and ForeignKeys is set when a foreign key references the table or
+	// the table references another. Both are read by ReadKeys (the
+	// applier's dependency tracking); ReadTable leaves them empty.
+	Unique      [][]string
+	ForeignKeys bool
 }
 
 // QualifiedName is `schema`.`table`, quoted.

@@ -7,7 +7,9 @@
 //   - replication: sysbench oltp_write_only on one region at a fixed rate and
 //     at full speed; the apply rate at the peer as a ratio of the source's
 //     commit rate, replication lag p50/p99, catch-up after a backlog; and a
-//     native MariaDB replica of the same source under the same load;
+//     native MariaDB replica of the same source under the same load, for
+//     each -workers value (apply.workers; the native replica runs as many
+//     slave_parallel_threads in optimistic mode), side by side;
 //   - stamping: writes through mlproxy into replicated tables against
 //     HAProxy into tables without triggers;
 //   - deadlocks: client deadlocks the applier causes at 64 client threads;
@@ -41,6 +43,8 @@ func main() {
 	threadList := flag.String("threads", "1,16,64", "sysbench thread counts for the proxy bench")
 	modeList := flag.String("modes", "text,prepared", "sysbench statement modes for the proxy bench: text, prepared")
 	extra := flag.String("extra", "", "YAML appended to the regions' configs in the deadlock bench (e.g. $'apply:\\n  batch_txns: 16')")
+	workerList := flag.String("workers", "1,4", "apply.workers values for the replication bench, run side by side (the native replica gets as many slave_parallel_threads, optimistic)")
+	replRuns := flag.Int("repl-runs", 1, "replication bench runs per worker count (the median is printed)")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -61,7 +65,16 @@ func main() {
 		}
 	}
 	if code == 0 && (*only == "" || *only == "replication") {
-		if err := benchReplication(ctx, *bin, *dur, *backlog); err != nil {
+		var workers []int
+		for _, w := range strings.Split(*workerList, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(w))
+			if err != nil || n < 1 {
+				fmt.Fprintf(os.Stderr, "bench: -workers %q: want numbers like 1,4\n", *workerList)
+				os.Exit(2)
+			}
+			workers = append(workers, n)
+		}
+		if err := benchReplications(ctx, *bin, *dur, *backlog, workers, max(*replRuns, 1)); err != nil {
 			fmt.Fprintln(os.Stderr, "bench replication:", err)
 			code = 1
 		}

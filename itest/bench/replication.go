@@ -106,11 +106,59 @@ func lags(all []sample, from, to time.Time, replica func(sample) int64) (p50, p9
 	return ds[len(ds)/2], ds[(len(ds)*99)/100]
 }
 
-func benchReplication(ctx context.Context, bin string, dur, backlog time.Duration) error {
-	fmt.Println("\n== replication: sysbench oltp_write_only through region eu's proxy; region us applies with mlproxy; a native MariaDB replica of eu for comparison")
+// replResult is one run's catch-up after the backlog: source commit rate
+// and each replica's apply rate while catching up, in source transactions
+// per second.
+type replResult struct {
+	workers                    int
+	source, peer, native       float64
+	peerCatchup, nativeCatchup time.Duration
+}
+
+// benchReplications runs benchReplication runs times for every worker
+// count (interleaved), then prints the catch-up ratios side by side
+// (medians when runs > 1).
+func benchReplications(ctx context.Context, bin string, dur, backlog time.Duration, workers []int, runs int) error {
+	byWorkers := map[int][]replResult{}
+	for r := 0; r < runs; r++ {
+		for _, w := range workers {
+			res, err := benchReplication(ctx, bin, dur, backlog, w)
+			if err != nil {
+				return err
+			}
+			byWorkers[w] = append(byWorkers[w], res)
+		}
+	}
+	fmt.Printf("\n== replication catch-up after %v backlog, side by side (%d run(s); medians)\n", backlog, runs)
+	fmt.Printf("%-8s %12s %14s %8s %14s %8s %14s\n", "workers", "source tps", "mlproxy tps", "ratio", "native tps", "ratio", "mlproxy/native")
+	for _, w := range workers {
+		rs := byWorkers[w]
+		med := func(f func(replResult) float64) float64 {
+			xs := make([]float64, len(rs))
+			for i, r := range rs {
+				xs[i] = f(r)
+			}
+			sort.Float64s(xs)
+			return (xs[(len(xs)-1)/2] + xs[len(xs)/2]) / 2
+		}
+		src := med(func(r replResult) float64 { return r.source })
+		peer := med(func(r replResult) float64 { return r.peer })
+		nat := med(func(r replResult) float64 { return r.native })
+		pr := med(func(r replResult) float64 { return r.peer / r.source })
+		nr := med(func(r replResult) float64 { return r.native / r.source })
+		pn := med(func(r replResult) float64 { return r.peer / r.native })
+		fmt.Printf("%-8d %12.0f %14.0f %7.2fx %14.0f %7.2fx %13.2fx\n", w, src, peer, pr, nat, nr, pn)
+	}
+	fmt.Println("native: a MariaDB replica of the same source with slave_parallel_threads = workers, slave_parallel_mode = optimistic")
+	return nil
+}
+
+func benchReplication(ctx context.Context, bin string, dur, backlog time.Duration, workers int) (replResult, error) {
+	out := replResult{workers: workers}
+	fmt.Printf("\n== replication (apply.workers %d; native slave_parallel_threads %d, optimistic): sysbench oltp_write_only through region eu's proxy; region us applies with mlproxy; a native MariaDB replica of eu for comparison\n", workers, workers)
 	native, err := dbtest.Start(dbtest.Options{ServerID: 9})
 	if err != nil {
-		return err
+		return out, err
 	}
 	defer native.Destroy()
 	prepare := func(ctx context.Context, c *cluster.Cluster) error {
@@ -132,13 +180,15 @@ func benchReplication(ctx context.Context, bin string, dur, backlog time.Duratio
 		defer src.Close()
 		pos := queryString(ctx, src, "SELECT @@gtid_binlog_pos")
 		_, err := ndb.ExecContext(ctx, fmt.Sprintf(
-			"SET GLOBAL gtid_slave_pos = '%s'; CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT=%d, MASTER_USER='root', MASTER_USE_GTID=slave_pos; START SLAVE",
-			pos, c.Regions[0].Server.Port))
+			"SET GLOBAL slave_parallel_threads = %d, slave_parallel_mode = 'optimistic'; "+
+				"SET GLOBAL gtid_slave_pos = '%s'; CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT=%d, MASTER_USER='root', MASTER_USE_GTID=slave_pos; START SLAVE",
+			workers, pos, c.Regions[0].Server.Port))
 		return err
 	}
-	c, err := cluster.Start(ctx, cluster.Options{Bin: bin, Names: []string{"eu", "us"}, Setup: "CREATE DATABASE sbtest;", Tables: sbTables, Prepare: prepare})
+	c, err := cluster.Start(ctx, cluster.Options{Bin: bin, Names: []string{"eu", "us"}, Setup: "CREATE DATABASE sbtest;", Tables: sbTables, Prepare: prepare,
+		Extra: fmt.Sprintf("apply:\n  workers: %d\n", workers)})
 	if err != nil {
-		return err
+		return out, err
 	}
 	defer c.Close()
 	eu, us := c.Regions[0], c.Regions[1]
@@ -182,24 +232,24 @@ func benchReplication(ctx context.Context, bin string, dur, backlog time.Duratio
 
 	full, res, err := load("full speed")
 	if err != nil {
-		return err
+		return out, err
 	}
 	half, _, err := load(fmt.Sprintf("fixed rate %.0f tps (half of full speed)", res.TPS/2), fmt.Sprintf("--rate=%d", int(res.TPS/2)))
 	if err != nil {
-		return err
+		return out, err
 	}
 
 	// Backlog: the peer's mlproxy and the native replica's SQL thread stop
 	// while the source runs at full speed; then both resume together.
 	if err := c.StopProxy(us, false); err != nil {
-		return fmt.Errorf("stop us: %w", err)
+		return out, fmt.Errorf("stop us: %w", err)
 	}
 	if _, err := ndb.ExecContext(ctx, "STOP SLAVE SQL_THREAD"); err != nil {
-		return err
+		return out, err
 	}
 	bstart := time.Now()
 	if _, err := run(ctx, eu.ProxyAddr, "oltp_write_only", fmt.Sprintf("--time=%d", int(backlog.Seconds())), "--threads=8"); err != nil {
-		return err
+		return out, err
 	}
 	bend := time.Now()
 	time.Sleep(200 * time.Millisecond)
@@ -207,10 +257,10 @@ func benchReplication(ctx context.Context, bin string, dur, backlog time.Duratio
 	srcRate := float64(b.source-s.between(bstart, bend)[0].source) / bend.Sub(bstart).Seconds()
 	resume := time.Now()
 	if err := c.StartProxy(us); err != nil {
-		return err
+		return out, err
 	}
 	if _, err := ndb.ExecContext(ctx, "START SLAVE SQL_THREAD"); err != nil {
-		return err
+		return out, err
 	}
 	catch := phase{name: fmt.Sprintf("catch-up after %v backlog", backlog), sourceRate: srcRate}
 	deadline := time.Now().Add(10 * time.Minute)
@@ -243,7 +293,9 @@ func benchReplication(ctx context.Context, bin string, dur, backlog time.Duratio
 	fmt.Printf("%-40s %12.0f %14.0f %7.2fx %12s %12s %14.0f %7.2fx\n", catch.name, srcRate, pr, pr/srcRate,
 		"in "+catch.peerCatchup.Round(time.Millisecond).String(), fmt.Sprintf("%.0f txns", backlogTxns), nr, nr/srcRate)
 	fmt.Println("tps in source transactions per second; ratio = apply rate / source commit rate; lag = time from the source committing a transaction to the replica having applied it (sampled every 50ms)")
-	return nil
+	out.source, out.peer, out.native = srcRate, pr, nr
+	out.peerCatchup, out.nativeCatchup = catch.peerCatchup, catch.nativeCatchup
+	return out, nil
 }
 
 func waitCaughtUp(ctx context.Context, s *sampler, max time.Duration) error {
