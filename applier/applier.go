@@ -173,7 +173,8 @@ type Applier struct {
 	clock  Clock
 	log    *zap.Logger
 	m      *metrics
-	peer   string // metric label: the peer's name
+	peer   string   // metric label: the peer's name
+	lim    *limiter // the batch limit, lowered under lock contention (yield.go)
 
 	// Owned by Run's goroutine.
 	conn  *sql.Conn              // the @_mlr_apply session; nil until used or after a loss
@@ -301,6 +302,11 @@ func (a *Applier) Run(ctx context.Context, in <-chan *binlog.Txn) error {
 			a.log.Warn("mlr.markers is missing (run `mlproxy schema apply`): applying on one session, apply.workers ignored")
 		}
 	}
+	a.lim = newLimiter(a.cfg.BatchTxns)
+	a.m.batchLimit.WithLabelValues(a.peer).Set(float64(a.cfg.BatchTxns))
+	wctx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	go a.watchContention(wctx)
 	a.log.Info("applier started", zap.Int("batch_txns", a.cfg.BatchTxns), zap.Int("workers", workers),
 		zap.String("gtid", ck.Pos.GTID), zap.String("file", ck.Pos.File), zap.Uint32("pos", ck.Pos.Pos))
 	if workers > 1 {
@@ -335,7 +341,7 @@ func (a *Applier) Run(ctx context.Context, in <-chan *binlog.Txn) error {
 		size := first.Size
 		closed := false
 	gather:
-		for len(txns) < a.cfg.BatchTxns && size < maxBatchBytes {
+		for len(txns) < a.lim.get() && size < maxBatchBytes {
 			select {
 			case t, ok := <-in:
 				if !ok {

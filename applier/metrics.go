@@ -22,7 +22,8 @@ type metrics struct {
 	applyErrors *prometheus.CounterVec   // peer
 	stopped     *prometheus.GaugeVec     // peer: 1 while the link is stopped at a refused change
 	workersBusy *prometheus.GaugeVec     // peer: parallel workers holding a batch
-	depWaits    *prometheus.CounterVec   // peer: batches that waited for a batch they depend on
+	batchLimit  *prometheus.GaugeVec
+	depWaits    *prometheus.CounterVec // peer: batches that waited for a batch they depend on
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -61,6 +62,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		stopped: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "mlproxy_applier_link_stopped", Help: "1 while the link is stopped at a remote change a key the conflict rule cannot place refused (see mlproxy status; mlproxy link skip|retry).",
 		}, []string{"peer"}),
+		batchLimit: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "mlproxy_applier_batch_limit", Help: "Source transactions a local commit may gather now: apply.batch_txns, lowered while the server counts deadlocks (the applier yields to local clients).",
+		}, []string{"peer"}),
 		workersBusy: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "mlproxy_applier_workers_busy", Help: "Parallel apply workers holding a batch (applying it or waiting to commit it in source order).",
 		}, []string{"peer"}),
@@ -83,6 +87,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.applyErrors = register(reg, m.applyErrors)
 	m.stopped = register(reg, m.stopped)
 	m.workersBusy = register(reg, m.workersBusy)
+	m.batchLimit = register(reg, m.batchLimit)
 	m.depWaits = register(reg, m.depWaits)
 	return m
 }

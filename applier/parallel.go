@@ -292,7 +292,7 @@ func (a *Applier) runParallel(ctx context.Context, in <-chan *binlog.Txn) error 
 		rows := len(first.Changes)
 		closed := false
 	gather:
-		for len(txns) < a.cfg.BatchTxns && size < maxBatchBytes && (parallelBatchRows <= 0 || rows < parallelBatchRows) {
+		for len(txns) < a.lim.get() && size < maxBatchBytes && (parallelBatchRows <= 0 || rows < parallelBatchRows) {
 			select {
 			case t, ok := <-in:
 				if !ok {

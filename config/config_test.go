@@ -48,7 +48,7 @@ func TestParseMinimalAppliesDefaults(t *testing.T) {
 	assert.Equal(t, 500*time.Millisecond, c.Clock.MaxOffset)
 	assert.Equal(t, 512, c.Apply.BatchTxns)
 	assert.Equal(t, int64(64<<20), c.Apply.RelayBytes)
-	assert.Equal(t, 4, c.Apply.Workers)
+	assert.Equal(t, 1, c.Apply.Workers)
 	assert.Equal(t, time.Minute, c.Apply.TombstoneGCInterval)
 	assert.Equal(t, TopologyAllToAll, c.Topology.Mode)
 	assert.Equal(t, RuleLWW, c.Tables[0].Rule)

@@ -110,7 +110,7 @@ func stampedWrite(ctx context.Context, db *sql.DB, k int, del bool, query string
 // the same rows, each the highest-stamped write to its key, and the binlogs
 // stop growing (no change loops between regions).
 func TestConvergeAllToAll(t *testing.T) {
-	c := startCluster(t, cluster.Options{})
+	c := startCluster(t, cluster.Options{Extra: "apply:\n  workers: 4\n"}) // parallel apply
 	runConvergence(t, c, soak(30*time.Second), 3)
 }
 

@@ -74,7 +74,7 @@ func (a *appender) run(ctx context.Context, t *testing.T, worker int) {
 // none twice, and a counter equal to the acknowledged increments (plus at
 // most the writes whose outcome the client could not know).
 func TestExactlyOnceAcrossCrashes(t *testing.T) {
-	c := startCluster(t, cluster.Options{})
+	c := startCluster(t, cluster.Options{Extra: "apply:\n  workers: 4\n"}) // parallel apply across crashes
 	for _, r := range c.Regions {
 		// The regions replicate each other's insert meanwhile (an insert
 		// that finds the row is a no-op): the applier's locks can deadlock

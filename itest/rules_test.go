@@ -29,7 +29,8 @@ const (
 	ownKeyBase = 1000 // manual: region r also writes keys r*ownKeyBase+1..+ruleKeys/2 alone
 	wideRows   = 4000 // key space of the wide table
 	widePad    = 300  // bytes of padding per wide row
-	ruleRelay  = "apply:\n  relay_bytes: 1048576\n"
+	// Parallel apply (off by default) is exercised here with every rule.
+	ruleRelay  = "apply:\n  relay_bytes: 1048576\n  workers: 4\n"
 )
 
 // ruleTable is one small table of the rules schema and its rule.
