@@ -30,7 +30,7 @@ const (
 	wideRows   = 4000 // key space of the wide table
 	widePad    = 300  // bytes of padding per wide row
 	// Parallel apply (off by default) is exercised here with every rule.
-	ruleRelay  = "apply:\n  relay_bytes: 1048576\n  workers: 4\n"
+	ruleRelay = "apply:\n  relay_bytes: 1048576\n  workers: 4\n"
 )
 
 // ruleTable is one small table of the rules schema and its rule.
