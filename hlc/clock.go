@@ -35,12 +35,6 @@ type Options struct {
 	// MaxOffset is how far ahead of local wall time a peer stamp may be
 	// (default 500ms).
 	MaxOffset time.Duration
-	// Slack, when set, widens MaxOffset for Update and Ahead by how far
-	// this region's clock is measured behind most of its peers (package
-	// skew): peers' stamps are then judged against the majority's time,
-	// not a slow local clock, so a region that runs behind keeps applying
-	// and its clock moves past its peers' stamps.
-	Slack func() time.Duration
 	// Store persists the high-water reservation. Without it the clock is
 	// monotonic only within one process.
 	Store Store
@@ -70,7 +64,6 @@ type Options struct {
 type Clock struct {
 	now       func() time.Time
 	maxOffset time.Duration
-	slack     func() time.Duration
 	window    uint64 // Window in stamp units (millis << 16)
 	store     Store
 	log       *zap.Logger
@@ -123,7 +116,6 @@ func NewClock(opts Options) *Clock {
 	c := &Clock{
 		now:       opts.Now,
 		maxOffset: opts.MaxOffset,
-		slack:     opts.Slack,
 		window:    uint64(opts.Window.Milliseconds()) << logicalBits,
 		store:     opts.Store,
 		log:       opts.Logger,
@@ -260,14 +252,8 @@ func (c *Clock) Ahead(remote Timestamp) time.Duration {
 	return time.Duration(over) * time.Millisecond
 }
 
-// allowed is how far ahead of local wall time a peer stamp may be:
-// MaxOffset plus the measured slack.
-func (c *Clock) allowed() time.Duration {
-	if c.slack == nil {
-		return c.maxOffset
-	}
-	return c.maxOffset + max(0, c.slack())
-}
+// allowed is how far ahead of local wall time a peer stamp may be.
+func (c *Clock) allowed() time.Duration { return c.maxOffset }
 
 // Last is the highest stamp issued or accepted so far.
 func (c *Clock) Last() Timestamp { return Timestamp(c.last.Load()) }

@@ -53,8 +53,8 @@ func waitClock(t *testing.T, r *cluster.Region, what string, ok func(clockStatus
 // refuses writes to replicated tables with ERR 1290 naming the skew,
 // while reads and tables that do not replicate go on and the other
 // regions keep working; set back, it accepts writes again and all
-// regions converge. A region running behind is not fenced and keeps
-// applying its peers' changes.
+// regions converge. A region running behind is not fenced, keeps taking
+// writes, and holds its peers' changes until its clock is back.
 func TestClockFence(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -119,8 +119,10 @@ func TestClockFence(t *testing.T) {
 		t.Fatalf("eu after its clock was set back: %v", err)
 	}
 
-	// Behind its peers: not fenced, keeps writing, and keeps applying the
-	// peers' changes (their stamps look 10 s ahead of its own clock).
+	// Behind its peers: not fenced, keeps taking writes, and holds the
+	// peers' changes that look more than max_offset ahead of its clock
+	// (a fast peer's stamps are never let through on that peer's word)
+	// until it is back in bounds; then it applies them.
 	if err := ap.SetClockOffset(-10 * time.Second); err != nil {
 		t.Fatal(err)
 	}
@@ -136,10 +138,18 @@ func TestClockFence(t *testing.T) {
 	if _, err := usDB.ExecContext(ctx, "INSERT INTO kv VALUES (5, 'us to a slow ap', 1)"); err != nil {
 		t.Fatal(err)
 	}
-	waitRows(ctx, t, ap, "SELECT COUNT(*) FROM kv WHERE k = 5", 1)
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		if strings.Contains(httpGet(t, "http://"+ap.Metrics+"/status"), `"state":"holding"`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("ap, 10 s behind, never held us's change:\n%s", httpGet(t, "http://"+ap.Metrics+"/status"))
+		}
+	}
 	if err := ap.SetClockOffset(0); err != nil {
 		t.Fatal(err)
 	}
+	waitRows(ctx, t, ap, "SELECT COUNT(*) FROM kv WHERE k = 5", 1)
 	if err := c.WaitConverged(ctx, map[string]string{"app.kv": "k"}, "k, v, n"); err != nil {
 		t.Fatal(err)
 	}

@@ -13,13 +13,17 @@
 // trip, offset = local midpoint - peer time).
 //
 // A region fences itself only when it is ahead by more than
-// clock.max_offset of a strict majority of ALL its configured peers: one
-// peer with a slow clock does not fence the others, and a partitioned
-// region (peers unreachable, no fresh readings) keeps accepting writes,
-// which is the point of multi-leader. While fenced, the proxy refuses
+// clock.max_offset of a strict majority of ALL its configured peers (a
+// peer without a server address, or unreachable, gives no reading and
+// counts as not ahead): one peer with a slow clock does not fence the
+// others, and a partitioned region keeps accepting writes, which is the
+// point of multi-leader. While fenced, the proxy refuses
 // writes to replicated tables with ERR 1290 naming the skew; reads, writes
 // to tables that do not replicate and the appliers go on. A region behind
-// its peers is never fenced: its clock moves past their stamps.
+// its peers is never fenced; its appliers hold the peers' changes that
+// look more than max_offset ahead of its own clock until it is back in
+// bounds (they are not applied early: a fast peer's stamps must not be
+// let through on the word of that peer's own clock).
 //
 // After the clock is set back the fence lifts at the next round, but the
 // hybrid clock never goes backwards: stamps issued while it ran ahead keep
@@ -79,6 +83,9 @@ type Reading struct {
 	Error      string    `json:"error,omitempty"`
 
 	offset time.Duration
+	// at is when it was measured by the monotonic clock: freshness does
+	// not move when the wall clock is stepped (the fix for a fast clock).
+	at time.Time
 }
 
 // Status is the fence and every peer's reading, for /status.
@@ -160,29 +167,6 @@ func (m *Monitor) Fenced() string {
 	return m.fenced
 }
 
-// Behind is how far this region's clock is behind a strict majority of
-// all its peers by fresh readings (0 when it is not): the k-th most
-// negative offset, k being a majority. The hybrid clock widens its
-// tolerance for peers' stamps by it (hlc.Options.Slack).
-func (m *Monitor) Behind() time.Duration {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	n := m.n
-	fresh := m.o.Now().Add(-10 * m.o.Interval)
-	var offs []time.Duration
-	for _, r := range m.read {
-		if r.MeasuredAt.After(fresh) {
-			offs = append(offs, r.offset)
-		}
-	}
-	k := n/2 + 1
-	if n == 0 || len(offs) < k {
-		return 0
-	}
-	slices.Sort(offs)
-	return max(0, -offs[k-1])
-}
-
 // Status is a snapshot for /status.
 func (m *Monitor) Status() Status {
 	m.mu.Lock()
@@ -234,6 +218,12 @@ func (m *Monitor) round(parent context.Context) {
 		go func() {
 			defer wg.Done()
 			r := Reading{Peer: p.Name}
+			if p.Server.Addr == "" {
+				m.mu.Lock()
+				m.read[p.Name] = Reading{Peer: p.Name, Error: "no server address configured for this peer: not measured (counts as not ahead)"}
+				m.mu.Unlock()
+				return
+			}
 			off, rtt, err := m.measure(ctx, p)
 			if parent.Err() != nil {
 				return
@@ -247,7 +237,7 @@ func (m *Monitor) round(parent context.Context) {
 				m.read[p.Name] = prev
 				return
 			}
-			r.offset, r.OffsetMs, r.RTTMs, r.MeasuredAt = off, ms(off), ms(rtt), m.o.Now()
+			r.offset, r.OffsetMs, r.RTTMs, r.MeasuredAt, r.at = off, ms(off), ms(rtt), m.o.Now(), time.Now()
 			m.read[p.Name] = r
 			m.offset.WithLabelValues(p.Name).Set(off.Seconds())
 			m.rtt.WithLabelValues(p.Name).Set(rtt.Seconds())
@@ -290,10 +280,10 @@ func (m *Monitor) decide(n int) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.n = n
-	fresh := m.o.Now().Add(-10 * m.o.Interval)
+	fresh := time.Now().Add(-10 * m.o.Interval)
 	var ahead []string
 	for _, r := range m.read {
-		if r.MeasuredAt.After(fresh) && r.offset > m.o.MaxOffset {
+		if r.at.After(fresh) && r.offset > m.o.MaxOffset {
 			ahead = append(ahead, fmt.Sprintf("%s by %s", r.Peer, r.offset.Round(time.Millisecond)))
 		}
 	}

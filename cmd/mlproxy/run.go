@@ -139,7 +139,6 @@ func runRegion(ctx context.Context, cfg *config.Config, log *zap.Logger, reload 
 	})
 	r.clock = hlc.NewClock(hlc.Options{
 		Now:        now,
-		Slack:      r.skew.Behind,
 		MaxOffset:  cfg.Clock.MaxOffset,
 		Store:      hlc.NewSQLStore(db),
 		Registerer: r.reg,
@@ -499,18 +498,11 @@ func (r *region) metricsServer() (*http.Server, error) {
 	return srv, nil
 }
 
-// clockPeers are the peers whose clocks the fence measures: those with a
-// server address (in star and ring, a region may list peers it has no
-// link to without one).
-func (r *region) clockPeers() []config.Peer {
-	var out []config.Peer
-	for _, p := range r.current().Peers {
-		if p.Server.Addr != "" {
-			out = append(out, p)
-		}
-	}
-	return out
-}
+// clockPeers are the peers the fence counts: every configured peer. Those
+// without a server address (in star and ring a region need not list one
+// for peers it has no link to) give no reading and count as not ahead, so
+// one peer alone (a star's hub) can never fence a region.
+func (r *region) clockPeers() []config.Peer { return r.current().Peers }
 
 // statusPage is what /status serves: every link, and the clock against
 // the peers (offsets, fence).
