@@ -305,8 +305,9 @@ func (a *Applier) Run(ctx context.Context, in <-chan *binlog.Txn) error {
 	a.lim = newLimiter(a.cfg.BatchTxns)
 	a.m.batchLimit.WithLabelValues(a.peer).Set(float64(a.cfg.BatchTxns))
 	wctx, stopWatch := context.WithCancel(ctx)
-	defer stopWatch()
-	go a.watchContention(wctx)
+	watched := make(chan struct{})
+	go func() { defer close(watched); a.watchContention(wctx, a.lim) }()
+	defer func() { stopWatch(); <-watched }() // a restarted Run gets a new limiter
 	a.log.Info("applier started", zap.Int("batch_txns", a.cfg.BatchTxns), zap.Int("workers", workers),
 		zap.String("gtid", ck.Pos.GTID), zap.String("file", ck.Pos.File), zap.Uint32("pos", ck.Pos.Pos))
 	if workers > 1 {

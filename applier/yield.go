@@ -64,8 +64,8 @@ func (l *limiter) observe(newDeadlocks int64) {
 
 // watchContention polls the server's deadlock count until ctx ends and
 // feeds the limiter. A failed poll changes nothing.
-func (a *Applier) watchContention(ctx context.Context) {
-	if a.lim.max <= 1 {
+func (a *Applier) watchContention(ctx context.Context, lim *limiter) {
+	if lim.max <= 1 {
 		return
 	}
 	t := time.NewTicker(contentionPoll)
@@ -82,8 +82,8 @@ func (a *Applier) watchContention(ctx context.Context) {
 			continue
 		}
 		if last >= 0 {
-			a.lim.observe(n - last)
-			a.m.batchLimit.WithLabelValues(a.peer).Set(float64(a.lim.get()))
+			lim.observe(n - last)
+			a.m.batchLimit.WithLabelValues(a.peer).Set(float64(lim.get()))
 		}
 		last = n
 	}

@@ -135,6 +135,11 @@ func watchOnce(ctx context.Context, local config.Server, flavor string, serverID
 	if err != nil {
 		return cleanErr(err)
 	}
+	// A full parser, fed only the format description, decodes MariaDB's
+	// compressed query events (log_bin_compress), which raw mode leaves
+	// as they are: a long DDL must not hide from the watch.
+	full := replication.NewBinlogParser()
+	full.SetFlavor(flavor)
 	for {
 		ev, err := streamer.GetEvent(ctx)
 		if err != nil {
@@ -144,14 +149,31 @@ func watchOnce(ctx context.Context, local config.Server, flavor string, serverID
 		case *replication.RotateEvent:
 			*file, *pos = string(e.NextLogName), uint32(e.Position)
 			continue
-		case *replication.GenericEvent:
-			if ev.Header.EventType != replication.QUERY_EVENT {
-				break
+		case *replication.FormatDescriptionEvent:
+			if _, err := full.Parse(ev.RawData); err != nil {
+				log.Warn("own-binlog DDL watch: unreadable format description event", zap.String("file", *file), zap.Error(err))
 			}
-			qe := &replication.QueryEvent{}
-			if err := qe.Decode(e.Data); err != nil {
+		case *replication.GenericEvent:
+			var qe *replication.QueryEvent
+			switch ev.Header.EventType {
+			case replication.QUERY_EVENT:
+				qe = &replication.QueryEvent{}
+				err = qe.Decode(e.Data)
+			case replication.MARIADB_QUERY_COMPRESSED_EVENT:
+				var be *replication.BinlogEvent
+				if be, err = full.Parse(ev.RawData); err == nil {
+					var ok bool
+					if qe, ok = be.Event.(*replication.QueryEvent); !ok {
+						err = fmt.Errorf("compressed query event decoded as %T", be.Event)
+					}
+				}
+			}
+			if err != nil {
 				log.Warn("own-binlog DDL watch: undecodable query event; skipped", zap.String("file", *file), zap.Uint32("pos", ev.Header.LogPos), zap.Error(err))
 				break
+			}
+			if qe == nil {
+				break // not a query event
 			}
 			q := strings.TrimSpace(skipComments(string(qe.Query)))
 			if ddlVerb.MatchString(q) {

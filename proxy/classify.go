@@ -51,6 +51,10 @@ type class struct {
 	reason, msg string
 	// code is a refusal's MySQL error code (0: 1105 ER_UNKNOWN_ERROR).
 	code uint16
+	// multi is set for a packet of several statements: one of them may
+	// end the transaction (COMMIT, SET autocommit, DDL's implicit commit)
+	// before a write, so such a packet never reuses a transaction's stamp.
+	multi bool
 	// uses has, per statement of a multi-statement packet, the database a
 	// USE statement switches to ("" for other statements); nil when the
 	// packet has no USE.
@@ -319,6 +323,7 @@ func classifyStmts(db string, stmts []ast.StmtNode, depth int) *class {
 	if hasUse {
 		out.uses = uses
 	}
+	out.multi = len(stmts) > 1
 	return out
 }
 

@@ -136,11 +136,14 @@ func (c *conn) trackStatus(st uint16) {
 // refuses them) stamps the transaction's later writes too, as a commit
 // timestamp would; the triggers still stamp each row above the version it
 // replaces. A statement the proxy cannot see into (CALL, EXECUTE, ...),
-// a session statement (BEGIN, COMMIT, SET, ...) or any error (a deadlock
+// a session statement (BEGIN, COMMIT, SET, ...), a packet of several
+// statements (one may commit before the write), or any error (a deadlock
 // rolls the transaction back) ends the reuse: the next write is stamped
-// anew. Reads keep it.
+// anew. Reads keep it (a stored function a read calls could change
+// @_mlr_hlc, as it could inside any write: only to an older stamp for the
+// client's own writes, which the triggers cap from above).
 func (c *conn) needSet(cl *class, stamp bool) bool {
-	if cl == nil || (cl.kind != kindWrite && cl.kind != kindRead) {
+	if cl == nil || cl.multi || (cl.kind != kindWrite && cl.kind != kindRead) {
 		c.txnStamp = false
 		return stamp
 	}
@@ -858,6 +861,7 @@ func (c *conn) resultSet(dst *bufio.Writer, h []byte, seq *byte) (bool, error) {
 		*seq = r.seq + 1
 		rh := r.peek()
 		if len(rh) > 0 && rh[0] == mysql.ERR_HEADER {
+			c.txnStamp = false // the transaction may have been rolled back
 			return false, nil
 		}
 		if isEOF(rh, r.length) {
@@ -879,6 +883,7 @@ func (c *conn) rows(dst *bufio.Writer, next byte) error {
 		seq = r.seq + 1
 		h := r.peek()
 		if len(h) > 0 && h[0] == mysql.ERR_HEADER {
+			c.txnStamp = false // the transaction may have been rolled back
 			return c.flush()
 		}
 		if isEOF(h, r.length) {

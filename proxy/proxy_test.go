@@ -586,6 +586,10 @@ func TestOneStampPerTransaction(t *testing.T) {
 		"BEGIN", "INSERT INTO rt (v) VALUES ('d')", "!INSERT INTO rt (v) VALUES ('d')", "INSERT INTO rt (v) VALUES ('e')", "COMMIT")
 	stamps("a write after a statement the proxy cannot see into", 3,
 		"BEGIN", "INSERT INTO rt (v) VALUES ('f')", "DO 1", "INSERT INTO rt (v) VALUES ('g')", "COMMIT")
+	stamps("a packet that commits and writes in a new transaction", 2,
+		"BEGIN", "INSERT INTO rt (v) VALUES ('m')", "COMMIT; BEGIN; INSERT INTO rt (v) VALUES ('n')", "COMMIT")
+	stamps("a packet that switches to autocommit before a write", 2,
+		"BEGIN", "INSERT INTO rt (v) VALUES ('o')", "SET autocommit = 1; INSERT INTO rt (v) VALUES ('p')")
 	stamps("two transactions", 2,
 		"BEGIN", "INSERT INTO rt (v) VALUES ('h')", "COMMIT", "BEGIN", "INSERT INTO rt (v) VALUES ('i')", "COMMIT")
 	// The rows of one transaction carry its one stamp.
