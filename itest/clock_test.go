@@ -2,6 +2,7 @@ package itest
 
 import (
 	"context"
+	"database/sql"
 	"encoding/json"
 	"errors"
 	"strings"
@@ -102,10 +103,10 @@ func TestClockFence(t *testing.T) {
 			t.Errorf("region %s fenced though only eu runs ahead: %s", r.Name, s.Reason)
 		}
 	}
-	if _, err := usDB.ExecContext(ctx, "INSERT INTO kv VALUES (2, 'from us', 1)"); err != nil {
+	if err := execRetry(ctx, usDB, "INSERT INTO kv VALUES (2, 'from us', 1)"); err != nil {
 		t.Fatalf("us while eu is fenced: %v", err)
 	}
-	if _, err := apDB.ExecContext(ctx, "INSERT INTO kv VALUES (3, 'from ap', 1)"); err != nil {
+	if err := execRetry(ctx, apDB, "INSERT INTO kv VALUES (3, 'from ap', 1)"); err != nil {
 		t.Fatalf("ap while eu is fenced: %v", err)
 	}
 	waitRows(ctx, t, eu, "SELECT COUNT(*) FROM kv WHERE k IN (2, 3)", 2)
@@ -115,7 +116,7 @@ func TestClockFence(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitClock(t, eu, "the fence lifting", func(s clockStatus) bool { return !s.Fenced })
-	if _, err := euDB.ExecContext(ctx, "INSERT INTO kv VALUES (1, 'eu back', 1)"); err != nil {
+	if err := execRetry(ctx, euDB, "INSERT INTO kv VALUES (1, 'eu back', 1)"); err != nil {
 		t.Fatalf("eu after its clock was set back: %v", err)
 	}
 
@@ -132,10 +133,10 @@ func TestClockFence(t *testing.T) {
 	if s := regionClock(t, ap); s.Fenced {
 		t.Fatalf("ap fenced while behind: %s", s.Reason)
 	}
-	if _, err := apDB.ExecContext(ctx, "INSERT INTO kv VALUES (4, 'ap behind', 1)"); err != nil {
+	if err := execRetry(ctx, apDB, "INSERT INTO kv VALUES (4, 'ap behind', 1)"); err != nil {
 		t.Fatalf("ap while behind: %v", err)
 	}
-	if _, err := usDB.ExecContext(ctx, "INSERT INTO kv VALUES (5, 'us to a slow ap', 1)"); err != nil {
+	if err := execRetry(ctx, usDB, "INSERT INTO kv VALUES (5, 'us to a slow ap', 1)"); err != nil {
 		t.Fatal(err)
 	}
 	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(200 * time.Millisecond) {
@@ -166,4 +167,17 @@ func waitRows(ctx context.Context, t *testing.T, r *cluster.Region, query string
 		}
 	}
 	t.Fatalf("region %s: %s = %d, want %d", r.Name, query, n, want)
+}
+
+// execRetry runs q, again after a deadlock (1213): the applier's locks can
+// deadlock a client's insert, which a client retries.
+func execRetry(ctx context.Context, db *sql.DB, q string) error {
+	var err error
+	for try := 0; try < 10; try++ {
+		if _, err = db.ExecContext(ctx, q); !isDeadlock(err) {
+			return err
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return err
 }
