@@ -107,9 +107,10 @@ func metric(t *testing.T, r *cluster.Region, name string) float64 {
 
 // TestLargeTransactionRetriedWhole: a 200,000-row transaction travels in
 // pieces; at one peer its apply fails mid-way (the applier's connection is
-// killed once it holds tens of thousands of the rows). It is retried as a
-// whole from the checkpoint and applied exactly once; a reader at that peer
-// never sees part of it; the peer that saw no fault applies it once too.
+// killed while it holds all the rows, waiting for a lock at the
+// transaction's last change). It is retried as a whole from the checkpoint
+// and applied exactly once; a reader at that peer never sees part of it;
+// the peer that saw no fault applies it once too.
 func TestLargeTransactionRetriedWhole(t *testing.T) {
 	const rows = 200000
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
@@ -118,24 +119,18 @@ func TestLargeTransactionRetriedWhole(t *testing.T) {
 	eu, us := c.Regions[0], c.Regions[1]
 	usDB := openDirect(t, us)
 
-	// At us: kill the applier's connection once its transaction holds
-	// more than a tenth of the rows, and watch that no reader ever sees
-	// a count other than 0 or all of them.
-	killed := make(chan int64, 1)
+	// At us, a client holds the counter row's lock: the applier streams
+	// all 200,000 rows into its local transaction and then waits for that
+	// lock at the transaction's last change. Its connection is killed
+	// there, mid-transaction, and the lock released: the link must retry
+	// the whole transaction from the checkpoint. A reader watches that no
+	// count other than 0 or all of them is ever visible at us.
+	holder, err := usDB.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Close()
 	seen := make(chan string, 1)
-	go func() {
-		for ctx.Err() == nil {
-			var id, modified int64
-			err := usDB.QueryRowContext(ctx, "SELECT trx_mysql_thread_id, trx_rows_modified FROM information_schema.INNODB_TRX ORDER BY trx_rows_modified DESC LIMIT 1").Scan(&id, &modified)
-			if err == nil && modified > rows/10 {
-				if _, err := usDB.ExecContext(ctx, "KILL CONNECTION "+strconv.FormatInt(id, 10)); err == nil {
-					killed <- modified
-					return
-				}
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}()
 	go func() {
 		for ctx.Err() == nil {
 			var n int
@@ -157,6 +152,13 @@ func TestLargeTransactionRetriedWhole(t *testing.T) {
 	if err := c.WaitConverged(ctx, map[string]string{"app.counters": "id"}, "id, hits"); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := holder.ExecContext(ctx, "BEGIN"); err != nil {
+		t.Fatal(err)
+	}
+	var h int
+	if err := holder.QueryRowContext(ctx, "SELECT hits FROM counters WHERE id = 1 FOR UPDATE").Scan(&h); err != nil {
+		t.Fatal(err)
+	}
 	tx, err := euDB.BeginTx(ctx, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -170,12 +172,22 @@ func TestLargeTransactionRetriedWhole(t *testing.T) {
 	if err := tx.Commit(); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case m := <-killed:
-		t.Logf("killed us's applier connection holding %d of the %d rows", m, rows)
-	case <-time.After(4 * time.Minute): // a loaded CI machine streams 200,000 rows slowly
-		t.Fatal("us's applier never held a tenth of the transaction: nothing was injected")
+	// The applier waits for the lock with all the rows in its transaction.
+	var victim int64
+	var info string
+	for deadline := time.Now().Add(4 * time.Minute); victim == 0; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("us's applier never reached the locked counter row: nothing was injected")
+		}
+		_ = usDB.QueryRowContext(ctx, "SELECT ID, INFO FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID() AND INFO LIKE '%counters%' AND TIME >= 1 LIMIT 1").Scan(&victim, &info)
 	}
+	if _, err := usDB.ExecContext(ctx, "KILL CONNECTION "+strconv.FormatInt(victim, 10)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := holder.ExecContext(ctx, "ROLLBACK"); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("killed us's applier connection waiting at the transaction's last change (%.60s)", info)
 	wctx, wcancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer wcancel()
 	if err := c.WaitConverged(wctx, map[string]string{"app.kv": "k"}, "*, _mlr_hlc, _mlr_origin"); err != nil {
