@@ -155,15 +155,26 @@ func counter(reg prometheus.Registerer, name, help string) prometheus.Counter {
 // Now issues a fresh stamp. Lock-free in the common case; it waits only when
 // the stamp would pass the persisted reservation (see Run).
 func (c *Clock) Now() Timestamp {
+	ts, _ := c.NowContext(context.Background())
+	return ts
+}
+
+// NowContext is Now, except that it gives up with ctx's error when ctx
+// ends while it waits for the reservation to advance (the Store cannot
+// save: the local server is unreachable). A connection that is being
+// closed must not hang on a stamp it will never send.
+func (c *Clock) NowContext(ctx context.Context) (Timestamp, error) {
 	for {
 		old := c.last.Load()
 		next := c.next(Timestamp(old))
 		if uint64(next) > c.reserved.Load() {
-			c.waitReserved(next)
+			if err := c.waitReserved(ctx, next); err != nil {
+				return 0, err
+			}
 			continue
 		}
 		if c.last.CompareAndSwap(old, uint64(next)) {
-			return next
+			return next, nil
 		}
 	}
 }
@@ -183,14 +194,14 @@ func (c *Clock) next(last Timestamp) Timestamp {
 }
 
 // waitReserved blocks until the reservation reaches want or moves at all
-// (the caller re-checks).
-func (c *Clock) waitReserved(want Timestamp) {
+// (the caller re-checks), or ctx ends.
+func (c *Clock) waitReserved(ctx context.Context, want Timestamp) error {
 	c.mu.Lock()
 	ch := c.advanced
 	res := c.reserved.Load()
 	c.mu.Unlock()
 	if uint64(want) <= res {
-		return
+		return nil
 	}
 	for {
 		old := c.need.Load()
@@ -200,7 +211,12 @@ func (c *Clock) waitReserved(want Timestamp) {
 	}
 	c.m.waits.Inc()
 	c.wake()
-	<-ch
+	select {
+	case <-ch:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("hlc: waiting for the clock's reservation to be saved: %w", context.Cause(ctx))
+	}
 }
 
 func (c *Clock) wake() {

@@ -391,3 +391,27 @@ func TestIdleClockStopsSaving(t *testing.T) {
 	cancel()
 	<-done
 }
+
+// TestNowContextGivesUp: a stamp waiting for a reservation the store cannot
+// save returns when its context ends instead of blocking forever (a
+// closing connection on a region whose server is unreachable).
+func TestNowContextGivesUp(t *testing.T) {
+	c := NewClock(Options{Store: failingStore{}})
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { _, err := c.NowContext(ctx); done <- err }()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("NowContext without a saved reservation: %v, want the context's deadline", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("NowContext did not return when its context ended")
+	}
+}
+
+type failingStore struct{}
+
+func (failingStore) Load(context.Context) (Timestamp, error) { return 0, nil }
+func (failingStore) Save(context.Context, Timestamp) error   { return errors.New("server unreachable") }

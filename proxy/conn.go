@@ -692,7 +692,11 @@ func (c *conn) send(p []byte, stamp bool, next byte) (dst *bufio.Writer, setErr 
 	if stamp {
 		b := append(c.setBuf[:0], mysql.COM_QUERY)
 		b = append(b, "SET @_mlr_hlc="...)
-		b = strconv.AppendUint(b, uint64(c.s.stamper.Now()), 10)
+		ts, err := c.s.stamper.NowContext(c.ctx)
+		if err != nil {
+			return nil, nil, fmt.Errorf("stamp: %w", err)
+		}
+		b = strconv.AppendUint(b, uint64(ts), 10)
 		b = append(b, ",@_mlr_origin="...)
 		b = strconv.AppendUint(b, uint64(c.s.cfg.RegionID), 10)
 		c.setBuf = b

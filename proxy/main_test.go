@@ -237,6 +237,8 @@ type testStamper struct {
 	panicNext bool
 }
 
+func (s *testStamper) NowContext(context.Context) (hlc.Timestamp, error) { return s.Now(), nil }
+
 func (s *testStamper) Now() hlc.Timestamp {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -17,8 +17,12 @@ import (
 	"github.com/mlproxy/mlproxy/hlc"
 )
 
-// Stamper issues fresh stamps; *hlc.Clock implements it.
-type Stamper interface{ Now() hlc.Timestamp }
+// Stamper issues fresh stamps; *hlc.Clock implements it. NowContext may
+// wait (the clock's reservation is not saved yet) and gives up when ctx,
+// the connection's, ends.
+type Stamper interface {
+	NowContext(ctx context.Context) (hlc.Timestamp, error)
+}
 
 var _ Stamper = (*hlc.Clock)(nil)
 
