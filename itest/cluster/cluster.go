@@ -244,11 +244,40 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 		}
 	}
 	for _, r := range c.Regions {
-		if err := r.waitProxy(ctx); err != nil {
+		err := r.waitProxy(ctx)
+		// A free port can be taken by another process between FreePort
+		// and mlproxy's listen (tests and fault proxies run side by
+		// side): pick new ports for that region and start it again.
+		for try := 0; err != nil && strings.Contains(err.Error(), "address already in use") && try < 3; try++ {
+			if perr := c.newPorts(r); perr != nil {
+				return nil, perr
+			}
+			if serr := c.StartProxy(r); serr != nil {
+				return nil, serr
+			}
+			err = r.waitProxy(ctx)
+		}
+		if err != nil {
 			return nil, err
 		}
 	}
 	return c, nil
+}
+
+// newPorts gives region r new proxy and metrics ports and rewrites its
+// config (the peers' configs name servers, not proxies).
+func (c *Cluster) newPorts(r *Region) error {
+	pp, err := dbtest.FreePort()
+	if err != nil {
+		return err
+	}
+	mp, err := dbtest.FreePort()
+	if err != nil {
+		return err
+	}
+	r.ProxyAddr = fmt.Sprintf("127.0.0.1:%d", pp)
+	r.Metrics = fmt.Sprintf("127.0.0.1:%d", mp)
+	return os.WriteFile(r.ConfigPath, c.config(r), 0o600)
 }
 
 // addresses sets, for every region, the addresses its config gives for its
