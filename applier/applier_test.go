@@ -14,6 +14,7 @@ import (
 
 	"github.com/mlproxy/mlproxy/binlog"
 	"github.com/mlproxy/mlproxy/change"
+	"github.com/mlproxy/mlproxy/config"
 	"github.com/mlproxy/mlproxy/hlc"
 	"github.com/mlproxy/mlproxy/schema"
 )
@@ -560,4 +561,29 @@ func TestLostCommitReplyNotReapplied(t *testing.T) {
 	require.Equal(t, uint64(2), st.Txns)
 	require.Equal(t, uint64(2), st.Rows)
 	require.Equal(t, ck.Pos, st.Pos)
+}
+
+// TestTablePreparedAfterItWasRead: a table read by the table source before
+// `schema apply` prepared it (created, read by a retrying link, then
+// prepared) is read again, not refused forever as unprepared.
+func TestTablePreparedAfterItWasRead(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, "t_lateprep")
+	q := schema.Quote(e.db)
+	_, err := db.ExecContext(ctx, "CREATE TABLE "+q+".late (id INT NOT NULL PRIMARY KEY, name VARCHAR(64) NOT NULL, qty INT NOT NULL DEFAULT 0)")
+	require.NoError(t, err)
+	_, _, err = e.tables.Table(ctx, e.db, "late") // cached unprepared
+	require.NoError(t, err)
+	rules := []config.TableRule{{Schema: e.db, Table: "*", Rule: "lww"}}
+	ts, err := schema.Inspect(ctx, db, rules)
+	require.NoError(t, err)
+	_, err = schema.Apply(ctx, db, schema.Stamping{Region: self}, ts, nil)
+	require.NoError(t, err)
+
+	rc := e.ins(1, "late", 1, stamp(0, 1), e.peer.ID)
+	rc.Table = "late"
+	e.runAll(8, e.txn(1, rc))
+	var n int
+	require.NoError(t, db.QueryRowContext(ctx, "SELECT COUNT(*) FROM "+q+".late").Scan(&n))
+	require.Equal(t, 1, n, "the change to the table prepared after it was first read is applied")
 }

@@ -26,7 +26,14 @@ func (a *Applier) planFor(ctx context.Context, rc *binlog.RowChange) (*plan, err
 		if err != nil {
 			return nil, fmt.Errorf("resolve table: %w", err)
 		}
-		if p, err = newPlan(t, rule); err != nil {
+		p, err = newPlan(t, rule)
+		if errors.Is(err, ErrNotPrepared) {
+			// The table source may hold the table as read before `schema
+			// apply` prepared it (a link retrying while the table was
+			// created and then prepared): read it again.
+			return a.reloadPlan(ctx, rc, "the table was not prepared when last read")
+		}
+		if err != nil {
 			return nil, err
 		}
 		a.plans[k] = p
