@@ -338,27 +338,8 @@ func (a *Applier) Run(ctx context.Context, in <-chan *binlog.Txn) error {
 			}
 			continue
 		}
-		txns := []*binlog.Txn{first}
-		size := first.Size
-		closed := false
-	gather:
-		for len(txns) < a.lim.get() && size < maxBatchBytes {
-			select {
-			case t, ok := <-in:
-				if !ok {
-					closed = true
-					break gather
-				}
-				if !t.Last || t.Piece != 0 {
-					carry = t
-					break gather
-				}
-				txns = append(txns, t)
-				size += t.Size
-			default:
-				break gather
-			}
-		}
+		txns, next, closed := a.gather(first, in)
+		carry = next
 		if err := a.applyBatch(ctx, txns); err != nil {
 			return a.fail(err)
 		}
@@ -367,6 +348,31 @@ func (a *Applier) Run(ctx context.Context, in <-chan *binlog.Txn) error {
 			return nil
 		}
 	}
+}
+
+// gather forms a batch: first and the whole transactions already waiting
+// in the relay behind it, up to the batch limit and maxBatchBytes. A
+// transaction streamed in pieces ends the batch and comes back as carry
+// (applied on its own next); closed reports that the relay closed.
+func (a *Applier) gather(first *binlog.Txn, in <-chan *binlog.Txn) (txns []*binlog.Txn, carry *binlog.Txn, closed bool) {
+	txns = []*binlog.Txn{first}
+	size := first.Size
+	for len(txns) < a.lim.get() && size < maxBatchBytes {
+		select {
+		case t, ok := <-in:
+			if !ok {
+				return txns, nil, true
+			}
+			if !t.Last || t.Piece != 0 {
+				return txns, t, false
+			}
+			txns = append(txns, t)
+			size += t.Size
+		default:
+			return txns, nil, false
+		}
+	}
+	return txns, nil, false
 }
 
 // fail counts and logs a stopping error (a cancellation is not one).

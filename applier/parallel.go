@@ -72,14 +72,6 @@ import (
 // changes (clock ahead) hold the coordinator before dispatch; in-flight
 // batches go on.
 
-// parallelBatchRows, when positive, closes a batch of the parallel
-// pipeline once it holds this many row changes (batch_txns still bounds
-// it). Smaller batches have disjoint writesets more often, but each costs
-// its own statements and commit; measured (README, "Measured"), batches
-// as large as the relay offers win even though their writesets then
-// usually meet: 0, no such bound. A variable for benchmarks and tests.
-var parallelBatchRows = 0
-
 // queueDepth is how many batches one worker holds (one applying, one
 // waiting): with the relay's bound, memory stays bounded by about
 // 2*Workers batches of maxBatchBytes.
@@ -287,29 +279,8 @@ func (a *Applier) runParallel(ctx context.Context, in <-chan *binlog.Txn) error 
 			p.resync()
 			continue
 		}
-		txns := []*binlog.Txn{first}
-		size := first.Size
-		rows := len(first.Changes)
-		closed := false
-	gather:
-		for len(txns) < a.lim.get() && size < maxBatchBytes && (parallelBatchRows <= 0 || rows < parallelBatchRows) {
-			select {
-			case t, ok := <-in:
-				if !ok {
-					closed = true
-					break gather
-				}
-				if !t.Last || t.Piece != 0 {
-					carry = t
-					break gather
-				}
-				txns = append(txns, t)
-				size += t.Size
-				rows += len(t.Changes)
-			default:
-				break gather
-			}
-		}
+		txns, next, closed := a.gather(first, in)
+		carry = next
 		if err := p.dispatch(ctx, txns); err != nil {
 			return a.fail(err)
 		}
