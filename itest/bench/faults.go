@@ -9,7 +9,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/mlproxy/mlproxy/binlog"
 	"github.com/mlproxy/mlproxy/itest/cluster"
 )
 
@@ -125,26 +124,10 @@ func benchBreakingPoint(ctx context.Context, bin string, dur time.Duration) erro
 	defer src.Close()
 	peer, _ := us.Server.Open("")
 	defer peer.Close()
-	var mu sync.Mutex
-	var samples []sample
 	sctx, stop := context.WithCancel(ctx)
 	defer stop()
-	go func() {
-		t := time.NewTicker(20 * time.Millisecond)
-		defer t.Stop()
-		for sctx.Err() == nil {
-			x := sample{at: time.Now()}
-			x.source = binlog.SeqNo(queryString(sctx, src, "SELECT @@gtid_binlog_pos"), uint32(eu.ID))
-			x.peer = binlog.SeqNo(queryString(sctx, peer, fmt.Sprintf("SELECT gtid FROM mlr.checkpoints WHERE peer_id = %d", eu.ID)), uint32(eu.ID))
-			mu.Lock()
-			samples = append(samples, x)
-			mu.Unlock()
-			select {
-			case <-sctx.Done():
-			case <-t.C:
-			}
-		}
-	}()
+	var s sampler // eu is region 1: its domain and its checkpoint row at us
+	go s.run(sctx, src, peer, nil, uint32(eu.ID), 20*time.Millisecond)
 	secs := fmt.Sprintf("--time=%d", int(dur.Seconds()))
 	step := func(rate int) (tps float64, p99 time.Duration, err error) {
 		args := []string{secs, "--threads=8"}
@@ -159,17 +142,11 @@ func benchBreakingPoint(ctx context.Context, bin string, dur time.Duration) erro
 		}
 		// Wait for us to catch up so the lag of the last commits counts.
 		for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-			mu.Lock()
-			last := samples[len(samples)-1]
-			mu.Unlock()
-			if last.peer >= last.source {
+			if last := s.last(); last.peer >= last.source {
 				break
 			}
 		}
-		mu.Lock()
-		all := append([]sample(nil), samples...)
-		mu.Unlock()
-		_, p99 = lags(all, start, end, func(x sample) int64 { return x.peer })
+		_, p99 = lags(s.between(start, time.Now()), start, end, func(x sample) int64 { return x.peer })
 		return res.TPS, p99, nil
 	}
 	maxTPS, maxLag, err := step(0)

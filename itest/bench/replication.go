@@ -22,7 +22,8 @@ type sample struct {
 	source, peer, native int64
 }
 
-// sampler reads the three positions every interval until stopped.
+// sampler reads the three positions every interval until stopped (the
+// native replica's only when it is given).
 type sampler struct {
 	mu      sync.Mutex
 	samples []sample
@@ -56,7 +57,9 @@ func (s *sampler) run(ctx context.Context, src, peer, native *sql.DB, domain uin
 		x := sample{at: time.Now()}
 		x.source = binlog.SeqNo(queryString(ctx, src, "SELECT @@gtid_binlog_pos"), domain)
 		x.peer = binlog.SeqNo(queryString(ctx, peer, "SELECT gtid FROM mlr.checkpoints WHERE peer_id = 1"), domain)
-		x.native = binlog.SeqNo(queryString(ctx, native, "SELECT @@gtid_slave_pos"), domain)
+		if native != nil {
+			x.native = binlog.SeqNo(queryString(ctx, native, "SELECT @@gtid_slave_pos"), domain)
+		}
 		s.mu.Lock()
 		s.samples = append(s.samples, x)
 		s.mu.Unlock()
