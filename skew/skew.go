@@ -40,6 +40,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -100,12 +101,13 @@ type Status struct {
 type Monitor struct {
 	o Options
 
-	mu     sync.Mutex
-	dbs    map[string]*sql.DB // by peer name, with the server it points at
-	srv    map[string]config.Server
-	read   map[string]Reading
-	n      int // peers configured at the last round
-	fenced string
+	mu   sync.Mutex
+	dbs  map[string]*sql.DB // by peer name, with the server it points at
+	srv  map[string]config.Server
+	read map[string]Reading
+	// fenced is why writes are refused ("": they are not); read on every
+	// statement the proxy handles, so without the lock.
+	fenced atomic.Pointer[string]
 
 	offset  *prometheus.GaugeVec
 	rtt     *prometheus.GaugeVec
@@ -162,16 +164,18 @@ func New(o Options) *Monitor {
 // Fenced is why writes to replicated tables are refused now ("": they are
 // not). It implements proxy.Fence.
 func (m *Monitor) Fenced() string {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.fenced
+	if p := m.fenced.Load(); p != nil {
+		return *p
+	}
+	return ""
 }
 
 // Status is a snapshot for /status.
 func (m *Monitor) Status() Status {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	s := Status{Fenced: m.fenced != "", Reason: m.fenced, MaxOffsetMs: m.o.MaxOffset.Milliseconds()}
+	why := m.Fenced()
+	s := Status{Fenced: why != "", Reason: why, MaxOffsetMs: m.o.MaxOffset.Milliseconds()}
 	for _, r := range m.read {
 		s.Peers = append(s.Peers, r)
 	}
@@ -279,7 +283,6 @@ func (m *Monitor) forget(peers []config.Peer) {
 func (m *Monitor) decide(n int) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.n = n
 	fresh := time.Now().Add(-10 * m.o.Interval)
 	var ahead []string
 	for _, r := range m.read {
@@ -288,19 +291,18 @@ func (m *Monitor) decide(n int) {
 		}
 	}
 	slices.Sort(ahead)
-	was := m.fenced
+	was, why := m.Fenced(), ""
 	if n > 0 && 2*len(ahead) > n {
-		m.fenced = fmt.Sprintf("this region's clock is ahead of %d of its %d peers by more than clock.max_offset %s (%s): writes to replicated tables are refused until it is back within bounds; check NTP on this region's proxy host",
+		why = fmt.Sprintf("this region's clock is ahead of %d of its %d peers by more than clock.max_offset %s (%s): writes to replicated tables are refused until it is back within bounds; check NTP on this region's proxy host",
 			len(ahead), n, m.o.MaxOffset, strings.Join(ahead, ", "))
-	} else {
-		m.fenced = ""
 	}
+	m.fenced.Store(&why)
 	switch {
-	case was == "" && m.fenced != "":
+	case was == "" && why != "":
 		m.fence.Set(1)
 		m.fencing.Inc()
-		m.o.Logger.Error("clock fence engaged: refusing writes to replicated tables", zap.String("reason", m.fenced))
-	case was != "" && m.fenced == "":
+		m.o.Logger.Error("clock fence engaged: refusing writes to replicated tables", zap.String("reason", why))
+	case was != "" && why == "":
 		m.fence.Set(0)
 		m.o.Logger.Info("clock fence lifted: the clock is back within clock.max_offset of its peers")
 	}
