@@ -237,11 +237,11 @@ func (c *Clock) wake() {
 // therefore passes each peer checkpoint's stamp to Update when it starts.
 func (c *Clock) Update(remote Timestamp) error {
 	wall := c.now()
-	if max := c.allowed(); remote.Millis() > wall.UnixMilli()+max.Milliseconds() {
+	if remote.Millis() > wall.UnixMilli()+c.maxOffset.Milliseconds() {
 		c.rejected.Add(1)
 		c.m.rejected.Inc()
 		return fmt.Errorf("hlc: update to %s, %dms ahead of wall time (max offset %s): %w",
-			remote, remote.Millis()-wall.UnixMilli(), max, ErrTooFarAhead)
+			remote, remote.Millis()-wall.UnixMilli(), c.maxOffset, ErrTooFarAhead)
 	}
 	for {
 		old := c.last.Load()
@@ -261,15 +261,12 @@ func (c *Clock) Update(remote Timestamp) error {
 // Ahead is how much further ahead of local wall time remote is than the
 // max offset allows (0 when Update would accept it).
 func (c *Clock) Ahead(remote Timestamp) time.Duration {
-	over := remote.Millis() - c.now().UnixMilli() - c.allowed().Milliseconds()
+	over := remote.Millis() - c.now().UnixMilli() - c.maxOffset.Milliseconds()
 	if over <= 0 {
 		return 0
 	}
 	return time.Duration(over) * time.Millisecond
 }
-
-// allowed is how far ahead of local wall time a peer stamp may be.
-func (c *Clock) allowed() time.Duration { return c.maxOffset }
 
 // Last is the highest stamp issued or accepted so far.
 func (c *Clock) Last() Timestamp { return Timestamp(c.last.Load()) }
