@@ -302,7 +302,9 @@ func (t *Tailer) send(out chan<- *Txn) func(context.Context, *Txn) error {
 // Close opens a new connection to the server to KILL the dump thread, for
 // up to 10 s, and against a peer that is unreachable that would hold up a
 // link's restart and the process's shutdown. Whatever is left finishes in
-// the background (the dump connection itself is already cut).
+// the background (go-mysql has already set the dump connection a short
+// read deadline, so its reader stops; the server ends the old dump thread
+// when the link reconnects with the same server id).
 func closeSyncer(s *replication.BinlogSyncer, log *zap.Logger) {
 	done := make(chan struct{})
 	go func() { s.Close(); close(done) }()
