@@ -127,6 +127,11 @@ type Status struct {
 	Retries int
 	// Txns counts whole transactions sent since Run started.
 	Txns uint64
+	// Sent counts every transaction or piece handed to the relay since
+	// the tailer was created (re-sends after a link restart included): a
+	// link whose applied position stays while Sent grows is offered
+	// changes it does not get past.
+	Sent uint64
 	// Breaker is the circuit breaker's state: closed, half-open or open.
 	Breaker string
 }
@@ -291,6 +296,9 @@ func (t *Tailer) send(out chan<- *Txn) func(context.Context, *Txn) error {
 	return func(ctx context.Context, txn *Txn) error {
 		select {
 		case out <- txn:
+			t.mu.Lock()
+			t.status.Sent++
+			t.mu.Unlock()
 			return nil
 		case <-ctx.Done():
 			return ctx.Err()

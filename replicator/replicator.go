@@ -51,25 +51,37 @@ type Replicator struct {
 	links map[string]*Link
 	wg    sync.WaitGroup
 
-	stuck *prometheus.GaugeVec // peer: 1 while a link is stuck
+	stuck      *prometheus.GaugeVec // peer: 1 while a link is stuck
+	relayTxns  *prometheus.GaugeVec // peer: transactions (or pieces) waiting in the relay
+	relayBytes *prometheus.GaugeVec // peer: their row images' bytes
 }
 
 // New returns a Replicator writing into db (the local server).
 func New(db *sql.DB, clock *hlc.Clock, open OpenFunc, log *zap.Logger, reg prometheus.Registerer) *Replicator {
-	r := &Replicator{db: db, clock: clock, open: open, log: log, reg: reg, links: map[string]*Link{},
-		stuck: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "mlproxy_link_stuck",
-			Help: "1 while a link has made no progress at one position for apply.stuck_after although it has work or keeps failing (see mlproxy status).",
-		}, []string{"peer"})}
-	if reg != nil {
-		if err := reg.Register(r.stuck); err != nil {
-			var are prometheus.AlreadyRegisteredError
-			if errors.As(err, &are) {
-				r.stuck = are.ExistingCollector.(*prometheus.GaugeVec)
-			}
+	r := &Replicator{db: db, clock: clock, open: open, log: log, reg: reg, links: map[string]*Link{}}
+	r.stuck = gaugeVec(reg, "mlproxy_link_stuck",
+		"1 while a link has made no progress at one position for apply.stuck_after although it was offered changes or kept failing (see mlproxy status).")
+	r.relayTxns = gaugeVec(reg, "mlproxy_relay_txns",
+		"Transactions (or pieces of large ones) waiting in the relay between a link's tailer and its applier.")
+	r.relayBytes = gaugeVec(reg, "mlproxy_relay_bytes",
+		"Bytes of row images waiting in the relay between a link's tailer and its applier (bounded by apply.relay_bytes).")
+	return r
+}
+
+// gaugeVec registers a gauge per peer with reg (nil: unregistered), or
+// returns the one already registered under name.
+func gaugeVec(reg prometheus.Registerer, name, help string) *prometheus.GaugeVec {
+	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: name, Help: help}, []string{"peer"})
+	if reg == nil {
+		return g
+	}
+	if err := reg.Register(g); err != nil {
+		var are prometheus.AlreadyRegisteredError
+		if errors.As(err, &are) {
+			return are.ExistingCollector.(*prometheus.GaugeVec)
 		}
 	}
-	return r
+	return g
 }
 
 // Run starts the links of cfg and blocks until ctx ends and every link has
@@ -168,15 +180,16 @@ type LinkStatus struct {
 
 // Link replicates one peer into the local server.
 type Link struct {
-	r       *Replicator
-	peer    config.Peer
-	rules   []config.TableRule // the table rules it was built with
-	topo    config.Topology
-	tailer  *binlog.Tailer
-	applier *applier.Applier
-	log     *zap.Logger
-	cancel  context.CancelFunc
-	done    chan struct{}
+	r          *Replicator
+	peer       config.Peer
+	rules      []config.TableRule // the table rules it was built with
+	topo       config.Topology
+	tailer     *binlog.Tailer
+	applier    *applier.Applier
+	relayBytes int64 // apply.relay_bytes
+	log        *zap.Logger
+	cancel     context.CancelFunc
+	done       chan struct{}
 
 	mu      sync.Mutex
 	state   string // starting, running, retrying, stopped
@@ -185,10 +198,12 @@ type Link struct {
 	// at stuckAt although it had work or kept failing (see watch).
 	stuckSince time.Time
 	stuckAt    string
+	restarts   uint64 // failed runs of the link (see watch)
 }
 
-// relayTxns bounds the relay between tailer and applier by count; with the
-// tailer's piece size (relay_bytes / relayTxns) it is bounded by bytes too.
+// relayTxns bounds the relay between tailer and applier by count, beside
+// apply.relay_bytes; a transaction larger than relay_bytes / relayTxns
+// (at least 64 KiB) is streamed in pieces of that size.
 const relayTxns = 1024
 
 func newLink(r *Replicator, cfg *config.Config, p config.Peer, tables applier.TableSource) *Link {
@@ -201,12 +216,13 @@ func newLink(r *Replicator, cfg *config.Config, p config.Peer, tables applier.Ta
 		piece = 64 << 10
 	}
 	return &Link{
-		r:     r,
-		peer:  p,
-		rules: cfg.Tables,
-		topo:  cfg.Topology,
-		log:   r.log.With(zap.String("peer", p.Name)),
-		done:  make(chan struct{}),
+		r:          r,
+		relayBytes: cfg.Apply.RelayBytes,
+		peer:       p,
+		rules:      cfg.Tables,
+		topo:       cfg.Topology,
+		log:        r.log.With(zap.String("peer", p.Name)),
+		done:       make(chan struct{}),
 		tailer: binlog.New(binlog.Config{
 			Peer:        p,
 			Self:        cfg.Region.ID,
@@ -250,6 +266,9 @@ func (l *Link) stop() {
 	l.cancel()
 	<-l.done
 	l.tailer.Unregister()
+	for _, g := range []*prometheus.GaugeVec{l.r.stuck, l.r.relayTxns, l.r.relayBytes} {
+		g.DeleteLabelValues(l.peer.Name)
+	}
 }
 
 func (l *Link) lastErrIs(targets ...error) bool {
@@ -313,17 +332,18 @@ func (l *Link) Status() LinkStatus {
 }
 
 // watch reports the link stuck when its applied position has not moved
-// for after while it kept failing (the link restarting, the tailer not
-// connecting, the applier retrying a batch, or stopped at a refused row): a link that cannot get past a change never retries
-// silently forever. It logs once (peer, position, error), sets
-// mlproxy_link_stuck and the status; progress clears all three.
+// for after although it kept failing or was offered changes (the link
+// restarting, the tailer not connecting, the applier retrying a batch,
+// stopped at a refused row, or re-streaming a large transaction it cannot
+// commit): a link that cannot get past a change never retries silently
+// forever. It logs once (peer, table when known, position, error), sets
+// mlproxy_link_stuck and the status; progress clears all three. An idle
+// link (nothing offered, nothing failing) is never stuck.
 func (l *Link) watch(ctx context.Context, after time.Duration) {
 	every := max(after/10, 200*time.Millisecond)
 	t := time.NewTicker(every)
 	defer t.Stop()
-	var lastPos binlog.Position
-	since := time.Now()
-	reported := false
+	p := progress{after: after}
 	for {
 		select {
 		case <-ctx.Done():
@@ -337,37 +357,81 @@ func (l *Link) watch(ctx context.Context, after time.Duration) {
 		l.mu.Lock()
 		failing := l.lastErr != nil || ts.LastError != nil || as.RetryErr != nil || as.Stopped != nil
 		l.mu.Unlock()
-		if pos != lastPos || !failing {
-			lastPos, since = pos, time.Now()
-			if reported {
-				reported = false
-				l.mu.Lock()
-				l.stuckSince, l.stuckAt = time.Time{}, ""
-				l.mu.Unlock()
-				l.r.stuck.WithLabelValues(l.peer.Name).Set(0)
-				l.log.Info("link progressing again", zap.String("gtid", pos.GTID))
-			}
-			continue
-		}
-		if reported || time.Since(since) < after {
-			continue
-		}
-		reported = true
-		at := fmt.Sprintf("gtid %s (%s:%d)", pos.GTID, pos.File, pos.Pos)
 		l.mu.Lock()
-		l.stuckSince, l.stuckAt = since, at
-		lastErr := l.lastErr
+		restarts := l.restarts
 		l.mu.Unlock()
-		if lastErr == nil {
-			lastErr = as.RetryErr
+		switch p.observe(time.Now(), pos, ts.Sent+restarts, failing) {
+		case recovered:
+			l.mu.Lock()
+			l.stuckSince, l.stuckAt = time.Time{}, ""
+			l.mu.Unlock()
+			l.r.stuck.WithLabelValues(l.peer.Name).Set(0)
+			l.log.Info("link progressing again", zap.String("gtid", pos.GTID))
+		case stuck:
+			at := fmt.Sprintf("gtid %s (%s:%d)", pos.GTID, pos.File, pos.Pos)
+			l.mu.Lock()
+			l.stuckSince, l.stuckAt = p.since, at
+			lastErr := l.lastErr
+			l.mu.Unlock()
+			if lastErr == nil {
+				lastErr = as.RetryErr
+			}
+			if lastErr == nil {
+				lastErr = ts.LastError
+			}
+			fields := []zap.Field{zap.String("at", at), zap.Duration("for", time.Since(p.since).Round(time.Second)),
+				redact.Err(lastErr)}
+			if as.Stopped != nil {
+				fields = append(fields, zap.String("table", as.Stopped.Table))
+			}
+			l.r.stuck.WithLabelValues(l.peer.Name).Set(1)
+			l.log.Error("link stuck: no progress for apply.stuck_after", fields...)
 		}
-		if lastErr == nil {
-			lastErr = ts.LastError
-		}
-		l.r.stuck.WithLabelValues(l.peer.Name).Set(1)
-		l.log.Error("link stuck: no progress for apply.stuck_after", zap.String("at", at),
-			zap.Duration("for", time.Since(since).Round(time.Second)), redact.Err(lastErr))
 	}
+}
+
+// progress decides from samples of a link whether it is stuck: its
+// applied position unchanged for after, and at no sample in that time
+// idle (not failing, and nothing offered or restarted since the sample
+// before). A link that fails, restarts and re-streams the same large
+// transaction is healthy for a moment between attempts, but between two
+// samples it was offered pieces or restarted, so it stays stuck.
+type progress struct {
+	after    time.Duration
+	pos      binlog.Position
+	since    time.Time // when pos last moved, or the link was last seen idle
+	activity uint64    // the tailer's sends plus the link's restarts at the last sample
+	reported bool
+}
+
+type verdict int
+
+const (
+	nothing verdict = iota
+	stuck
+	recovered
+)
+
+// observe takes one sample: the applied position, a counter that grows
+// whenever the link is offered a change or restarts, and whether it is
+// failing now.
+func (p *progress) observe(now time.Time, pos binlog.Position, activity uint64, failing bool) verdict {
+	active := activity != p.activity
+	p.activity = activity
+	if p.since.IsZero() || pos != p.pos || (!failing && !active) {
+		// Progress, or idle: the clock restarts.
+		p.pos, p.since = pos, now
+		if p.reported {
+			p.reported = false
+			return recovered
+		}
+		return nothing
+	}
+	if p.reported || now.Sub(p.since) < p.after {
+		return nothing
+	}
+	p.reported = true
+	return stuck
 }
 
 // run keeps the link going until ctx ends. A failure (a fatal tailer error
@@ -390,6 +454,9 @@ func (l *Link) run(ctx context.Context) {
 		}
 		wait := bo.NextBackOff()
 		l.set("retrying", err)
+		l.mu.Lock()
+		l.restarts++
+		l.mu.Unlock()
 		l.log.Warn("replication link down; retrying from the checkpoint", redact.Err(err), zap.Duration("retry_in", wait))
 		select {
 		case <-ctx.Done():
@@ -417,17 +484,22 @@ func (l *Link) once(ctx context.Context) error {
 		}
 	}
 	l.set("running", nil)
-	relay := make(chan *binlog.Txn, relayTxns)
+	rl := newRelay(relayTxns, l.relayBytes,
+		l.r.relayTxns.WithLabelValues(l.peer.Name), l.r.relayBytes.WithLabelValues(l.peer.Name))
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
-		defer close(relay)
-		if err := l.tailer.Run(gctx, from, relay); err != nil {
+		defer close(rl.in)
+		if err := l.tailer.Run(gctx, from, rl.in); err != nil {
 			return fmt.Errorf("tail peer %s: %w", l.peer.Name, err)
 		}
 		return nil
 	})
 	g.Go(func() error {
-		if err := l.applier.Run(gctx, relay); err != nil {
+		rl.run(gctx)
+		return nil
+	})
+	g.Go(func() error {
+		if err := l.applier.Run(gctx, rl.out); err != nil {
 			return fmt.Errorf("apply from peer %s: %w", l.peer.Name, err)
 		}
 		return nil
