@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -307,6 +308,25 @@ func TestClassifyQuery(t *testing.T) {
 		if got, _ := classifyQuery(q); got != want {
 			t.Errorf("classifyQuery(%q) = %d, want %d", q, got, want)
 		}
+	}
+}
+
+// TestDDLInsideExecutableComments: DDL a client wraps in an executable
+// comment runs on the server and is logged as written; the own-binlog
+// watch must still see it as DDL.
+func TestDDLInsideExecutableComments(t *testing.T) {
+	for _, q := range []string{
+		"/*! TRUNCATE TABLE kv NOWAIT */",
+		"/*M!100000 DROP TABLE kv WAIT 1 */",
+		"/* plain */ /*!50000 ALTER TABLE kv NOWAIT ADD COLUMN z INT */",
+		"/*!RENAME TABLE kv TO kv_o, kv_x TO kv*/",
+	} {
+		if got := strings.TrimSpace(skipComments(q)); !ddlVerb.MatchString(got) {
+			t.Errorf("skipComments(%q) = %q: not seen as DDL", q, got)
+		}
+	}
+	if got := skipComments("/* DROP TABLE kv */ SELECT 1"); ddlVerb.MatchString(got) {
+		t.Errorf("a plain comment read as code: %q", got)
 	}
 }
 

@@ -157,11 +157,16 @@ func classifyQuery(q string) (queryKind, string) {
 	return queryOther, verb
 }
 
-// skipComments drops leading whitespace and /* ... */ or -- / # comments.
+// skipComments drops leading whitespace and /* ... */ or -- / # comments;
+// an executable comment (/*! ... */, /*M! ... */) is read as code.
 func skipComments(q string) string {
 	for {
 		q = strings.TrimLeft(q, " \t\r\n")
 		switch {
+		case strings.HasPrefix(q, "/*!"), strings.HasPrefix(q, "/*M!"):
+			// An executable comment is code to the server: read on
+			// inside it (its closing */ is left at the end).
+			q = strings.TrimLeft(q[strings.IndexByte(q, '!')+1:], "0123456789")
 		case strings.HasPrefix(q, "/*"):
 			end := strings.Index(q[2:], "*/")
 			if end < 0 {

@@ -14,9 +14,13 @@ import (
 )
 
 // appGrants are the grants the README gives an application account.
-const appGrants = `GRANT SELECT, INSERT, UPDATE, DELETE, CREATE, ALTER, INDEX, DROP,
-      CREATE TEMPORARY TABLES, LOCK TABLES, EXECUTE, CREATE ROUTINE,
-      ALTER ROUTINE, CREATE VIEW, SHOW VIEW ON app.* TO 'app'@'127.0.0.1'`
+const appGrants = `GRANT SELECT, INSERT, UPDATE, DELETE, CREATE TEMPORARY TABLES,
+      LOCK TABLES, EXECUTE, CREATE ROUTINE, ALTER ROUTINE, CREATE VIEW,
+      SHOW VIEW ON app.* TO 'app'@'127.0.0.1'`
+
+// ddlGrants add what the README tells an application account not to hold
+// (schema check warns about it): DDL rights on a replicated schema.
+const ddlGrants = `GRANT CREATE, ALTER, INDEX, DROP ON app.* TO 'ddl'@'127.0.0.1'`
 
 // TestHostileAppAccount: an application account with exactly the README's
 // grants tries, through eu's proxy, every way to skip replication or forge
@@ -34,22 +38,27 @@ func TestHostileAppAccount(t *testing.T) {
 		Tables: appTables + "\n  - schema: app\n    table: users\n    rule: lww"})
 	eu, us := c.Regions[0], c.Regions[1]
 	for _, r := range c.Regions {
-		if _, err := openDirect(t, r).Exec("CREATE USER 'app'@'127.0.0.1' IDENTIFIED BY 'app-pw'; " + appGrants); err != nil {
+		if _, err := openDirect(t, r).Exec("CREATE USER 'app'@'127.0.0.1' IDENTIFIED BY 'app-pw'; " + appGrants + "; " +
+			"CREATE USER 'ddl'@'127.0.0.1' IDENTIFIED BY 'ddl-pw'; " + strings.ReplaceAll(appGrants, "'app'@", "'ddl'@") + "; " + ddlGrants); err != nil {
 			t.Fatal(err)
 		}
 	}
-	cfg, err := mysql.ParseDSN(eu.DSN("app"))
-	if err != nil {
-		t.Fatal(err)
+	session := func(user, pw string) *sql.DB {
+		cfg, err := mysql.ParseDSN(eu.DSN("app"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.User, cfg.Passwd = user, pw
+		cfg.MultiStatements = true
+		db, err := sql.Open("mysql", cfg.FormatDSN())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { db.Close() })
+		db.SetMaxOpenConns(1) // one session: what one statement sets, the next sees
+		return db
 	}
-	cfg.User, cfg.Passwd = "app", "app-pw"
-	cfg.MultiStatements = true
-	app, err := sql.Open("mysql", cfg.FormatDSN())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer app.Close()
-	app.SetMaxOpenConns(1) // one session: what one statement sets, the next sees
+	app := session("app", "app-pw")
 
 	// Another client that must keep being served throughout.
 	bystander := openProxy(t, eu, 1)
@@ -87,6 +96,21 @@ func TestHostileAppAccount(t *testing.T) {
 		{"binlog switched off by a prepared expression", []string{"SET @s = CONCAT('SET sql_', 'log_bin = 0')", "PREPARE p FROM @s", "EXECUTE p",
 			"INSERT INTO kv VALUES (9, 'unlogged?', 1)"}, 9},
 		{"the mlr schema written", []string{"UPDATE mlr.checkpoints SET gtid = ''"}, 0},
+		{"the session's clock moved ahead for the triggers' bound and bypass stamp", []string{
+			fmt.Sprintf("SET timestamp = UNIX_TIMESTAMP() + 2*86400; SET @s = CONCAT('SET @_mlr', '_hlc = NULL'); PREPARE n FROM @s; EXECUTE n; INSERT INTO kv VALUES (10, 'timestamp', 1)"),
+		}, 10},
+		{"the session's clock moved ahead with a forged stamp, in a procedure", []string{
+			fmt.Sprintf("CREATE PROCEDURE later() BEGIN SET timestamp = UNIX_TIMESTAMP() + 2*86400; SET @_mlr_hlc = %d; INSERT INTO kv VALUES (11, 'later', 1); SET timestamp = DEFAULT; END", far),
+			"CALL later()"}, 11},
+		{"DDL in executable comments the parser cannot read", []string{"/*! TRUNCATE TABLE kv NOWAIT */"}, 0},
+		{"DDL in a MariaDB executable comment, prepared", []string{"PREPARE d FROM '/*M! DROP TABLE kv WAIT 1 */'", "EXECUTE d"}, 0},
+		{"a RENAME swap to write past the triggers, in one packet", []string{
+			"SET @a = 'CREATE TABLE kv_x LIKE kv'; PREPARE a FROM @a; " +
+				"SET @b = 'RENAME TABLE kv TO kv_o, kv_x TO kv'; PREPARE b FROM @b; " +
+				fmt.Sprintf("SET @c = CONCAT('INSERT INTO kv (k, v, n, _mlr', '_hlc, _mlr', '_origin, _mlr', '_vv) VALUES (12, ''swapped'', 1, %d, 2, ''{\\\"2\\\":%d}'')'); PREPARE c FROM @c; ", far, far) +
+				"SET @d = 'RENAME TABLE kv TO kv_x, kv_o TO kv'; PREPARE d FROM @d; " +
+				"EXECUTE a; EXECUTE b; EXECUTE c; EXECUTE d",
+			"INSERT INTO kv VALUES (12, 'after the swap', 1) ON DUPLICATE KEY UPDATE v = 'after the swap'"}, 12},
 	}
 	for _, a := range attempts {
 		var errs []string
@@ -100,7 +124,7 @@ func TestHostileAppAccount(t *testing.T) {
 		}
 		t.Logf("%s: %d of %d statements refused: %s", a.name, len(errs), len(a.sql), strings.Join(errs, "; "))
 		// Whatever was or was not refused, the session goes on clean.
-		_, _ = app.ExecContext(ctx, "SET @_mlr_apply = NULL, @_mlr_hlc = NULL, @_mlr_origin = NULL")
+		_, _ = app.ExecContext(ctx, "SET @_mlr_apply = NULL, @_mlr_hlc = NULL, @_mlr_origin = NULL, timestamp = DEFAULT")
 		var one int
 		if err := bystander.QueryRowContext(ctx, "SELECT 1").Scan(&one); err != nil {
 			t.Fatalf("after %q the proxy stopped serving another client: %v", a.name, err)
@@ -146,11 +170,22 @@ func TestHostileAppAccount(t *testing.T) {
 		}
 	}
 
-	// Damage the proxy cannot see (DDL in a statement prepared from an
-	// expression; the account has ALTER): it is found within seconds, the
-	// table's writes are refused with a reason, and `schema apply` repairs.
+	// The triggers are all still there, in every region.
+	for _, r := range c.Regions {
+		var n int
+		if err := openDirect(t, r).QueryRowContext(ctx, "SELECT COUNT(*) FROM information_schema.TRIGGERS WHERE EVENT_OBJECT_SCHEMA = 'app' AND EVENT_OBJECT_TABLE = 'kv' AND TRIGGER_NAME LIKE '\\_mlr\\_%'").Scan(&n); err != nil || n != 3 {
+			t.Errorf("region %s: %d stamping triggers on app.kv (%v); want 3", r.Name, n, err)
+		}
+	}
+
+	// Damage the proxy cannot see, by an account holding what the README
+	// says an application account must not (DDL rights; schema check
+	// warns about it), in a statement prepared from an expression: it is
+	// found within seconds, the table's writes are refused with a reason,
+	// and `schema apply` repairs.
+	ddl := session("ddl", "ddl-pw")
 	for _, q := range []string{"SET @s = CONCAT('ALTER TABLE kv DROP COLUMN _mlr', '_hlc')", "PREPARE p FROM @s", "EXECUTE p"} {
-		if _, err := app.ExecContext(ctx, q); err != nil {
+		if _, err := ddl.ExecContext(ctx, q); err != nil {
 			t.Fatalf("%s: %v", q, err)
 		}
 	}
@@ -189,11 +224,11 @@ func TestHostileAppAccount(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// TRUNCATE the proxy cannot see (prepared from an expression; the
-	// account has DROP): no row events, so nothing of it replicates; the
+	// TRUNCATE the proxy cannot see (prepared from an expression, by the
+	// account with DROP): no row events, so nothing of it replicates; the
 	// region's own binlog shows it, and it is reported as an error.
 	for _, q := range []string{"SET @s = CONCAT('TRUNCATE TABLE ', 'events')", "PREPARE p FROM @s", "EXECUTE p"} {
-		if _, err := app.ExecContext(ctx, q); err != nil {
+		if _, err := ddl.ExecContext(ctx, q); err != nil {
 			t.Fatalf("%s: %v", q, err)
 		}
 	}

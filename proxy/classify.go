@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"fmt"
 	"regexp"
 	"strings"
 	"sync"
@@ -220,9 +221,9 @@ var (
 	// reExecComment opens an executable comment, MySQL's (/*!, with an
 	// optional version) or MariaDB's (/*M!).
 	reExecComment = regexp.MustCompile(`/\*M?!\d*`)
-	// reLongNumber is a numeric literal of more than 30 digits, not part of
-	// a name.
-	reLongNumber = regexp.MustCompile(`(^|[^\w$.])\d{31,}(\.\d*)?`)
+	// reLongNumber is a numeric literal of more than 30 digits before or
+	// after its point, not part of a name.
+	reLongNumber = regexp.MustCompile(`(^|[^\w$.])(\d{31,}(\.\d*)?|\d*\.\d{31,})`)
 )
 
 func refused(reason, msg string) *class {
@@ -260,6 +261,32 @@ var reGetDiagnostics = regexp.MustCompile(`(?is)^\s*(/\*.*?\*/\s*)*get\s+((curre
 // comments) like DDL, or an EXECUTE IMMEDIATE of such text.
 var reDDLVerb = regexp.MustCompile(`(?is)^\s*(/\*.*?\*/\s*)*(execute\s+immediate\s+['"]?\s*)?(create|alter|drop|rename|truncate)\b`)
 
+// parseInner parses the text of a PREPARE with a parser of its own,
+// recovering the parser's panics as parse errors (a literal its value
+// driver cannot hold is shortened first, as in parse).
+func parseInner(text string) (stmts []ast.StmtNode, err error) {
+	try := func(text string) (stmts []ast.StmtNode, err error) {
+		defer func() {
+			if r := recover(); r != nil {
+				stmts, err = nil, fmt.Errorf("the SQL parser failed on this statement: %v", r)
+			}
+		}()
+		stmts, _, err = parser.New().Parse(text, "", "")
+		return stmts, err
+	}
+	if stmts, err = try(text); err != nil && strings.HasPrefix(err.Error(), "the SQL parser failed") {
+		stmts, err = try(reLongNumber.ReplaceAllString(text, "${1}0"))
+	}
+	return stmts, err
+}
+
+// isDDLText reports whether text starts like DDL, reading executable
+// comments as code: `/*! TRUNCATE TABLE t NOWAIT */` is a TRUNCATE to the
+// server.
+func isDDLText(text string) bool {
+	return reDDLVerb.MatchString(reExecComment.ReplaceAllString(text, " "))
+}
+
 // reUnsafeCharset is a SET NAMES / CHARACTER SET (or character_set_client)
 // naming a character set unsafeCharset refuses, in text the parser could
 // not read.
@@ -279,7 +306,7 @@ func classifyUnparsed(db, sql string) *class {
 		return refused(reasonSQLLogBin, msgSQLLogBin)
 	case reMlrAssign.MatchString(sql):
 		return refused(reasonMetadataColumn, msgMetadataWrite)
-	case reDDLVerb.MatchString(sql):
+	case isDDLText(sql):
 		// CREATE OR REPLACE TABLE, ALTER TABLE IF EXISTS, ALTER ONLINE
 		// TABLE, CREATE TRIGGER ...: DDL the parser cannot read. The
 		// proxy's DDL policy checks its text against the replicated
@@ -317,6 +344,10 @@ func classifyStmts(db string, stmts []ast.StmtNode, depth int) *class {
 		if len(cl.ddl) > 0 {
 			out.ddl = append(out.ddl, cl.ddl...)
 			out.verb = cl.verb
+		} else if cl.verb == "DDL" && out.verb == "" {
+			// DDL the parser could not read (a PREPARE of it): its text
+			// is what the DDL policy checks.
+			out.verb, out.text = cl.verb, cl.text
 		}
 		out.writes = append(out.writes, cl.writes...)
 	}
@@ -368,8 +399,8 @@ func classifyStmt(db string, st ast.StmtNode, depth int) *class {
 		// The prepared text is checked for refusals now; its EXECUTE is
 		// stamped as kindWriteUnknown.
 		if n.SQLText != "" && depth == 0 {
-			p := parser.New()
-			if inner, _, err := p.Parse(n.SQLText, "", ""); err == nil {
+			text := reExecComment.ReplaceAllString(n.SQLText, "/*! ")
+			if inner, err := parseInner(text); err == nil {
 				cl := classifyStmts(db, inner, depth+1)
 				if cl.kind == kindRefused {
 					return cl
@@ -377,9 +408,12 @@ func classifyStmt(db string, st ast.StmtNode, depth int) *class {
 				if len(cl.ddl) > 0 { // checked against the DDL policy like the statement itself
 					return &class{kind: kindSession, ddl: cl.ddl, verb: cl.verb}
 				}
-			} else if cl := classifyUnparsed(db, n.SQLText); cl.kind == kindRefused {
+			} else if cl := classifyUnparsed(db, text); cl.kind == kindRefused {
 				return cl
-			} else if reDDLVerb.MatchString(n.SQLText) {
+			}
+			// DDL the parser read as nothing (an executable comment it
+			// could not parse is dropped as a comment) or could not read.
+			if isDDLText(text) {
 				return &class{kind: kindSession, text: strings.ToLower(n.SQLText), verb: "DDL"}
 			}
 		}

@@ -92,6 +92,11 @@ func TestClassify(t *testing.T) {
 		// anyway (it used to panic the process).
 		{"app", "SELECT 123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890", kindRead, "[]", ""},
 		{"app", "UPDATE t SET a = 123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890.5", kindWrite, "[{app t}]", ""},
+		{"app", "UPDATE t SET a = 0.123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890", kindWrite, "[{app t}]", ""},
+		{"app", "UPDATE t SET a = .123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890", kindWrite, "[{app t}]", ""},
+		// DDL inside an executable comment, in syntax the parser cannot
+		// read, is still DDL.
+		{"app", "/*! TRUNCATE TABLE t NOWAIT */", kindWriteUnknown, "[]", ""},
 		// Not refused: other triggers, reading mlr, other @ variables.
 		{"app", "DROP TRIGGER my_trigger", kindWriteUnknown, "[]", ""},
 		{"app", "SELECT * FROM mlr.checkpoints", kindRead, "[]", ""},
@@ -103,6 +108,9 @@ func TestClassify(t *testing.T) {
 	}
 	for _, tc := range cases {
 		cl := c.classify(tc.db, tc.sql)
+		if strings.Contains(tc.sql, "NOWAIT") && cl.verb != "DDL" {
+			t.Errorf("classify(%q): verb %q, want DDL (checked against the DDL policy)", tc.sql, cl.verb)
+		}
 		if cl.kind != tc.kind || cl.reason != tc.reason || fmt.Sprint(cl.writes) != tc.writes && tc.writes != "[]" {
 			t.Errorf("classify(%q, %q) = kind %d writes %v reason %q; want kind %d writes %s reason %q",
 				tc.db, tc.sql, cl.kind, cl.writes, cl.reason, tc.kind, tc.writes, tc.reason)
@@ -190,4 +198,31 @@ func mustKey(t *testing.T, sql string) string {
 		return n
 	}
 	return sql
+}
+
+// TestPrepareTextParsedSafely: the text of a PREPARE is parsed too; a
+// literal that panics the parser's value driver there must not end the
+// client's connection, and DDL hidden in it is still seen.
+func TestPrepareTextParsedSafely(t *testing.T) {
+	c, err := newClassifier(100, 0, func() {}, func() {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lit := strings.Repeat("1234567890", 9)
+	for _, q := range []string{
+		"PREPARE s FROM 'SELECT " + lit + "'",
+		"PREPARE s FROM 'UPDATE t SET a = 0." + lit + "'",
+	} {
+		if cl := c.classify("app", q); cl.kind != kindSession {
+			t.Errorf("classify(%q) = kind %d, want a session statement", q, cl.kind)
+		}
+	}
+	for _, q := range []string{
+		"PREPARE s FROM '/*! TRUNCATE TABLE t NOWAIT */'",
+		"PREPARE s FROM '/*M!100000 DROP TABLE t WAIT 1 */'",
+	} {
+		if cl := c.classify("app", q); cl.verb != "DDL" {
+			t.Errorf("classify(%q) = kind %d verb %q, want DDL for the DDL policy", q, cl.kind, cl.verb)
+		}
+	}
 }

@@ -168,6 +168,16 @@ func TestReplicatedDDLBypassesRefused(t *testing.T) {
 		"ALTER ONLINE TABLE rt ADD COLUMN x INT",
 		"ALTER TABLE rt_twin RENAME TO app.rt",
 		"CREATE TRIGGER sneaky BEFORE INSERT ON rt FOR EACH ROW SET NEW.v = 'x'",
+		// Executable comments are code to the server, with MariaDB-only
+		// clauses the parser cannot read.
+		"/*! TRUNCATE TABLE rt NOWAIT */",
+		"/*M! DROP TABLE rt WAIT 1 */",
+		"/* plain */ /*!50000 ALTER TABLE rt NOWAIT ADD COLUMN z INT */",
+		"/*! CREATE OR REPLACE TABLE rt (id INT PRIMARY KEY) */",
+		"/*M!100000 RENAME TABLE rt TO rt_old */",
+		"PREPARE s FROM '/*! TRUNCATE TABLE rt NOWAIT */'",
+		"PREPARE s FROM '/*M! DROP TABLE rt */'",
+		"EXECUTE IMMEDIATE '/*M! DROP TABLE rt WAIT 1 */'",
 	} {
 		_, err := db.Exec(q)
 		if err == nil || !strings.Contains(err.Error(), "refused") || !strings.Contains(err.Error(), "mlproxy schema ddl") {

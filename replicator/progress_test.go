@@ -58,7 +58,7 @@ func TestProgressRestreamedTransaction(t *testing.T) {
 func TestProgressIdleLink(t *testing.T) {
 	s := repeat(5, sample{pos: "1-1-10", activity: 7}, 0)
 	s = append(s, repeat(4, sample{pos: "1-1-10", activity: 7, failing: true}, 0)...) // peer down 2 min
-	s = append(s, repeat(20, sample{pos: "1-1-10", activity: 7}, 0)...)                // back, idle
+	s = append(s, repeat(20, sample{pos: "1-1-10", activity: 7}, 0)...)               // back, idle
 	runSamples(t, s)
 }
 

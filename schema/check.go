@@ -362,6 +362,18 @@ var riskyGlobal = map[string]string{
 	"SUPER":        "it can switch binary logging off and bypass every check",
 	"BINLOG ADMIN": "it can switch binary logging off for its writes",
 	"TRIGGER":      "it can drop or replace the stamping triggers of every table",
+	"CREATE USER":  "it can create an account with mlproxy's own user name, whose sessions the triggers let write any stamp, origin and vector",
+	"DROP":         "it can TRUNCATE or RENAME a replicated table where the proxy cannot see it (a statement prepared from an expression, a procedure): a RENAME swap writes rows past the stamping triggers",
+	"ALTER":        "it can ALTER or RENAME a replicated table where the proxy cannot see it, past the stamping triggers",
+}
+
+// riskyOnReplicated are the schema- and table-level privileges an
+// application account must not hold on a replicated schema: DDL runs
+// through `mlproxy schema ddl`, which the proxy's refusal names.
+var riskyOnReplicated = map[string]string{
+	"TRIGGER": "it can drop the stamping triggers, and its writes would then replicate unstamped",
+	"DROP":    riskyGlobal["DROP"],
+	"ALTER":   riskyGlobal["ALTER"],
 }
 
 // checkAccounts reports accounts other than mlproxy's own (st.Applier) that
@@ -378,7 +390,7 @@ func checkAccounts(ctx context.Context, db *sql.DB, tables []*Table, st Stamping
 	fix := func(grantee, priv, on string) string {
 		return fmt.Sprintf("REVOKE %s ON %s FROM %s", priv, on, grantee)
 	}
-	rows, err := db.QueryContext(ctx, "SELECT GRANTEE, PRIVILEGE_TYPE FROM information_schema.USER_PRIVILEGES WHERE PRIVILEGE_TYPE IN ('SUPER', 'BINLOG ADMIN', 'TRIGGER')")
+	rows, err := db.QueryContext(ctx, "SELECT GRANTEE, PRIVILEGE_TYPE FROM information_schema.USER_PRIVILEGES WHERE PRIVILEGE_TYPE IN ('SUPER', 'BINLOG ADMIN', 'TRIGGER', 'CREATE USER', 'DROP', 'ALTER') ORDER BY GRANTEE, PRIVILEGE_TYPE")
 	if err == nil {
 		for rows.Next() {
 			var g, priv string
@@ -406,9 +418,38 @@ func checkAccounts(ctx context.Context, db *sql.DB, tables []*Table, st Stamping
 			case strings.EqualFold(schemaName, Internal):
 				ps = append(ps, Problem{Severity: Warning, Where: "account " + g, Message: fmt.Sprintf(
 					"has %s on the internal schema %s: it holds replication state only mlproxy may change (%s)", priv, Internal, fix(g, priv, on))})
-			case priv == "TRIGGER" && replicated[strings.ToLower(schemaName)]:
+			case riskyOnReplicated[priv] != "" && replicated[strings.ToLower(schemaName)]:
 				ps = append(ps, Problem{Severity: Warning, Where: "account " + g, Message: fmt.Sprintf(
-					"has TRIGGER on replicated schema %s: it can drop the stamping triggers, and its writes would then replicate unstamped (%s)", schemaName, fix(g, priv, on))})
+					"has %s on replicated schema %s: %s (%s)", priv, schemaName, riskyOnReplicated[priv], fix(g, priv, on))})
+			}
+		}
+		rows.Close()
+	}
+	rows, err = db.QueryContext(ctx, "SELECT GRANTEE, TABLE_SCHEMA, TABLE_NAME, PRIVILEGE_TYPE FROM information_schema.TABLE_PRIVILEGES ORDER BY GRANTEE, TABLE_SCHEMA, TABLE_NAME, PRIVILEGE_TYPE")
+	if err == nil {
+		for rows.Next() {
+			var g, schemaName, table, priv string
+			if rows.Scan(&g, &schemaName, &table, &priv) != nil || self(g) {
+				continue
+			}
+			on := Quote(schemaName) + "." + Quote(table)
+			if riskyOnReplicated[priv] != "" && replicated[strings.ToLower(schemaName)] {
+				ps = append(ps, Problem{Severity: Warning, Where: "account " + g, Message: fmt.Sprintf(
+					"has %s on table %s.%s of a replicated schema: %s (%s)", priv, schemaName, table, riskyOnReplicated[priv], fix(g, priv, on))})
+			}
+		}
+		rows.Close()
+	}
+	// An anonymous account lets a client log in under any user name that
+	// has no account of its own from the client's host, mlproxy's included:
+	// USER() then carries the name the client gave.
+	rows, err = db.QueryContext(ctx, "SELECT DISTINCT GRANTEE FROM information_schema.USER_PRIVILEGES WHERE GRANTEE LIKE ?", "''@%")
+	if err == nil {
+		for rows.Next() {
+			var g string
+			if rows.Scan(&g) == nil {
+				ps = append(ps, Problem{Severity: Warning, Where: "account " + g, Message: fmt.Sprintf(
+					"is an anonymous account: a client can log in through it under any user name, mlproxy's own included, and the triggers trust that name (DROP USER %s)", g)})
 			}
 		}
 		rows.Close()

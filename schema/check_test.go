@@ -133,8 +133,14 @@ func TestCheckRiskyAccounts(t *testing.T) {
 		"GRANT SELECT, INSERT, TRIGGER ON risky.* TO 'tricky'@'%'",
 		"GRANT BINLOG ADMIN ON *.* TO 'tricky'@'%'",
 		"GRANT SELECT ON mlr.* TO 'tricky'@'%'",
+		"GRANT DROP ON risky.* TO 'tricky'@'%'",
+		"GRANT ALTER ON risky.t TO 'tricky'@'%'",
+		"GRANT CREATE USER ON *.* TO 'tricky'@'%'",
+		"CREATE USER IF NOT EXISTS ''@'nowhere.invalid'",
 	)
-	t.Cleanup(func() { mustExec(t, dbA, "DROP USER IF EXISTS 'tricky'@'%'") })
+	t.Cleanup(func() {
+		mustExec(t, dbA, "DROP USER IF EXISTS 'tricky'@'%'", "DROP USER IF EXISTS ''@'nowhere.invalid'")
+	})
 	rules := []config.TableRule{{Schema: "risky", Table: "*"}}
 	_, _, err := applyTables(t, rules, region)
 	require.NoError(t, err)
@@ -152,6 +158,17 @@ func TestCheckRiskyAccounts(t *testing.T) {
 	assert.Contains(t, all, "REVOKE TRIGGER ON `risky`.* FROM 'tricky'@'%'")
 	assert.Contains(t, all, "REVOKE BINLOG ADMIN ON *.* FROM 'tricky'@'%'")
 	assert.Contains(t, all, "REVOKE SELECT ON `mlr`.* FROM 'tricky'@'%'")
+	assert.Contains(t, all, "REVOKE DROP ON `risky`.* FROM 'tricky'@'%'", "DDL rights on a replicated schema allow a RENAME swap past the triggers")
+	assert.Contains(t, all, "REVOKE ALTER ON `risky`.`t` FROM 'tricky'@'%'", "table-level grants count too")
+	assert.Contains(t, all, "REVOKE CREATE USER ON *.* FROM 'tricky'@'%'")
+	anonymous := false
+	for _, p := range ps {
+		if strings.Contains(p.Where, "''@'nowhere.invalid'") {
+			anonymous = true
+			assert.Contains(t, p.Message, "DROP USER ''@'nowhere.invalid'")
+		}
+	}
+	assert.True(t, anonymous, "the anonymous account is reported")
 }
 
 func TestCheckUniqueKeys(t *testing.T) {

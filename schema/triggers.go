@@ -26,7 +26,7 @@ const maxIdent = 64
 // BypassStampSQL is the stamp a trigger gives a write that bypassed the
 // proxy (no @_mlr_hlc in the session): Unix milliseconds in the high 48
 // bits, bit 15 set, microseconds within the millisecond in the low 10 bits.
-const BypassStampSQL = "(FLOOR(UNIX_TIMESTAMP(NOW(6))*1000) << 16) | 0x8000 | (MICROSECOND(NOW(6)) % 1000)"
+const BypassStampSQL = "(FLOOR(UNIX_TIMESTAMP(SYSDATE(6))*1000) << 16) | 0x8000 | (MICROSECOND(SYSDATE(6)) % 1000)"
 
 // triggerMarker starts the comment that names a trigger body's version; the
 // hash covers the body without the comment, so a body that still carries
@@ -230,7 +230,7 @@ func triggers(t *Table, st Stamping) []Trigger {
 	// the offset: refused, not capped (a write stamped in the future would
 	// win every later conflict; one stamped in the past only loses its
 	// own).
-	tooFar := fmt.Sprintf("    IF @_mlr_hlc IS NOT NULL AND CAST(@_mlr_hlc AS UNSIGNED) > ((FLOOR(UNIX_TIMESTAMP(NOW(6))*1000) + %d) << 16) | 0xFFFF THEN\n"+
+	tooFar := fmt.Sprintf("    IF @_mlr_hlc IS NOT NULL AND CAST(@_mlr_hlc AS UNSIGNED) > ((FLOOR(UNIX_TIMESTAMP(SYSDATE(6))*1000) + %d) << 16) | 0xFFFF THEN\n"+
 		"      SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = %s;\n"+
 		"    END IF;\n", maxMs, sqlString(fmt.Sprintf("mlproxy: this write's stamp is more than %dms ahead of the server's clock (clock.max_offset): check the clocks (NTP) of this region's proxy and server", maxMs)))
 	hlc, origCol, meta := Quote(ColHLC), Quote(ColOrigin), Quote(ColMeta)

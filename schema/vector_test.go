@@ -634,6 +634,18 @@ func TestTriggersRefuseForgery(t *testing.T) {
 	require.NoError(t, exec("SET @_mlr_hlc = ?", uint64(time.Now().UnixMilli())<<16))
 	require.NoError(t, exec("INSERT INTO forge.t (id, v) VALUES (2, 2)"))
 
+	// The session's own clock (SET timestamp moves NOW()) moves neither
+	// the bound nor a bypass stamp: the triggers read the server's clock.
+	require.NoError(t, exec("SET timestamp = UNIX_TIMESTAMP() + 2*86400, @_mlr_hlc = ?", future))
+	err = exec("INSERT INTO forge.t (id, v) VALUES (4, 4)")
+	require.Error(t, err, "a day-ahead stamp under a session clock set two days ahead")
+	assert.Contains(t, err.Error(), "ahead of the server's clock")
+	require.NoError(t, exec("SET @_mlr_hlc = NULL"))
+	require.NoError(t, exec("INSERT INTO forge.t (id, v) VALUES (4, 4)"))
+	h, _, _ = stamp(t, "forge.t", 4)
+	assert.InDelta(t, time.Now().UnixMilli(), int64(h>>16), 60_000, "a bypass stamp under a session clock two days ahead is the server's time, got %s", time.UnixMilli(int64(h>>16)))
+	require.NoError(t, exec("SET timestamp = DEFAULT"))
+
 	// The same flag from mlproxy's own account (root here) writes as given.
 	ap := applierSession(t)
 	ap.exec("INSERT INTO forge.t (id, v, _mlr_hlc, _mlr_origin, _mlr_vv) VALUES (3, 3, 77, 2, '{\"2\":77}')")
