@@ -26,7 +26,12 @@ const maxIdent = 64
 // BypassStampSQL is the stamp a trigger gives a write that bypassed the
 // proxy (no @_mlr_hlc in the session): Unix milliseconds in the high 48
 // bits, bit 15 set, microseconds within the millisecond in the low 10 bits.
-const BypassStampSQL = "(FLOOR(UNIX_TIMESTAMP(SYSDATE(6))*1000) << 16) | 0x8000 | (MICROSECOND(SYSDATE(6)) % 1000)"
+// The time is the statement's (NOW), so that every trigger a statement
+// fires computes the same stamp (a REPLACE's BEFORE INSERT names the
+// stamp its AFTER DELETE will give the tombstone), but never later than
+// the server's clock (SYSDATE): a session's SET timestamp moves NOW, and a
+// stamp in the future would win every later conflict.
+const BypassStampSQL = "(FLOOR(UNIX_TIMESTAMP(LEAST(NOW(6), SYSDATE(6)))*1000) << 16) | 0x8000 | (MICROSECOND(LEAST(NOW(6), SYSDATE(6))) % 1000)"
 
 // triggerMarker starts the comment that names a trigger body's version; the
 // hash covers the body without the comment, so a body that still carries
