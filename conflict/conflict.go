@@ -53,7 +53,7 @@ package conflict
 
 import (
 	"github.com/mlproxy/mlproxy/change"
-	"github.com/mlproxy/mlproxy/hlc"
+	"github.com/mlproxy/mlproxy/hlc/stamp"
 )
 
 // Version is the state of one row at one region: a row (Exists), a
@@ -62,7 +62,7 @@ import (
 type Version struct {
 	Exists  bool
 	Deleted bool
-	Stamp   hlc.Timestamp
+	Stamp   stamp.Timestamp
 	Origin  change.Origin
 	// Row is the row image (user columns) when Exists; nil otherwise.
 	Row map[string]any
@@ -155,7 +155,7 @@ type Write struct {
 	Action Action
 	// Row is the full row to store for WriteRow (a fresh map, safe to keep).
 	Row    map[string]any
-	Stamp  hlc.Timestamp
+	Stamp  stamp.Timestamp
 	Origin change.Origin
 	Meta   change.Meta
 }
@@ -189,7 +189,7 @@ type Rule interface {
 
 // newer reports whether (s1, o1) is above (s2, o2): higher stamp, ties by
 // higher origin.
-func newer(s1 hlc.Timestamp, o1 change.Origin, s2 hlc.Timestamp, o2 change.Origin) bool {
+func newer(s1 stamp.Timestamp, o1 change.Origin, s2 stamp.Timestamp, o2 change.Origin) bool {
 	if s1 != s2 {
 		return s1 > s2
 	}

@@ -9,7 +9,7 @@ import (
 	"testing"
 
 	"github.com/mlproxy/mlproxy/change"
-	"github.com/mlproxy/mlproxy/hlc"
+	"github.com/mlproxy/mlproxy/hlc/stamp"
 )
 
 // The model. Regions hold map[key]Version (rows and tombstones) and make
@@ -48,7 +48,7 @@ type msg struct {
 type simRegion struct {
 	id    uint16
 	state map[int]Version
-	last  hlc.Timestamp
+	last  stamp.Timestamp
 	skew  int64
 }
 
@@ -85,9 +85,9 @@ func newSim(t *testing.T, seed int64, rule Rule, n int, topo topology, fifo bool
 	return s
 }
 
-func (s *sim) now(g *simRegion) hlc.Timestamp {
+func (s *sim) now(g *simRegion) stamp.Timestamp {
 	s.wall += int64(s.r.Intn(3))
-	ts := hlc.Timestamp(uint64(s.wall+g.skew) << 16)
+	ts := stamp.Timestamp(uint64(s.wall+g.skew) << 16)
 	if ts <= g.last {
 		ts = g.last + 1
 	}
@@ -105,10 +105,10 @@ func (s *sim) write(i int, deletes bool) {
 	k := s.r.Intn(simKeys)
 	prev := g.state[k]
 	var next Version
-	stamp := func(floor hlc.Timestamp) hlc.Timestamp {
+	stampAbove := func(floor stamp.Timestamp) stamp.Timestamp {
 		// The triggers' floor: above the replaced version's stamp and
 		// above this region's own entry in its vector.
-		floor = max(floor, hlc.Timestamp(prev.vector()[g.id]))
+		floor = max(floor, stamp.Timestamp(prev.vector()[g.id]))
 		ts := s.now(g)
 		if ts <= floor {
 			ts = floor + 1
@@ -117,7 +117,7 @@ func (s *sim) write(i int, deletes bool) {
 		return ts
 	}
 	origin := change.Origin(g.id)
-	meta := func(from Version, ts hlc.Timestamp) change.Meta {
+	meta := func(from Version, ts stamp.Timestamp) change.Meta {
 		m := change.Meta{VV: from.vector().Clone(), Birth: from.Meta.Birth, Contrib: from.Meta.Contrib}
 		if m.VV[g.id] >= uint64(ts) {
 			panic("stamp not above the region's own entry")
@@ -144,14 +144,14 @@ func (s *sim) write(i int, deletes bool) {
 	switch {
 	case prev.Exists && deletes && s.name != "counter" && s.r.Intn(4) == 0,
 		prev.Exists && deletes && s.name == "counter" && s.r.Intn(8) == 0:
-		ts := stamp(prev.Stamp)
+		ts := stampAbove(prev.Stamp)
 		m := meta(prev, ts)
 		if s.mergeCols() {
 			m.Values = map[string]any{"n": prev.Row["n"]}
 		}
 		next = Version{Deleted: true, Stamp: ts, Origin: origin, Meta: m, Home: g.id}
 	case prev.Exists: // update
-		ts := stamp(prev.Stamp)
+		ts := stampAbove(prev.Stamp)
 		row := copyRow(prev.Row)
 		row["v"] = fmt.Sprintf("r%d@%d", g.id, ts)
 		n := val()
@@ -168,7 +168,7 @@ func (s *sim) write(i int, deletes bool) {
 		}
 		next = Version{Exists: true, Stamp: ts, Origin: origin, Row: row, Meta: meta(prev, ts), Home: g.id}
 	default: // insert, on an absent key or over a tombstone
-		ts := stamp(prev.Stamp)
+		ts := stampAbove(prev.Stamp)
 		n := val()
 		m := meta(prev, ts)
 		m.Values = nil

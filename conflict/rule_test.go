@@ -6,7 +6,7 @@ import (
 	"testing"
 
 	"github.com/mlproxy/mlproxy/change"
-	"github.com/mlproxy/mlproxy/hlc"
+	"github.com/mlproxy/mlproxy/hlc/stamp"
 )
 
 func TestNewRuleErrors(t *testing.T) {
@@ -35,7 +35,7 @@ func TestNewRuleErrors(t *testing.T) {
 	}
 }
 
-func s(ms int64) hlc.Timestamp { return hlc.New(ms, 0) }
+func s(ms int64) stamp.Timestamp { return stamp.New(ms, 0) }
 
 func row(v string, n int64) map[string]any { return map[string]any{"v": v, "n": n} }
 

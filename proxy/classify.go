@@ -249,7 +249,7 @@ var (
 	reStampAssign = regexp.MustCompile("(?i)@[`'\"]?_mlr_\\w*[`'\"]?\\s*:?=|\\binto\\s+(@\\S+\\s*,\\s*)*@[`'\"]?_mlr_")
 	reMlrTrigger  = regexp.MustCompile("(?i)\\b(drop|create)\\s+(or\\s+replace\\s+)?(definer\\s*=\\s*\\S+\\s+)?trigger\\s+(if\\s+(not\\s+)?exists\\s+)?(\\S+\\.)?`?_mlr_")
 	reSQLLogBin   = regexp.MustCompile(`(?i)\bsql_log_bin\b`)
-	reMlrAssign   = regexp.MustCompile("(?i)`?\\b_mlr_\\w*`?\\s*=[^=]")
+	reMlrAssign   = regexp.MustCompile("(?i)`?\\b_mlr_\\w*`?\\s*:?=[^=]")
 )
 
 // reGetDiagnostics is GET [CURRENT|STACKED] DIAGNOSTICS, which the parser

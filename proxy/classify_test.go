@@ -97,6 +97,9 @@ func TestClassify(t *testing.T) {
 		// DDL inside an executable comment, in syntax the parser cannot
 		// read, is still DDL.
 		{"app", "/*! TRUNCATE TABLE t NOWAIT */", kindWriteUnknown, "[]", ""},
+		// A trigger of the client's own that rewrites the stamp after
+		// mlproxy's, in MariaDB syntax the parser cannot read.
+		{"app", "/*! CREATE TRIGGER x BEFORE UPDATE ON t FOR EACH ROW FOLLOWS _mlr_bu_t SET NEW._mlr_hlc := 1 */", kindRefused, "[]", reasonMetadataColumn},
 		// Not refused: other triggers, reading mlr, other @ variables.
 		{"app", "DROP TRIGGER my_trigger", kindWriteUnknown, "[]", ""},
 		{"app", "SELECT * FROM mlr.checkpoints", kindRead, "[]", ""},
