@@ -202,12 +202,6 @@ type Applier struct {
 	// over) and skipKey the hash of the one change to skip; skipBy who
 	// asked.
 	skipGTID, skipKey, skipBy string
-	// tstop is the table stopped alone (tablestop.go), armed a stopped
-	// table whose refused change the link is trying again after a restart
-	// from before it, and wholeLink that mlr.link_stops holds a stop of
-	// the whole link (no table stops alone until it is cleared).
-	tstop, armed *tableStop
-	wholeLink    bool
 
 	// holdPoll is how often a held batch re-checks the clock (tests
 	// shorten it).
@@ -257,21 +251,10 @@ func New(cfg Config, db *sql.DB, tables TableSource, clock Clock, log *zap.Logge
 
 // Checkpoint reads this peer's row of mlr.checkpoints: where the tailer
 // must resume. Found is false when nothing was ever applied from the peer.
-//
-// While a table is stopped alone (tablestop.go), the link resumes from
-// before the table's refused change instead, and that is what Checkpoint
-// returns.
 func (a *Applier) Checkpoint(ctx context.Context) (Checkpoint, error) {
 	c, err := readCheckpoint(ctx, a.db, a.cfg.Peer.ID, "")
 	if err != nil {
 		return Checkpoint{}, fmt.Errorf("read checkpoint of peer %s: %w", a.cfg.Peer.Name, err)
-	}
-	s, err := a.readStop(ctx)
-	if err != nil {
-		return Checkpoint{}, fmt.Errorf("read checkpoint of peer %s: %w", a.cfg.Peer.Name, err)
-	}
-	if s.resumeRecorded {
-		c.Found, c.Pos = true, s.resume
 	}
 	return c, nil
 }
@@ -307,7 +290,6 @@ func (a *Applier) Run(ctx context.Context, in <-chan *binlog.Txn) error {
 	if a.status.Pos == (binlog.Position{}) {
 		a.status.Pos, a.status.HLC, a.status.SourceTime, a.status.AppliedAt = ck.Pos, ck.HLC, ck.SourceTime, ck.AppliedAt
 	}
-	a.status.Pos = ck.Pos // where this run resumes (before a stopped table's refused change)
 	a.mu.Unlock()
 	workers := max(a.cfg.Workers, 1)
 	if workers > 1 {
@@ -319,9 +301,6 @@ func (a *Applier) Run(ctx context.Context, in <-chan *binlog.Txn) error {
 			workers = 1
 			a.log.Warn("mlr.markers is missing (run `mlproxy schema apply`): applying on one session, apply.workers ignored")
 		}
-	}
-	if err := a.loadStop(ctx, workers); err != nil {
-		return a.fail(err)
 	}
 	a.lim = newLimiter(a.cfg.BatchTxns)
 	a.m.batchLimit.WithLabelValues(a.peer).Set(float64(a.cfg.BatchTxns))
@@ -335,27 +314,13 @@ func (a *Applier) Run(ctx context.Context, in <-chan *binlog.Txn) error {
 		return a.runParallel(ctx, in)
 	}
 	var carry *binlog.Txn
-	requests := time.NewTicker(stopPoll) // a stopped table's retry and skip requests
-	defer requests.Stop()
 	for {
 		first := carry
 		carry = nil
-		select {
-		case <-requests.C:
-			if err := a.tableRequests(ctx); err != nil {
-				return a.fail(err)
-			}
-		default:
-		}
 		if first == nil {
 			select {
 			case <-ctx.Done():
 				return ctx.Err()
-			case <-requests.C:
-				if err := a.tableRequests(ctx); err != nil {
-					return a.fail(err)
-				}
-				continue
 			case t, ok := <-in:
 				if !ok {
 					a.log.Info("applier stopped: relay closed")
@@ -375,14 +340,8 @@ func (a *Applier) Run(ctx context.Context, in <-chan *binlog.Txn) error {
 		}
 		txns, next, closed := a.gather(first, in)
 		carry = next
-		txns, err := a.dropStopped(ctx, txns)
-		if err != nil {
+		if err := a.applyBatch(ctx, txns); err != nil {
 			return a.fail(err)
-		}
-		if len(txns) > 0 {
-			if err := a.applyBatch(ctx, txns); err != nil {
-				return a.fail(err)
-			}
 		}
 		if closed {
 			a.log.Info("applier stopped: relay closed")
@@ -421,10 +380,6 @@ func (a *Applier) fail(err error) error {
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return err
 	}
-	if errors.Is(err, errTableRestart) {
-		a.log.Info("applier restarting from before the stopped table's refused change")
-		return err
-	}
 	a.m.applyErrors.WithLabelValues(a.peer).Inc()
 	a.log.Error("applier stopped", redact.Err(err))
 	return err
@@ -461,15 +416,7 @@ func (a *Applier) applyBatch(ctx context.Context, txns []*binlog.Txn) error {
 		return struct{}{}, err
 	}, backoff.WithBackOff(a.newBO()), backoff.WithMaxElapsedTime(0))
 	var ce *constraintError
-	switch {
-	case err == nil:
-		a.resumedTable(ctx, txns)
-	case errors.As(err, &ce) && a.tableStoppable(txns, ce):
-		return a.stopTable(ctx, txns, ce)
-	case errors.As(err, &ce) && a.tstop != nil:
-		// Another table refuses a change while one is stopped.
-		return a.toWholeLink(ctx, fmt.Sprintf("%s.%s refused a change too", ce.it.rc.Schema, ce.it.rc.Table))
-	case errors.As(err, &ce):
+	if errors.As(err, &ce) {
 		return a.stopped(ctx, txns, ce)
 	}
 	return err
@@ -644,14 +591,6 @@ func (a *Applier) applyPieces(ctx context.Context, first *binlog.Txn, in <-chan 
 	}
 	cur := first
 	for {
-		if a.tstop != nil {
-			if this, _ := touches(cur, a.tstop.schema, a.tstop.table); this {
-				// Its other pieces may write other tables: the link
-				// stops whole at the table's refused change.
-				a.rollback(ctx, conn)
-				return a.toWholeLink(ctx, "a transaction streamed in pieces writes the stopped table")
-			}
-		}
 		if err := a.hold(ctx, []*binlog.Txn{cur}); err != nil {
 			a.rollback(ctx, conn)
 			return err

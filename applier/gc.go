@@ -36,8 +36,7 @@ import (
 // transaction reaches the applier, also an empty one, so source_ts keeps
 // moving while a peer is up even if it writes nothing of its own; a peer
 // that is down, or was never applied from, holds collection back (its
-// changes may still come): horizon 0, nothing is dropped. So does a link
-// with a stopped table (tablestop.go), which will replay from before it.
+// changes may still come): horizon 0, nothing is dropped.
 //
 // What this does not cover: a region that restores a backup older than the
 // horizon, or a peer added later that replays history; both need a full
@@ -75,16 +74,6 @@ func GCHorizon(ctx context.Context, db *sql.DB, peers []uint16, slack time.Durat
 	}
 	if err := rows.Err(); err != nil {
 		return 0, fmt.Errorf("tombstone gc: read checkpoints: %w", err)
-	}
-	// A link that stopped one table resumes from before the table's
-	// refused change and replays what came after (tablestop.go): until it
-	// is past that, it has not applied its checkpoint's stamps for good.
-	var replaying int
-	if err := db.QueryRowContext(ctx, "SELECT COUNT(*) FROM mlr.link_stops WHERE resume_gtid <> '' OR resume_file <> ''").Scan(&replaying); err != nil {
-		return 0, fmt.Errorf("tombstone gc: read mlr.link_stops: %w", err)
-	}
-	if replaying > 0 {
-		return 0, nil
 	}
 	slackStamp := hlc.New(slack.Milliseconds(), 0)
 	var horizon hlc.Timestamp

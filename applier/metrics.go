@@ -21,7 +21,6 @@ type metrics struct {
 	batchTxns   *prometheus.HistogramVec // peer
 	applyErrors *prometheus.CounterVec   // peer
 	stopped     *prometheus.GaugeVec     // peer: 1 while the link is stopped at a refused change
-	heldBack    *prometheus.CounterVec   // peer: transactions of a stopped table passed over for a later replay
 	workersBusy *prometheus.GaugeVec     // peer: parallel workers holding a batch
 	batchLimit  *prometheus.GaugeVec
 	depWaits    *prometheus.CounterVec // peer: batches that waited for a batch they depend on
@@ -63,9 +62,6 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		stopped: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "mlproxy_applier_link_stopped", Help: "1 while the link is stopped at a remote change a key the conflict rule cannot place refused (see mlproxy status; mlproxy link skip|retry).",
 		}, []string{"peer"}),
-		heldBack: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "mlproxy_applier_stopped_table_txns_total", Help: "Source transactions that write only a stopped table, passed over (re-read from the peer's binlog when the table resumes).",
-		}, []string{"peer"}),
 		batchLimit: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "mlproxy_applier_batch_limit", Help: "Source transactions a local commit may gather now: apply.batch_txns, lowered while the server counts deadlocks (the applier yields to local clients).",
 		}, []string{"peer"}),
@@ -90,7 +86,6 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.batchTxns = register(reg, m.batchTxns)
 	m.applyErrors = register(reg, m.applyErrors)
 	m.stopped = register(reg, m.stopped)
-	m.heldBack = register(reg, m.heldBack)
 	m.workersBusy = register(reg, m.workersBusy)
 	m.batchLimit = register(reg, m.batchLimit)
 	m.depWaits = register(reg, m.depWaits)

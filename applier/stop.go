@@ -39,9 +39,6 @@ type Stop struct {
 	GTID    string    // the source transaction
 	Error   string    // redacted
 	Since   time.Time // when the link stopped there
-	// Scope is "link" (the link holds at the change) or "table" (only
-	// Table's changes wait; tablestop.go).
-	Scope string
 }
 
 // constraintError is ErrConstraint at one change.
@@ -73,14 +70,10 @@ var (
 // savepointSQL brackets one change applied in serial mode where a refusal
 // is not fatal (on_constraint log, or an operator's skip).
 const (
-	savepointSQL  = "SAVEPOINT mlr_change"
-	rollbackToSQL = "ROLLBACK TO SAVEPOINT mlr_change"
-	rejectedSQL   = "INSERT INTO mlr.conflicts (peer_id, db, tbl, pk, rule, remote_hlc, remote_origin, remote_row, remote_meta, outcome, resolution) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-	// stopUpsertSQL keeps a stopped table's resume position: a stop of the
-	// whole link that a table stop turned into resumes from there too.
-	stopUpsertSQL = "INSERT INTO mlr.link_stops (peer_id, gtid, db, tbl, pk, error, scope) VALUES (?, ?, ?, ?, ?, ?, 'link') " +
-		"ON DUPLICATE KEY UPDATE gtid = VALUES(gtid), db = VALUES(db), tbl = VALUES(tbl), pk = VALUES(pk), error = VALUES(error), " +
-		"scope = 'link', since = CURRENT_TIMESTAMP(6)"
+	savepointSQL   = "SAVEPOINT mlr_change"
+	rollbackToSQL  = "ROLLBACK TO SAVEPOINT mlr_change"
+	rejectedSQL    = "INSERT INTO mlr.conflicts (peer_id, db, tbl, pk, rule, remote_hlc, remote_origin, remote_row, remote_meta, outcome, resolution) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+	stopUpsertSQL  = "REPLACE INTO mlr.link_stops (peer_id, gtid, db, tbl, pk, error) VALUES (?, ?, ?, ?, ?, ?)"
 	stopDeleteSQL  = "DELETE FROM mlr.link_stops WHERE peer_id = ?"
 	requestsSQL    = "SELECT action, gtid, requested_by FROM mlr.link_requests WHERE peer_id = ?"
 	requestDoneSQL = "DELETE FROM mlr.link_requests WHERE peer_id = ? AND action = ?"
@@ -166,7 +159,7 @@ func (a *Applier) stopped(ctx context.Context, txns []*binlog.Txn, ce *constrain
 	}()
 	for {
 		s := &Stop{Table: ce.it.rc.Schema + "." + ce.it.rc.Table, KeyHash: keyHash(ce.it.key), GTID: ce.it.txn.Pos.GTID,
-			Error: redact.Error(ce.err), Since: time.Now(), Scope: "link"}
+			Error: redact.Error(ce.err), Since: time.Now()}
 		a.mu.Lock()
 		if a.status.Stopped == nil || a.status.Stopped.GTID != s.GTID || a.status.Stopped.KeyHash != s.KeyHash {
 			a.status.Stopped = s

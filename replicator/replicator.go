@@ -321,16 +321,7 @@ func (l *Link) Status() LinkStatus {
 		s.LastError = fmt.Sprintf("holding a change to %s stamped %s further ahead of local time than clock.max_offset: the peer's clock runs fast (check NTP)",
 			as.Held, as.HeldAhead.Round(time.Millisecond))
 	}
-	switch {
-	case as.Stopped != nil && as.Stopped.Scope == "table":
-		// The link goes on; one table waits.
-		s.Stopped = as.Stopped
-		if s.State == "running" {
-			s.State = "table_stopped"
-		}
-		s.LastError = fmt.Sprintf("table %s stopped at a change (key hash %s, gtid %s) that a key the conflict rule cannot place refuses: %s; the other tables replicate; fix the local row and `mlproxy link retry %s`, or `mlproxy link skip %s`",
-			as.Stopped.Table, as.Stopped.KeyHash, as.Stopped.GTID, as.Stopped.Error, l.peer.Name, l.peer.Name)
-	case as.Stopped != nil:
+	if as.Stopped != nil {
 		s.State, s.Stopped = "stopped", as.Stopped
 		s.LastError = fmt.Sprintf("stopped at a change to %s (key hash %s, gtid %s) that a key the conflict rule cannot place refuses: %s; fix the local row and `mlproxy link retry %s`, or `mlproxy link skip %s`",
 			as.Stopped.Table, as.Stopped.KeyHash, as.Stopped.GTID, as.Stopped.Error, l.peer.Name, l.peer.Name)
@@ -364,7 +355,7 @@ func (l *Link) watch(ctx context.Context, after time.Duration) {
 		pos := as.Pos
 		ts := l.tailer.Status()
 		l.mu.Lock()
-		failing := l.lastErr != nil || ts.LastError != nil || as.RetryErr != nil || (as.Stopped != nil && as.Stopped.Scope != "table")
+		failing := l.lastErr != nil || ts.LastError != nil || as.RetryErr != nil || as.Stopped != nil
 		l.mu.Unlock()
 		l.mu.Lock()
 		restarts := l.restarts

@@ -45,22 +45,14 @@ var InternalTables = map[string]string{
 		") ENGINE=InnoDB",
 	"hlc": "CREATE TABLE `" + Internal + "`.`hlc` (id TINYINT UNSIGNED PRIMARY KEY, high_water BIGINT UNSIGNED NOT NULL) ENGINE=InnoDB",
 	// link_stops names the change a stopped link is held at (key values
-	// included: the CLI shows them, logs and metrics do not). scope is
-	// "link" (the link holds at the change) or "table" (only that table's
-	// changes wait; the others go on); resume_* is where the link resumes
-	// while a table is stopped (before the refused change): its later
-	// changes are re-read from there when the table resumes.
+	// included: the CLI shows them, logs and metrics do not).
 	"link_stops": "CREATE TABLE `" + Internal + "`.`link_stops` (\n" +
 		"  peer_id SMALLINT UNSIGNED NOT NULL PRIMARY KEY,\n" +
 		"  gtid VARCHAR(1024) NOT NULL,\n" +
 		"  db VARCHAR(64) NOT NULL, tbl VARCHAR(64) NOT NULL,\n" +
 		"  pk JSON NOT NULL,\n" +
 		"  error VARCHAR(1024) NOT NULL,\n" +
-		"  since TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),\n" +
-		"  scope VARCHAR(8) NOT NULL DEFAULT 'link',\n" +
-		"  resume_gtid VARCHAR(1024) NOT NULL DEFAULT '',\n" +
-		"  resume_file VARCHAR(255) NOT NULL DEFAULT '',\n" +
-		"  resume_pos BIGINT UNSIGNED NOT NULL DEFAULT 0\n" +
+		"  since TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)\n" +
 		") ENGINE=InnoDB",
 	// markers holds one row per parallel apply worker and peer: the loop
 	// marker of that worker's transactions (a row of checkpoints would
@@ -100,11 +92,6 @@ var internalColumns = []internalColumn{
 	// written causally after both.
 	{"conflicts", "local_meta", "JSON NULL AFTER remote_row"},
 	{"conflicts", "remote_meta", "JSON NULL AFTER local_meta"},
-	// A stop of one table, and where its link resumes meanwhile.
-	{"link_stops", "scope", "VARCHAR(8) NOT NULL DEFAULT 'link' AFTER since"},
-	{"link_stops", "resume_gtid", "VARCHAR(1024) NOT NULL DEFAULT '' AFTER scope"},
-	{"link_stops", "resume_file", "VARCHAR(255) NOT NULL DEFAULT '' AFTER resume_gtid"},
-	{"link_stops", "resume_pos", "BIGINT UNSIGNED NOT NULL DEFAULT 0 AFTER resume_file"},
 }
 
 // missingInternalColumns are the internalColumns that existing Internal

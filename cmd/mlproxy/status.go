@@ -134,15 +134,10 @@ func peerStatus(ctx context.Context, local *sql.DB, p config.Peer, links map[str
 	}
 	// A stopped link names its change here, key values included (the
 	// operator's own credentials read it; /status shows only a hash).
-	var sdb, stbl, spk, serr, sgtid, scope string
-	if err := local.QueryRowContext(ctx, "SELECT db, tbl, pk, error, gtid, scope FROM mlr.link_stops WHERE peer_id = ?", p.ID).Scan(&sdb, &stbl, &spk, &serr, &sgtid, &scope); err == nil {
+	var sdb, stbl, spk, serr, sgtid string
+	if err := local.QueryRowContext(ctx, "SELECT db, tbl, pk, error, gtid FROM mlr.link_stops WHERE peer_id = ?", p.ID).Scan(&sdb, &stbl, &spk, &serr, &sgtid); err == nil {
 		row.link = "stopped"
-		what := "stopped at"
-		if scope == "table" {
-			row.link = "table_stopped"
-			what = "only table stopped (the other tables replicate), at"
-		}
-		row.lastErr = fmt.Sprintf("%s %s.%s key %s (gtid %s): %s; fix it and `mlproxy link retry %s`, or `mlproxy link skip %s`", what, sdb, stbl, spk, sgtid, serr, p.Name, p.Name)
+		row.lastErr = fmt.Sprintf("stopped at %s.%s key %s (gtid %s): %s; fix it and `mlproxy link retry %s`, or `mlproxy link skip %s`", sdb, stbl, spk, sgtid, serr, p.Name, p.Name)
 	}
 	pdb, err := openServer(ctx, "peer "+p.Name, p.Server)
 	if err != nil {
