@@ -2,6 +2,8 @@ package itest
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -121,5 +123,54 @@ func TestUniqueKeyAcrossRegions(t *testing.T) {
 		if out, _ := cli("status", "-c", r.ConfigPath); strings.Contains(out, "stopped") {
 			t.Errorf("region %s still reports a stopped link:\n%s", r.Name, out)
 		}
+	}
+
+	// The skipped rows wait for an operator (pending) and are resolved in
+	// the conflict log: at us, eu's row 100 cannot be kept as it is (its
+	// email is taken here by row 200), so it is kept with another email;
+	// at eu, us's row 200 can then be kept as it is. Both resolutions
+	// replicate, and the regions end identical.
+	pendingSkip := func(r *cluster.Region) uint64 {
+		t.Helper()
+		out, err := cli("conflicts", "list", "-c", r.ConfigPath, "--status", "pending", "--table", "app.users", "-o", "json")
+		if err != nil {
+			t.Fatalf("conflicts list on %s: %v\n%s", r.Name, err, out)
+		}
+		var rows []struct {
+			ID      uint64 `json:"id"`
+			Outcome string `json:"outcome"`
+			Status  string `json:"status"`
+		}
+		if err := json.Unmarshal([]byte(out), &rows); err != nil {
+			t.Fatalf("conflicts list -o json on %s: %v\n%s", r.Name, err, out)
+		}
+		for _, c := range rows {
+			if c.Outcome == "skipped" && c.Status == "pending" {
+				return c.ID
+			}
+		}
+		t.Fatalf("region %s: the skipped app.users change is not pending:\n%s", r.Name, out)
+		return 0
+	}
+	id := fmt.Sprint(pendingSkip(us))
+	out, err = cli("conflicts", "resolve", id, "--keep", "remote", "-c", us.ConfigPath)
+	if err == nil || !strings.Contains(out, "unique or foreign key") || !strings.Contains(out, "--set") {
+		t.Errorf("resolving to a version a unique key refuses: %v; want a clear error naming --set:\n%s", err, out)
+	}
+	if out, err := cli("conflicts", "resolve", id, "--keep", "remote", "--set", "email=moved@example.com", "-c", us.ConfigPath); err != nil {
+		t.Fatalf("conflicts resolve %s --keep remote --set email=... on us: %v\n%s", id, err, out)
+	}
+	id = fmt.Sprint(pendingSkip(eu))
+	if out, err := cli("conflicts", "resolve", id, "--keep", "remote", "-c", eu.ConfigPath); err != nil {
+		t.Fatalf("conflicts resolve %s --keep remote on eu: %v\n%s", id, err, out)
+	}
+	wctx2, wcancel2 := context.WithTimeout(ctx, 45*time.Second)
+	defer wcancel2()
+	if err := c.WaitConverged(wctx2, map[string]string{"app.users": "id"}, "id, email, _mlr_hlc, _mlr_origin"); err != nil {
+		t.Fatalf("after both resolutions the users tables differ: %v", err)
+	}
+	var email string
+	if err := openDirect(t, eu).QueryRowContext(ctx, "SELECT email FROM users WHERE id = 100").Scan(&email); err != nil || email != "moved@example.com" {
+		t.Errorf("users row 100 at eu after us's resolution: %q (%v); want moved@example.com", email, err)
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/go-sql-driver/mysql"
 	"github.com/spf13/cobra"
 
 	"github.com/mlproxy/mlproxy/change"
@@ -112,13 +113,23 @@ func scanConflict(sc interface{ Scan(...any) error }, names map[uint16]string) (
 	switch {
 	case c.ResolvedAt != nil:
 		c.Status = "resolved"
-	case c.Outcome == "pending":
+	case slices.Contains(openOutcomes, c.Outcome):
 		c.Status = "pending"
 	default:
 		c.Status = "decided"
 	}
 	return c, nil
 }
+
+// openOutcomes are the outcomes that wait for an operator until resolved:
+// a manual table's conflict (pending), and a remote change a unique or
+// foreign key refused, recorded whole (rejected under on_constraint log,
+// skipped by `mlproxy link skip`): the regions differ in that row until
+// someone resolves it.
+var openOutcomes = []string{"pending", "rejected", "skipped"}
+
+// openOutcomesSQL is openOutcomes as an SQL list.
+const openOutcomesSQL = "('pending', 'rejected', 'skipped')"
 
 // regionNames maps every region id of cfg to its name.
 func regionNames(cfg *config.Config) map[uint16]string {
@@ -217,11 +228,11 @@ func listConflicts(ctx context.Context, db *sql.DB, cfg *config.Config, f listFi
 	switch f.status {
 	case "":
 	case "pending":
-		where = append(where, "outcome = 'pending' AND resolved_at IS NULL")
+		where = append(where, "outcome IN "+openOutcomesSQL+" AND resolved_at IS NULL")
 	case "resolved":
 		where = append(where, "resolved_at IS NOT NULL")
 	case "decided":
-		where = append(where, "outcome <> 'pending' AND resolved_at IS NULL")
+		where = append(where, "outcome NOT IN "+openOutcomesSQL+" AND resolved_at IS NULL")
 	default:
 		return nil, fmt.Errorf("--status %q: want pending, resolved or decided", f.status)
 	}
@@ -584,7 +595,9 @@ func (r *resolver) resolve(ctx context.Context, id uint64) (_ string, rerr error
 	}
 	switch c.Rule {
 	case config.RuleCounter, config.RuleMax, config.RuleMin:
-		return "", fmt.Errorf("rule %s merges both versions itself; there is nothing to choose", c.Rule)
+		if c.Outcome != "rejected" && c.Outcome != "skipped" {
+			return "", fmt.Errorf("rule %s merges both versions itself; there is nothing to choose", c.Rule)
+		}
 	}
 	ts, err := schema.Inspect(ctx, r.db, []config.TableRule{{Schema: c.Schema, Table: c.Table}})
 	if err != nil || len(ts) == 0 {
@@ -598,6 +611,10 @@ func (r *resolver) resolve(ctx context.Context, id uint64) (_ string, rerr error
 	row, err := decodeRow(raw)
 	if err != nil {
 		return "", err
+	}
+	if row == nil && r.keep == "local" && (c.Outcome == "rejected" || c.Outcome == "skipped") {
+		return "", fmt.Errorf("this region has no version of the key: the remote change was refused by a unique or foreign key (%s); "+
+			"keep remote with --set on the colliding column, or change the colliding local row and keep remote", c.Outcome)
 	}
 	if row == nil {
 		return "", fmt.Errorf("the %s version is a delete: resolving to a delete is not supported; delete the row through the proxy", r.keep)
@@ -743,6 +760,11 @@ func (r *resolver) resolve(ctx context.Context, id uint64) (_ string, rerr error
 		return "", err
 	}
 	if _, err := tx.ExecContext(ctx, stmt, args...); err != nil {
+		var me *mysql.MySQLError
+		if errors.As(err, &me) && (me.Number == 1062 || me.Number == 1452 || me.Number == 1451) {
+			return "", fmt.Errorf("the %s version is refused by a unique or foreign key of %s.%s here (%w): "+
+				"change or delete the row it collides with first, or resolve with --set on the colliding column", r.keep, c.Schema, c.Table, err)
+		}
 		return "", fmt.Errorf("write the resolution into %s.%s: %w", c.Schema, c.Table, err)
 	}
 	if _, err := tx.ExecContext(ctx, "SET @_mlr_apply = NULL"); err != nil {
@@ -752,7 +774,7 @@ func (r *resolver) resolve(ctx context.Context, id uint64) (_ string, rerr error
 	if _, err := tx.ExecContext(ctx, "UPDATE mlr.conflicts SET resolved_at = NOW(6), resolution = ? WHERE id = ?", why, id); err != nil {
 		return "", err
 	}
-	res, err := tx.ExecContext(ctx, "UPDATE mlr.conflicts SET resolved_at = NOW(6), resolution = ? WHERE db = ? AND tbl = ? AND pk = ? AND outcome = 'pending' AND resolved_at IS NULL",
+	res, err := tx.ExecContext(ctx, "UPDATE mlr.conflicts SET resolved_at = NOW(6), resolution = ? WHERE db = ? AND tbl = ? AND pk = ? AND outcome IN "+openOutcomesSQL+" AND resolved_at IS NULL",
 		truncate(fmt.Sprintf("settled with conflict %d", id), 64), c.Schema, c.Table, string(c.PK))
 	if err != nil {
 		return "", err

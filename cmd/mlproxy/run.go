@@ -536,7 +536,7 @@ func (r *region) conflictRetention(ctx context.Context) {
 	for {
 		for {
 			res, err := r.db.ExecContext(ctx, "DELETE FROM mlr.conflicts WHERE detected_at < NOW(6) - INTERVAL ? SECOND "+
-				"AND (resolved_at IS NOT NULL OR outcome <> 'pending') ORDER BY id LIMIT 1000", secs)
+				"AND (resolved_at IS NOT NULL OR outcome NOT IN "+openOutcomesSQL+") ORDER BY id LIMIT 1000", secs)
 			if err != nil {
 				if ctx.Err() == nil {
 					r.log.Warn("conflict log retention failed; retrying in an hour", redact.Err(err))
