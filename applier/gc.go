@@ -135,7 +135,7 @@ func GCTombstones(ctx context.Context, db *sql.DB, tables []*schema.Table, older
 // (asked every round, so tables created later are collected without a
 // restart). A failed round is logged and retried at the next tick
 // (collection is never urgent).
-func RunTombstoneGC(ctx context.Context, db *sql.DB, tables func(context.Context) ([]*schema.Table, error), peers []uint16, slack, interval time.Duration, log *zap.Logger) error {
+func RunTombstoneGC(ctx context.Context, db *sql.DB, tables func(context.Context) ([]*schema.Table, error), peers func() []uint16, slack, interval time.Duration, log *zap.Logger) error {
 	if log == nil {
 		log = zap.NewNop()
 	}
@@ -145,7 +145,7 @@ func RunTombstoneGC(ctx context.Context, db *sql.DB, tables func(context.Context
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
 	for {
-		h, err := GCHorizon(ctx, db, peers, slack)
+		h, err := GCHorizon(ctx, db, peers(), slack)
 		var ts []*schema.Table
 		if err == nil {
 			ts, err = tables(ctx)

@@ -74,7 +74,7 @@ func TestRunTombstoneGC(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- RunTombstoneGC(ctx, db, func(context.Context) ([]*schema.Table, error) { return tables, nil }, []uint16{e.peer.ID}, time.Second, 10*time.Millisecond, nil)
+		done <- RunTombstoneGC(ctx, db, func(context.Context) ([]*schema.Table, error) { return tables, nil }, func() []uint16 { return []uint16{e.peer.ID} }, time.Second, 10*time.Millisecond, nil)
 	}()
 	for {
 		if _, _, ok := e.tomb(1); !ok {

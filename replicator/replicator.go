@@ -186,7 +186,8 @@ type Link struct {
 	topo       config.Topology
 	tailer     *binlog.Tailer
 	applier    *applier.Applier
-	relayBytes int64 // apply.relay_bytes
+	relayBytes int64        // apply.relay_bytes
+	apply      config.Apply // the settings a link is built with (linkApply)
 	log        *zap.Logger
 	cancel     context.CancelFunc
 	done       chan struct{}
@@ -217,6 +218,7 @@ func newLink(r *Replicator, cfg *config.Config, p config.Peer, tables applier.Ta
 	}
 	return &Link{
 		r:          r,
+		apply:      linkApply(cfg.Apply),
 		relayBytes: cfg.Apply.RelayBytes,
 		peer:       p,
 		rules:      cfg.Tables,
@@ -246,10 +248,17 @@ func newLink(r *Replicator, cfg *config.Config, p config.Peer, tables applier.Ta
 func (l *Link) sameAs(p config.Peer, cfg *config.Config) bool {
 	a, b := l.peer, p
 	a.Line, b.Line = 0, 0
-	if !reflect.DeepEqual(a, b) || l.topo != cfg.Topology {
+	if !reflect.DeepEqual(a, b) || l.topo != cfg.Topology || l.apply != linkApply(cfg.Apply) {
 		return false
 	}
 	return reflect.DeepEqual(stripLines(l.rules), stripLines(cfg.Tables))
+}
+
+// linkApply is the part of apply a link is built with: a reload that
+// changes it restarts the link (from its checkpoint). The tombstone
+// collector and conflict retention read theirs at every round.
+func linkApply(a config.Apply) config.Apply {
+	return config.Apply{BatchTxns: a.BatchTxns, RelayBytes: a.RelayBytes, Workers: a.Workers, StuckAfter: a.StuckAfter}
 }
 
 func stripLines(rs []config.TableRule) []config.TableRule {

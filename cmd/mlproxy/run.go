@@ -530,10 +530,10 @@ func (r *region) conflictRetention(ctx context.Context) {
 		Help: "Settled conflicts deleted from mlr.conflicts after apply.conflict_retention.",
 	})
 	r.reg.MustRegister(pruned)
-	secs := int64(r.cfg.Apply.ConflictRetention / time.Second)
 	t := time.NewTicker(time.Hour)
 	defer t.Stop()
 	for {
+		secs := int64(r.current().Apply.ConflictRetention / time.Second) // a reload may change it
 		for {
 			res, err := r.db.ExecContext(ctx, "DELETE FROM mlr.conflicts WHERE detected_at < NOW(6) - INTERVAL ? SECOND "+
 				"AND (resolved_at IS NOT NULL OR outcome NOT IN "+openOutcomesSQL+") ORDER BY id LIMIT 1000", secs)
@@ -561,10 +561,16 @@ func (r *region) conflictRetention(ctx context.Context) {
 // apply.tombstone_gc_interval (applier.RunTombstoneGC), in the replicated
 // tables as the server has them at each round: a table created later, or
 // a database that was empty at start, is collected without a restart.
+//
+// The peers are the running configuration's at each round: after a reload
+// adds a peer, no tombstone goes before that peer has applied past it.
 func (r *region) gcLoop(ctx context.Context) {
-	var peers []uint16
-	for _, p := range r.cfg.Sources() {
-		peers = append(peers, p.ID)
+	peers := func() []uint16 {
+		var ids []uint16
+		for _, p := range r.current().Sources() {
+			ids = append(ids, p.ID)
+		}
+		return ids
 	}
 	tables := func(ctx context.Context) ([]*schema.Table, error) {
 		return schema.Inspect(ctx, r.db, r.current().Tables)
