@@ -15,6 +15,8 @@ import (
 	"github.com/go-mysql-org/go-mysql/mysql"
 	"github.com/pingcap/tidb/pkg/parser"
 	"go.uber.org/zap"
+
+	"github.com/mlproxy/mlproxy/redact"
 )
 
 // conn is one client connection and its backend connection. Its goroutine
@@ -181,11 +183,11 @@ func (c *conn) serve() {
 	}
 	switch {
 	case err == nil || errors.Is(err, errQuit) || errors.Is(err, errAuthFailed) || c.ctx.Err() != nil:
-		c.log.Debug("proxy connection closed", zap.NamedError("reason", err))
+		c.log.Debug("proxy connection closed", redact.Err(err))
 	case errors.Is(err, errClientGone):
-		c.log.Debug("proxy connection closed by client", zap.Error(err))
+		c.log.Debug("proxy connection closed by client", redact.Err(err))
 	default:
-		c.log.Warn("proxy connection closed on error", zap.Error(err))
+		c.log.Warn("proxy connection closed on error", redact.Err(err))
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/mlproxy/mlproxy/config"
+	"github.com/mlproxy/mlproxy/redact"
 )
 
 // InternalTables are the CREATE TABLE statements of the Internal schema's
@@ -182,7 +183,7 @@ func Apply(ctx context.Context, db *sql.DB, st Stamping, tables []*Table, log *z
 	var errs []error
 	for _, t := range tables {
 		if err := a.table(ctx, t); err != nil {
-			log.Warn("schema apply failed", zap.String("schema", t.Schema), zap.String("table", t.Name), zap.Error(err))
+			log.Warn("schema apply failed", zap.String("schema", t.Schema), zap.String("table", t.Name), redact.Err(err))
 			errs = append(errs, err)
 		}
 		if ctx.Err() != nil {
