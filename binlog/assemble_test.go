@@ -320,6 +320,8 @@ func TestDDLInsideExecutableComments(t *testing.T) {
 		"/*M!100000 DROP TABLE kv WAIT 1 */",
 		"/* plain */ /*!50000 ALTER TABLE kv NOWAIT ADD COLUMN z INT */",
 		"/*!RENAME TABLE kv TO kv_o, kv_x TO kv*/",
+		"/*!*/ CREATE TABLE zz.d (id INT PRIMARY KEY)",
+		"/*! */ /* plain */ TRUNCATE TABLE kv",
 	} {
 		if got := strings.TrimSpace(skipComments(q)); !ddlVerb.MatchString(got) {
 			t.Errorf("skipComments(%q) = %q: not seen as DDL", q, got)
@@ -327,6 +329,9 @@ func TestDDLInsideExecutableComments(t *testing.T) {
 	}
 	if got := skipComments("/* DROP TABLE kv */ SELECT 1"); ddlVerb.MatchString(got) {
 		t.Errorf("a plain comment read as code: %q", got)
+	}
+	if k, _ := classifyQuery("/*!*/ UPDATE kv SET v = 1"); k != queryDML {
+		t.Errorf("a statement-format UPDATE behind an empty executable comment: kind %d, want DML (refused as not row format)", k)
 	}
 }
 

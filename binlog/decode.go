@@ -160,13 +160,19 @@ func classifyQuery(q string) (queryKind, string) {
 // skipComments drops leading whitespace and /* ... */ or -- / # comments;
 // an executable comment (/*! ... */, /*M! ... */) is read as code.
 func skipComments(q string) string {
+	inExec := false
 	for {
 		q = strings.TrimLeft(q, " \t\r\n")
 		switch {
 		case strings.HasPrefix(q, "/*!"), strings.HasPrefix(q, "/*M!"):
 			// An executable comment is code to the server: read on
-			// inside it (its closing */ is left at the end).
+			// inside it (its closing */ is left at the end, or skipped
+			// when nothing was inside: "/*!*/ CREATE ...").
 			q = strings.TrimLeft(q[strings.IndexByte(q, '!')+1:], "0123456789")
+			inExec = true
+		case inExec && strings.HasPrefix(q, "*/"):
+			q = q[2:]
+			inExec = false
 		case strings.HasPrefix(q, "/*"):
 			end := strings.Index(q[2:], "*/")
 			if end < 0 {

@@ -81,7 +81,7 @@ CREATE TABLE mlr.hlc (id TINYINT UNSIGNED PRIMARY KEY, high_water BIGINT UNSIGNE
 }
 
 // bypassExpr is the trigger's bypass stamp (docs/internals.md).
-const bypassExpr = "((FLOOR(UNIX_TIMESTAMP(LEAST(NOW(6), SYSDATE(6)))*1000) << 16) | 0x8000 | (MICROSECOND(LEAST(NOW(6), SYSDATE(6))) % 1000))"
+const bypassExpr = "((FLOOR(UNIX_TIMESTAMP(NOW(6))*1000) << 16) | 0x8000 | (MICROSECOND(NOW(6)) % 1000))"
 
 // createReplicated creates db.tbl with the given user columns (the first
 // is the primary key, pkType its type), the invisible stamp columns, its

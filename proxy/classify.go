@@ -3,6 +3,7 @@ package proxy
 import (
 	"fmt"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -67,6 +68,10 @@ type class struct {
 	// and verb its kind (ALTER TABLE, ...), for the DDL policy.
 	ddl  []tableRef
 	verb string
+	// ddlTexts are DDL statements the parser could not read (lower-cased),
+	// the packet's own or prepared for EXECUTE: the DDL policy refuses
+	// each that may reach a replicated schema.
+	ddlTexts []string
 	// text is a kindWriteUnknown statement's text, lower-cased: it is
 	// stamped only when it may reach a replicated schema (the current one,
 	// or one it names).
@@ -280,11 +285,69 @@ func parseInner(text string) (stmts []ast.StmtNode, err error) {
 	return stmts, err
 }
 
+// splitStatements splits text at the semicolons outside quotes (”, "",
+// “, with backslash escapes) and comments: the statements of a packet
+// the parser could not read.
+func splitStatements(text string) []string {
+	var out []string
+	start := 0
+	var quote byte
+	for i := 0; i < len(text); i++ {
+		c := text[i]
+		switch {
+		case quote != 0:
+			if c == '\\' && quote != '`' {
+				i++
+			} else if c == quote {
+				quote = 0
+			}
+		case c == '\'' || c == '"' || c == '`':
+			quote = c
+		case c == '/' && strings.HasPrefix(text[i:], "/*") && !reExecComment.MatchString(text[i:min(len(text), i+4)]):
+			if end := strings.Index(text[i+2:], "*/"); end >= 0 {
+				i += end + 3
+			} else {
+				i = len(text)
+			}
+		case c == ';':
+			out = append(out, text[start:i])
+			start = i + 1
+		}
+	}
+	return append(out, text[start:])
+}
+
 // isDDLText reports whether text starts like DDL, reading executable
 // comments as code: `/*! TRUNCATE TABLE t NOWAIT */` is a TRUNCATE to the
 // server.
 func isDDLText(text string) bool {
-	return reDDLVerb.MatchString(reExecComment.ReplaceAllString(text, " "))
+	return reDDLVerb.MatchString(text) || reDDLVerb.MatchString(execAsCode(text))
+}
+
+// execAsCode is text with its executable comments' markers removed (the
+// opener with its version, and the */ that closes it), so their content
+// reads as code. A comment versioned above the server is ignored by it:
+// isDDLText reads text both ways.
+func execAsCode(text string) string {
+	var b strings.Builder
+	inside := false
+	for i := 0; i < len(text); {
+		if loc := reExecComment.FindStringIndex(text[i:]); !inside && loc != nil && loc[0] == 0 {
+			b.WriteByte(' ')
+			i += loc[1]
+			inside = true
+			continue
+		}
+		if inside && strings.HasPrefix(text[i:], "*/") {
+			b.WriteByte(' ')
+			i += 2
+			inside = false
+			continue
+		}
+		b.WriteByte(text[i])
+		i++
+	}
+	return b.String()
 }
 
 // reUnsafeCharset is a SET NAMES / CHARACTER SET (or character_set_client)
@@ -306,12 +369,18 @@ func classifyUnparsed(db, sql string) *class {
 		return refused(reasonSQLLogBin, msgSQLLogBin)
 	case reMlrAssign.MatchString(sql):
 		return refused(reasonMetadataColumn, msgMetadataWrite)
-	case isDDLText(sql):
+	case slices.ContainsFunc(splitStatements(sql), isDDLText):
 		// CREATE OR REPLACE TABLE, ALTER TABLE IF EXISTS, ALTER ONLINE
-		// TABLE, CREATE TRIGGER ...: DDL the parser cannot read. The
-		// proxy's DDL policy checks its text against the replicated
-		// schemas.
-		return &class{kind: kindWriteUnknown, verb: "DDL"}
+		// TABLE, CREATE TRIGGER ...: DDL the parser cannot read, alone
+		// or in a multi-statement packet. The proxy's DDL policy checks
+		// its text against the replicated schemas.
+		var texts []string
+		for _, st := range splitStatements(sql) {
+			if isDDLText(st) {
+				texts = append(texts, strings.ToLower(st))
+			}
+		}
+		return &class{kind: kindWriteUnknown, verb: "DDL", ddlTexts: texts}
 	case reMlrSchema.MatchString(sql) || strings.EqualFold(db, internalSchema):
 		return refused(reasonInternalSchema, "a statement mlproxy cannot parse that may touch the internal schema `mlr` is refused: it holds replication state; use the mlproxy command line to act on it")
 	}
@@ -344,11 +413,8 @@ func classifyStmts(db string, stmts []ast.StmtNode, depth int) *class {
 		if len(cl.ddl) > 0 {
 			out.ddl = append(out.ddl, cl.ddl...)
 			out.verb = cl.verb
-		} else if cl.verb == "DDL" && out.verb == "" {
-			// DDL the parser could not read (a PREPARE of it): its text
-			// is what the DDL policy checks.
-			out.verb, out.text = cl.verb, cl.text
 		}
+		out.ddlTexts = append(out.ddlTexts, cl.ddlTexts...)
 		out.writes = append(out.writes, cl.writes...)
 	}
 	if hasUse {
@@ -400,21 +466,24 @@ func classifyStmt(db string, st ast.StmtNode, depth int) *class {
 		// stamped as kindWriteUnknown.
 		if n.SQLText != "" && depth == 0 {
 			text := reExecComment.ReplaceAllString(n.SQLText, "/*! ")
-			if inner, err := parseInner(text); err == nil {
+			inner, err := parseInner(text)
+			if err == nil && len(inner) > 0 {
 				cl := classifyStmts(db, inner, depth+1)
 				if cl.kind == kindRefused {
 					return cl
 				}
-				if len(cl.ddl) > 0 { // checked against the DDL policy like the statement itself
-					return &class{kind: kindSession, ddl: cl.ddl, verb: cl.verb}
+				if len(cl.ddl) > 0 || len(cl.ddlTexts) > 0 { // checked against the DDL policy like the statement itself
+					return &class{kind: kindSession, ddl: cl.ddl, verb: cl.verb, ddlTexts: cl.ddlTexts}
 				}
-			} else if cl := classifyUnparsed(db, text); cl.kind == kindRefused {
+				return &class{kind: kindSession}
+			}
+			// Text the parser could not read, or read as nothing (an
+			// executable comment it cannot parse is dropped as a comment).
+			if cl := classifyUnparsed(db, text); cl.kind == kindRefused {
 				return cl
 			}
-			// DDL the parser read as nothing (an executable comment it
-			// could not parse is dropped as a comment) or could not read.
 			if isDDLText(text) {
-				return &class{kind: kindSession, text: strings.ToLower(n.SQLText), verb: "DDL"}
+				return &class{kind: kindSession, verb: "DDL", ddlTexts: []string{strings.ToLower(n.SQLText)}}
 			}
 		}
 		return &class{kind: kindSession}

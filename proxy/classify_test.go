@@ -97,6 +97,9 @@ func TestClassify(t *testing.T) {
 		// DDL inside an executable comment, in syntax the parser cannot
 		// read, is still DDL.
 		{"app", "/*! TRUNCATE TABLE t NOWAIT */", kindWriteUnknown, "[]", ""},
+		{"app", "/*!*/ TRUNCATE TABLE t NOWAIT", kindWriteUnknown, "[]", ""},
+		{"app", "/*!999999 x */ TRUNCATE TABLE t NOWAIT", kindWriteUnknown, "[]", ""},
+		{"app", "SELECT 1; TRUNCATE TABLE t NOWAIT", kindWriteUnknown, "[]", ""},
 		// A trigger of the client's own that rewrites the stamp after
 		// mlproxy's, in MariaDB syntax the parser cannot read.
 		{"app", "/*! CREATE TRIGGER x BEFORE UPDATE ON t FOR EACH ROW FOLLOWS _mlr_bu_t SET NEW._mlr_hlc := 1 */", kindRefused, "[]", reasonMetadataColumn},
@@ -223,9 +226,36 @@ func TestPrepareTextParsedSafely(t *testing.T) {
 	for _, q := range []string{
 		"PREPARE s FROM '/*! TRUNCATE TABLE t NOWAIT */'",
 		"PREPARE s FROM '/*M!100000 DROP TABLE t WAIT 1 */'",
+		"PREPARE s FROM '/*!*/ TRUNCATE TABLE t NOWAIT'",
+		"ALTER TABLE other.x ADD y INT; PREPARE s FROM '/*! TRUNCATE TABLE t NOWAIT */'",
+		"PREPARE s FROM '/*! TRUNCATE TABLE t NOWAIT */'; ALTER TABLE other.x ADD y INT",
 	} {
-		if cl := c.classify("app", q); cl.verb != "DDL" {
-			t.Errorf("classify(%q) = kind %d verb %q, want DDL for the DDL policy", q, cl.kind, cl.verb)
+		cl := c.classify("app", q)
+		found := false
+		for _, txt := range cl.ddlTexts {
+			found = found || strings.Contains(txt, "truncate table t") || strings.Contains(txt, "drop table t")
 		}
+		if !found {
+			t.Errorf("classify(%q) = kind %d ddlTexts %q: the prepared DDL is not given to the DDL policy", q, cl.kind, cl.ddlTexts)
+		}
+	}
+	// Statements an application prepares that the parser reads are
+	// judged by what they are, not by their first word.
+	for _, q := range []string{
+		"PREPARE s FROM 'CREATE TEMPORARY TABLE tmp (id INT)'",
+		"PREPARE s FROM 'DROP TEMPORARY TABLE IF EXISTS tmp'",
+		"PREPARE s FROM 'SELECT /*! 1 */ FROM t WHERE a = ?'",
+	} {
+		if cl := c.classify("app", q); len(cl.ddlTexts) > 0 || len(cl.ddl) > 0 {
+			t.Errorf("classify(%q) = ddl %v ddlTexts %q: an ordinary prepared statement taken for DDL", q, cl.ddl, cl.ddlTexts)
+		}
+	}
+}
+
+func TestSplitStatements(t *testing.T) {
+	got := splitStatements("SELECT 'a;b', \"c;d\", `e;f`, 'g\\';h' /* i;j */; /*! TRUNCATE t */; DROP TABLE x")
+	want := []string{"SELECT 'a;b', \"c;d\", `e;f`, 'g\\';h' /* i;j */", " /*! TRUNCATE t */", " DROP TABLE x"}
+	if fmt.Sprintf("%q", got) != fmt.Sprintf("%q", want) {
+		t.Errorf("splitStatements = %q, want %q", got, want)
 	}
 }

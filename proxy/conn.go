@@ -505,8 +505,10 @@ func (c *conn) ddlRefusal(cl *class) *class {
 			return refused(reasonReplicatedDDL, fmt.Sprintf("%s on replicated table %s.%s is refused through the proxy: %s", cl.verb, t.schema, t.table, ddlHow))
 		}
 	}
-	if cl.verb == "DDL" && len(cl.ddl) == 0 && c.mayReachReplicated(cl) {
-		return refused(reasonReplicatedDDL, "DDL the proxy cannot parse, on a database with replicated tables or naming one, is refused: "+ddlHow)
+	for _, text := range cl.ddlTexts {
+		if c.mayReachReplicated(&class{text: text}) {
+			return refused(reasonReplicatedDDL, "DDL the proxy cannot parse, on a database with replicated tables or naming one, is refused: "+ddlHow)
+		}
 	}
 	return nil
 }

@@ -178,6 +178,10 @@ func TestReplicatedDDLBypassesRefused(t *testing.T) {
 		"PREPARE s FROM '/*! TRUNCATE TABLE rt NOWAIT */'",
 		"PREPARE s FROM '/*M! DROP TABLE rt */'",
 		"EXECUTE IMMEDIATE '/*M! DROP TABLE rt WAIT 1 */'",
+		"/*!*/ TRUNCATE TABLE rt NOWAIT",
+		"/*!999999 x */ TRUNCATE TABLE rt NOWAIT",
+		"PREPARE s FROM '/*!*/ TRUNCATE TABLE rt NOWAIT'",
+		"ALTER TABLE rt_twin ADD COLUMN y INT; PREPARE s FROM '/*! TRUNCATE TABLE rt NOWAIT */'",
 	} {
 		_, err := db.Exec(q)
 		if err == nil || !strings.Contains(err.Error(), "refused") || !strings.Contains(err.Error(), "mlproxy schema ddl") {

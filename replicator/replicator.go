@@ -135,7 +135,7 @@ func (r *Replicator) Update(cfg *config.Config) []string {
 		l.cancel = cancel
 		r.wg.Add(2)
 		go func() { defer r.wg.Done(); defer close(l.done); l.run(lctx) }()
-		go func() { defer r.wg.Done(); l.watch(lctx, cfg.Apply.StuckAfter) }()
+		go func() { defer r.wg.Done(); defer close(l.watched); l.watch(lctx, cfg.Apply.StuckAfter) }()
 		did = append(did, "started the link from "+p.Name)
 	}
 	return did
@@ -190,7 +190,8 @@ type Link struct {
 	apply      config.Apply // the settings a link is built with (linkApply)
 	log        *zap.Logger
 	cancel     context.CancelFunc
-	done       chan struct{}
+	done       chan struct{} // closed when run returns
+	watched    chan struct{} // closed when watch returns
 
 	mu      sync.Mutex
 	state   string // starting, running, retrying, stopped
@@ -225,6 +226,7 @@ func newLink(r *Replicator, cfg *config.Config, p config.Peer, tables applier.Ta
 		topo:       cfg.Topology,
 		log:        r.log.With(zap.String("peer", p.Name)),
 		done:       make(chan struct{}),
+		watched:    make(chan struct{}),
 		tailer: binlog.New(binlog.Config{
 			Peer:        p,
 			Self:        cfg.Region.ID,
@@ -274,6 +276,7 @@ func stripLines(rs []config.TableRule) []config.TableRule {
 func (l *Link) stop() {
 	l.cancel()
 	<-l.done
+	<-l.watched // it sets the stuck gauge: done before the series go
 	l.tailer.Unregister()
 	for _, g := range []*prometheus.GaugeVec{l.r.stuck, l.r.relayTxns, l.r.relayBytes} {
 		g.DeleteLabelValues(l.peer.Name)
@@ -369,7 +372,7 @@ func (l *Link) watch(ctx context.Context, after time.Duration) {
 		l.mu.Lock()
 		restarts := l.restarts
 		l.mu.Unlock()
-		switch p.observe(time.Now(), pos, ts.Sent+restarts, failing) {
+		switch p.observe(time.Now(), pos, ts.Sent, restarts, failing) {
 		case recovered:
 			l.mu.Lock()
 			l.stuckSince, l.stuckAt = time.Time{}, ""
@@ -400,17 +403,23 @@ func (l *Link) watch(ctx context.Context, after time.Duration) {
 }
 
 // progress decides from samples of a link whether it is stuck: its
-// applied position unchanged for after, and at no sample in that time
-// idle (not failing, and nothing offered or restarted since the sample
-// before). A link that fails, restarts and re-streams the same large
-// transaction is healthy for a moment between attempts, but between two
-// samples it was offered pieces or restarted, so it stays stuck.
+// applied position unchanged for after since it first failed or
+// restarted there, without the link going idle in between. A link that
+// fails, restarts and streams the same large transaction again is healthy
+// at most samples, between its attempts: the failure is remembered while
+// it is still being offered changes (the tailer's sends grow). A link
+// that is idle (not failing, nothing offered, no restart since the sample
+// before) forgets it; one that streams a large transaction for longer
+// than after without failing is not stuck.
 type progress struct {
 	after    time.Duration
 	pos      binlog.Position
-	since    time.Time // when pos last moved, or the link was last seen idle
-	activity uint64    // the tailer's sends plus the link's restarts at the last sample
+	since    time.Time // when the evidence began (pos last moved, or the link was last idle)
+	sent     uint64    // the tailer's sends at the last sample
+	restarts uint64    // the link's restarts at the last sample
+	evidence bool      // failed or restarted since pos last moved or the link was idle
 	reported bool
+	sampled  bool // a first sample was taken
 }
 
 type verdict int
@@ -421,20 +430,27 @@ const (
 	recovered
 )
 
-// observe takes one sample: the applied position, a counter that grows
-// whenever the link is offered a change or restarts, and whether it is
-// failing now.
-func (p *progress) observe(now time.Time, pos binlog.Position, activity uint64, failing bool) verdict {
-	active := activity != p.activity
-	p.activity = activity
-	if p.since.IsZero() || pos != p.pos || (!failing && !active) {
-		// Progress, or idle: the clock restarts.
-		p.pos, p.since = pos, now
-		if p.reported {
-			p.reported = false
+// observe takes one sample: the applied position, the tailer's sends and
+// the link's restarts (counters), and whether it is failing now.
+func (p *progress) observe(now time.Time, pos binlog.Position, sent, restarts uint64, failing bool) verdict {
+	offered, restarted := sent != p.sent, restarts != p.restarts
+	p.sent, p.restarts = sent, restarts
+	trouble := failing || restarted
+	if !p.sampled || pos != p.pos || (!trouble && !offered) {
+		// The first sample, progress, or idle: the evidence is gone.
+		wasReported := p.reported
+		p.sampled, p.pos, p.since, p.evidence, p.reported = true, pos, now, trouble, false
+		if wasReported {
 			return recovered
 		}
 		return nothing
+	}
+	if !p.evidence {
+		if !trouble {
+			p.since = now // busy without trouble: a large transaction streaming
+			return nothing
+		}
+		p.evidence, p.since = true, now
 	}
 	if p.reported || now.Sub(p.since) < p.after {
 		return nothing

@@ -75,7 +75,7 @@ func TestGenerateTriggers(t *testing.T) {
 	if len(got) != 3 {
 		t.Fatalf("got %d triggers, want 3", len(got))
 	}
-	const bypass = "(FLOOR(UNIX_TIMESTAMP(LEAST(NOW(6), SYSDATE(6)))*1000) << 16) | 0x8000 | (MICROSECOND(LEAST(NOW(6), SYSDATE(6))) % 1000)"
+	const bypass = "(FLOOR(UNIX_TIMESTAMP(NOW(6))*1000) << 16) | 0x8000 | (MICROSECOND(NOW(6)) % 1000)"
 	// Every new version is stamped above the one it replaces: the old row
 	// (update, delete) or the key's tombstone (insert).
 	// ... and above this region's own entry in the replaced version's
@@ -98,6 +98,9 @@ func TestGenerateTriggers(t *testing.T) {
 	const guard = "  IF NOT (COALESCE(@_mlr_apply, 0) = 1 AND SUBSTRING_INDEX(USER(), '@', 1) = 'mlproxy') THEN\n" +
 		"    IF @_mlr_hlc IS NOT NULL AND CAST(@_mlr_hlc AS UNSIGNED) > ((FLOOR(UNIX_TIMESTAMP(SYSDATE(6))*1000) + 500) << 16) | 0xFFFF THEN\n" +
 		"      SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'mlproxy: this write''s stamp is more than 500ms ahead of the server''s clock (clock.max_offset): check the clocks (NTP) of this region''s proxy and server';\n" +
+		"    END IF;\n" +
+		"    IF @_mlr_hlc IS NULL AND NOW(6) > SYSDATE(6) + INTERVAL 500000 MICROSECOND THEN\n" +
+		"      SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'mlproxy: this session''s clock (SET timestamp) is more than 500ms ahead of the server''s (clock.max_offset); SET timestamp = DEFAULT';\n" +
 		"    END IF;\n"
 	want := []string{
 		"CREATE TRIGGER `shop`.`_mlr_bi_order``s` BEFORE INSERT ON `shop`.`order``s` FOR EACH ROW\n" +

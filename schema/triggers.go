@@ -28,10 +28,11 @@ const maxIdent = 64
 // bits, bit 15 set, microseconds within the millisecond in the low 10 bits.
 // The time is the statement's (NOW), so that every trigger a statement
 // fires computes the same stamp (a REPLACE's BEFORE INSERT names the
-// stamp its AFTER DELETE will give the tombstone), but never later than
-// the server's clock (SYSDATE): a session's SET timestamp moves NOW, and a
-// stamp in the future would win every later conflict.
-const BypassStampSQL = "(FLOOR(UNIX_TIMESTAMP(LEAST(NOW(6), SYSDATE(6)))*1000) << 16) | 0x8000 | (MICROSECOND(LEAST(NOW(6), SYSDATE(6))) % 1000)"
+// stamp its AFTER DELETE will give the tombstone). A session's SET
+// timestamp moves NOW, and a stamp in the future would win every later
+// conflict: the triggers refuse such a write when NOW is ahead of the
+// server's clock (SYSDATE) by more than the max offset.
+const BypassStampSQL = "(FLOOR(UNIX_TIMESTAMP(NOW(6))*1000) << 16) | 0x8000 | (MICROSECOND(NOW(6)) % 1000)"
 
 // triggerMarker starts the comment that names a trigger body's version; the
 // hash covers the body without the comment, so a body that still carries
@@ -237,7 +238,11 @@ func triggers(t *Table, st Stamping) []Trigger {
 	// own).
 	tooFar := fmt.Sprintf("    IF @_mlr_hlc IS NOT NULL AND CAST(@_mlr_hlc AS UNSIGNED) > ((FLOOR(UNIX_TIMESTAMP(SYSDATE(6))*1000) + %d) << 16) | 0xFFFF THEN\n"+
 		"      SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = %s;\n"+
-		"    END IF;\n", maxMs, sqlString(fmt.Sprintf("mlproxy: this write's stamp is more than %dms ahead of the server's clock (clock.max_offset): check the clocks (NTP) of this region's proxy and server", maxMs)))
+		"    END IF;\n"+
+		"    IF @_mlr_hlc IS NULL AND NOW(6) > SYSDATE(6) + INTERVAL %d MICROSECOND THEN\n"+
+		"      SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = %s;\n"+
+		"    END IF;\n", maxMs, sqlString(fmt.Sprintf("mlproxy: this write's stamp is more than %dms ahead of the server's clock (clock.max_offset): check the clocks (NTP) of this region's proxy and server", maxMs)),
+		maxMs*1000, sqlString(fmt.Sprintf("mlproxy: this session's clock (SET timestamp) is more than %dms ahead of the server's (clock.max_offset); SET timestamp = DEFAULT", maxMs)))
 	hlc, origCol, meta := Quote(ColHLC), Quote(ColOrigin), Quote(ColMeta)
 	entry := jsonPath("$", fmt.Sprint(regionID))
 	fww := t.Rule.Rule == config.RuleFirstWriterWins

@@ -641,10 +641,24 @@ func TestTriggersRefuseForgery(t *testing.T) {
 	require.Error(t, err, "a day-ahead stamp under a session clock set two days ahead")
 	assert.Contains(t, err.Error(), "ahead of the server's clock")
 	require.NoError(t, exec("SET @_mlr_hlc = NULL"))
+	err = exec("INSERT INTO forge.t (id, v) VALUES (4, 4)")
+	require.Error(t, err, "a bypass write under a session clock two days ahead")
+	assert.Contains(t, err.Error(), "this session's clock (SET timestamp) is more than")
+	_, _, ok = stamp(t, "forge.t", 4)
+	assert.False(t, ok)
+	require.NoError(t, exec("SET timestamp = DEFAULT"))
 	require.NoError(t, exec("INSERT INTO forge.t (id, v) VALUES (4, 4)"))
 	h, _, _ = stamp(t, "forge.t", 4)
-	assert.InDelta(t, time.Now().UnixMilli(), int64(h>>16), 60_000, "a bypass stamp under a session clock two days ahead is the server's time, got %s", time.UnixMilli(int64(h>>16)))
+	assert.InDelta(t, time.Now().UnixMilli(), int64(h>>16), 60_000, "a bypass stamp is the server's time, got %s", time.UnixMilli(int64(h>>16)))
+	// A REPLACE with the session's clock set behind: its two triggers
+	// agree on the stamp, the row above the tombstone of the row it
+	// replaced.
+	require.NoError(t, exec("SET timestamp = UNIX_TIMESTAMP() - 3600"))
+	require.NoError(t, exec("REPLACE INTO forge.t (id, v) VALUES (4, 5)"))
 	require.NoError(t, exec("SET timestamp = DEFAULT"))
+	live, _, _ := stamp(t, "forge.t", 4)
+	tomb, _, _ := stamp(t, "mlr.`forge.t`", 4)
+	assert.Greater(t, live, tomb, "the row a REPLACE inserts is newer than the tombstone of the row it deleted")
 
 	// The same flag from mlproxy's own account (root here) writes as given.
 	ap := applierSession(t)

@@ -192,7 +192,7 @@ func conflictsListCmd() *cobra.Command {
 	fl := cmd.Flags()
 	fl.StringVar(&f.table, "table", "", "only this table (schema.table)")
 	fl.StringVar(&f.rule, "rule", "", "only this rule (lww, manual, ...)")
-	fl.StringVar(&f.outcome, "outcome", "", "only this outcome (local_won, remote_won, merged, pending)")
+	fl.StringVar(&f.outcome, "outcome", "", "only this outcome (local_won, remote_won, merged, pending, rejected, skipped)")
 	fl.StringVar(&f.peer, "peer", "", "only conflicts met applying this peer's changes")
 	fl.StringVar(&f.status, "status", "", "pending, resolved or decided (decided: settled by the rule)")
 	fl.StringVar(&f.since, "since", "", "detected at or after (RFC 3339, or a duration back from now: 2h)")
@@ -613,8 +613,8 @@ func (r *resolver) resolve(ctx context.Context, id uint64) (_ string, rerr error
 		return "", err
 	}
 	if row == nil && r.keep == "local" && (c.Outcome == "rejected" || c.Outcome == "skipped") {
-		return "", fmt.Errorf("this region has no version of the key: the remote change was refused by a unique or foreign key (%s); "+
-			"keep remote with --set on the colliding column, or change the colliding local row and keep remote", c.Outcome)
+		return "", fmt.Errorf("the log holds only the remote version of a change a unique or foreign key refused (%s); "+
+			"keep remote (with --set on the colliding column, or after changing the row it collides with), or leave this region's row as it is and update it through the proxy", c.Outcome)
 	}
 	if row == nil {
 		return "", fmt.Errorf("the %s version is a delete: resolving to a delete is not supported; delete the row through the proxy", r.keep)
