@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -418,7 +419,7 @@ func checkAccounts(ctx context.Context, db *sql.DB, tables []*Table, st Stamping
 			case strings.EqualFold(schemaName, Internal):
 				ps = append(ps, Problem{Severity: Warning, Where: "account " + g, Message: fmt.Sprintf(
 					"has %s on the internal schema %s: it holds replication state only mlproxy may change (%s)", priv, Internal, fix(g, priv, on))})
-			case riskyOnReplicated[priv] != "" && replicated[strings.ToLower(schemaName)]:
+			case riskyOnReplicated[priv] != "" && grantCovers(schemaName, replicated):
 				ps = append(ps, Problem{Severity: Warning, Where: "account " + g, Message: fmt.Sprintf(
 					"has %s on replicated schema %s: %s (%s)", priv, schemaName, riskyOnReplicated[priv], fix(g, priv, on))})
 			}
@@ -433,7 +434,7 @@ func checkAccounts(ctx context.Context, db *sql.DB, tables []*Table, st Stamping
 				continue
 			}
 			on := Quote(schemaName) + "." + Quote(table)
-			if riskyOnReplicated[priv] != "" && replicated[strings.ToLower(schemaName)] {
+			if riskyOnReplicated[priv] != "" && grantCovers(schemaName, replicated) {
 				ps = append(ps, Problem{Severity: Warning, Where: "account " + g, Message: fmt.Sprintf(
 					"has %s on table %s.%s of a replicated schema: %s (%s)", priv, schemaName, table, riskyOnReplicated[priv], fix(g, priv, on))})
 			}
@@ -455,6 +456,42 @@ func checkAccounts(ctx context.Context, db *sql.DB, tables []*Table, st Stamping
 		rows.Close()
 	}
 	return ps
+}
+
+// grantCovers reports whether a schema-level grant's database (a pattern:
+// % and _ are wildcards, \_ and \% literal, as in GRANT ... ON `app%`.*)
+// covers one of the replicated schemas (lower-case keys).
+func grantCovers(pattern string, replicated map[string]bool) bool {
+	pattern = strings.ToLower(pattern)
+	if replicated[pattern] {
+		return true
+	}
+	var re strings.Builder
+	re.WriteString("^")
+	for i := 0; i < len(pattern); i++ {
+		switch c := pattern[i]; {
+		case c == '\\' && i+1 < len(pattern):
+			i++
+			re.WriteString(regexp.QuoteMeta(string(pattern[i])))
+		case c == '%':
+			re.WriteString(".*")
+		case c == '_':
+			re.WriteString(".")
+		default:
+			re.WriteString(regexp.QuoteMeta(string(c)))
+		}
+	}
+	re.WriteString("$")
+	rx, err := regexp.Compile(re.String())
+	if err != nil {
+		return false
+	}
+	for name := range replicated {
+		if rx.MatchString(name) {
+			return true
+		}
+	}
+	return false
 }
 
 // checkUniqueKeys warns about replicated tables with a unique key besides

@@ -192,3 +192,16 @@ func TestCheckUniqueKeys(t *testing.T) {
 	}
 	assert.Equal(t, []string{"uk.users: unique key email (email) can collide across regions", "uk.users: unique key org_nick (org,nick) can collide across regions"}, got)
 }
+
+func TestGrantCovers(t *testing.T) {
+	replicated := map[string]bool{"app": true, "shop_eu": true}
+	for pattern, want := range map[string]bool{
+		"app": true, "APP": true, "ap%": true, "a_p": true, "%": true,
+		`shop\_eu`: true, "shop_eu": true, `shop\_%`: true,
+		"other": false, `ap\%`: false, "app_x": false, "shop": false,
+	} {
+		if got := grantCovers(pattern, replicated); got != want {
+			t.Errorf("grantCovers(%q) = %v, want %v", pattern, got, want)
+		}
+	}
+}
