@@ -83,10 +83,11 @@ type Region struct {
 	LocalAddr string
 	peerAddr  map[string]string
 
-	mu     sync.Mutex
-	cmd    *exec.Cmd
-	done   chan error
-	exited chan struct{} // closed when the running mlproxy has exited
+	mu      sync.Mutex
+	cmd     *exec.Cmd
+	done    chan error
+	exited  chan struct{} // closed when the running mlproxy has exited
+	logFrom int64         // the size of LogPath when the running mlproxy started
 }
 
 // Cluster is a set of regions that replicate to each other.
@@ -427,6 +428,9 @@ func (c *Cluster) StartProxy(r *Region) error {
 	if err != nil {
 		return err
 	}
+	if fi, err := logf.Stat(); err == nil {
+		r.logFrom = fi.Size() // this run's lines start here (waitProxy)
+	}
 	cmd := exec.Command(c.Bin, "run", "-c", r.ConfigPath)
 	cmd.Env = append(os.Environ(), "MLPROXY_CLOCK_OFFSET_FILE="+r.clockFile())
 	cmd.Stdout = logf
@@ -468,10 +472,17 @@ func (r *Region) ProxyExited() bool {
 func (r *Region) waitProxy(ctx context.Context) error {
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		db, err := sql.Open("mysql", r.DSN(""))
+		// The proxy's port answering is not enough: another process may
+		// have taken the port between FreePort and this mlproxy's listen
+		// (tests and fault proxies run side by side). This run's own log
+		// must say it started (after its listen succeeded).
+		err := r.startedSince()
 		if err == nil {
-			err = db.PingContext(ctx)
-			db.Close()
+			var db *sql.DB
+			if db, err = sql.Open("mysql", r.DSN("")); err == nil {
+				err = db.PingContext(ctx)
+				db.Close()
+			}
 		}
 		if err == nil {
 			return nil
@@ -492,6 +503,22 @@ func (r *Region) waitProxy(ctx context.Context) error {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// startedSince reports whether region r's mlproxy logged, since its last
+// start, that it is listening.
+func (r *Region) startedSince() error {
+	r.mu.Lock()
+	from := r.logFrom
+	r.mu.Unlock()
+	b, err := os.ReadFile(r.LogPath)
+	if err != nil {
+		return err
+	}
+	if int64(len(b)) < from || !bytes.Contains(b[from:], []byte(`"msg":"mlproxy started"`)) {
+		return fmt.Errorf("mlproxy of region %s has not logged its start yet", r.Name)
+	}
+	return nil
 }
 
 // WaitProxy waits until region r's proxy accepts connections.
