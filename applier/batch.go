@@ -443,7 +443,11 @@ func (a *Applier) readVersions(ctx context.Context, conn *sql.Conn, p *plan, ts 
 	for start := 0; start < len(ts.keys); {
 		cnt := min(len(ts.keys)-start, maxChunkRows)
 		size := pow2ceil(cnt)
-		s, err := p.stmt(ctx, conn, p.sized("lookup", nil, size, p.lookupSQL))
+		kind, build := "lookup", p.lookupSQL
+		if a.nowait {
+			kind, build = "lookup-nowait", func(cols []string, n int) string { return p.lookupSQL(cols, n) + " NOWAIT" }
+		}
+		s, err := p.stmt(ctx, conn, p.sized(kind, nil, size, build))
 		if err != nil {
 			return err
 		}
