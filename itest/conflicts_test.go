@@ -84,6 +84,43 @@ func TestConflictsCLI(t *testing.T) {
 		t.Errorf("conflicts list -o json on eu: outcomes %v; want docs pending and kv decided by lww", outcomes)
 	}
 
+	// Each filter keeps exactly what it names (eu's log holds the docs
+	// conflict and the kv one, both met on the link from us).
+	for _, f := range []struct {
+		args       []string
+		docs, kv   bool
+		whatItKeep string
+	}{
+		{[]string{"--rule", "lww"}, false, true, "the lww conflict"},
+		{[]string{"--rule", "manual"}, true, false, "the manual conflict"},
+		{[]string{"--outcome", "pending"}, true, false, "the pending outcome"},
+		{[]string{"--status", "decided"}, false, true, "what the rule decided"},
+		{[]string{"--peer", "us"}, true, true, "both (met on the link from us)"},
+		{[]string{"--peer", "ap"}, false, false, "nothing (no conflict came from ap)"},
+		{[]string{"--since", "1h"}, true, true, "both (detected within the hour)"},
+		{[]string{"--until", "1h"}, false, false, "nothing (none older than an hour)"},
+		{[]string{"--since", time.Now().Add(time.Hour).UTC().Format(time.RFC3339)}, false, false, "nothing (none in the future)"},
+	} {
+		out := cli(append([]string{"conflicts", "list", "-c", eu.ConfigPath}, f.args...)...)
+		if strings.Contains(out, "app.docs") != f.docs || strings.Contains(out, "app.kv") != f.kv {
+			t.Errorf("conflicts list %s: want %s, got:\n%s", strings.Join(f.args, " "), f.whatItKeep, out)
+		}
+	}
+	if out, err := c.Command(ctx, "conflicts", "list", "-c", eu.ConfigPath, "--since", "yesterday"); err == nil || !strings.Contains(string(out), "RFC 3339") {
+		t.Errorf("conflicts list --since yesterday: %v; want an error saying what it takes:\n%s", err, out)
+	}
+	// Newest first.
+	var ids []float64
+	for _, r := range rows {
+		ids = append(ids, r["id"].(float64))
+	}
+	for i := 1; i < len(ids); i++ {
+		if ids[i] > ids[i-1] {
+			t.Errorf("conflicts list -o json: ids %v, want newest first", ids)
+			break
+		}
+	}
+
 	show := cli("conflicts", "show", "-c", eu.ConfigPath, id)
 	t.Log(list, show)
 	var bodyLine string
