@@ -95,7 +95,7 @@ func TestGenerateTriggers(t *testing.T) {
 	replaced := newer("`_mlr_hlc`", legacy)
 	// Only mlproxy's own account (the applier's) skips stamping; a stamp
 	// too far ahead of the server's clock is refused.
-	const guard = "  IF NOT (COALESCE(@_mlr_apply, 0) = 1 AND SUBSTRING_INDEX(USER(), '@', 1) = 'mlproxy') THEN\n" +
+	const guard = "  IF NOT (COALESCE(@_mlr_apply, 0) = 1 AND CAST(SUBSTRING_INDEX(USER(), '@', 1) AS BINARY) = CAST('mlproxy' AS BINARY)) THEN\n" +
 		"    IF @_mlr_hlc IS NOT NULL AND CAST(@_mlr_hlc AS UNSIGNED) > ((FLOOR(UNIX_TIMESTAMP(SYSDATE(6))*1000) + 500) << 16) | 0xFFFF THEN\n" +
 		"      SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'mlproxy: this write''s stamp is more than 500ms ahead of the server''s clock (clock.max_offset): check the clocks (NTP) of this region''s proxy and server';\n" +
 		"    END IF;\n" +
@@ -185,8 +185,8 @@ func TestGenerateTriggersByRule(t *testing.T) {
 	assert.Equal(t, lww, gen(config.RuleLWW, "total"), "columns matter only to counter, max, min")
 
 	fww := gen(config.RuleFirstWriterWins)
-	assert.Contains(t, fww[0], "JSON_INSERT(JSON_SET(JSON_REMOVE(COALESCE(_mlr_prev_vv, '{}'), '$.m', '$.w'), '$.\"7\"', NEW.`_mlr_hlc`), '$.b', JSON_ARRAY(NEW.`_mlr_hlc`, NEW.`_mlr_origin`))",
-		"insert: the tombstone's birth, else this version's")
+	assert.Contains(t, fww[0], "JSON_INSERT(JSON_SET(JSON_REMOVE(COALESCE(_mlr_prev_vv, '{}'), '$.m', '$.w'), '$.\"7\"', NEW.`_mlr_hlc`), '$.b', JSON_ARRAY(GREATEST(NEW.`_mlr_hlc`, (FLOOR(UNIX_TIMESTAMP(SYSDATE(6))*1000) - 500) << 16), NEW.`_mlr_origin`))",
+		"insert: the tombstone's birth, else this version's, never before the server's clock minus the max offset")
 	assert.Contains(t, fww[1], "'$.\"7\"', NEW.`_mlr_hlc`), '$.b', JSON_ARRAY(OLD.`_mlr_hlc`, OLD.`_mlr_origin`))", "update: a legacy row's birth is its stamp")
 	assert.Contains(t, fww[2], "'$.\"7\"', _mlr_stamp), '$.b', JSON_ARRAY(OLD.`_mlr_hlc`, OLD.`_mlr_origin`))")
 

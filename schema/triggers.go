@@ -229,7 +229,10 @@ func triggers(t *Table, st Stamping) []Trigger {
 	// which a client cannot take, and the flag it sets.
 	stamping := "TRUE"
 	if st.Applier != "" {
-		stamping = fmt.Sprintf("NOT (COALESCE(@_mlr_apply, 0) = 1 AND SUBSTRING_INDEX(USER(), '@', 1) = %s)", sqlString(st.Applier))
+		// Compared as bytes: USER() compares case-, accent- and
+		// trailing-space-insensitively, and another account named
+		// "MLProxy" must not pass for mlproxy's.
+		stamping = fmt.Sprintf("NOT (COALESCE(@_mlr_apply, 0) = 1 AND CAST(SUBSTRING_INDEX(USER(), '@', 1) AS BINARY) = CAST(%s AS BINARY))", sqlString(st.Applier))
 	}
 	maxMs := st.maxOffsetMillis()
 	// A session's stamp may be no further ahead of the server's clock than
@@ -347,7 +350,11 @@ func triggers(t *Table, st Stamping) []Trigger {
 		}
 	}
 	insMeta := fmt.Sprintf("JSON_SET(JSON_REMOVE(COALESCE(%s, '{}'), '$.m', '$.w'), %s, NEW.%s)", varPrevVV, entry, hlc)
-	insMeta = withBirth(insMeta, "NEW."+hlc, "NEW."+origCol)
+	// A lineage's birth decides first-writer-wins, where the lower stamp
+	// wins: a session's stamp may be stale or set low on purpose (the
+	// upper bound above does not stop that), so the birth is never
+	// earlier than the server's clock minus the max offset.
+	insMeta = withBirth(insMeta, fmt.Sprintf("GREATEST(NEW.%s, (FLOOR(UNIX_TIMESTAMP(SYSDATE(6))*1000) - %d) << 16)", hlc, maxMs), "NEW."+origCol)
 	fmt.Fprintf(&bi, "    SET NEW.%s = %s,\n", hlc, newer(floor(varPrevHLC, fmt.Sprintf("COALESCE(%s, '{}')", varPrevVV))))
 	fmt.Fprintf(&bi, "        NEW.%s = %s,\n", origCol, origin)
 	fmt.Fprintf(&bi, "        NEW.%s = JSON_COMPACT(%s);\n", meta, insMeta)

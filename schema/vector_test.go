@@ -223,27 +223,34 @@ func TestTriggersVector(t *testing.T) {
 
 	t.Run("first-writer-wins: the lineage's birth", func(t *testing.T) {
 		s, ap := proxySession(t), applierSession(t)
+		// A session stamp far in the past (stale, or set low to win
+		// first-writer-wins) gives no birth earlier than the server's
+		// clock minus the max offset.
+		before := uint64(time.Now().Add(-config.DefaultMaxOffset-time.Second).UnixMilli()) << 16
 		s.stamp(1000)
 		s.exec("INSERT INTO vv.f (id, v) VALUES (1, 1)")
+		b0 := meta(t, "vv.f", 1).Birth.Stamp
+		after := uint64(time.Now().Add(time.Second).UnixMilli()) << 16
+		assert.True(t, b0 >= before && b0 <= after, "birth %d: want the server's clock minus the max offset, not the session's stamp 1000", b0)
 		raw, _ := rawMeta(t, "vv.f", "id = 1")
-		assert.Equal(t, `{"1":1000,"b":[1000,1]}`, raw)
+		assert.Equal(t, fmt.Sprintf(`{"1":1000,"b":[%d,1]}`, b0), raw)
 		s.stamp(2000)
 		s.exec("UPDATE vv.f SET v = 2 WHERE id = 1")
 		raw, _ = rawMeta(t, "vv.f", "id = 1")
-		assert.Equal(t, `{"1":2000,"b":[1000,1]}`, raw, "carried unchanged")
+		assert.Equal(t, fmt.Sprintf(`{"1":2000,"b":[%d,1]}`, b0), raw, "carried unchanged")
 		s.stamp(3000)
 		s.exec("DELETE FROM vv.f WHERE id = 1")
 		raw, _ = rawMeta(t, "mlr.`vv.f`", "id = 1")
-		assert.Equal(t, `{"1":3000,"b":[1000,1]}`, raw)
+		assert.Equal(t, fmt.Sprintf(`{"1":3000,"b":[%d,1]}`, b0), raw)
 		s.stamp(4000)
 		s.exec("INSERT INTO vv.f (id, v) VALUES (1, 3)")
 		m := meta(t, "vv.f", 1)
-		assert.Equal(t, change.Birth{Stamp: 1000, Origin: 1}, m.Birth, "a re-insert continues the lineage")
+		assert.Equal(t, change.Birth{Stamp: b0, Origin: 1}, m.Birth, "a re-insert continues the lineage")
 		assert.Equal(t, change.Vector{1: 4000}, m.VV)
 		s.stamp(4500)
 		s.exec("REPLACE INTO vv.f (id, v) VALUES (1, 4)")
 		raw, _ = rawMeta(t, "vv.f", "id = 1")
-		assert.Equal(t, `{"1":4501,"b":[1000,1]}`, raw, "REPLACE continues the lineage too")
+		assert.Equal(t, fmt.Sprintf(`{"1":4501,"b":[%d,1]}`, b0), raw, "REPLACE continues the lineage too")
 
 		// Legacy rows: their own stamp is the best birth known.
 		ap.exec("INSERT INTO vv.f (id, v, _mlr_hlc, _mlr_origin) VALUES (2, 1, 500, 3), (3, 1, 600, 2)")
@@ -659,6 +666,24 @@ func TestTriggersRefuseForgery(t *testing.T) {
 	live, _, _ := stamp(t, "forge.t", 4)
 	tomb, _, _ := stamp(t, "mlr.`forge.t`", 4)
 	assert.Greater(t, live, tomb, "the row a REPLACE inserts is newer than the tombstone of the row it deleted")
+
+	// An account whose name differs from mlproxy's only in case does not
+	// pass for it (USER() compares case-insensitively).
+	mustExec(t, dbA, "CREATE USER IF NOT EXISTS 'Root'@'%' IDENTIFIED BY 'rt-pw'", "GRANT SELECT, INSERT, UPDATE, DELETE ON forge.* TO 'Root'@'%'")
+	t.Cleanup(func() { mustExec(t, dbA, "DROP USER IF EXISTS 'Root'@'%'") })
+	rc := mysql.NewConfig()
+	rc.User, rc.Passwd, rc.Net, rc.Addr, rc.DBName = "Root", "rt-pw", "tcp", srvA.Addr(), "forge"
+	lookalike, err := sql.Open("mysql", rc.FormatDSN())
+	require.NoError(t, err)
+	defer lookalike.Close()
+	lookalike.SetMaxOpenConns(1)
+	_, err = lookalike.Exec("SET @_mlr_apply = 1")
+	require.NoError(t, err)
+	_, err = lookalike.Exec("INSERT INTO forge.t (id, v, _mlr_hlc, _mlr_origin, _mlr_vv) VALUES (5, 5, 77, 2, '{\"2\":77}')")
+	require.NoError(t, err)
+	h, o, _ = stamp(t, "forge.t", 5)
+	assert.NotEqual(t, uint64(77), h, "an account named like mlproxy's but for case wrote its own stamp")
+	assert.Equal(t, uint16(region), o)
 
 	// The same flag from mlproxy's own account (root here) writes as given.
 	ap := applierSession(t)
