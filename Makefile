@@ -25,7 +25,7 @@ demo: build
 # rate vs source commit rate, and the Go micro-benchmarks in pairs.
 bench: build
 	@scripts/need.sh mariadb sysbench haproxy
-	$(GO) test -run '^$$' -bench . -benchtime 2s ./hlc/ ./proxy/ ./applier/
+	$(GO) test -run '^$$' -bench . -benchtime 2s ./hlc/ ./proxy/ ./applier/ ./replicator/
 	$(GO) test -run '^$$' -bench TriggerWriteCost -benchtime 2000x ./schema/
 	$(GO) run ./itest/bench -bin $(BIN)
 

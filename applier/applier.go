@@ -403,9 +403,7 @@ func (a *Applier) applyBatch(ctx context.Context, txns []*binlog.Txn) error {
 	attempt := 0
 	_, err := backoff.Retry(ctx, func() (struct{}, error) {
 		attempt++
-		a.nowait = true
 		err := a.commitBatch(ctx, txns, attempt > 1)
-		a.nowait = false
 		a.mu.Lock()
 		a.status.RetryErr = nil
 		if err != nil && retryable(err) {
@@ -550,6 +548,8 @@ type conflictKey struct{ db, table, rule, outcome string }
 // its COMMIT reached the server before the connection was lost, the
 // checkpoint already points at the batch's end and nothing is applied.
 func (a *Applier) commitBatch(ctx context.Context, txns []*binlog.Txn, retry bool) error {
+	a.nowait = true // whole transactions: a lookup that would wait rolls back and retries
+	defer func() { a.nowait = false }()
 	if empty(txns) {
 		restore, ok, err := a.quiet(ctx)
 		if err != nil {

@@ -443,11 +443,11 @@ func (a *Applier) readVersions(ctx context.Context, conn *sql.Conn, p *plan, ts 
 	for start := 0; start < len(ts.keys); {
 		cnt := min(len(ts.keys)-start, maxChunkRows)
 		size := pow2ceil(cnt)
-		kind, build := "lookup", p.lookupSQL
+		text := p.sized("lookup", nil, size, p.lookupSQL)
 		if a.nowait {
-			kind, build = "lookup-nowait", func(cols []string, n int) string { return p.lookupSQL(cols, n) + " NOWAIT" }
+			text = p.sized("lookup-nowait", nil, size, p.lookupNowaitSQL)
 		}
-		s, err := p.stmt(ctx, conn, p.sized(kind, nil, size, build))
+		s, err := p.stmt(ctx, conn, text)
 		if err != nil {
 			return err
 		}

@@ -219,6 +219,10 @@ func (p *plan) lookupSQL(_ []string, n int) string {
 		" FOR UPDATE"
 }
 
+// lookupNowaitSQL is lookupSQL failing at once (error 1205) on a row a
+// local client holds instead of waiting for it (Applier.nowait).
+func (p *plan) lookupNowaitSQL(cols []string, n int) string { return p.lookupSQL(cols, n) + " NOWAIT" }
+
 // valuesList is n rows of w placeholders each.
 func valuesList(n, w int) string {
 	row := "(" + strings.TrimSuffix(strings.Repeat("?, ", w), ", ") + ")"

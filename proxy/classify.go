@@ -1,9 +1,8 @@
 package proxy
 
 import (
-	"fmt"
+	"errors"
 	"regexp"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -190,17 +189,9 @@ func (c *classifier) classify(db, sql string) *class {
 // is never changed.
 func (c *classifier) parse(db, sql string) *class {
 	text := reExecComment.ReplaceAllString(sql, "/*! ")
-	stmts, err, panicked := c.parseSafe(text)
-	if panicked {
-		// The parser's value driver panics on some literals (a 90-digit
-		// integer overflows its decimal); what a statement may write does
-		// not depend on its literals' values.
+	stmts, err, panics := parseShortening(c.parseSafe, text)
+	for range panics {
 		c.onPanic()
-		stmts, err, panicked = c.parseSafe(reLongNumber.ReplaceAllString(text, "${1}0"))
-		if panicked {
-			c.onPanic()
-			return classifyUnparsed(db, text)
-		}
 	}
 	if err != nil {
 		return classifyUnparsed(db, text)
@@ -208,17 +199,44 @@ func (c *classifier) parse(db, sql string) *class {
 	return classifyStmts(db, stmts, 0)
 }
 
-// parseSafe parses text, recovering a parser panic (the parser is then
-// dropped, not pooled: its state is unknown).
+// errParserPanic is a parse that panicked twice (parseShortening).
+var errParserPanic = errors.New("the SQL parser failed on this statement")
+
+// parseShortening parses text with parse; when the parser panics, once
+// more with long numeric literals shortened: the parser's value driver
+// panics on some literals (a 90-digit integer overflows its decimal), and
+// what a statement may write does not depend on its literals' values.
+// panics counts the panics.
+func parseShortening(parse func(string) ([]ast.StmtNode, error, bool), text string) (stmts []ast.StmtNode, err error, panics int) {
+	stmts, err, panicked := parse(text)
+	if !panicked {
+		return stmts, err, 0
+	}
+	if stmts, err, panicked = parse(reLongNumber.ReplaceAllString(text, "${1}0")); panicked {
+		return nil, errParserPanic, 2
+	}
+	return stmts, err, 1
+}
+
+// parseSafe parses text with a pooled parser (parseRecovering).
 func (c *classifier) parseSafe(text string) (stmts []ast.StmtNode, err error, panicked bool) {
 	p := c.parsers.Get().(*parser.Parser)
+	stmts, err, panicked = parseRecovering(p, text)
+	if !panicked {
+		c.parsers.Put(p)
+	}
+	return stmts, err, panicked
+}
+
+// parseRecovering parses text with p, recovering a parser panic (p is
+// then not to be used again: its state is unknown).
+func parseRecovering(p *parser.Parser, text string) (stmts []ast.StmtNode, err error, panicked bool) {
 	defer func() {
 		if r := recover(); r != nil {
 			stmts, err, panicked = nil, nil, true
 		}
 	}()
 	stmts, _, err = p.Parse(text, "", "")
-	c.parsers.Put(p)
 	return stmts, err, false
 }
 
@@ -266,22 +284,12 @@ var reGetDiagnostics = regexp.MustCompile(`(?is)^\s*(/\*.*?\*/\s*)*get\s+((curre
 // comments) like DDL, or an EXECUTE IMMEDIATE of such text.
 var reDDLVerb = regexp.MustCompile(`(?is)^\s*(/\*.*?\*/\s*)*(execute\s+immediate\s+['"]?\s*)?(create|alter|drop|rename|truncate)\b`)
 
-// parseInner parses the text of a PREPARE with a parser of its own,
-// recovering the parser's panics as parse errors (a literal its value
-// driver cannot hold is shortened first, as in parse).
-func parseInner(text string) (stmts []ast.StmtNode, err error) {
-	try := func(text string) (stmts []ast.StmtNode, err error) {
-		defer func() {
-			if r := recover(); r != nil {
-				stmts, err = nil, fmt.Errorf("the SQL parser failed on this statement: %v", r)
-			}
-		}()
-		stmts, _, err = parser.New().Parse(text, "", "")
-		return stmts, err
-	}
-	if stmts, err = try(text); err != nil && strings.HasPrefix(err.Error(), "the SQL parser failed") {
-		stmts, err = try(reLongNumber.ReplaceAllString(text, "${1}0"))
-	}
+// parseInner parses the text of a PREPARE (classifyStmt has no
+// classifier: a parser of its own), panics recovered as in parse.
+func parseInner(text string) ([]ast.StmtNode, error) {
+	stmts, err, _ := parseShortening(func(text string) ([]ast.StmtNode, error, bool) {
+		return parseRecovering(parser.New(), text)
+	}, text)
 	return stmts, err
 }
 
@@ -317,6 +325,18 @@ func splitStatements(text string) []string {
 	return append(out, text[start:])
 }
 
+// ddlStatements are the statements of text that read as DDL (isDDLText),
+// lower-cased.
+func ddlStatements(text string) []string {
+	var out []string
+	for _, st := range splitStatements(text) {
+		if isDDLText(st) {
+			out = append(out, strings.ToLower(st))
+		}
+	}
+	return out
+}
+
 // isDDLText reports whether text starts like DDL, reading executable
 // comments as code: `/*! TRUNCATE TABLE t NOWAIT */` is a TRUNCATE to the
 // server.
@@ -332,13 +352,16 @@ func execAsCode(text string) string {
 	var b strings.Builder
 	inside := false
 	for i := 0; i < len(text); {
-		if loc := reExecComment.FindStringIndex(text[i:]); !inside && loc != nil && loc[0] == 0 {
-			b.WriteByte(' ')
-			i += loc[1]
-			inside = true
-			continue
+		rest := text[i:]
+		if !inside && strings.HasPrefix(rest, "/*") {
+			if loc := reExecComment.FindStringIndex(rest[:min(len(rest), 16)]); loc != nil && loc[0] == 0 {
+				b.WriteByte(' ')
+				i += loc[1]
+				inside = true
+				continue
+			}
 		}
-		if inside && strings.HasPrefix(text[i:], "*/") {
+		if inside && strings.HasPrefix(rest, "*/") {
 			b.WriteByte(' ')
 			i += 2
 			inside = false
@@ -356,6 +379,7 @@ func execAsCode(text string) string {
 var reUnsafeCharset = regexp.MustCompile("(?i)\\b(names|character\\s+set|charset|character_set_client|character_set_connection)\\s*(=\\s*)?['\"`]?(gbk|big5|sjis|cp932|gb18030)\\b")
 
 func classifyUnparsed(db, sql string) *class {
+	ddl := ddlStatements(sql)
 	switch {
 	case reUnsafeCharset.MatchString(sql):
 		return refused(reasonCharset, msgCharset)
@@ -369,18 +393,12 @@ func classifyUnparsed(db, sql string) *class {
 		return refused(reasonSQLLogBin, msgSQLLogBin)
 	case reMlrAssign.MatchString(sql):
 		return refused(reasonMetadataColumn, msgMetadataWrite)
-	case slices.ContainsFunc(splitStatements(sql), isDDLText):
+	case len(ddl) > 0:
 		// CREATE OR REPLACE TABLE, ALTER TABLE IF EXISTS, ALTER ONLINE
 		// TABLE, CREATE TRIGGER ...: DDL the parser cannot read, alone
 		// or in a multi-statement packet. The proxy's DDL policy checks
 		// its text against the replicated schemas.
-		var texts []string
-		for _, st := range splitStatements(sql) {
-			if isDDLText(st) {
-				texts = append(texts, strings.ToLower(st))
-			}
-		}
-		return &class{kind: kindWriteUnknown, verb: "DDL", ddlTexts: texts}
+		return &class{kind: kindWriteUnknown, verb: "DDL", ddlTexts: ddl}
 	case reMlrSchema.MatchString(sql) || strings.EqualFold(db, internalSchema):
 		return refused(reasonInternalSchema, "a statement mlproxy cannot parse that may touch the internal schema `mlr` is refused: it holds replication state; use the mlproxy command line to act on it")
 	}

@@ -469,17 +469,22 @@ func (c *conn) decide(cl *class) (bool, string) {
 // stamping SET (which would otherwise show in ROW_COUNT() and the
 // diagnostics area for nothing). Writes it cannot see are stamped by the
 // triggers either way; the SET only gives them the proxy's clock.
-func (c *conn) mayReachReplicated(cl *class) bool {
+func (c *conn) mayReachReplicated(cl *class) bool { return c.mayReachText(cl.text) }
+
+// mayReachText reports whether a statement whose lower-cased text is text
+// may reach a replicated schema: the current one, or one the text names
+// ("": no text to look into, so whenever anything replicates).
+func (c *conn) mayReachText(text string) bool {
 	ss, ok := c.s.tables.(SchemaSet)
 	if !ok {
 		return true
 	}
 	schemas := ss.ReplicatedSchemas()
-	if cl.text == "" { // no text to look into: stamp when anything replicates
+	if text == "" {
 		return len(schemas) > 0
 	}
 	for _, s := range schemas {
-		if strings.EqualFold(s, c.db) || strings.Contains(cl.text, strings.ToLower(s)) {
+		if strings.EqualFold(s, c.db) || strings.Contains(text, strings.ToLower(s)) {
 			return true
 		}
 	}
@@ -506,7 +511,7 @@ func (c *conn) ddlRefusal(cl *class) *class {
 		}
 	}
 	for _, text := range cl.ddlTexts {
-		if c.mayReachReplicated(&class{text: text}) {
+		if c.mayReachText(text) {
 			return refused(reasonReplicatedDDL, "DDL the proxy cannot parse, on a database with replicated tables or naming one, is refused: "+ddlHow)
 		}
 	}

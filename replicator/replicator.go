@@ -180,18 +180,17 @@ type LinkStatus struct {
 
 // Link replicates one peer into the local server.
 type Link struct {
-	r          *Replicator
-	peer       config.Peer
-	rules      []config.TableRule // the table rules it was built with
-	topo       config.Topology
-	tailer     *binlog.Tailer
-	applier    *applier.Applier
-	relayBytes int64        // apply.relay_bytes
-	apply      config.Apply // the settings a link is built with (linkApply)
-	log        *zap.Logger
-	cancel     context.CancelFunc
-	done       chan struct{} // closed when run returns
-	watched    chan struct{} // closed when watch returns
+	r       *Replicator
+	peer    config.Peer
+	rules   []config.TableRule // the table rules it was built with
+	topo    config.Topology
+	tailer  *binlog.Tailer
+	applier *applier.Applier
+	apply   config.Apply // the settings a link is built with (linkApply)
+	log     *zap.Logger
+	cancel  context.CancelFunc
+	done    chan struct{} // closed when run returns
+	watched chan struct{} // closed when watch returns
 
 	mu      sync.Mutex
 	state   string // starting, running, retrying, stopped
@@ -218,15 +217,14 @@ func newLink(r *Replicator, cfg *config.Config, p config.Peer, tables applier.Ta
 		piece = 64 << 10
 	}
 	return &Link{
-		r:          r,
-		apply:      linkApply(cfg.Apply),
-		relayBytes: cfg.Apply.RelayBytes,
-		peer:       p,
-		rules:      cfg.Tables,
-		topo:       cfg.Topology,
-		log:        r.log.With(zap.String("peer", p.Name)),
-		done:       make(chan struct{}),
-		watched:    make(chan struct{}),
+		r:       r,
+		apply:   linkApply(cfg.Apply),
+		peer:    p,
+		rules:   cfg.Tables,
+		topo:    cfg.Topology,
+		log:     r.log.With(zap.String("peer", p.Name)),
+		done:    make(chan struct{}),
+		watched: make(chan struct{}),
 		tailer: binlog.New(binlog.Config{
 			Peer:        p,
 			Self:        cfg.Region.ID,
@@ -414,12 +412,11 @@ func (l *Link) watch(ctx context.Context, after time.Duration) {
 type progress struct {
 	after    time.Duration
 	pos      binlog.Position
-	since    time.Time // when the evidence began (pos last moved, or the link was last idle)
+	since    time.Time // when the evidence began, or the last sample without any (zero: no sample yet)
 	sent     uint64    // the tailer's sends at the last sample
 	restarts uint64    // the link's restarts at the last sample
 	evidence bool      // failed or restarted since pos last moved or the link was idle
 	reported bool
-	sampled  bool // a first sample was taken
 }
 
 type verdict int
@@ -436,10 +433,10 @@ func (p *progress) observe(now time.Time, pos binlog.Position, sent, restarts ui
 	offered, restarted := sent != p.sent, restarts != p.restarts
 	p.sent, p.restarts = sent, restarts
 	trouble := failing || restarted
-	if !p.sampled || pos != p.pos || (!trouble && !offered) {
+	if p.since.IsZero() || pos != p.pos || (!trouble && !offered) {
 		// The first sample, progress, or idle: the evidence is gone.
 		wasReported := p.reported
-		p.sampled, p.pos, p.since, p.evidence, p.reported = true, pos, now, trouble, false
+		p.pos, p.since, p.evidence, p.reported = pos, now, trouble, false
 		if wasReported {
 			return recovered
 		}
@@ -509,7 +506,7 @@ func (l *Link) once(ctx context.Context) error {
 		}
 	}
 	l.set("running", nil)
-	rl := newRelay(relayTxns, l.relayBytes,
+	rl := newRelay(relayTxns, l.apply.RelayBytes,
 		l.r.relayTxns.WithLabelValues(l.peer.Name), l.r.relayBytes.WithLabelValues(l.peer.Name))
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {

@@ -434,7 +434,7 @@ func checkAccounts(ctx context.Context, db *sql.DB, tables []*Table, st Stamping
 				continue
 			}
 			on := Quote(schemaName) + "." + Quote(table)
-			if riskyOnReplicated[priv] != "" && grantCovers(schemaName, replicated) {
+			if riskyOnReplicated[priv] != "" && replicated[strings.ToLower(schemaName)] { // a table grant names its database, no pattern
 				ps = append(ps, Problem{Severity: Warning, Where: "account " + g, Message: fmt.Sprintf(
 					"has %s on table %s.%s of a replicated schema: %s (%s)", priv, schemaName, table, riskyOnReplicated[priv], fix(g, priv, on))})
 			}

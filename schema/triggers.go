@@ -34,6 +34,10 @@ const maxIdent = 64
 // server's clock (SYSDATE) by more than the max offset.
 const BypassStampSQL = "(FLOOR(UNIX_TIMESTAMP(NOW(6))*1000) << 16) | 0x8000 | (MICROSECOND(NOW(6)) % 1000)"
 
+// serverMillisSQL is the server's clock in Unix milliseconds: SYSDATE,
+// which a session's SET timestamp does not move (NOW does).
+const serverMillisSQL = "FLOOR(UNIX_TIMESTAMP(SYSDATE(6))*1000)"
+
 // triggerMarker starts the comment that names a trigger body's version; the
 // hash covers the body without the comment, so a body that still carries
 // the marker of what Apply would create is up to date.
@@ -239,12 +243,12 @@ func triggers(t *Table, st Stamping) []Trigger {
 	// the offset: refused, not capped (a write stamped in the future would
 	// win every later conflict; one stamped in the past only loses its
 	// own).
-	tooFar := fmt.Sprintf("    IF @_mlr_hlc IS NOT NULL AND CAST(@_mlr_hlc AS UNSIGNED) > ((FLOOR(UNIX_TIMESTAMP(SYSDATE(6))*1000) + %d) << 16) | 0xFFFF THEN\n"+
+	tooFar := fmt.Sprintf("    IF @_mlr_hlc IS NOT NULL AND CAST(@_mlr_hlc AS UNSIGNED) > ((%s + %d) << 16) | 0xFFFF THEN\n"+
 		"      SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = %s;\n"+
 		"    END IF;\n"+
 		"    IF @_mlr_hlc IS NULL AND NOW(6) > SYSDATE(6) + INTERVAL %d MICROSECOND THEN\n"+
 		"      SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = %s;\n"+
-		"    END IF;\n", maxMs, sqlString(fmt.Sprintf("mlproxy: this write's stamp is more than %dms ahead of the server's clock (clock.max_offset): check the clocks (NTP) of this region's proxy and server", maxMs)),
+		"    END IF;\n", serverMillisSQL, maxMs, sqlString(fmt.Sprintf("mlproxy: this write's stamp is more than %dms ahead of the server's clock (clock.max_offset): check the clocks (NTP) of this region's proxy and server", maxMs)),
 		maxMs*1000, sqlString(fmt.Sprintf("mlproxy: this session's clock (SET timestamp) is more than %dms ahead of the server's (clock.max_offset); SET timestamp = DEFAULT", maxMs)))
 	hlc, origCol, meta := Quote(ColHLC), Quote(ColOrigin), Quote(ColMeta)
 	entry := jsonPath("$", fmt.Sprint(regionID))
@@ -354,7 +358,7 @@ func triggers(t *Table, st Stamping) []Trigger {
 	// wins: a session's stamp may be stale or set low on purpose (the
 	// upper bound above does not stop that), so the birth is never
 	// earlier than the server's clock minus the max offset.
-	insMeta = withBirth(insMeta, fmt.Sprintf("GREATEST(NEW.%s, (FLOOR(UNIX_TIMESTAMP(SYSDATE(6))*1000) - %d) << 16)", hlc, maxMs), "NEW."+origCol)
+	insMeta = withBirth(insMeta, fmt.Sprintf("GREATEST(NEW.%s, (%s - %d) << 16)", hlc, serverMillisSQL, maxMs), "NEW."+origCol)
 	fmt.Fprintf(&bi, "    SET NEW.%s = %s,\n", hlc, newer(floor(varPrevHLC, fmt.Sprintf("COALESCE(%s, '{}')", varPrevVV))))
 	fmt.Fprintf(&bi, "        NEW.%s = %s,\n", origCol, origin)
 	fmt.Fprintf(&bi, "        NEW.%s = JSON_COMPACT(%s);\n", meta, insMeta)

@@ -595,10 +595,23 @@ func TestApplyRefusesUnknownRuleColumn(t *testing.T) {
 	assert.Empty(t, ps, problemList(ps))
 }
 
+// sessionAs is one session on server A as user (password pw), in db.
+func sessionAs(t *testing.T, user, pw, db string) *sql.DB {
+	t.Helper()
+	c := mysql.NewConfig()
+	c.User, c.Passwd, c.Net, c.Addr, c.DBName = user, pw, "tcp", srvA.Addr(), db
+	s, err := sql.Open("mysql", c.FormatDSN())
+	require.NoError(t, err)
+	t.Cleanup(func() { s.Close() })
+	s.SetMaxOpenConns(1) // what one statement sets, the next sees
+	return s
+}
+
 // TestTriggersRefuseForgery: an application account (DML on its own
 // database, nothing else) cannot skip stamping, choose its origin, or
-// stamp a write into the future, whatever session variables it sets;
-// only mlproxy's own account writes versions as it carries them.
+// stamp a write into the future, whatever session variables (or session
+// clock) it sets; only mlproxy's own account, matched byte for byte,
+// writes versions as it carries them.
 func TestTriggersRefuseForgery(t *testing.T) {
 	mustExec(t, dbA,
 		"CREATE DATABASE forge",
@@ -608,12 +621,7 @@ func TestTriggersRefuseForgery(t *testing.T) {
 	)
 	_, _, err := applyTables(t, []config.TableRule{{Schema: "forge", Table: "t"}}, region)
 	require.NoError(t, err)
-	c := mysql.NewConfig()
-	c.User, c.Passwd, c.Net, c.Addr, c.DBName = "app", "app-pw", "tcp", srvA.Addr(), "forge"
-	app, err := sql.Open("mysql", c.FormatDSN())
-	require.NoError(t, err)
-	defer app.Close()
-	app.SetMaxOpenConns(1)
+	app := sessionAs(t, "app", "app-pw", "forge")
 	exec := func(q string, args ...any) error { _, err := app.Exec(q, args...); return err }
 
 	now := uint64(time.Now().UnixMilli()) << 16
@@ -671,12 +679,7 @@ func TestTriggersRefuseForgery(t *testing.T) {
 	// pass for it (USER() compares case-insensitively).
 	mustExec(t, dbA, "CREATE USER IF NOT EXISTS 'Root'@'%' IDENTIFIED BY 'rt-pw'", "GRANT SELECT, INSERT, UPDATE, DELETE ON forge.* TO 'Root'@'%'")
 	t.Cleanup(func() { mustExec(t, dbA, "DROP USER IF EXISTS 'Root'@'%'") })
-	rc := mysql.NewConfig()
-	rc.User, rc.Passwd, rc.Net, rc.Addr, rc.DBName = "Root", "rt-pw", "tcp", srvA.Addr(), "forge"
-	lookalike, err := sql.Open("mysql", rc.FormatDSN())
-	require.NoError(t, err)
-	defer lookalike.Close()
-	lookalike.SetMaxOpenConns(1)
+	lookalike := sessionAs(t, "Root", "rt-pw", "forge")
 	_, err = lookalike.Exec("SET @_mlr_apply = 1")
 	require.NoError(t, err)
 	_, err = lookalike.Exec("INSERT INTO forge.t (id, v, _mlr_hlc, _mlr_origin, _mlr_vv) VALUES (5, 5, 77, 2, '{\"2\":77}')")
