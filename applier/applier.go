@@ -157,8 +157,12 @@ type Status struct {
 	Held      string
 	HeldAhead time.Duration
 	// Stopped, when set, is the change the link is stopped at: a key the
-	// conflict rule cannot place refused it (on_constraint: stop).
+	// conflict rule cannot place refused it (on_constraint: stop) in a
+	// table whose order against others matters (foreign keys).
 	Stopped *Stop
+	// TableStops are the tables stopped alone at such a change (the
+	// peer's other tables go on; tablestop.go), by table name.
+	TableStops []Stop
 	// RetryErr is the error of the batch being retried (deadlock, lost
 	// connection, ...); nil once it committed.
 	RetryErr error
@@ -202,6 +206,15 @@ type Applier struct {
 	// over) and skipKey the hash of the one change to skip; skipBy who
 	// asked.
 	skipGTID, skipKey, skipBy string
+
+	// stops are the peer's stopped tables (tablestop.go); tableScope is
+	// false when the internal tables they need are missing; heldSeq is
+	// the last sequence number given to a held change; nextPoll when
+	// operators' requests for stopped tables are read next.
+	stops      map[tableKey]*tableStop
+	tableScope bool
+	heldSeq    uint64
+	nextPoll   time.Time
 
 	// nowait, while a batch of whole transactions is applied, makes its
 	// key lookups fail at once on a row a local client holds (FOR UPDATE
@@ -300,6 +313,10 @@ func (a *Applier) Run(ctx context.Context, in <-chan *binlog.Txn) error {
 		a.status.Pos, a.status.HLC, a.status.SourceTime, a.status.AppliedAt = ck.Pos, ck.HLC, ck.SourceTime, ck.AppliedAt
 	}
 	a.mu.Unlock()
+	a.m.stopped.WithLabelValues(a.peer).Set(0) // exported from the start, for alerts
+	if err := a.loadStops(ctx); err != nil {
+		return a.fail(fmt.Errorf("apply from peer %s: %w", a.peer, err))
+	}
 	workers := max(a.cfg.Workers, 1)
 	if workers > 1 {
 		ok, err := a.markersReady(ctx)
@@ -324,13 +341,21 @@ func (a *Applier) Run(ctx context.Context, in <-chan *binlog.Txn) error {
 	}
 	var carry *binlog.Txn
 	for {
+		if err := a.resumeDue(ctx); err != nil {
+			return a.fail(err)
+		}
 		first := carry
 		carry = nil
 		if first == nil {
+			tick, stopTick := a.stopTicker()
 			select {
 			case <-ctx.Done():
+				stopTick()
 				return ctx.Err()
+			case <-tick:
+				continue
 			case t, ok := <-in:
+				stopTick()
 				if !ok {
 					a.log.Info("applier stopped: relay closed")
 					return nil
@@ -432,9 +457,29 @@ func (a *Applier) applyBatch(ctx context.Context, txns []*binlog.Txn) error {
 	}, backoff.WithBackOff(a.newBO()), backoff.WithMaxElapsedTime(0))
 	var ce *constraintError
 	if errors.As(err, &ce) {
+		if a.tableScoped(ctx, ce) {
+			if serr := a.stopTable(ctx, ce); serr == nil {
+				return a.applyBatch(ctx, txns) // again, holding the table's changes
+			} else if ctx.Err() != nil {
+				return ctx.Err()
+			} else {
+				a.log.Warn("could not stop only the table; stopping the whole link", redact.Err(serr))
+			}
+		}
 		return a.stopped(ctx, txns, ce)
 	}
 	return err
+}
+
+// stopTicker returns a channel that fires after stopPoll while tables are
+// stopped (nil otherwise: the applier then waits for the relay alone),
+// and the function that releases it.
+func (a *Applier) stopTicker() (<-chan time.Time, func() bool) {
+	if len(a.stops) == 0 {
+		return nil, func() bool { return false }
+	}
+	t := time.NewTimer(stopPoll)
+	return t.C, t.Stop
 }
 
 // hold waits while a change of txns is stamped further ahead of local time
@@ -540,6 +585,10 @@ type batchState struct {
 	ahead    uint64
 	aheadErr error // the last clock error of the batch, logged once
 	confl    []conflictKey
+	// park keeps changes to stopped tables in mlr.held (serial session);
+	// held counts them by table.
+	park bool
+	held map[tableKey]int
 }
 
 type conflictKey struct{ db, table, rule, outcome string }
@@ -614,6 +663,13 @@ func (a *Applier) applyPieces(ctx context.Context, first *binlog.Txn, in <-chan 
 		}
 		if err := a.applyTxns(ctx, conn, st, []*binlog.Txn{cur}, false); err != nil {
 			a.rollback(ctx, conn)
+			var ce *constraintError
+			if errors.As(err, &ce) && a.tableScoped(ctx, ce) && a.stopTable(ctx, ce) == nil {
+				// The pieces applied so far are gone: stream the
+				// transaction again from the checkpoint, holding the table.
+				a.dropSession()
+				return fmt.Errorf("%w: %w", ErrResume, err)
+			}
 			return a.resumable(err)
 		}
 		if cur.Last {
@@ -686,7 +742,7 @@ func (a *Applier) begin(ctx context.Context, marked bool) (*sql.Conn, *batchStat
 		var ck Checkpoint
 		ck, err = readCheckpoint(ctx, stmtQueryer{s}, a.cfg.Peer.ID, "")
 		if err == nil {
-			return conn, &batchState{ck: ck, gtid: ck.Pos.GTID, rows: map[binlog.Op]uint64{}}, nil
+			return conn, &batchState{ck: ck, gtid: ck.Pos.GTID, rows: map[binlog.Op]uint64{}, park: true}, nil
 		}
 	}
 	a.rollback(ctx, conn)
@@ -756,6 +812,12 @@ func (a *Applier) afterCommit(st *batchState, appliedAt time.Time) {
 	if st.ahead > 0 {
 		a.m.clockAhead.WithLabelValues(a.peer).Add(float64(st.ahead))
 		a.log.Warn("applied stamps too far ahead of local time", zap.Uint64("rows", st.ahead), zap.Error(st.aheadErr))
+	}
+	for tk, n := range st.held {
+		if s := a.stops[tk]; s != nil {
+			s.parked += n
+			a.m.parked.WithLabelValues(a.peer, tk.db, tk.table).Set(float64(s.parked))
+		}
 	}
 	a.m.txns.WithLabelValues(a.peer).Add(float64(st.txns))
 	a.m.batches.WithLabelValues(a.peer).Inc()

@@ -137,6 +137,7 @@ type segResult struct {
 // segment. Errors name the peer, schema.table and position.
 func (a *Applier) applyTxns(ctx context.Context, conn *sql.Conn, st *batchState, txns []*binlog.Txn, serial bool) error {
 	var seg []*item
+	var held []heldChange
 	flush := func() error {
 		if len(seg) == 0 {
 			return nil
@@ -155,6 +156,10 @@ func (a *Applier) applyTxns(ctx context.Context, conn *sql.Conn, st *batchState,
 			if a.changeHook != nil {
 				a.changeHook(rc)
 			}
+			if st.park && a.stoppedTable(rc) != nil {
+				held = append(held, heldChange{t: t, rc: rc})
+				continue
+			}
 			it, err := a.newItem(ctx, t, rc)
 			if err != nil {
 				return fmt.Errorf("apply %s %s.%s from peer %s at gtid %s (%s:%d): %w",
@@ -170,6 +175,9 @@ func (a *Applier) applyTxns(ctx context.Context, conn *sql.Conn, st *batchState,
 		}
 	}
 	if err := flush(); err != nil {
+		return err
+	}
+	if err := a.writeHeld(ctx, conn, st, held); err != nil {
 		return err
 	}
 	for _, t := range txns {

@@ -104,7 +104,16 @@ func GCTombstones(ctx context.Context, db *sql.DB, tables []*schema.Table, older
 	if olderThan == 0 {
 		return 0, nil
 	}
+	held, err := heldTables(ctx, db)
+	if err != nil {
+		return 0, err
+	}
 	for _, t := range tables {
+		if held[tableKey{t.Schema, t.Name}] {
+			// A stopped table's held changes may be concurrent with its
+			// tombstones (tablestop.go): they stay until it resumes.
+			continue
+		}
 		q := t.GCTombstonesSQL()
 		var n int64
 		for {
@@ -127,6 +136,28 @@ func GCTombstones(ctx context.Context, db *sql.DB, tables []*schema.Table, older
 		}
 	}
 	return total, nil
+}
+
+// heldTables are the tables with changes held in mlr.held (none when the
+// table does not exist yet).
+func heldTables(ctx context.Context, db *sql.DB) (map[tableKey]bool, error) {
+	rows, err := db.QueryContext(ctx, "SELECT DISTINCT db, tbl FROM mlr.held")
+	if errNumber(err) == 1146 { // ER_NO_SUCH_TABLE: schema apply of an earlier release
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("tombstone gc: read mlr.held: %w", err)
+	}
+	defer rows.Close()
+	out := map[tableKey]bool{}
+	for rows.Next() {
+		var tk tableKey
+		if err := rows.Scan(&tk.db, &tk.table); err != nil {
+			return nil, fmt.Errorf("tombstone gc: read mlr.held: %w", err)
+		}
+		out[tk] = true
+	}
+	return out, rows.Err()
 }
 
 // RunTombstoneGC collects tombstones every interval (0 = 1m) until ctx

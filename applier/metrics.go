@@ -21,6 +21,8 @@ type metrics struct {
 	batchTxns   *prometheus.HistogramVec // peer
 	applyErrors *prometheus.CounterVec   // peer
 	stopped     *prometheus.GaugeVec     // peer: 1 while the link is stopped at a refused change
+	tableStops  *prometheus.GaugeVec     // peer, schema, table: 1 while that table is stopped
+	parked      *prometheus.GaugeVec     // peer, schema, table: changes waiting in mlr.held
 	workersBusy *prometheus.GaugeVec     // peer: parallel workers holding a batch
 	batchLimit  *prometheus.GaugeVec
 	depWaits    *prometheus.CounterVec // peer: batches that waited for a batch they depend on
@@ -62,6 +64,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		stopped: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "mlproxy_applier_link_stopped", Help: "1 while the link is stopped at a remote change a key the conflict rule cannot place refused (see mlproxy status; mlproxy link skip|retry).",
 		}, []string{"peer"}),
+		tableStops: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "mlproxy_applier_table_stopped", Help: "1 while a table's changes from the peer wait behind a change a key the conflict rule cannot place refused; the peer's other tables go on (see mlproxy status; mlproxy link skip|retry --table).",
+		}, []string{"peer", "schema", "table"}),
+		parked: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "mlproxy_applier_held_changes", Help: "Remote changes to a stopped table kept in mlr.held, applied in source order when it resumes.",
+		}, []string{"peer", "schema", "table"}),
 		batchLimit: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "mlproxy_applier_batch_limit", Help: "Source transactions a local commit may gather now: apply.batch_txns, lowered while the server counts deadlocks (the applier yields to local clients).",
 		}, []string{"peer"}),
@@ -86,6 +94,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.batchTxns = register(reg, m.batchTxns)
 	m.applyErrors = register(reg, m.applyErrors)
 	m.stopped = register(reg, m.stopped)
+	m.tableStops = register(reg, m.tableStops)
+	m.parked = register(reg, m.parked)
 	m.workersBusy = register(reg, m.workersBusy)
 	m.batchLimit = register(reg, m.batchLimit)
 	m.depWaits = register(reg, m.depWaits)

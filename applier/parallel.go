@@ -221,6 +221,16 @@ func (a *Applier) runParallel(ctx context.Context, in <-chan *binlog.Txn) error 
 	defer p.stop()
 	var carry *binlog.Txn
 	for {
+		if len(a.stops) > 0 && !time.Now().Before(a.nextPoll) {
+			// Stopped tables resume on the serial session, between batches.
+			if err := p.drain(ctx); err != nil {
+				return a.fail(err)
+			}
+			if err := a.resumeDue(ctx); err != nil {
+				return a.fail(err)
+			}
+			p.resync()
+		}
 		first := carry
 		carry = nil
 		if first == nil && len(p.empties) > 0 {
@@ -244,10 +254,15 @@ func (a *Applier) runParallel(ctx context.Context, in <-chan *binlog.Txn) error 
 				a.log.Info("applier stopped: relay closed")
 				return nil
 			}
+			tick, stopTick := a.stopTicker()
 			select {
 			case <-ctx.Done():
+				stopTick()
 				return ctx.Err()
+			case <-tick:
+				continue
 			case r := <-p.done:
+				stopTick()
 				p.finish(r)
 				if len(p.replay) > 0 {
 					if err := p.drain(ctx); err != nil {
@@ -256,6 +271,7 @@ func (a *Applier) runParallel(ctx context.Context, in <-chan *binlog.Txn) error 
 				}
 				continue
 			case t, ok := <-in:
+				stopTick()
 				if !ok {
 					if err := p.drain(ctx); err != nil {
 						return a.fail(err)
@@ -361,7 +377,8 @@ func (p *pipeline) dispatch(ctx context.Context, txns []*binlog.Txn) error {
 		p.empties = nil
 	}
 	keys, err := a.writeset(ctx, p.seed, txns)
-	if err != nil {
+	if err != nil || a.touchesStopped(txns) {
+		// No writeset, or changes to hold for a stopped table: serially.
 		if err := p.drain(ctx); err != nil {
 			return err
 		}
@@ -377,6 +394,11 @@ func (p *pipeline) dispatch(ctx context.Context, txns []*binlog.Txn) error {
 	for {
 		if len(p.replay) > 0 {
 			if err := p.drain(ctx); err != nil {
+				return err
+			}
+			if a.touchesStopped(txns) { // the replay stopped a table these write
+				err := a.applyBatch(ctx, txns)
+				p.resync()
 				return err
 			}
 		}

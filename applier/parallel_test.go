@@ -353,9 +353,10 @@ func TestWritesetKeys(t *testing.T) {
 
 // TestParallelConstraintStopsAndLogs: a remote change refused by a unique
 // key the rule cannot place, in the middle of parallel batches. Under
-// on_constraint log it is recorded and the rest applies; under stop the
-// link holds at it (nothing after it committed) until the local row goes,
-// then resumes: every source transaction applied once.
+// on_constraint log it is recorded and the rest applies; under stop its
+// table stops (the table has no foreign keys): the checkpoint goes on,
+// the table's later changes are held, and once the local row goes they
+// apply in order: every source transaction applied once.
 func TestParallelConstraintStopsAndLogs(t *testing.T) {
 	defer func(r, p time.Duration) { stopRetry, stopPoll = r, p }(stopRetry, stopPoll)
 	stopRetry, stopPoll = 300*time.Millisecond, 50*time.Millisecond
@@ -379,19 +380,20 @@ func TestParallelConstraintStopsAndLogs(t *testing.T) {
 			for _, x := range txns {
 				in <- x
 			}
-			close(in)
 			done := make(chan error, 1)
 			go func() { done <- a.Run(context.Background(), in) }()
 			if mode == "stop" {
-				require.Eventually(t, func() bool { return a.Status().Stopped != nil }, 20*time.Second, 20*time.Millisecond)
-				ck, err := a.Checkpoint(context.Background())
-				require.NoError(t, err)
-				require.Less(t, ck.Pos.Pos, uint32(30*100), "nothing at or after the refused change committed")
+				require.Eventually(t, func() bool { return len(a.Status().TableStops) == 1 }, 20*time.Second, 20*time.Millisecond)
+				require.Eventually(t, func() bool { ck, _ := a.Checkpoint(context.Background()); return ck.Pos.Pos == 60*100 }, 20*time.Second, 20*time.Millisecond,
+					"the checkpoint passes the held changes")
 				_, ok := e.get(31)
-				require.False(t, ok)
+				require.False(t, ok, "a later change to the stopped table is held")
 				_, err = db.Exec("DELETE FROM " + schema.Quote(e.db) + ".items WHERE id = 900")
 				require.NoError(t, err)
+				require.Eventually(t, func() bool { return len(a.Status().TableStops) == 0 }, 20*time.Second, 20*time.Millisecond,
+					"the table resumes on its own once the local row is gone")
 			}
+			close(in)
 			select {
 			case err := <-done:
 				require.NoError(t, err)

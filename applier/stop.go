@@ -20,7 +20,9 @@ import (
 // secondary unique key, a foreign key) is a data conflict, not a fault:
 // retrying cannot fix it. Per table (on_constraint), the applier either
 // records the change whole in the conflict log and goes on (log), or
-// stops the link at that change (stop, the default): the link holds its
+// stops (stop, the default): only the table, when no foreign key orders
+// its changes against other tables' (tablestop.go), else the whole link
+// at that change, as follows: the link holds its
 // position (nothing after it is applied; the relay fills and the tailer
 // waits), Status and mlr.link_stops name the table, key and error, and
 // the applier re-tries every stopRetry, or at once when an operator asks

@@ -112,9 +112,11 @@ type TableRule struct {
 	Columns []string `yaml:"columns"`
 	// OnConstraint says what the applier does with a remote change that a
 	// key the rule cannot place refuses (a secondary unique key, a foreign
-	// key): stop (default) holds the peer's link at that change until an
-	// operator runs `mlproxy link skip` or `retry`; log records the change
-	// whole in the conflict log (outcome rejected) and goes on.
+	// key): stop (default) holds the table's changes from that peer at
+	// that change (the whole link when foreign keys order the table's
+	// changes against others') until an operator runs `mlproxy link skip`
+	// or `retry`; log records the change whole in the conflict log
+	// (outcome rejected) and goes on.
 	OnConstraint string `yaml:"on_constraint"`
 	// Line is the line of this entry in the file (for messages).
 	Line int `yaml:"-"`

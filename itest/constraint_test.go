@@ -13,11 +13,12 @@ import (
 
 // TestUniqueKeyAcrossRegions: the same email inserted in two regions
 // collides on a secondary unique key, which no conflict rule can place.
-// With on_constraint stop (the default) the link stops at that change and
-// `mlproxy status` names the row; a restart while stopped loses nothing;
-// `mlproxy link skip` resumes it and the skipped change is in the
-// conflict log. With on_constraint log, replication goes on and the
-// refused change is listed as a conflict.
+// With on_constraint stop (the default) the table stops at that change
+// and `mlproxy status` names the row, while the peer's other tables go on;
+// the table's later changes wait, also across a restart (nothing is
+// lost); `mlproxy link skip` resumes it, the held changes arrive and the
+// skipped change is in the conflict log. With on_constraint log,
+// replication goes on and the refused change is listed as a conflict.
 func TestUniqueKeyAcrossRegions(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -37,8 +38,7 @@ func TestUniqueKeyAcrossRegions(t *testing.T) {
 	}
 	if err := execAll(ctx, openProxy(t, eu, 1),
 		"INSERT INTO users VALUES (100, 'same@example.com')",
-		"INSERT INTO members VALUES (100, 'member@example.com')",
-		"INSERT INTO kv VALUES (1, 'after the collision', 1)"); err != nil {
+		"INSERT INTO members VALUES (100, 'member@example.com')"); err != nil {
 		t.Fatal(err)
 	}
 	if err := execAll(ctx, openDirect(t, us),
@@ -52,6 +52,13 @@ func TestUniqueKeyAcrossRegions(t *testing.T) {
 	if err := c.WaitProxy(ctx, us); err != nil {
 		t.Fatal(err)
 	}
+	// Written at eu after the collision: the users row waits behind it at
+	// us, the kv row does not.
+	if err := execAll(ctx, openProxy(t, eu, 1),
+		"INSERT INTO users VALUES (101, 'later@example.com')",
+		"INSERT INTO kv VALUES (1, 'after the collision', 1)"); err != nil {
+		t.Fatal(err)
+	}
 
 	stoppedAt := func(r *cluster.Region, peer string) string {
 		t.Helper()
@@ -59,7 +66,7 @@ func TestUniqueKeyAcrossRegions(t *testing.T) {
 		for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(300 * time.Millisecond) {
 			out, _ = cli("status", "-c", r.ConfigPath)
 			for _, l := range strings.Split(out, "\n") {
-				if strings.HasPrefix(l, peer+" ") && strings.Contains(l, "stopped") && strings.Contains(l, "app.users key [") {
+				if strings.HasPrefix(l, peer+" ") && strings.Contains(l, "tables stopped") && strings.Contains(l, "app.users stopped at key [") {
 					return l
 				}
 			}
@@ -69,11 +76,17 @@ func TestUniqueKeyAcrossRegions(t *testing.T) {
 	}
 	line := stoppedAt(us, "eu")
 	t.Log(line)
-	if !strings.Contains(line, "app.users key [100]") || !strings.Contains(line, "1062") {
+	if !strings.Contains(line, "app.users stopped at key [100]") || !strings.Contains(line, "1062") {
 		t.Errorf("us's status does not name the refused row (app.users key [100], error 1062):\n%s", line)
 	}
-	if n := metric(t, us, "mlproxy_applier_link_stopped"); n != 1 {
-		t.Errorf("mlproxy_applier_link_stopped on us = %v, want 1", n)
+	if n := metric(t, us, "mlproxy_applier_table_stopped"); n != 1 {
+		t.Errorf("mlproxy_applier_table_stopped on us = %v, want 1", n)
+	}
+	if n := metric(t, us, "mlproxy_applier_link_stopped"); n != 0 {
+		t.Errorf("mlproxy_applier_link_stopped on us = %v, want 0: only the table stops", n)
+	}
+	if err := c.WaitConverged(ctx, map[string]string{"app.kv": "k"}, "k, v, n, _mlr_hlc, _mlr_origin"); err != nil {
+		t.Fatalf("the kv row written after the collision did not arrive while app.users is stopped: %v", err)
 	}
 
 	// A restart while stopped: still stopped at the same change.
@@ -88,8 +101,8 @@ func TestUniqueKeyAcrossRegions(t *testing.T) {
 	}
 	stoppedAt(us, "eu")
 	var n int
-	if err := openDirect(t, us).QueryRowContext(ctx, "SELECT COUNT(*) FROM kv WHERE k = 1").Scan(&n); err != nil || n != 0 {
-		t.Fatalf("kv row 1, written at eu after the collision, at us while the link is stopped: %d (%v); want 0", n, err)
+	if err := openDirect(t, us).QueryRowContext(ctx, "SELECT COUNT(*) FROM users WHERE id = 101").Scan(&n); err != nil || n != 0 {
+		t.Fatalf("users row 101, written at eu after the collision, at us while the table is stopped: %d (%v); want 0", n, err)
 	}
 
 	out, err := cli("link", "skip", "eu", "-c", us.ConfigPath)
@@ -102,10 +115,13 @@ func TestUniqueKeyAcrossRegions(t *testing.T) {
 	if out, err := cli("link", "skip", "us", "-c", eu.ConfigPath); err != nil {
 		t.Fatalf("mlproxy link skip us on eu: %v\n%s", err, out)
 	}
-	wctx, wcancel := context.WithTimeout(ctx, 45*time.Second)
-	defer wcancel()
-	if err := c.WaitConverged(wctx, map[string]string{"app.kv": "k"}, "k, v, n, _mlr_hlc, _mlr_origin"); err != nil {
-		t.Fatalf("after the skip, the changes behind it did not arrive: %v", err)
+	for deadline := time.Now().Add(45 * time.Second); ; time.Sleep(300 * time.Millisecond) {
+		if err := openDirect(t, us).QueryRowContext(ctx, "SELECT COUNT(*) FROM users WHERE id = 101").Scan(&n); err == nil && n == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after the skip, the users row held behind it did not arrive at us")
+		}
 	}
 	for _, r := range c.Regions {
 		list, err := cli("conflicts", "list", "-c", r.ConfigPath)

@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"reflect"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -169,13 +170,16 @@ type LinkStatus struct {
 	HeldAheadMs int64  `json:"held_ahead_ms,omitempty"`
 	// Stopped is the change the link is stopped at (on_constraint: stop):
 	// table, key hash, source transaction, error.
-	Stopped    *applier.Stop `json:"stopped,omitempty"`
-	GTID       string        `json:"gtid"`
-	File       string        `json:"file"`
-	Pos        uint32        `json:"pos"`
-	SourceTime time.Time     `json:"source_time"`
-	Txns       uint64        `json:"txns"`
-	Conflicts  uint64        `json:"conflicts"`
+	Stopped *applier.Stop `json:"stopped,omitempty"`
+	// TableStops are tables stopped alone at such a change: their changes
+	// from the peer wait, the peer's other tables go on.
+	TableStops []applier.Stop `json:"table_stops,omitempty"`
+	GTID       string         `json:"gtid"`
+	File       string         `json:"file"`
+	Pos        uint32         `json:"pos"`
+	SourceTime time.Time      `json:"source_time"`
+	Txns       uint64         `json:"txns"`
+	Conflicts  uint64         `json:"conflicts"`
 }
 
 // Link replicates one peer into the local server.
@@ -335,6 +339,20 @@ func (l *Link) Status() LinkStatus {
 		s.State, s.Stopped = "stopped", as.Stopped
 		s.LastError = fmt.Sprintf("stopped at a change to %s (key hash %s, gtid %s) that a key the conflict rule cannot place refuses: %s; fix the local row and `mlproxy link retry %s`, or `mlproxy link skip %s`",
 			as.Stopped.Table, as.Stopped.KeyHash, as.Stopped.GTID, as.Stopped.Error, l.peer.Name, l.peer.Name)
+	}
+	if len(as.TableStops) > 0 && as.Stopped == nil {
+		s.TableStops = as.TableStops
+		if s.State == "running" {
+			s.State = "tables_stopped"
+		}
+		names := make([]string, len(as.TableStops))
+		for i, ts := range as.TableStops {
+			names[i] = fmt.Sprintf("%s (key hash %s, gtid %s: %s)", ts.Table, ts.KeyHash, ts.GTID, ts.Error)
+		}
+		if s.LastError == "" {
+			s.LastError = fmt.Sprintf("stopped tables, whose changes wait while the peer's other tables go on: %s; fix the local row and `mlproxy link retry %s --table T`, or `mlproxy link skip %s --table T`",
+				strings.Join(names, "; "), l.peer.Name, l.peer.Name)
+		}
 	}
 	s.GTID, s.File, s.Pos = as.Pos.GTID, as.Pos.File, as.Pos.Pos
 	s.SourceTime, s.Txns, s.Conflicts = as.SourceTime, as.Txns, as.Conflicts

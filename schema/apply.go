@@ -55,6 +55,31 @@ var InternalTables = map[string]string{
 		"  error VARCHAR(1024) NOT NULL,\n" +
 		"  since TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)\n" +
 		") ENGINE=InnoDB",
+	// table_stops names, per peer and table, the change a table stopped
+	// at (on_constraint: stop when only that table needs to wait) and an
+	// operator's pending request (skip, retry) for it.
+	"table_stops": "CREATE TABLE `" + Internal + "`.`table_stops` (\n" +
+		"  peer_id SMALLINT UNSIGNED NOT NULL,\n" +
+		"  db VARCHAR(64) NOT NULL, tbl VARCHAR(64) NOT NULL,\n" +
+		"  gtid VARCHAR(1024) NOT NULL,\n" +
+		"  pk JSON NOT NULL,\n" +
+		"  key_hash CHAR(12) NOT NULL,\n" +
+		"  error VARCHAR(1024) NOT NULL,\n" +
+		"  since TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),\n" +
+		"  request VARCHAR(8) NULL, request_gtid VARCHAR(1024) NULL, requested_by VARCHAR(128) NULL,\n" +
+		"  PRIMARY KEY (peer_id, db, tbl)\n" +
+		") ENGINE=InnoDB",
+	// held keeps, in source order, the changes a peer sent to a stopped
+	// table after it stopped; they are applied when it resumes.
+	"held": "CREATE TABLE `" + Internal + "`.`held` (\n" +
+		"  peer_id SMALLINT UNSIGNED NOT NULL,\n" +
+		"  db VARCHAR(64) NOT NULL, tbl VARCHAR(64) NOT NULL,\n" +
+		"  seq BIGINT UNSIGNED NOT NULL,\n" +
+		"  gtid VARCHAR(1024) NOT NULL,\n" +
+		"  source SMALLINT UNSIGNED NOT NULL,\n" +
+		"  chg LONGBLOB NOT NULL,\n" +
+		"  PRIMARY KEY (peer_id, db, tbl, seq)\n" +
+		") ENGINE=InnoDB",
 	// markers holds one row per parallel apply worker and peer: the loop
 	// marker of that worker's transactions (a row of checkpoints would
 	// make the workers wait for each other's commits).
@@ -77,7 +102,7 @@ var InternalTables = map[string]string{
 }
 
 // internalOrder fixes the order InternalTables are created and reported in.
-var internalOrder = []string{"checkpoints", "conflicts", "hlc", "link_requests", "link_stops", "markers"}
+var internalOrder = []string{"checkpoints", "conflicts", "held", "hlc", "link_requests", "link_stops", "markers", "table_stops"}
 
 // internalColumn is a column an Internal table gained after its first
 // release: schema apply adds it to an existing table that lacks it.

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -29,7 +30,7 @@ func linkCmd() *cobra.Command {
 }
 
 func linkActionCmd(action, short string) *cobra.Command {
-	var path string
+	var path, table string
 	var wait time.Duration
 	cmd := &cobra.Command{
 		Use:   action + " PEER",
@@ -48,11 +49,13 @@ func linkActionCmd(action, short string) *cobra.Command {
 			}
 			var gtid, tbl, pk, msg string
 			err = db.QueryRowContext(ctx, "SELECT gtid, CONCAT(db, '.', tbl), pk, error FROM mlr.link_stops WHERE peer_id = ?", peer.ID).Scan(&gtid, &tbl, &pk, &msg)
-			if errors.Is(err, sql.ErrNoRows) {
-				return fmt.Errorf("the link from %s is not stopped at a refused change (see `mlproxy status -c %s`)", peer.Name, cfg.Path)
-			}
-			if err != nil {
+			switch {
+			case errors.Is(err, sql.ErrNoRows):
+				return tableAction(ctx, cmd, cfg, db, peer, action, table, wait)
+			case err != nil:
 				return fmt.Errorf("read mlr.link_stops: %w", err)
+			case table != "" && table != tbl:
+				return fmt.Errorf("the link from %s is stopped as a whole, at a change to %s (not %s): run the command without --table", peer.Name, tbl, table)
 			}
 			if action == "retry" {
 				gtid = ""
@@ -66,8 +69,94 @@ func linkActionCmd(action, short string) *cobra.Command {
 		},
 	}
 	configFlag(cmd, &path)
+	cmd.Flags().StringVar(&table, "table", "", "the stopped table (db.table) to act on, when the link stopped tables alone and more than one")
 	cmd.Flags().DurationVar(&wait, "wait", 30*time.Second, "how long to wait for the link to act (0 = do not wait)")
 	return cmd
+}
+
+// tableStop is a row of mlr.table_stops: a table stopped alone.
+type tableStop struct {
+	table, gtid, pk, err string
+	held                 int
+}
+
+// tableStops reads the tables stopped alone on the link from p (none when
+// mlr.table_stops is missing or unreadable: status shows what it can).
+func tableStops(ctx context.Context, db *sql.DB, p config.Peer) []tableStop {
+	rows, err := db.QueryContext(ctx, `SELECT CONCAT(s.db, '.', s.tbl), s.gtid, s.pk, s.error,
+  (SELECT COUNT(*) FROM mlr.held h WHERE h.peer_id = s.peer_id AND h.db = s.db AND h.tbl = s.tbl)
+FROM mlr.table_stops s WHERE s.peer_id = ? ORDER BY s.db, s.tbl`, p.ID)
+	if err != nil {
+		return nil
+	}
+	defer rows.Close()
+	var out []tableStop
+	for rows.Next() {
+		var s tableStop
+		if rows.Scan(&s.table, &s.gtid, &s.pk, &s.err, &s.held) == nil {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// tableAction asks the applier of the link from peer to skip or retry the
+// change a table stopped alone at (mlr.table_stops), and waits for it.
+func tableAction(ctx context.Context, cmd *cobra.Command, cfg *config.Config, db *sql.DB, peer config.Peer, action, table string, wait time.Duration) error {
+	stops := tableStops(ctx, db, peer)
+	var names []string
+	var s *tableStop
+	for i := range stops {
+		names = append(names, stops[i].table)
+		if stops[i].table == table || (table == "" && len(stops) == 1) {
+			s = &stops[i]
+		}
+	}
+	switch {
+	case len(stops) == 0:
+		return fmt.Errorf("the link from %s is not stopped at a refused change (see `mlproxy status -c %s`)", peer.Name, cfg.Path)
+	case s == nil && table == "":
+		return fmt.Errorf("the link from %s has several stopped tables (%s): name one with --table", peer.Name, strings.Join(names, ", "))
+	case s == nil:
+		return fmt.Errorf("table %s is not stopped on the link from %s; stopped: %s", table, peer.Name, strings.Join(names, ", "))
+	}
+	db1, tbl, _ := strings.Cut(s.table, ".")
+	if _, err := db.ExecContext(ctx, "UPDATE mlr.table_stops SET request = ?, request_gtid = ?, requested_by = ? WHERE peer_id = ? AND db = ? AND tbl = ?",
+		action, s.gtid, truncate(operator(), 128), peer.ID, db1, tbl); err != nil {
+		return fmt.Errorf("write the request into mlr.table_stops: %w", err)
+	}
+	fmt.Fprintf(cmd.OutOrStdout(), "asked the link from %s to %s the change to %s key %s (%s); %d changes to the table are held behind it\n",
+		peer.Name, action, s.table, s.pk, s.err, s.held)
+	if wait <= 0 {
+		return nil
+	}
+	still := 0
+	for deadline := time.Now().Add(wait); time.Now().Before(deadline); {
+		var gtid, msg string
+		var pending sql.NullString
+		err := db.QueryRowContext(ctx, "SELECT gtid, error, request FROM mlr.table_stops WHERE peer_id = ? AND db = ? AND tbl = ?", peer.ID, db1, tbl).Scan(&gtid, &msg, &pending)
+		switch {
+		case errors.Is(err, sql.ErrNoRows):
+			fmt.Fprintf(cmd.OutOrStdout(), "table %s on the link from %s resumed\n", s.table, peer.Name)
+			return nil
+		case err == nil && !pending.Valid && gtid != s.gtid:
+			return fmt.Errorf("table %s on the link from %s got past %s and stopped again at %s: %s", s.table, peer.Name, s.gtid, gtid, msg)
+		case err == nil && !pending.Valid && action == "retry":
+			// taken: a chunk of held changes is applied per transaction;
+			// give a long backlog the time to drain before judging.
+			var held int
+			_ = db.QueryRowContext(ctx, "SELECT COUNT(*) FROM mlr.held WHERE peer_id = ? AND db = ? AND tbl = ?", peer.ID, db1, tbl).Scan(&held)
+			if still++; held >= s.held && still > 4 { // taken two seconds ago, and nothing applied
+				return fmt.Errorf("table %s on the link from %s retried and is still stopped: %s", s.table, peer.Name, msg)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("the link from %s has not acted on the request within %s: is `mlproxy run` running? (the request stays until it does)", peer.Name, wait)
 }
 
 func findPeer(cfg *config.Config, name string) (config.Peer, error) {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -138,6 +139,15 @@ func peerStatus(ctx context.Context, local *sql.DB, p config.Peer, links map[str
 	if err := local.QueryRowContext(ctx, "SELECT db, tbl, pk, error, gtid FROM mlr.link_stops WHERE peer_id = ?", p.ID).Scan(&sdb, &stbl, &spk, &serr, &sgtid); err == nil {
 		row.link = "stopped"
 		row.lastErr = fmt.Sprintf("stopped at %s.%s key %s (gtid %s): %s; fix it and `mlproxy link retry %s`, or `mlproxy link skip %s`", sdb, stbl, spk, sgtid, serr, p.Name, p.Name)
+	} else if stops := tableStops(ctx, local, p); len(stops) > 0 {
+		// Tables stopped alone: the link runs for the others.
+		row.link = "tables stopped"
+		msgs := make([]string, len(stops))
+		for i, ts := range stops {
+			msgs[i] = fmt.Sprintf("%s stopped at key %s (gtid %s, %d changes held): %s; fix it and `mlproxy link retry %s --table %s`, or `mlproxy link skip %s --table %s`",
+				ts.table, ts.pk, ts.gtid, ts.held, ts.err, p.Name, ts.table, p.Name, ts.table)
+		}
+		row.lastErr = strings.Join(msgs, " | ")
 	}
 	pdb, err := openServer(ctx, "peer "+p.Name, p.Server)
 	if err != nil {

@@ -1,0 +1,185 @@
+package applier
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/mlproxy/mlproxy/binlog"
+	"github.com/mlproxy/mlproxy/change"
+	"github.com/mlproxy/mlproxy/config"
+	"github.com/mlproxy/mlproxy/schema"
+)
+
+// addTable creates db.name with ddl's columns and prepares it like the
+// env's own table.
+func (e *env) addTable(ddl string, rule config.TableRule) {
+	e.t.Helper()
+	ctx := context.Background()
+	_, err := db.ExecContext(ctx, ddl)
+	require.NoError(e.t, err)
+	rule.Schema = e.db
+	ts, err := schema.Inspect(ctx, db, []config.TableRule{rule})
+	require.NoError(e.t, err)
+	_, err = schema.Apply(ctx, db, schema.Stamping{Region: self}, ts, nil)
+	require.NoError(e.t, err)
+}
+
+// other is an insert into the env's second table, others (id, v).
+func (e *env) other(id, v int64, h uint64) binlog.RowChange {
+	return binlog.RowChange{Schema: e.db, Table: "others", Op: binlog.Insert,
+		After: binlog.Row{"id": id, "v": v, "_mlr_hlc": h, "_mlr_origin": int64(peerOrigin)},
+		Stamp: h, Origin: change.Origin(peerOrigin), Meta: vector(0, 0, h, peerOrigin)}
+}
+
+func (e *env) countOf(table string) int {
+	e.t.Helper()
+	var n int
+	require.NoError(e.t, db.QueryRow("SELECT COUNT(*) FROM "+schema.Quote(e.db)+"."+schema.Quote(table)).Scan(&n))
+	return n
+}
+
+func (e *env) held() int {
+	e.t.Helper()
+	var n int
+	require.NoError(e.t, db.QueryRow("SELECT COUNT(*) FROM mlr.held WHERE peer_id = ?", e.peer.ID).Scan(&n))
+	return n
+}
+
+// TestTableStopHoldsOnlyThatTable: a change a secondary unique key refuses
+// stops its table alone: the peer's other table and the checkpoint go on,
+// the stopped table's later changes are held (also across a restart of
+// the applier), a retry that still fails keeps it stopped, and a skip
+// records exactly the refused change in the conflict log and applies the
+// held ones in order. Serial and parallel apply.
+func TestTableStopHoldsOnlyThatTable(t *testing.T) {
+	defer func(r, p time.Duration) { stopRetry, stopPoll = r, p }(stopRetry, stopPoll)
+	stopRetry, stopPoll = time.Hour, 50*time.Millisecond // only requests resume it
+	for _, workers := range []int{0, 4} {
+		t.Run(fmt.Sprintf("workers=%d", workers), func(t *testing.T) {
+			e := newEnvRule(t, fmt.Sprintf("t_tstop_%d", workers), withOnConstraint("stop"))
+			e.workers = workers
+			_, err := db.Exec("ALTER TABLE " + schema.Quote(e.db) + ".items ADD UNIQUE KEY (name)")
+			require.NoError(t, err)
+			e.addTable("CREATE TABLE "+schema.Quote(e.db)+".others (id INT PRIMARY KEY, v INT NOT NULL)", withOnConstraint("stop"))
+			e.local(stamp(0, 1), "INSERT INTO "+schema.Quote(e.db)+".items (id, name, qty) VALUES (900, 'taken', 1)")
+
+			// Source transaction i writes items row i and others row i;
+			// items row 10 collides with the local row 900.
+			mk := func(i int) *binlog.Txn {
+				name := fmt.Sprintf("n%d", i)
+				if i == 10 {
+					name = "taken"
+				}
+				return e.txn(uint64(i), e.ins(int64(i), name, int64(i), stamp(1, uint16(i)), peerOrigin), e.other(int64(i), int64(i), stamp(1, uint16(i))))
+			}
+			run := func(from, to int) (*Applier, context.CancelFunc, chan error) {
+				a := e.applier(1) // one source transaction per commit: row 9 commits before row 10 stops the table
+				in := make(chan *binlog.Txn, to-from+1)
+				for i := from; i <= to; i++ {
+					in <- mk(i)
+				}
+				ctx, cancel := context.WithCancel(context.Background())
+				done := make(chan error, 1)
+				go func() { done <- a.Run(ctx, in) }()
+				return a, cancel, done
+			}
+			stopped := func(a *Applier) *Stop {
+				if s := a.Status().TableStops; len(s) == 1 {
+					return &s[0]
+				}
+				return nil
+			}
+
+			a, cancel, done := run(1, 40)
+			require.Eventually(t, func() bool { return e.countOf("others") == 40 }, 20*time.Second, 20*time.Millisecond, "the other table goes on")
+			require.Eventually(t, func() bool { return stopped(a) != nil }, 10*time.Second, 20*time.Millisecond)
+			s := stopped(a)
+			require.Equal(t, e.db+".items", s.Table)
+			require.Equal(t, fmt.Sprintf("7-%d-10", e.peer.ID), s.GTID)
+			require.Nil(t, a.Status().Stopped, "the link as a whole runs")
+			require.Eventually(t, func() bool { ck, _ := a.Checkpoint(context.Background()); return ck.Txns == 40 }, 10*time.Second, 20*time.Millisecond)
+			if e.countOf("items") != 10 {
+				rows, _ := db.Query("SELECT id FROM " + schema.Quote(e.db) + ".items")
+				for rows.Next() {
+					var id int
+					rows.Scan(&id)
+					t.Log("row", id)
+				}
+				rows.Close()
+			}
+			require.Equal(t, 10, e.countOf("items"), "rows 1..9 and the local row 900")
+			require.Equal(t, 31, e.held(), "items rows 10..40 wait in mlr.held")
+
+			// A restart while stopped: the stop and the held changes
+			// survive, and later changes to items join them.
+			cancel()
+			<-done
+			a, cancel, done = run(41, 45)
+			defer func() { cancel(); <-done }()
+			require.Eventually(t, func() bool { return e.countOf("others") == 45 }, 20*time.Second, 20*time.Millisecond)
+			require.NotNil(t, stopped(a), "the stop is read back at start")
+			require.Equal(t, 36, e.held())
+
+			// A retry that still meets the row keeps the table stopped.
+			_, err = db.Exec("UPDATE mlr.table_stops SET request = 'retry', requested_by = 'test' WHERE peer_id = ?", e.peer.ID)
+			require.NoError(t, err)
+			require.Eventually(t, func() bool {
+				var n int
+				require.NoError(t, db.QueryRow("SELECT COUNT(*) FROM mlr.table_stops WHERE peer_id = ? AND request IS NULL", e.peer.ID).Scan(&n))
+				return n == 1
+			}, 10*time.Second, 20*time.Millisecond, "the retry is taken")
+			require.Eventually(t, func() bool { return e.held() == 36 && stopped(a) != nil }, 5*time.Second, 20*time.Millisecond)
+
+			// A skip: exactly row 10 is passed over and logged; the rest
+			// applies in order.
+			_, err = db.Exec("UPDATE mlr.table_stops SET request = 'skip', request_gtid = ?, requested_by = 'test' WHERE peer_id = ?", s.GTID, e.peer.ID)
+			require.NoError(t, err)
+			require.Eventually(t, func() bool { return stopped(a) == nil }, 20*time.Second, 20*time.Millisecond)
+			require.Equal(t, 0, e.held())
+			require.Equal(t, 45, e.countOf("items"), "rows 1..45 but 10, and 900")
+			_, ok := e.get(10)
+			require.False(t, ok)
+			var n int
+			require.NoError(t, db.QueryRow("SELECT COUNT(*) FROM mlr.table_stops WHERE peer_id = ?", e.peer.ID).Scan(&n))
+			require.Zero(t, n)
+			var skipped []conflictRow
+			for _, c := range e.conflicts() {
+				if c.Outcome == "skipped" {
+					skipped = append(skipped, c)
+				}
+			}
+			require.Len(t, skipped, 1)
+			require.Equal(t, "[10]", skipped[0].PK)
+		})
+	}
+}
+
+// TestForeignKeyStopsLink: a table a foreign key ties to another cannot
+// stop alone (the order of its changes against the other table's
+// matters): a refused change there stops the whole link.
+func TestForeignKeyStopsLink(t *testing.T) {
+	defer func(r, p time.Duration) { stopRetry, stopPoll = r, p }(stopRetry, stopPoll)
+	stopRetry, stopPoll = time.Hour, 50*time.Millisecond
+	e := newEnvRule(t, "t_tstop_fk", withOnConstraint("stop"))
+	_, err := db.Exec("ALTER TABLE " + schema.Quote(e.db) + ".items ADD UNIQUE KEY (name)")
+	require.NoError(t, err)
+	e.addTable("CREATE TABLE "+schema.Quote(e.db)+".others (id INT PRIMARY KEY, v INT NOT NULL, FOREIGN KEY (v) REFERENCES "+
+		schema.Quote(e.db)+".items (id))", withOnConstraint("stop"))
+	e.local(stamp(0, 1), "INSERT INTO "+schema.Quote(e.db)+".items (id, name, qty) VALUES (900, 'taken', 1)")
+	a := e.applier(8)
+	in := make(chan *binlog.Txn, 2)
+	in <- e.txn(1, e.ins(1, "taken", 1, stamp(1, 1), peerOrigin))
+	in <- e.txn(2, e.other(1, 900, stamp(1, 2)))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx, in) }()
+	defer func() { cancel(); <-done }()
+	require.Eventually(t, func() bool { return a.Status().Stopped != nil }, 10*time.Second, 20*time.Millisecond)
+	require.Empty(t, a.Status().TableStops)
+	time.Sleep(300 * time.Millisecond)
+	require.Equal(t, 0, e.countOf("others"), "nothing after the refused change is applied")
+}
