@@ -2,9 +2,11 @@ package itest
 
 import (
 	"context"
+	"database/sql"
 	"encoding/json"
 	"fmt"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -189,4 +191,61 @@ func TestUniqueKeyAcrossRegions(t *testing.T) {
 	if err := openDirect(t, eu).QueryRowContext(ctx, "SELECT email FROM users WHERE id = 100").Scan(&email); err != nil || email != "moved@example.com" {
 		t.Errorf("users row 100 at eu after us's resolution: %q (%v); want moved@example.com", email, err)
 	}
+
+	// A reload that changes a table's rule takes effect without a
+	// restart: with app.users under on_constraint log at us, the next
+	// collision is logged and nothing stops. (The colliding row is
+	// written at us by an administrator with sql_log_bin=0, so only eu's
+	// insert travels.)
+	conf := mustRead(t, us.ConfigPath)
+	next := strings.Replace(conf, "{schema: app, table: users, rule: lww}", "{schema: app, table: users, rule: lww, on_constraint: log}", 1)
+	if next == conf {
+		t.Fatalf("no app.users rule to change in us's config:\n%s", conf)
+	}
+	mustWrite(t, us.ConfigPath, next)
+	if err := c.Signal(us, syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(15 * time.Second); !strings.Contains(mustRead(t, us.LogPath), "config reloaded"); time.Sleep(200 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("us never logged the reload:\n%s", cluster.Tail(us.LogPath, 10))
+		}
+	}
+	admin, err := openDirect(t, us).Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	if err := execConn(ctx, admin, "SET SESSION sql_log_bin = 0", "INSERT INTO users VALUES (300, 'reload@example.com')"); err != nil {
+		t.Fatal(err)
+	}
+	if err := execAll(ctx, openProxy(t, eu, 1), "INSERT INTO users VALUES (301, 'reload@example.com')", "INSERT INTO kv VALUES (2, 'after the reload', 1)"); err != nil {
+		t.Fatal(err)
+	}
+	wctx3, wcancel3 := context.WithTimeout(ctx, 45*time.Second)
+	defer wcancel3()
+	if err := c.WaitConverged(wctx3, map[string]string{"app.kv": "k"}, "k, v, n, _mlr_hlc, _mlr_origin"); err != nil {
+		t.Fatalf("after the reload, eu's kv row did not arrive: %v", err)
+	}
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(300 * time.Millisecond) {
+		out, err := cli("conflicts", "list", "-c", us.ConfigPath, "--table", "app.users", "--outcome", "rejected", "-o", "json")
+		if err == nil && strings.Contains(out, "301") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the collision after the reload is not logged as rejected at us: %v\n%s", err, out)
+		}
+	}
+	if out, _ := cli("status", "-c", us.ConfigPath); strings.Contains(out, "stopped") {
+		t.Errorf("us reports a stopped link or table under on_constraint log:\n%s", out)
+	}
+}
+
+func execConn(ctx context.Context, conn *sql.Conn, stmts ...string) error {
+	for _, q := range stmts {
+		if _, err := conn.ExecContext(ctx, q); err != nil {
+			return fmt.Errorf("%s: %w", q, err)
+		}
+	}
+	return nil
 }
