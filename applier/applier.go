@@ -455,17 +455,11 @@ func (a *Applier) applyBatch(ctx context.Context, txns []*binlog.Txn) error {
 			zap.Int("txns", len(txns)), zap.Int("attempt", attempt), redact.Err(err))
 		return struct{}{}, err
 	}, backoff.WithBackOff(a.newBO()), backoff.WithMaxElapsedTime(0))
+	if a.scopeStop(ctx, err) {
+		return a.applyBatch(ctx, txns) // again, holding the table's changes
+	}
 	var ce *constraintError
 	if errors.As(err, &ce) {
-		if a.tableScoped(ctx, ce) {
-			if serr := a.stopTable(ctx, ce); serr == nil {
-				return a.applyBatch(ctx, txns) // again, holding the table's changes
-			} else if ctx.Err() != nil {
-				return ctx.Err()
-			} else {
-				a.log.Warn("could not stop only the table; stopping the whole link", redact.Err(serr))
-			}
-		}
 		return a.stopped(ctx, txns, ce)
 	}
 	return err
@@ -663,8 +657,7 @@ func (a *Applier) applyPieces(ctx context.Context, first *binlog.Txn, in <-chan 
 		}
 		if err := a.applyTxns(ctx, conn, st, []*binlog.Txn{cur}, false); err != nil {
 			a.rollback(ctx, conn)
-			var ce *constraintError
-			if errors.As(err, &ce) && a.tableScoped(ctx, ce) && a.stopTable(ctx, ce) == nil {
+			if a.scopeStop(ctx, err) {
 				// The pieces applied so far are gone: stream the
 				// transaction again from the checkpoint, holding the table.
 				a.dropSession()

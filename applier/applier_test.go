@@ -297,18 +297,61 @@ func TestUnknownColumn(t *testing.T) {
 	_, ok := e.get(5)
 	require.True(t, ok)
 
-	// A column the local table lacks even after re-reading it.
-	ch = e.ins(4, "d", 1, stamp(0, 4), peerOrigin)
-	ch.After["size"] = int64(3)
-	in = make(chan *binlog.Txn, 1)
-	in <- e.txn(4, ch)
+	// A column the local table lacks even after re-reading it: the table
+	// waits for the DDL, its later changes held, and resumes once the
+	// column exists here.
+	e.waitsForDDL(func() {
+		_, err := db.Exec("ALTER TABLE " + schema.Quote(e.db) + ".items ADD COLUMN size INT NULL")
+		require.NoError(t, err)
+	}, []int64{}, []int64{4, 6}, []string{e.db + ".items", "size"},
+		e.txn(5, func() binlog.RowChange { ch := e.ins(4, "d", 1, stamp(0, 4), peerOrigin); ch.After["size"] = int64(3); return ch }()),
+		e.txn(6, e.ins(6, "f", 1, stamp(0, 6), peerOrigin)))
+	var size int
+	require.NoError(t, db.QueryRow("SELECT size FROM "+schema.Quote(e.db)+".items WHERE id = 4").Scan(&size))
+	require.Equal(t, 3, size)
+}
+
+// waitsForDDL runs txns through an applier until the table they write
+// waits for DDL (a stop of kind ddl whose error names every string of
+// names); then rows in before are present and rows in held absent; ddl
+// runs, and every row of held arrives.
+func (e *env) waitsForDDL(ddl func(), before, held []int64, names []string, txns ...*binlog.Txn) {
+	t := e.t
+	defer func(r, p time.Duration) { ddlRetry, stopPoll = r, p }(ddlRetry, stopPoll)
+	ddlRetry, stopPoll = 50*time.Millisecond, 20*time.Millisecond
+	a := e.applier(1)
+	in := make(chan *binlog.Txn, len(txns))
+	for _, x := range txns {
+		in <- x
+	}
+	done := make(chan error, 1)
+	go func() { done <- a.Run(context.Background(), in) }()
+	require.Eventually(t, func() bool { return len(a.Status().TableStops) == 1 }, 10*time.Second, 10*time.Millisecond)
+	s := a.Status().TableStops[0]
+	require.Equal(t, StopDDL, s.Kind)
+	for _, n := range names {
+		require.Contains(t, s.Error, n)
+	}
+	require.Nil(t, a.Status().Stopped, "the link as a whole goes on")
+	last := txns[len(txns)-1].Pos
+	require.Eventually(t, func() bool { ck, _ := a.Checkpoint(context.Background()); return ck.Pos.Pos == last.Pos }, 10*time.Second, 10*time.Millisecond,
+		"the checkpoint passes the held changes")
+	for _, id := range before {
+		_, ok := e.get(id)
+		require.True(t, ok, "row %d, before the table stopped", id)
+	}
+	for _, id := range held {
+		_, ok := e.get(id)
+		require.False(t, ok, "row %d, held", id)
+	}
+	ddl()
+	require.Eventually(t, func() bool { return len(a.Status().TableStops) == 0 }, 10*time.Second, 10*time.Millisecond, "the table resumes once the DDL ran")
 	close(in)
-	err = e.applier(64).Run(context.Background(), in)
-	require.ErrorIs(t, err, ErrUnknownColumn)
-	require.ErrorContains(t, err, e.db+".items")
-	require.ErrorContains(t, err, "size")
-	_, ok = e.get(4)
-	require.False(t, ok)
+	require.NoError(t, <-done)
+	for _, id := range held {
+		_, ok := e.get(id)
+		require.True(t, ok, "row %d, applied after the DDL", id)
+	}
 }
 
 // TestRestartAppliesNothingTwice stops the applier part way, then resumes

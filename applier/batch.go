@@ -162,6 +162,7 @@ func (a *Applier) applyTxns(ctx context.Context, conn *sql.Conn, st *batchState,
 			}
 			it, err := a.newItem(ctx, t, rc)
 			if err != nil {
+				err = drift(&item{rc: rc, txn: t, tk: tableKey{rc.Schema, rc.Table}}, err)
 				return fmt.Errorf("apply %s %s.%s from peer %s at gtid %s (%s:%d): %w",
 					rc.Op, rc.Schema, rc.Table, a.peer, t.Pos.GTID, t.Pos.File, t.Pos.Pos, err)
 			}
@@ -431,7 +432,7 @@ func (a *Applier) readTable(ctx context.Context, conn *sql.Conn, ts *tableSeg) e
 		if p, err = a.reloadPlan(ctx, rc, "the local table lost a column"); err == nil {
 			for _, it := range ts.items {
 				if col := p.unknownColumn(it.rc); col != "" {
-					return fmt.Errorf("table %s.%s has no column %s: %w", rc.Schema, rc.Table, col, ErrUnknownColumn)
+					return drift(it, fmt.Errorf("table %s.%s has no column %s: %w", rc.Schema, rc.Table, col, ErrUnknownColumn))
 				}
 			}
 			err = a.readVersions(ctx, conn, p, ts)

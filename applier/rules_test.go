@@ -226,17 +226,24 @@ func TestPiecesLostConnectionResume(t *testing.T) {
 	require.False(t, ck.Found)
 }
 
-// TestTableNotPrepared: a table without mlproxy's metadata columns is
-// refused with a message that says to run schema apply.
+// TestTableNotPrepared: changes to a table without mlproxy's metadata
+// columns wait, with a message that says to run schema apply, and apply
+// once it ran; the peer's other tables go on meanwhile.
 func TestTableNotPrepared(t *testing.T) {
 	e := newEnv(t, "t_notprepared")
 	_, err := db.Exec("CREATE TABLE " + schema.Quote(e.db) + ".bare (id INT PRIMARY KEY)")
 	require.NoError(t, err)
-	ch := binlog.RowChange{Schema: e.db, Table: "bare", Op: binlog.Insert, After: binlog.Row{"id": int64(1)}, Stamp: stamp(0, 1), Origin: peerOrigin}
-	in := make(chan *binlog.Txn, 1)
-	in <- e.txn(1, ch)
-	close(in)
-	err = e.applier(64).Run(context.Background(), in)
-	require.ErrorIs(t, err, ErrNotPrepared)
-	require.ErrorContains(t, err, e.db+".bare")
+	bare := func(id int64) binlog.RowChange {
+		return binlog.RowChange{Schema: e.db, Table: "bare", Op: binlog.Insert, After: binlog.Row{"id": id}, Stamp: stamp(0, uint16(id)), Origin: peerOrigin}
+	}
+	e.waitsForDDL(func() {
+		ts, err := schema.Inspect(context.Background(), db, []config.TableRule{{Schema: e.db, Table: "*", Rule: "lww"}})
+		require.NoError(t, err)
+		_, err = schema.Apply(context.Background(), db, schema.Stamping{Region: self}, ts, nil)
+		require.NoError(t, err)
+	}, []int64{7}, nil, []string{e.db + ".bare", "schema apply"},
+		e.txn(1, bare(1)), e.txn(2, e.ins(7, "other table", 1, stamp(0, 7), peerOrigin)), e.txn(3, bare(2)))
+	var n int
+	require.NoError(t, db.QueryRow("SELECT COUNT(*) FROM "+schema.Quote(e.db)+".bare").Scan(&n))
+	require.Equal(t, 2, n)
 }

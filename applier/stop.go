@@ -14,6 +14,7 @@ import (
 	"github.com/mlproxy/mlproxy/binlog"
 	"github.com/mlproxy/mlproxy/config"
 	"github.com/mlproxy/mlproxy/redact"
+	"github.com/mlproxy/mlproxy/schema"
 )
 
 // A remote change that a key the conflict rule cannot place refuses (a
@@ -34,13 +35,41 @@ import (
 // place.
 var ErrConstraint = errors.New("refused by a key the conflict rule cannot place (a secondary unique key or a foreign key)")
 
-// Stop describes a stopped link.
+// Stop describes a stopped link, or a table stopped alone.
 type Stop struct {
+	// Kind is why: StopConstraint (a key refused the change) or StopDDL
+	// (the local table, or a column the change names, is missing: the
+	// table waits for the DDL).
+	Kind    string
 	Table   string    // schema.table
 	KeyHash string    // sha256 of the primary key, first 12 hex digits (no values)
 	GTID    string    // the source transaction
 	Error   string    // redacted
 	Since   time.Time // when the link stopped there
+}
+
+// Stop kinds.
+const (
+	StopConstraint = "constraint"
+	StopDDL        = "ddl"
+)
+
+// driftError is schema drift at one change: its table is missing locally
+// or not prepared, or it names a column the local table lacks.
+type driftError struct {
+	it  *item
+	err error
+}
+
+func (e *driftError) Error() string { return e.err.Error() }
+func (e *driftError) Unwrap() error { return e.err }
+
+// drift marks err, met at it, as schema drift when it is.
+func drift(it *item, err error) error {
+	if errors.Is(err, ErrUnknownColumn) || errors.Is(err, ErrNotPrepared) || errors.Is(err, schema.ErrNoTable) {
+		return &driftError{it: it, err: err}
+	}
+	return err
 }
 
 // constraintError is ErrConstraint at one change.
@@ -160,7 +189,7 @@ func (a *Applier) stopped(ctx context.Context, txns []*binlog.Txn, ce *constrain
 		a.m.stopped.WithLabelValues(a.peer).Set(0)
 	}()
 	for {
-		s := &Stop{Table: ce.it.rc.Schema + "." + ce.it.rc.Table, KeyHash: keyHash(ce.it.key), GTID: ce.it.txn.Pos.GTID,
+		s := &Stop{Kind: StopConstraint, Table: ce.it.rc.Schema + "." + ce.it.rc.Table, KeyHash: keyHash(ce.it.key), GTID: ce.it.txn.Pos.GTID,
 			Error: redact.Error(ce.err), Since: time.Now()}
 		a.mu.Lock()
 		if a.status.Stopped == nil || a.status.Stopped.GTID != s.GTID || a.status.Stopped.KeyHash != s.KeyHash {

@@ -24,7 +24,10 @@ import (
 // under on_constraint stop, stops only that table when nothing orders its
 // changes against other tables' changes: the table has no foreign key to
 // or from another table, and the refusal is not a foreign key's. (Where
-// order matters, the whole link stops instead: stop.go.)
+// order matters, the whole link stops instead: stop.go.) So does schema
+// drift (the local table, or a column a change names, is missing: DDL
+// run in the peer's region first): the table waits for the DDL (kind
+// ddl, retried every ddlRetry) while the peer's other tables go on.
 //
 // The stop is recorded first, on its own (mlr.table_stops); then the batch
 // is applied again with every change to that table kept, in source order,
@@ -59,14 +62,17 @@ type tableStop struct {
 // heldChunk is how many held changes one resuming transaction applies.
 const heldChunk = 256
 
+// ddlRetry is how often a table waiting for DDL is tried again.
+var ddlRetry = 2 * time.Second
+
 const (
 	fkSQL = "SELECT COUNT(*) FROM information_schema.REFERENTIAL_CONSTRAINTS " +
 		"WHERE (CONSTRAINT_SCHEMA = ? AND TABLE_NAME = ?) OR (UNIQUE_CONSTRAINT_SCHEMA = ? AND REFERENCED_TABLE_NAME = ?)"
-	tableStopsSQL    = "SELECT db, tbl, gtid, key_hash, error, COALESCE(UNIX_TIMESTAMP(since), 0) FROM mlr.table_stops WHERE peer_id = ?"
+	tableStopsSQL    = "SELECT db, tbl, kind, gtid, key_hash, error, COALESCE(UNIX_TIMESTAMP(since), 0) FROM mlr.table_stops WHERE peer_id = ?"
 	heldCountSQL     = "SELECT db, tbl, COUNT(*) FROM mlr.held WHERE peer_id = ? GROUP BY db, tbl"
 	heldSeqSQL       = "SELECT COALESCE(MAX(seq), 0) FROM mlr.held WHERE peer_id = ?"
-	tableStopSQL     = "REPLACE INTO mlr.table_stops (peer_id, db, tbl, gtid, pk, key_hash, error) VALUES (?, ?, ?, ?, ?, ?, ?)"
-	tableRestopSQL   = "UPDATE mlr.table_stops SET since = IF(gtid = ? AND key_hash = ?, since, CURRENT_TIMESTAMP(6)), gtid = ?, pk = ?, key_hash = ?, error = ? WHERE peer_id = ? AND db = ? AND tbl = ?"
+	tableStopSQL     = "REPLACE INTO mlr.table_stops (peer_id, db, tbl, kind, gtid, pk, key_hash, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+	tableRestopSQL   = "UPDATE mlr.table_stops SET since = IF(gtid = ? AND key_hash = ?, since, CURRENT_TIMESTAMP(6)), kind = ?, gtid = ?, pk = ?, key_hash = ?, error = ? WHERE peer_id = ? AND db = ? AND tbl = ?"
 	tableRequestsSQL = "SELECT db, tbl, request, COALESCE(request_gtid, ''), COALESCE(requested_by, '') FROM mlr.table_stops WHERE peer_id = ? AND request IS NOT NULL"
 	tableTakenSQL    = "UPDATE mlr.table_stops SET request = NULL, request_gtid = NULL, requested_by = NULL WHERE peer_id = ? AND db = ? AND tbl = ?"
 	tableResumedSQL  = "DELETE FROM mlr.table_stops WHERE peer_id = ? AND db = ? AND tbl = ?"
@@ -96,7 +102,7 @@ func (a *Applier) loadStops(ctx context.Context) error {
 	for rows.Next() {
 		s := &tableStop{}
 		var since string
-		if err := rows.Scan(&s.tk.db, &s.tk.table, &s.GTID, &s.KeyHash, &s.Error, &since); err != nil {
+		if err := rows.Scan(&s.tk.db, &s.tk.table, &s.Kind, &s.GTID, &s.KeyHash, &s.Error, &since); err != nil {
 			rows.Close()
 			return fmt.Errorf("read mlr.table_stops: %w", err)
 		}
@@ -122,7 +128,7 @@ func (a *Applier) loadStops(ctx context.Context) error {
 		} else {
 			// Held changes without their stop (it was deleted by hand):
 			// the table stays stopped until they are applied.
-			a.stops[tk] = &tableStop{Stop: Stop{Table: tk.String(), Error: "changes held in mlr.held without a row in mlr.table_stops", Since: time.Now()},
+			a.stops[tk] = &tableStop{Stop: Stop{Kind: StopConstraint, Table: tk.String(), Error: "changes held in mlr.held without a row in mlr.table_stops", Since: time.Now()},
 				tk: tk, parked: c}
 		}
 	}
@@ -134,24 +140,23 @@ func (a *Applier) loadStops(ctx context.Context) error {
 		return fmt.Errorf("read mlr.held: %w", err)
 	}
 	for _, s := range a.stops {
-		a.log.Warn("table stopped: its changes from the peer wait in mlr.held", zap.String("table", s.Table),
+		a.log.Warn("table stopped: its changes from the peer wait in mlr.held", zap.String("kind", s.Kind), zap.String("table", s.Table),
 			zap.String("key_hash", s.KeyHash), zap.String("gtid", s.GTID), zap.Int("held", s.parked), zap.String("error", s.Error))
 	}
 	a.publishStops()
 	return nil
 }
 
-// tableScoped reports whether ce may stop only its table (see the top of
-// this file).
-func (a *Applier) tableScoped(ctx context.Context, ce *constraintError) bool {
+// tableScoped reports whether err, met at a change to tk, may stop only
+// that table (see the top of this file).
+func (a *Applier) tableScoped(ctx context.Context, tk tableKey, err error) bool {
 	if !a.tableScope {
 		return false
 	}
-	switch errNumber(ce.err) {
+	switch errNumber(err) {
 	case 1216, 1217, 1451, 1452: // foreign key refusals: order across tables matters
 		return false
 	}
-	tk := ce.it.tk
 	var n int
 	if err := a.db.QueryRowContext(ctx, fkSQL, tk.db, tk.table, tk.db, tk.table).Scan(&n); err != nil {
 		a.log.Warn("could not look for foreign keys; stopping the whole link", zap.String("table", tk.String()), redact.Err(err))
@@ -160,24 +165,59 @@ func (a *Applier) tableScoped(ctx context.Context, ce *constraintError) bool {
 	return n == 0
 }
 
-// stopTable records that ce stops its table; the caller applies the batch
-// again, which holds the table's changes.
-func (a *Applier) stopTable(ctx context.Context, ce *constraintError) error {
-	tk := ce.it.tk
-	pkJSON, err := jsonText(ce.it.pk)
+// scopeStop stops only the table of err's change when err is a key's
+// refusal or schema drift that may stop one table (tableScoped); the
+// caller then applies the batch again, which holds the table's changes.
+// ok is false when the link must handle err as before.
+func (a *Applier) scopeStop(ctx context.Context, err error) (ok bool) {
+	var ce *constraintError
+	var de *driftError
+	var it *item
+	var cause error
+	kind := StopConstraint
+	switch {
+	case errors.As(err, &ce):
+		it, cause = ce.it, ce.err
+	case errors.As(err, &de):
+		it, cause, kind = de.it, de.err, StopDDL
+	default:
+		return false
+	}
+	if !a.tableScoped(ctx, it.tk, cause) {
+		return false
+	}
+	if serr := a.stopTable(ctx, kind, it, cause); serr != nil {
+		if ctx.Err() == nil {
+			a.log.Warn("could not stop only the table; the whole link waits", zap.String("table", it.tk.String()), redact.Err(serr))
+		}
+		return false
+	}
+	return true
+}
+
+// stopTable records that cause, met at it, stops its table.
+func (a *Applier) stopTable(ctx context.Context, kind string, it *item, cause error) error {
+	tk := it.tk
+	pkJSON, err := jsonText(it.pk)
 	if err != nil {
 		return err
 	}
-	s := &tableStop{Stop: Stop{Table: tk.String(), KeyHash: keyHash(ce.it.key), GTID: ce.it.txn.Pos.GTID,
-		Error: redact.Error(ce.err), Since: time.Now()}, tk: tk, tried: time.Now()}
-	if _, err := a.db.ExecContext(ctx, tableStopSQL, a.cfg.Peer.ID, tk.db, tk.table, s.GTID, pkJSON, s.KeyHash, truncate(s.Error, 1024)); err != nil {
+	s := &tableStop{Stop: Stop{Kind: kind, Table: tk.String(), KeyHash: keyHash(it.key), GTID: it.txn.Pos.GTID,
+		Error: redact.Error(cause), Since: time.Now()}, tk: tk, tried: time.Now()}
+	if _, err := a.db.ExecContext(ctx, tableStopSQL, a.cfg.Peer.ID, tk.db, tk.table, kind, s.GTID, pkJSON, s.KeyHash, truncate(s.Error, 1024)); err != nil {
 		return fmt.Errorf("record the stop of %s in mlr.table_stops: %w", tk, err)
 	}
 	a.stops[tk] = s
 	a.publishStops()
+	if kind == StopDDL {
+		a.log.Warn("table waits for DDL: the peer sends changes this region's table cannot take yet (the DDL ran in the peer's region first); "+
+			"its changes from the peer wait, its other tables go on; run the DDL here (`mlproxy schema ddl`, then `mlproxy schema apply`): the table then resumes by itself",
+			zap.String("table", s.Table), zap.String("gtid", s.GTID), redact.Err(cause))
+		return nil
+	}
 	a.log.Error("table stopped: a remote change is refused by a key the conflict rule cannot place; the table's later changes from the peer wait "+
 		"(its other tables go on): fix the local row and `mlproxy link retry`, or `mlproxy link skip` it (recorded in the conflict log)",
-		zap.String("table", s.Table), zap.String("key_hash", s.KeyHash), zap.String("gtid", s.GTID), redact.Err(ce.err))
+		zap.String("table", s.Table), zap.String("key_hash", s.KeyHash), zap.String("gtid", s.GTID), redact.Err(cause))
 	return nil
 }
 
@@ -297,7 +337,11 @@ func (a *Applier) resumeDue(ctx context.Context) error {
 				zap.String("table", s.Table), zap.String("requested", r.gtid), zap.String("stopped_at", s.GTID))
 			skip, ok = false, false
 		}
-		if !ok && time.Since(s.tried) < stopRetry {
+		every := stopRetry
+		if s.Kind == StopDDL {
+			every = ddlRetry
+		}
+		if !ok && time.Since(s.tried) < every {
 			continue
 		}
 		s.tried = time.Now()
@@ -321,6 +365,7 @@ func (a *Applier) resumeTable(ctx context.Context, s *tableStop, skip bool, by s
 	for {
 		n, done, err := a.resumeChunk(ctx, s, serial)
 		var ce *constraintError
+		var de *driftError
 		switch {
 		case err == nil && done:
 			delete(a.stops, s.tk)
@@ -335,7 +380,9 @@ func (a *Applier) resumeTable(ctx context.Context, s *tableStop, skip bool, by s
 		case errors.Is(err, errSplit) && !serial:
 			serial = true // apply the chunk again one change at a time
 		case errors.As(err, &ce):
-			return a.restopTable(ctx, s, ce)
+			return a.restopTable(ctx, s, StopConstraint, ce.it, ce.err)
+		case errors.As(err, &de):
+			return a.restopTable(ctx, s, StopDDL, de.it, de.err)
 		case retryable(err) || ctx.Err() != nil:
 			a.log.Warn("resuming a stopped table failed; trying again later", zap.String("table", s.Table), redact.Err(err))
 			return ctx.Err()
@@ -415,27 +462,27 @@ func (a *Applier) readHeld(ctx context.Context, conn *sql.Conn, tk tableKey) (tx
 	return txns, last, n, nil
 }
 
-// restopTable records that s's held changes are refused again, at ce
+// restopTable records that s's held changes are refused again, at it
 // (the change it stopped at, or a later one after a skip or a retry got
 // past it).
-func (a *Applier) restopTable(ctx context.Context, s *tableStop, ce *constraintError) error {
-	pkJSON, err := jsonText(ce.it.pk)
+func (a *Applier) restopTable(ctx context.Context, s *tableStop, kind string, it *item, cause error) error {
+	pkJSON, err := jsonText(it.pk)
 	if err != nil {
 		return err
 	}
-	kh, gtid := keyHash(ce.it.key), ce.it.txn.Pos.GTID
-	moved := kh != s.KeyHash || gtid != s.GTID
-	if _, err := a.db.ExecContext(ctx, tableRestopSQL, gtid, kh, gtid, pkJSON, kh, truncate(redact.Error(ce.err), 1024),
+	kh, gtid := keyHash(it.key), it.txn.Pos.GTID
+	moved := kh != s.KeyHash || gtid != s.GTID || kind != s.Kind
+	if _, err := a.db.ExecContext(ctx, tableRestopSQL, gtid, kh, kind, gtid, pkJSON, kh, truncate(redact.Error(cause), 1024),
 		a.cfg.Peer.ID, s.tk.db, s.tk.table); err != nil {
 		a.log.Warn("could not update mlr.table_stops", zap.String("table", s.Table), redact.Err(err))
 	}
-	s.KeyHash, s.GTID, s.Error = kh, gtid, redact.Error(ce.err)
+	s.Kind, s.KeyHash, s.GTID, s.Error = kind, kh, gtid, redact.Error(cause)
 	if moved {
 		s.Since = time.Now()
-		a.log.Error("stopped table resumed and stopped again at a later change", zap.String("table", s.Table),
-			zap.String("key_hash", kh), zap.String("gtid", gtid), redact.Err(ce.err))
+		a.log.Error("stopped table resumed and stopped again at a later change", zap.String("kind", kind), zap.String("table", s.Table),
+			zap.String("key_hash", kh), zap.String("gtid", gtid), redact.Err(cause))
 	} else {
-		a.log.Debug("stopped table still refused", zap.String("table", s.Table), redact.Err(ce.err))
+		a.log.Debug("stopped table still refused", zap.String("table", s.Table), redact.Err(cause))
 	}
 	a.publishStops()
 	return nil

@@ -98,10 +98,14 @@ func TestReloadOnSIGHUP(t *testing.T) {
 	useHeld("after the last reload")
 }
 
-// TestStuckLink: a peer sends rows for a table this region does not have;
-// the link cannot get past them and, after apply.stuck_after, reports
-// itself stuck (status, metric); once the table exists it goes on.
-func TestStuckLink(t *testing.T) {
+// TestDriftAndStuckLink: a peer sends rows for a table this region does
+// not have (created in the peer's region only): that table waits for the
+// DDL (status waiting_for_ddl, naming it) while the peer's other tables go
+// on, and catches up once the table exists here. A link that cannot make
+// progress at all (a local client holds the row the next change needs)
+// reports itself stuck after apply.stuck_after (status, metric, log), and
+// goes on once the lock is released.
+func TestDriftAndStuckLink(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	c := startCluster(t, cluster.Options{Names: []string{"eu", "us"},
@@ -124,7 +128,52 @@ func TestStuckLink(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if err := execAll(ctx, openProxy(t, eu, 1), "INSERT INTO only_eu VALUES (2)", "INSERT INTO kv VALUES (1, 'beside the drift', 1)"); err != nil {
+		t.Fatal(err)
+	}
 	var out []byte
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(300 * time.Millisecond) {
+		out, _ = c.Command(ctx, "status", "-c", us.ConfigPath)
+		if strings.Contains(string(out), "waiting_for_ddl") {
+			break
+		}
+	}
+	if !strings.Contains(string(out), "waiting_for_ddl") || !strings.Contains(string(out), "app.only_eu waits for DDL") {
+		t.Fatalf("us's status: want app.only_eu waiting for DDL, got:\n%s\nlog:\n%s", out, cluster.Tail(us.LogPath, 8))
+	}
+	wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
+	defer wcancel()
+	if err := c.WaitConverged(wctx, map[string]string{"app.kv": "k"}, "k, v, n, _mlr_hlc, _mlr_origin"); err != nil {
+		t.Fatalf("the peer's other tables stopped while one waits for DDL: %v", err)
+	}
+	if n := metric(t, us, "mlproxy_link_stuck"); n != 0 {
+		t.Errorf("mlproxy_link_stuck on us = %v while only a table waits, want 0", n)
+	}
+	// The table arrives: it catches up.
+	if err := execAll(ctx, openDirect(t, us), "CREATE TABLE app.only_eu (id INT PRIMARY KEY)"); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := c.Command(ctx, "schema", "apply", "-c", us.ConfigPath); err != nil {
+		t.Fatalf("schema apply on us: %v\n%s", err, out)
+	}
+	wctx2, wcancel2 := context.WithTimeout(ctx, 60*time.Second)
+	defer wcancel2()
+	if err := c.WaitConverged(wctx2, map[string]string{"app.only_eu": "id"}, "id, _mlr_hlc, _mlr_origin"); err != nil {
+		t.Fatal(err)
+	}
+
+	// A local client holds the row eu's next change needs.
+	lock, err := openDirect(t, us).Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Close()
+	if err := execConn(ctx, lock, "BEGIN", "SELECT * FROM kv WHERE k = 1 FOR UPDATE"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := openProxy(t, eu, 1).ExecContext(ctx, "UPDATE kv SET n = n + 1 WHERE k = 1"); err != nil {
+		t.Fatal(err)
+	}
 	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(300 * time.Millisecond) {
 		out, _ = c.Command(ctx, "status", "-c", us.ConfigPath)
 		if strings.Contains(string(out), "stuck") {
@@ -140,16 +189,12 @@ func TestStuckLink(t *testing.T) {
 	if !strings.Contains(mustRead(t, us.LogPath), "link stuck") {
 		t.Errorf("us did not log the stuck link:\n%s", cluster.Tail(us.LogPath, 8))
 	}
-	// The table arrives: the link goes on.
-	if err := execAll(ctx, openDirect(t, us), "CREATE TABLE app.only_eu (id INT PRIMARY KEY)"); err != nil {
+	if _, err := lock.ExecContext(ctx, "ROLLBACK"); err != nil {
 		t.Fatal(err)
 	}
-	if out, err := c.Command(ctx, "schema", "apply", "-c", us.ConfigPath); err != nil {
-		t.Fatalf("schema apply on us: %v\n%s", err, out)
-	}
-	wctx, wcancel := context.WithTimeout(ctx, 60*time.Second)
-	defer wcancel()
-	if err := c.WaitConverged(wctx, map[string]string{"app.only_eu": "id"}, "id, _mlr_hlc, _mlr_origin"); err != nil {
+	wctx3, wcancel3 := context.WithTimeout(ctx, 60*time.Second)
+	defer wcancel3()
+	if err := c.WaitConverged(wctx3, map[string]string{"app.kv": "k"}, "k, v, n, _mlr_hlc, _mlr_origin"); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -342,12 +342,17 @@ func (l *Link) Status() LinkStatus {
 	}
 	if len(as.TableStops) > 0 && as.Stopped == nil {
 		s.TableStops = as.TableStops
-		if s.State == "running" {
-			s.State = "tables_stopped"
-		}
+		state := "tables_stopped"
 		names := make([]string, len(as.TableStops))
 		for i, ts := range as.TableStops {
 			names[i] = fmt.Sprintf("%s (key hash %s, gtid %s: %s)", ts.Table, ts.KeyHash, ts.GTID, ts.Error)
+			if ts.Kind == applier.StopDDL {
+				state = "waiting_for_ddl"
+				names[i] = fmt.Sprintf("%s waits for DDL (gtid %s: %s)", ts.Table, ts.GTID, ts.Error)
+			}
+		}
+		if s.State == "running" {
+			s.State = state
 		}
 		if s.LastError == "" {
 			s.LastError = fmt.Sprintf("stopped tables, whose changes wait while the peer's other tables go on: %s; fix the local row and `mlproxy link retry %s --table T`, or `mlproxy link skip %s --table T`",
@@ -372,6 +377,7 @@ func (l *Link) watch(ctx context.Context, after time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	p := progress{after: after}
+	l.r.stuck.WithLabelValues(l.peer.Name).Set(0) // exported from the start, for alerts
 	for {
 		select {
 		case <-ctx.Done():

@@ -64,6 +64,7 @@ var InternalTables = map[string]string{
 		"  gtid VARCHAR(1024) NOT NULL,\n" +
 		"  pk JSON NOT NULL,\n" +
 		"  key_hash CHAR(12) NOT NULL,\n" +
+		"  kind VARCHAR(16) NOT NULL DEFAULT 'constraint',\n" +
 		"  error VARCHAR(1024) NOT NULL,\n" +
 		"  since TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),\n" +
 		"  request VARCHAR(8) NULL, request_gtid VARCHAR(1024) NULL, requested_by VARCHAR(128) NULL,\n" +

@@ -76,14 +76,14 @@ func linkActionCmd(action, short string) *cobra.Command {
 
 // tableStop is a row of mlr.table_stops: a table stopped alone.
 type tableStop struct {
-	table, gtid, pk, err string
-	held                 int
+	table, kind, gtid, pk, err string
+	held                       int
 }
 
 // tableStops reads the tables stopped alone on the link from p (none when
 // mlr.table_stops is missing or unreadable: status shows what it can).
 func tableStops(ctx context.Context, db *sql.DB, p config.Peer) []tableStop {
-	rows, err := db.QueryContext(ctx, `SELECT CONCAT(s.db, '.', s.tbl), s.gtid, s.pk, s.error,
+	rows, err := db.QueryContext(ctx, `SELECT CONCAT(s.db, '.', s.tbl), s.kind, s.gtid, s.pk, s.error,
   (SELECT COUNT(*) FROM mlr.held h WHERE h.peer_id = s.peer_id AND h.db = s.db AND h.tbl = s.tbl)
 FROM mlr.table_stops s WHERE s.peer_id = ? ORDER BY s.db, s.tbl`, p.ID)
 	if err != nil {
@@ -93,7 +93,7 @@ FROM mlr.table_stops s WHERE s.peer_id = ? ORDER BY s.db, s.tbl`, p.ID)
 	var out []tableStop
 	for rows.Next() {
 		var s tableStop
-		if rows.Scan(&s.table, &s.gtid, &s.pk, &s.err, &s.held) == nil {
+		if rows.Scan(&s.table, &s.kind, &s.gtid, &s.pk, &s.err, &s.held) == nil {
 			out = append(out, s)
 		}
 	}
@@ -119,6 +119,11 @@ func tableAction(ctx context.Context, cmd *cobra.Command, cfg *config.Config, db
 		return fmt.Errorf("the link from %s has several stopped tables (%s): name one with --table", peer.Name, strings.Join(names, ", "))
 	case s == nil:
 		return fmt.Errorf("table %s is not stopped on the link from %s; stopped: %s", table, peer.Name, strings.Join(names, ", "))
+	}
+	if s.kind == "ddl" && action == "skip" {
+		return fmt.Errorf("table %s on the link from %s waits for DDL (%s), not at a refused row: run the DDL in this region "+
+			"(`mlproxy schema ddl`, then `mlproxy schema apply`); the table resumes by itself, or at once with `mlproxy link retry %s --table %s`",
+			s.table, peer.Name, s.err, peer.Name, s.table)
 	}
 	db1, tbl, _ := strings.Cut(s.table, ".")
 	if _, err := db.ExecContext(ctx, "UPDATE mlr.table_stops SET request = ?, request_gtid = ?, requested_by = ? WHERE peer_id = ? AND db = ? AND tbl = ?",

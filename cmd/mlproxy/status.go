@@ -144,6 +144,12 @@ func peerStatus(ctx context.Context, local *sql.DB, p config.Peer, links map[str
 		row.link = "tables stopped"
 		msgs := make([]string, len(stops))
 		for i, ts := range stops {
+			if ts.kind == "ddl" {
+				row.link = "waiting_for_ddl"
+				msgs[i] = fmt.Sprintf("%s waits for DDL (%d changes held): %s; run the DDL here (`mlproxy schema ddl`, then `mlproxy schema apply`): it resumes by itself",
+					ts.table, ts.held, ts.err)
+				continue
+			}
 			msgs[i] = fmt.Sprintf("%s stopped at key %s (gtid %s, %d changes held): %s; fix it and `mlproxy link retry %s --table %s`, or `mlproxy link skip %s --table %s`",
 				ts.table, ts.pk, ts.gtid, ts.held, ts.err, p.Name, ts.table, p.Name, ts.table)
 		}
