@@ -304,7 +304,11 @@ func TestUnknownColumn(t *testing.T) {
 		_, err := db.Exec("ALTER TABLE " + schema.Quote(e.db) + ".items ADD COLUMN size INT NULL")
 		require.NoError(t, err)
 	}, []int64{}, []int64{4, 6}, []string{e.db + ".items", "size"},
-		e.txn(5, func() binlog.RowChange { ch := e.ins(4, "d", 1, stamp(0, 4), peerOrigin); ch.After["size"] = int64(3); return ch }()),
+		e.txn(5, func() binlog.RowChange {
+			ch := e.ins(4, "d", 1, stamp(0, 4), peerOrigin)
+			ch.After["size"] = int64(3)
+			return ch
+		}()),
 		e.txn(6, e.ins(6, "f", 1, stamp(0, 6), peerOrigin)))
 	var size int
 	require.NoError(t, db.QueryRow("SELECT size FROM "+schema.Quote(e.db)+".items WHERE id = 4").Scan(&size))
