@@ -96,6 +96,10 @@ type Config struct {
 	// Workers is the number of sessions applying batches that share no
 	// key at once (see parallel.go); 0 or 1 applies on one session.
 	Workers int
+	// Forwards says this region passes what it applies on to other
+	// regions (star hub, ring): a refused change then stops the whole
+	// link, never one table (tablestop.go says why).
+	Forwards bool
 }
 
 // Clock is the region's hybrid logical clock as the applier uses it.

@@ -222,14 +222,21 @@ func (a *Applier) runParallel(ctx context.Context, in <-chan *binlog.Txn) error 
 	var carry *binlog.Txn
 	for {
 		if len(a.stops) > 0 && !time.Now().Before(a.nextPoll) {
-			// Stopped tables resume on the serial session, between batches.
-			if err := p.drain(ctx); err != nil {
+			// Stopped tables resume on the serial session, between
+			// batches, when one is due.
+			jobs, err := a.dueStops(ctx)
+			if err != nil {
 				return a.fail(err)
 			}
-			if err := a.resumeDue(ctx); err != nil {
-				return a.fail(err)
+			if len(jobs) > 0 {
+				if err := p.drain(ctx); err != nil {
+					return a.fail(err)
+				}
+				if err := a.resumeJobs(ctx, jobs); err != nil {
+					return a.fail(err)
+				}
+				p.resync()
 			}
-			p.resync()
 		}
 		first := carry
 		carry = nil

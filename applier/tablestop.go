@@ -54,13 +54,15 @@ import (
 // tableStop is a table whose changes from the peer wait in mlr.held.
 type tableStop struct {
 	Stop
-	tk     tableKey
-	parked int       // changes in mlr.held
-	tried  time.Time // the last attempt to resume
+	tk      tableKey
+	parked  int       // changes in mlr.held
+	tried   time.Time // the last attempt to resume
+	backlog bool      // the last resume stopped at maxResumeChunks
 }
 
-// heldChunk is how many held changes one resuming transaction applies.
-const heldChunk = 256
+// heldChunk is how many held changes one resuming transaction applies
+// (a variable: tests make chunks small).
+var heldChunk = 256
 
 // ddlRetry is how often a table waiting for DDL is tried again.
 var ddlRetry = 2 * time.Second
@@ -68,11 +70,12 @@ var ddlRetry = 2 * time.Second
 const (
 	fkSQL = "SELECT COUNT(*) FROM information_schema.REFERENTIAL_CONSTRAINTS " +
 		"WHERE (CONSTRAINT_SCHEMA = ? AND TABLE_NAME = ?) OR (UNIQUE_CONSTRAINT_SCHEMA = ? AND REFERENCED_TABLE_NAME = ?)"
-	tableStopsSQL    = "SELECT db, tbl, kind, gtid, key_hash, error, COALESCE(UNIX_TIMESTAMP(since), 0) FROM mlr.table_stops WHERE peer_id = ?"
-	heldCountSQL     = "SELECT db, tbl, COUNT(*) FROM mlr.held WHERE peer_id = ? GROUP BY db, tbl"
-	heldSeqSQL       = "SELECT COALESCE(MAX(seq), 0) FROM mlr.held WHERE peer_id = ?"
-	tableStopSQL     = "REPLACE INTO mlr.table_stops (peer_id, db, tbl, kind, gtid, pk, key_hash, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-	tableRestopSQL   = "UPDATE mlr.table_stops SET since = IF(gtid = ? AND key_hash = ?, since, CURRENT_TIMESTAMP(6)), kind = ?, gtid = ?, pk = ?, key_hash = ?, error = ? WHERE peer_id = ? AND db = ? AND tbl = ?"
+	tableStopsSQL = "SELECT db, tbl, kind, gtid, key_hash, error, COALESCE(UNIX_TIMESTAMP(since), 0) FROM mlr.table_stops WHERE peer_id = ?"
+	heldCountSQL  = "SELECT db, tbl, COUNT(*) FROM mlr.held WHERE peer_id = ? GROUP BY db, tbl"
+	heldSeqSQL    = "SELECT COALESCE(MAX(seq), 0) FROM mlr.held WHERE peer_id = ?"
+	tableStopSQL  = "INSERT INTO mlr.table_stops (peer_id, db, tbl, kind, gtid, pk, key_hash, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?) " +
+		"ON DUPLICATE KEY UPDATE since = IF(gtid = VALUES(gtid) AND key_hash = VALUES(key_hash), since, CURRENT_TIMESTAMP(6)), " +
+		"kind = VALUES(kind), gtid = VALUES(gtid), pk = VALUES(pk), key_hash = VALUES(key_hash), error = VALUES(error)"
 	tableRequestsSQL = "SELECT db, tbl, request, COALESCE(request_gtid, ''), COALESCE(requested_by, '') FROM mlr.table_stops WHERE peer_id = ? AND request IS NOT NULL"
 	tableTakenSQL    = "UPDATE mlr.table_stops SET request = NULL, request_gtid = NULL, requested_by = NULL WHERE peer_id = ? AND db = ? AND tbl = ?"
 	tableResumedSQL  = "DELETE FROM mlr.table_stops WHERE peer_id = ? AND db = ? AND tbl = ?"
@@ -127,9 +130,14 @@ func (a *Applier) loadStops(ctx context.Context) error {
 			s.parked = c
 		} else {
 			// Held changes without their stop (it was deleted by hand):
-			// the table stays stopped until they are applied.
-			a.stops[tk] = &tableStop{Stop: Stop{Kind: StopConstraint, Table: tk.String(), Error: "changes held in mlr.held without a row in mlr.table_stops", Since: time.Now()},
+			// the table stays stopped until they are applied, and shows.
+			s := &tableStop{Stop: Stop{Kind: StopConstraint, Table: tk.String(), Error: "changes held in mlr.held without a row in mlr.table_stops", Since: time.Now()},
 				tk: tk, parked: c}
+			a.stops[tk] = s
+			if err := a.recordStop(ctx, s, nil); err != nil {
+				rows.Close()
+				return fmt.Errorf("record the stop of %s in mlr.table_stops: %w", tk, err)
+			}
 		}
 	}
 	rows.Close()
@@ -150,7 +158,11 @@ func (a *Applier) loadStops(ctx context.Context) error {
 // tableScoped reports whether err, met at a change to tk, may stop only
 // that table (see the top of this file).
 func (a *Applier) tableScoped(ctx context.Context, tk tableKey, err error) bool {
-	if !a.tableScope {
+	if !a.tableScope || a.cfg.Forwards {
+		// A forwarding region would pass a held change on late, with its
+		// old stamp: a region it reaches may have collected a tombstone
+		// concurrent with it by then (gc.go's slack covers a hop's
+		// delivery delay, not a stop's).
 		return false
 	}
 	switch errNumber(err) {
@@ -198,13 +210,9 @@ func (a *Applier) scopeStop(ctx context.Context, err error) (ok bool) {
 // stopTable records that cause, met at it, stops its table.
 func (a *Applier) stopTable(ctx context.Context, kind string, it *item, cause error) error {
 	tk := it.tk
-	pkJSON, err := jsonText(it.pk)
-	if err != nil {
-		return err
-	}
 	s := &tableStop{Stop: Stop{Kind: kind, Table: tk.String(), KeyHash: keyHash(it.key), GTID: it.txn.Pos.GTID,
 		Error: redact.Error(cause), Since: time.Now()}, tk: tk, tried: time.Now()}
-	if _, err := a.db.ExecContext(ctx, tableStopSQL, a.cfg.Peer.ID, tk.db, tk.table, kind, s.GTID, pkJSON, s.KeyHash, truncate(s.Error, 1024)); err != nil {
+	if err := a.recordStop(ctx, s, it.pk); err != nil {
 		return fmt.Errorf("record the stop of %s in mlr.table_stops: %w", tk, err)
 	}
 	a.stops[tk] = s
@@ -291,16 +299,62 @@ func encodeChange(rc *binlog.RowChange) ([]byte, error) {
 
 func decodeChange(blob []byte) (binlog.RowChange, error) {
 	var rc binlog.RowChange
-	err := gob.NewDecoder(bytes.NewReader(blob)).Decode(&rc)
-	return rc, err
+	if err := gob.NewDecoder(bytes.NewReader(blob)).Decode(&rc); err != nil {
+		return rc, err
+	}
+	// gob reads an empty byte slice back as a nil one, which the driver
+	// would send as NULL: an empty BLOB or binary string stays empty (a
+	// NULL is an untyped nil, which gob keeps).
+	for _, r := range []binlog.Row{rc.Before, rc.After} {
+		for k, v := range r {
+			if b, ok := v.([]byte); ok && b == nil {
+				r[k] = []byte{}
+			}
+		}
+	}
+	return rc, nil
 }
 
-// resumeDue tries the stopped tables whose retry is due or that an
-// operator asked for, at most every stopPoll. It runs between batches, on
-// the serial session; it returns only errors that stop the applier.
+// resumeJob is a stopped table to try now.
+type resumeJob struct {
+	s    *tableStop
+	skip bool   // skip the change it stopped at
+	by   string // who asked
+}
+
+// maxResumeChunks bounds the held chunks one resume applies before the
+// applier goes back to the peer's other tables (a long backlog resumes
+// over several rounds, a stopPoll apart at most).
+var maxResumeChunks = 16
+
+// resumeDue tries the stopped tables that are due (dueStops). It runs
+// between batches, on the serial session; it returns only errors that
+// stop the applier.
 func (a *Applier) resumeDue(ctx context.Context) error {
+	jobs, err := a.dueStops(ctx)
+	if err != nil {
+		return err
+	}
+	return a.resumeJobs(ctx, jobs)
+}
+
+// resumeJobs tries jobs in order.
+func (a *Applier) resumeJobs(ctx context.Context, jobs []resumeJob) error {
+	for _, j := range jobs {
+		if err := a.resumeTable(ctx, j.s, j.skip, j.by); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// dueStops reads operators' requests for stopped tables (at most every
+// stopPoll) and returns the tables to try now: asked for, due for their
+// periodic retry (stopRetry; ddlRetry while waiting for DDL), or part way
+// through a backlog.
+func (a *Applier) dueStops(ctx context.Context) ([]resumeJob, error) {
 	if len(a.stops) == 0 || time.Now().Before(a.nextPoll) {
-		return nil
+		return nil, nil
 	}
 	a.nextPoll = time.Now().Add(stopPoll)
 	type request struct{ action, gtid, by string }
@@ -323,12 +377,13 @@ func (a *Applier) resumeDue(ctx context.Context) error {
 		keys = append(keys, tk)
 	}
 	slices.SortFunc(keys, func(x, y tableKey) int { return strings.Compare(x.String(), y.String()) })
+	var jobs []resumeJob
 	for _, tk := range keys {
 		s := a.stops[tk]
 		r, ok := asked[tk]
 		if ok {
 			if _, err := a.db.ExecContext(ctx, tableTakenSQL, a.cfg.Peer.ID, tk.db, tk.table); err != nil {
-				return err
+				return nil, err
 			}
 		}
 		skip := ok && r.action == "skip"
@@ -341,29 +396,30 @@ func (a *Applier) resumeDue(ctx context.Context) error {
 		if s.Kind == StopDDL {
 			every = ddlRetry
 		}
-		if !ok && time.Since(s.tried) < every {
+		if !ok && !s.backlog && time.Since(s.tried) < every {
 			continue
 		}
 		s.tried = time.Now()
-		if err := a.resumeTable(ctx, s, skip, r.by); err != nil {
-			return err
-		}
+		jobs = append(jobs, resumeJob{s: s, skip: skip, by: r.by})
 	}
-	return nil
+	return jobs, nil
 }
 
 // resumeTable applies s's held changes, chunk by chunk, until they are all
-// applied (the stop is then gone) or one is refused again (the stop then
-// names it). skip passes over the change s stopped at, recording it.
+// applied (the stop is then gone), one is refused again (the changes
+// before it are committed and the stop names it), or maxResumeChunks
+// chunks went in (the rest waits for the next round). skip passes over
+// the change s stopped at, recording it in the conflict log.
 func (a *Applier) resumeTable(ctx context.Context, s *tableStop, skip bool, by string) error {
 	if skip {
 		a.skipGTID, a.skipKey, a.skipBy = s.GTID, s.KeyHash, by
 	}
 	defer func() { a.skipGTID, a.skipKey, a.skipBy = "", "", "" }()
+	s.backlog = false
 	serial := skip // a skip is matched one change at a time (applyGuarded)
-	applied := 0
+	limit, applied, chunks := heldChunk, 0, 0
 	for {
-		n, done, err := a.resumeChunk(ctx, s, serial)
+		n, done, failAt, err := a.resumeChunk(ctx, s, serial, limit)
 		var ce *constraintError
 		var de *driftError
 		switch {
@@ -376,9 +432,19 @@ func (a *Applier) resumeTable(ctx context.Context, s *tableStop, skip bool, by s
 			return nil
 		case err == nil:
 			applied += n
-			serial = false
+			if chunks++; chunks >= maxResumeChunks {
+				s.backlog = true
+				a.log.Info("stopped table resuming: a chunk of its held changes applied, the rest follows", zap.String("table", s.Table),
+					zap.Int("applied", applied), zap.Int("held", s.parked))
+				return nil
+			}
+			// The next chunk starts after these (at the refused change,
+			// when these were the ones before it).
+			serial, limit = false, heldChunk
 		case errors.Is(err, errSplit) && !serial:
 			serial = true // apply the chunk again one change at a time
+		case (errors.As(err, &ce) || errors.As(err, &de)) && failAt > 0:
+			limit = failAt // commit the changes before the refused one
 		case errors.As(err, &ce):
 			return a.restopTable(ctx, s, StopConstraint, ce.it, ce.err)
 		case errors.As(err, &de):
@@ -392,48 +458,83 @@ func (a *Applier) resumeTable(ctx context.Context, s *tableStop, skip bool, by s
 	}
 }
 
-// resumeChunk applies and deletes the next heldChunk held changes of s in
-// one local transaction; done when none are left (the stop is deleted in
-// the same transaction).
-func (a *Applier) resumeChunk(ctx context.Context, s *tableStop, serial bool) (n int, done bool, err error) {
+// resumeChunk applies and deletes the next limit held changes of s in one
+// local transaction; done when that emptied mlr.held for the table (the
+// stop is deleted in the same transaction). A change refused or not
+// placeable (schema drift) fails the chunk; failAt is its index in it.
+func (a *Applier) resumeChunk(ctx context.Context, s *tableStop, serial bool, limit int) (n int, done bool, failAt int, err error) {
 	conn, st, err := a.begin(ctx, true)
 	if err != nil {
-		return 0, false, err
+		return 0, false, 0, err
 	}
 	st.park = false // these are the held changes
-	txns, last, n, err := a.readHeld(ctx, conn, s.tk)
+	txns, last, n, err := a.readHeld(ctx, conn, s.tk, limit)
 	if err == nil && n > 0 {
 		if err = a.applyTxns(ctx, conn, st, txns, serial); err == nil {
 			_, err = conn.ExecContext(ctx, heldDeleteSQL, a.cfg.Peer.ID, s.tk.db, s.tk.table, last)
+		} else {
+			failAt = failIndex(txns, err)
 		}
 	}
-	done = n < heldChunk
+	done = n < limit
 	if err == nil && done {
 		_, err = conn.ExecContext(ctx, tableResumedSQL, a.cfg.Peer.ID, s.tk.db, s.tk.table)
 	}
 	if err != nil {
 		a.rollback(ctx, conn)
-		return 0, false, err
+		return 0, false, failAt, err
 	}
 	if _, err := conn.ExecContext(ctx, "COMMIT"); err != nil {
 		a.dropSession() // it may have committed: the next attempt reads mlr.held again
-		return 0, false, fmt.Errorf("commit held changes of %s: %w", s.Table, err)
+		return 0, false, 0, fmt.Errorf("commit held changes of %s: %w", s.Table, err)
 	}
 	s.parked = max(s.parked-n, 0)
 	a.m.parked.WithLabelValues(a.peer, s.tk.db, s.tk.table).Set(float64(s.parked))
+	var rows uint64
 	for op, c := range st.rows {
+		rows += c
 		a.m.rows.WithLabelValues(a.peer, op.String()).Add(float64(c))
 	}
 	for _, c := range st.confl {
 		a.m.conflicts.WithLabelValues(a.peer, c.db, c.table, c.rule, c.outcome).Inc()
 	}
-	return n, done, nil
+	a.mu.Lock()
+	a.status.Rows += rows
+	a.status.Conflicts += uint64(len(st.confl))
+	a.mu.Unlock()
+	return n, done, 0, nil
 }
 
-// readHeld reads (and locks) the next held changes of tk as transactions:
-// consecutive changes of one source transaction form one.
-func (a *Applier) readHeld(ctx context.Context, conn *sql.Conn, tk tableKey) (txns []*binlog.Txn, last uint64, n int, err error) {
-	rows, err := conn.QueryContext(ctx, heldReadSQL, a.cfg.Peer.ID, tk.db, tk.table, heldChunk)
+// failIndex is the position in txns' changes of the change err names (a
+// key's refusal or schema drift); 0 when it names none of them.
+func failIndex(txns []*binlog.Txn, err error) int {
+	var ce *constraintError
+	var de *driftError
+	var rc *binlog.RowChange
+	switch {
+	case errors.As(err, &ce):
+		rc = ce.it.rc
+	case errors.As(err, &de):
+		rc = de.it.rc
+	default:
+		return 0
+	}
+	i := 0
+	for _, t := range txns {
+		for j := range t.Changes {
+			if &t.Changes[j] == rc {
+				return i
+			}
+			i++
+		}
+	}
+	return 0
+}
+
+// readHeld reads (and locks) the next limit held changes of tk as
+// transactions: consecutive changes of one source transaction form one.
+func (a *Applier) readHeld(ctx context.Context, conn *sql.Conn, tk tableKey, limit int) (txns []*binlog.Txn, last uint64, n int, err error) {
+	rows, err := conn.QueryContext(ctx, heldReadSQL, a.cfg.Peer.ID, tk.db, tk.table, limit)
 	if err != nil {
 		return nil, 0, 0, fmt.Errorf("read mlr.held: %w", err)
 	}
@@ -466,17 +567,12 @@ func (a *Applier) readHeld(ctx context.Context, conn *sql.Conn, tk tableKey) (tx
 // (the change it stopped at, or a later one after a skip or a retry got
 // past it).
 func (a *Applier) restopTable(ctx context.Context, s *tableStop, kind string, it *item, cause error) error {
-	pkJSON, err := jsonText(it.pk)
-	if err != nil {
-		return err
-	}
 	kh, gtid := keyHash(it.key), it.txn.Pos.GTID
 	moved := kh != s.KeyHash || gtid != s.GTID || kind != s.Kind
-	if _, err := a.db.ExecContext(ctx, tableRestopSQL, gtid, kh, kind, gtid, pkJSON, kh, truncate(redact.Error(cause), 1024),
-		a.cfg.Peer.ID, s.tk.db, s.tk.table); err != nil {
+	s.Kind, s.KeyHash, s.GTID, s.Error = kind, kh, gtid, redact.Error(cause)
+	if err := a.recordStop(ctx, s, it.pk); err != nil {
 		a.log.Warn("could not update mlr.table_stops", zap.String("table", s.Table), redact.Err(err))
 	}
-	s.Kind, s.KeyHash, s.GTID, s.Error = kind, kh, gtid, redact.Error(cause)
 	if moved {
 		s.Since = time.Now()
 		a.log.Error("stopped table resumed and stopped again at a later change", zap.String("kind", kind), zap.String("table", s.Table),
@@ -486,6 +582,17 @@ func (a *Applier) restopTable(ctx context.Context, s *tableStop, kind string, it
 	}
 	a.publishStops()
 	return nil
+}
+
+// recordStop writes s into mlr.table_stops (since moves only when the
+// change it names does).
+func (a *Applier) recordStop(ctx context.Context, s *tableStop, pk []any) error {
+	pkJSON, err := jsonText(pk)
+	if err != nil {
+		return err
+	}
+	_, err = a.db.ExecContext(ctx, tableStopSQL, a.cfg.Peer.ID, s.tk.db, s.tk.table, s.Kind, s.GTID, pkJSON, s.KeyHash, truncate(s.Error, 1024))
+	return err
 }
 
 // publishStops copies the stopped tables to Status and the metrics.

@@ -183,3 +183,99 @@ func TestForeignKeyStopsLink(t *testing.T) {
 	time.Sleep(300 * time.Millisecond)
 	require.Equal(t, 0, e.countOf("others"), "nothing after the refused change is applied")
 }
+
+// TestHeldChangeRoundTrip: a held change comes back with its values' Go
+// types; an empty byte string stays empty (not NULL) and NULL stays NULL.
+func TestHeldChangeRoundTrip(t *testing.T) {
+	in := binlog.RowChange{Schema: "s", Table: "t", Op: binlog.Update,
+		Before: binlog.Row{"id": int64(1), "b": []byte{}, "n": nil},
+		After: binlog.Row{"id": int64(1), "b": []byte("x"), "e": []byte{}, "n": nil, "i8": int8(-3), "u": uint64(1 << 63),
+			"f": float32(1.5), "d": float64(2.25), "s": "", "dec": "12.50"},
+		Stamp: 42, Origin: change.NewOrigin(3, 1), Meta: `{"vv":{"3":42}}`, PrevUnknown: true}
+	blob, err := encodeChange(&in)
+	require.NoError(t, err)
+	out, err := decodeChange(blob)
+	require.NoError(t, err)
+	require.Equal(t, in, out)
+	require.NotNil(t, out.After["e"], "an empty BLOB is not NULL")
+	require.Nil(t, out.After["n"])
+}
+
+// TestSkipTwoRefusalsInOneChunk: two refused changes held in one chunk
+// (chunks made small): a skip of the first commits it and the changes
+// after it up to the second, where the table stops again; a second skip
+// gets past that one too. Every other change applies once, in order.
+func TestSkipTwoRefusalsInOneChunk(t *testing.T) {
+	defer func(r, p time.Duration, c, m int) { stopRetry, stopPoll, heldChunk, maxResumeChunks = r, p, c, m }(stopRetry, stopPoll, heldChunk, maxResumeChunks)
+	stopRetry, stopPoll, heldChunk, maxResumeChunks = time.Hour, 20*time.Millisecond, 4, 2
+	e := newEnvRule(t, "t_tstop_two", withOnConstraint("stop"))
+	_, err := db.Exec("ALTER TABLE " + schema.Quote(e.db) + ".items ADD UNIQUE KEY (name)")
+	require.NoError(t, err)
+	e.local(stamp(0, 1), "INSERT INTO "+schema.Quote(e.db)+".items (id, name, qty) VALUES (900, 'taken', 1), (901, 'taken2', 1)")
+	names := map[int]string{3: "taken", 6: "taken2"}
+	a := e.applier(1)
+	in := make(chan *binlog.Txn, 20)
+	for i := 1; i <= 20; i++ {
+		name, ok := names[i]
+		if !ok {
+			name = fmt.Sprintf("n%d", i)
+		}
+		in <- e.txn(uint64(i), e.ins(int64(i), name, int64(i), stamp(1, uint16(i)), peerOrigin))
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx, in) }()
+	defer func() { cancel(); <-done }()
+	stop := func() *Stop {
+		if s := a.Status().TableStops; len(s) == 1 {
+			return &s[0]
+		}
+		return nil
+	}
+	skip := func(gtid string) {
+		_, err := db.Exec("UPDATE mlr.table_stops SET request = 'skip', request_gtid = ?, requested_by = 'test' WHERE peer_id = ?", gtid, e.peer.ID)
+		require.NoError(t, err)
+	}
+	require.Eventually(t, func() bool { return e.held() == 18 }, 10*time.Second, 10*time.Millisecond)
+	first := stop().GTID
+	require.Equal(t, fmt.Sprintf("7-%d-3", e.peer.ID), first)
+	skip(first)
+	require.Eventually(t, func() bool { s := stop(); return s != nil && s.GTID != first }, 10*time.Second, 10*time.Millisecond)
+	require.Equal(t, fmt.Sprintf("7-%d-6", e.peer.ID), stop().GTID, "stopped again at the second refusal")
+	require.Equal(t, 15, e.held(), "the skipped change and the two after it committed")
+	for _, id := range []int64{4, 5} {
+		_, ok := e.get(id)
+		require.True(t, ok, "row %d", id)
+	}
+	skip(stop().GTID)
+	require.Eventually(t, func() bool { return stop() == nil }, 10*time.Second, 10*time.Millisecond, "the rest resumes over several rounds")
+	require.Equal(t, 0, e.held())
+	require.Equal(t, 20, e.count(), "rows 1..20 but 3 and 6, and 900, 901")
+	var skipped int
+	require.NoError(t, db.QueryRow("SELECT COUNT(*) FROM mlr.conflicts WHERE db = ? AND outcome = 'skipped'", e.db).Scan(&skipped))
+	require.Equal(t, 2, skipped)
+}
+
+// TestForwardingRegionStopsLink: a region that forwards what it applies
+// (star hub, ring) never stops one table: its held changes would reach
+// other regions late.
+func TestForwardingRegionStopsLink(t *testing.T) {
+	defer func(r, p time.Duration) { stopRetry, stopPoll = r, p }(stopRetry, stopPoll)
+	stopRetry, stopPoll = time.Hour, 50*time.Millisecond
+	e := newEnvRule(t, "t_tstop_fwd", withOnConstraint("stop"))
+	_, err := db.Exec("ALTER TABLE " + schema.Quote(e.db) + ".items ADD UNIQUE KEY (name)")
+	require.NoError(t, err)
+	e.local(stamp(0, 1), "INSERT INTO "+schema.Quote(e.db)+".items (id, name, qty) VALUES (900, 'taken', 1)")
+	a := e.applier(1)
+	a.cfg.Forwards = true
+	in := make(chan *binlog.Txn, 2)
+	in <- e.txn(1, e.ins(1, "taken", 1, stamp(1, 1), peerOrigin))
+	in <- e.txn(2, e.ins(2, "free", 1, stamp(1, 2), peerOrigin))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx, in) }()
+	defer func() { cancel(); <-done }()
+	require.Eventually(t, func() bool { return a.Status().Stopped != nil }, 10*time.Second, 20*time.Millisecond)
+	require.Empty(t, a.Status().TableStops)
+	require.Zero(t, e.held())
+}

@@ -342,6 +342,12 @@ func (c *Config) RegionIDs() map[string]uint16 {
 	return m
 }
 
+// Forwards reports whether this region passes changes it applied from one
+// peer on to others: a star's hub, and every region of a ring.
+func (c *Config) Forwards() bool {
+	return c.Topology.Mode == TopologyRing || (c.Topology.Mode == TopologyStar && c.Topology.Hub == c.Region.Name)
+}
+
 // Sources returns the peers this region pulls changes from under its
 // topology (see Topology): every peer in all-to-all and at a star's hub, the
 // hub at a star's spoke, the predecessor in a ring. A spoke whose hub is not

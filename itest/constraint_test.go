@@ -68,7 +68,7 @@ func TestUniqueKeyAcrossRegions(t *testing.T) {
 		for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(300 * time.Millisecond) {
 			out, _ = cli("status", "-c", r.ConfigPath)
 			for _, l := range strings.Split(out, "\n") {
-				if strings.HasPrefix(l, peer+" ") && strings.Contains(l, "tables stopped") && strings.Contains(l, "app.users stopped at key [") {
+				if strings.HasPrefix(l, peer+" ") && strings.Contains(l, "tables_stopped") && strings.Contains(l, "app.users stopped at key [") {
 					return l
 				}
 			}

@@ -242,6 +242,7 @@ func newLink(r *Replicator, cfg *config.Config, p config.Peer, tables applier.Ta
 			RegionIDs: cfg.RegionIDs(),
 			BatchTxns: cfg.Apply.BatchTxns,
 			Workers:   cfg.Apply.Workers,
+			Forwards:  cfg.Forwards(),
 		}, r.db, tables, r.clock, r.log.Named("applier"), r.reg),
 		state: "starting",
 	}
@@ -342,21 +343,31 @@ func (l *Link) Status() LinkStatus {
 	}
 	if len(as.TableStops) > 0 && as.Stopped == nil {
 		s.TableStops = as.TableStops
-		state := "tables_stopped"
-		names := make([]string, len(as.TableStops))
-		for i, ts := range as.TableStops {
-			names[i] = fmt.Sprintf("%s (key hash %s, gtid %s: %s)", ts.Table, ts.KeyHash, ts.GTID, ts.Error)
+		var refused, ddl []string
+		for _, ts := range as.TableStops {
 			if ts.Kind == applier.StopDDL {
-				state = "waiting_for_ddl"
-				names[i] = fmt.Sprintf("%s waits for DDL (gtid %s: %s)", ts.Table, ts.GTID, ts.Error)
+				ddl = append(ddl, fmt.Sprintf("%s (gtid %s: %s)", ts.Table, ts.GTID, ts.Error))
+			} else {
+				refused = append(refused, fmt.Sprintf("%s (key hash %s, gtid %s: %s)", ts.Table, ts.KeyHash, ts.GTID, ts.Error))
 			}
 		}
+		var msgs []string
+		if len(refused) > 0 {
+			msgs = append(msgs, fmt.Sprintf("tables stopped at a refused change, their changes held while the peer's other tables go on: %s; fix the local row and `mlproxy link retry %s --table T`, or `mlproxy link skip %s --table T`",
+				strings.Join(refused, "; "), l.peer.Name, l.peer.Name))
+		}
+		if len(ddl) > 0 {
+			msgs = append(msgs, fmt.Sprintf("tables waiting for DDL, their changes held while the peer's other tables go on: %s; run the DDL here (`mlproxy schema ddl`, then `mlproxy schema apply`)",
+				strings.Join(ddl, "; ")))
+		}
 		if s.State == "running" {
-			s.State = state
+			s.State = "tables_stopped"
+			if len(refused) == 0 {
+				s.State = "waiting_for_ddl"
+			}
 		}
 		if s.LastError == "" {
-			s.LastError = fmt.Sprintf("stopped tables, whose changes wait while the peer's other tables go on: %s; fix the local row and `mlproxy link retry %s --table T`, or `mlproxy link skip %s --table T`",
-				strings.Join(names, "; "), l.peer.Name, l.peer.Name)
+			s.LastError = strings.Join(msgs, " | ")
 		}
 	}
 	s.GTID, s.File, s.Pos = as.Pos.GTID, as.Pos.File, as.Pos.Pos

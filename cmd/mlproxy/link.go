@@ -76,14 +76,15 @@ func linkActionCmd(action, short string) *cobra.Command {
 
 // tableStop is a row of mlr.table_stops: a table stopped alone.
 type tableStop struct {
-	table, kind, gtid, pk, err string
-	held                       int
+	db, tbl, table               string
+	kind, gtid, keyHash, pk, err string
+	held                         int
 }
 
 // tableStops reads the tables stopped alone on the link from p (none when
 // mlr.table_stops is missing or unreadable: status shows what it can).
 func tableStops(ctx context.Context, db *sql.DB, p config.Peer) []tableStop {
-	rows, err := db.QueryContext(ctx, `SELECT CONCAT(s.db, '.', s.tbl), s.kind, s.gtid, s.pk, s.error,
+	rows, err := db.QueryContext(ctx, `SELECT s.db, s.tbl, s.kind, s.gtid, s.key_hash, s.pk, s.error,
   (SELECT COUNT(*) FROM mlr.held h WHERE h.peer_id = s.peer_id AND h.db = s.db AND h.tbl = s.tbl)
 FROM mlr.table_stops s WHERE s.peer_id = ? ORDER BY s.db, s.tbl`, p.ID)
 	if err != nil {
@@ -93,7 +94,8 @@ FROM mlr.table_stops s WHERE s.peer_id = ? ORDER BY s.db, s.tbl`, p.ID)
 	var out []tableStop
 	for rows.Next() {
 		var s tableStop
-		if rows.Scan(&s.table, &s.kind, &s.gtid, &s.pk, &s.err, &s.held) == nil {
+		if rows.Scan(&s.db, &s.tbl, &s.kind, &s.gtid, &s.keyHash, &s.pk, &s.err, &s.held) == nil {
+			s.table = s.db + "." + s.tbl
 			out = append(out, s)
 		}
 	}
@@ -125,9 +127,8 @@ func tableAction(ctx context.Context, cmd *cobra.Command, cfg *config.Config, db
 			"(`mlproxy schema ddl`, then `mlproxy schema apply`); the table resumes by itself, or at once with `mlproxy link retry %s --table %s`",
 			s.table, peer.Name, s.err, peer.Name, s.table)
 	}
-	db1, tbl, _ := strings.Cut(s.table, ".")
 	if _, err := db.ExecContext(ctx, "UPDATE mlr.table_stops SET request = ?, request_gtid = ?, requested_by = ? WHERE peer_id = ? AND db = ? AND tbl = ?",
-		action, s.gtid, truncate(operator(), 128), peer.ID, db1, tbl); err != nil {
+		action, s.gtid, truncate(operator(), 128), peer.ID, s.db, s.tbl); err != nil {
 		return fmt.Errorf("write the request into mlr.table_stops: %w", err)
 	}
 	fmt.Fprintf(cmd.OutOrStdout(), "asked the link from %s to %s the change to %s key %s (%s); %d changes to the table are held behind it\n",
@@ -135,24 +136,32 @@ func tableAction(ctx context.Context, cmd *cobra.Command, cfg *config.Config, db
 	if wait <= 0 {
 		return nil
 	}
-	still := 0
+	// Taken (request cleared) and the stop unchanged with nothing applied
+	// for this many polls: the change is still refused.
+	const unchangedPolls = 10
+	still, held := 0, s.held
 	for deadline := time.Now().Add(wait); time.Now().Before(deadline); {
-		var gtid, msg string
+		var gtid, kh, msg string
 		var pending sql.NullString
-		err := db.QueryRowContext(ctx, "SELECT gtid, error, request FROM mlr.table_stops WHERE peer_id = ? AND db = ? AND tbl = ?", peer.ID, db1, tbl).Scan(&gtid, &msg, &pending)
+		err := db.QueryRowContext(ctx, "SELECT gtid, key_hash, error, request FROM mlr.table_stops WHERE peer_id = ? AND db = ? AND tbl = ?",
+			peer.ID, s.db, s.tbl).Scan(&gtid, &kh, &msg, &pending)
 		switch {
 		case errors.Is(err, sql.ErrNoRows):
 			fmt.Fprintf(cmd.OutOrStdout(), "table %s on the link from %s resumed\n", s.table, peer.Name)
 			return nil
-		case err == nil && !pending.Valid && gtid != s.gtid:
-			return fmt.Errorf("table %s on the link from %s got past %s and stopped again at %s: %s", s.table, peer.Name, s.gtid, gtid, msg)
-		case err == nil && !pending.Valid && action == "retry":
-			// taken: a chunk of held changes is applied per transaction;
-			// give a long backlog the time to drain before judging.
-			var held int
-			_ = db.QueryRowContext(ctx, "SELECT COUNT(*) FROM mlr.held WHERE peer_id = ? AND db = ? AND tbl = ?", peer.ID, db1, tbl).Scan(&held)
-			if still++; held >= s.held && still > 4 { // taken two seconds ago, and nothing applied
-				return fmt.Errorf("table %s on the link from %s retried and is still stopped: %s", s.table, peer.Name, msg)
+		case err == nil && !pending.Valid && (gtid != s.gtid || kh != s.keyHash):
+			return fmt.Errorf("table %s on the link from %s got past the change it was stopped at (gtid %s) and stopped again at gtid %s: %s",
+				s.table, peer.Name, s.gtid, gtid, msg)
+		case err == nil && !pending.Valid:
+			// Taken: held changes are applied a chunk per transaction
+			// (a first chunk may wait on row locks); judge by progress.
+			var now int
+			_ = db.QueryRowContext(ctx, "SELECT COUNT(*) FROM mlr.held WHERE peer_id = ? AND db = ? AND tbl = ?", peer.ID, s.db, s.tbl).Scan(&now)
+			if now < held {
+				still, held = 0, now
+			} else if still++; still > unchangedPolls {
+				return fmt.Errorf("table %s on the link from %s took the %s and is still stopped at the same change: %s (see the log of `mlproxy run`)",
+					s.table, peer.Name, action, msg)
 			}
 		}
 		select {

@@ -141,15 +141,15 @@ func peerStatus(ctx context.Context, local *sql.DB, p config.Peer, links map[str
 		row.lastErr = fmt.Sprintf("stopped at %s.%s key %s (gtid %s): %s; fix it and `mlproxy link retry %s`, or `mlproxy link skip %s`", sdb, stbl, spk, sgtid, serr, p.Name, p.Name)
 	} else if stops := tableStops(ctx, local, p); len(stops) > 0 {
 		// Tables stopped alone: the link runs for the others.
-		row.link = "tables stopped"
+		row.link = "waiting_for_ddl"
 		msgs := make([]string, len(stops))
 		for i, ts := range stops {
 			if ts.kind == "ddl" {
-				row.link = "waiting_for_ddl"
 				msgs[i] = fmt.Sprintf("%s waits for DDL (%d changes held): %s; run the DDL here (`mlproxy schema ddl`, then `mlproxy schema apply`): it resumes by itself",
 					ts.table, ts.held, ts.err)
 				continue
 			}
+			row.link = "tables_stopped" // at least one waits for an operator
 			msgs[i] = fmt.Sprintf("%s stopped at key %s (gtid %s, %d changes held): %s; fix it and `mlproxy link retry %s --table %s`, or `mlproxy link skip %s --table %s`",
 				ts.table, ts.pk, ts.gtid, ts.held, ts.err, p.Name, ts.table, p.Name, ts.table)
 		}
