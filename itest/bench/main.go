@@ -42,6 +42,8 @@ func main() {
 	runs := flag.Int("runs", 3, "interleaved runs per figure (the median is printed)")
 	threadList := flag.String("threads", "1,16,64", "sysbench thread counts for the proxy bench")
 	modeList := flag.String("modes", "text,prepared", "sysbench statement modes for the proxy bench: text, prepared")
+	profileDir := flag.String("cpuprofile", "", "a directory: save a CPU profile of mlproxy over its last run of each proxy bench figure there")
+	workloadList := flag.String("workloads", "oltp_point_select,oltp_read_write,oltp_write_only", "sysbench workloads for the proxy bench")
 	extra := flag.String("extra", "", "YAML appended to the regions' configs in the deadlock bench (e.g. $'apply:\\n  batch_txns: 16')")
 	workerList := flag.String("workers", "1,4", "apply.workers values for the replication bench, run side by side (the native replica gets as many slave_parallel_threads, optimistic)")
 	replRuns := flag.Int("repl-runs", 1, "replication bench runs per worker count (the median is printed)")
@@ -59,7 +61,7 @@ func main() {
 			}
 			threads = append(threads, n)
 		}
-		if err := benchProxy(ctx, *bin, *dur, *runs, threads, strings.Split(*modeList, ",")); err != nil {
+		if err := benchProxy(ctx, *bin, *dur, *runs, threads, strings.Split(*modeList, ","), strings.Split(*workloadList, ","), *profileDir); err != nil {
 			fmt.Fprintln(os.Stderr, "bench proxy:", err)
 			code = 1
 		}

@@ -4,6 +4,10 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
 	"sort"
 	"time"
 
@@ -28,7 +32,7 @@ type measured struct {
 // through mlproxy against the same server in one run, interleaved, and
 // prints medians: qps, p95 latency and the proxy process's CPU per
 // statement, with mlproxy's ratios to HAProxy and to direct.
-func benchProxy(ctx context.Context, bin string, dur time.Duration, runs int, threads []int, modes []string) error {
+func benchProxy(ctx context.Context, bin string, dur time.Duration, runs int, threads []int, modes, workloads []string, profileDir string) error {
 	fmt.Println("== mlproxy vs HAProxy (mode tcp) vs direct (sysbench, 4 tables x 10000 rows, replicated tables stamped)")
 	prepare := func(ctx context.Context, c *cluster.Cluster) error {
 		_, err := sysbench(ctx, c.Regions[0].Server.Addr(), "oltp_read_write", "prepare")
@@ -52,7 +56,7 @@ func benchProxy(ctx context.Context, bin string, dur time.Duration, runs int, th
 	fmt.Printf(row, "workload", "mode", "threads", "direct", "haproxy", "mlproxy", "ml/ha", "ml/dir", "p95 dir", "p95 ha", "p95 ml", "µs/st ha", "µs/st ml", "ratio")
 	fmt.Printf(row, "", "", "", "qps", "qps", "qps", "", "", "ms", "ms", "ms", "cpu", "cpu", "")
 	secs := fmt.Sprintf("--time=%d", int(dur.Seconds()))
-	for _, test := range []string{"oltp_point_select", "oltp_read_write", "oltp_write_only"} {
+	for _, test := range workloads {
 		for _, mode := range modes {
 			ps := "--db-ps-mode=disable"
 			if mode == "prepared" {
@@ -66,10 +70,21 @@ func benchProxy(ctx context.Context, bin string, dur time.Duration, runs int, th
 						if tg.pid != nil {
 							pid = tg.pid()
 						}
+						var profiled chan error
+						if profileDir != "" && tg.name == "mlproxy" && i == runs-1 {
+							profiled = make(chan error, 1)
+							path := filepath.Join(profileDir, fmt.Sprintf("%s-%s-%d.pprof", test, mode, th))
+							go func() { profiled <- saveProfile(ctx, r.Metrics, max(dur-time.Second, time.Second), path) }()
+						}
 						before := cpuTime(ctx, pid)
 						out, err := run(ctx, tg.addr, test, secs, fmt.Sprintf("--threads=%d", th), ps)
 						if err != nil {
 							return err
+						}
+						if profiled != nil {
+							if err := <-profiled; err != nil {
+								return err
+							}
 						}
 						used := cpuTime(ctx, pid) - before
 						m := measured{qps: out.QPS, p95ms: out.P95Ms}
@@ -143,4 +158,27 @@ func f2(v float64) string {
 		return "-"
 	}
 	return fmt.Sprintf("%.2f", v)
+}
+
+// saveProfile fetches a CPU profile of length d from a pprof listener
+// and writes it to path.
+func saveProfile(ctx context.Context, addr string, d time.Duration, path string) error {
+	url := fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", addr, int(d.Seconds()))
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("cpu profile: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("cpu profile: %s from %s", resp.Status, url)
+	}
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return fmt.Errorf("cpu profile: %w", err)
+	}
+	return os.WriteFile(path, b, 0o644)
 }
