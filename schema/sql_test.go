@@ -95,12 +95,18 @@ func TestGenerateTriggers(t *testing.T) {
 	replaced := newer("`_mlr_hlc`", legacy)
 	// Only mlproxy's own account (the applier's) skips stamping; a stamp
 	// too far ahead of the server's clock is refused.
-	const guard = "  IF NOT (COALESCE(@_mlr_apply, 0) = 1 AND CAST(SUBSTRING_INDEX(USER(), '@', 1) AS BINARY) = CAST('mlproxy' AS BINARY)) THEN\n" +
-		"    IF @_mlr_hlc IS NOT NULL AND CAST(@_mlr_hlc AS UNSIGNED) > ((FLOOR(UNIX_TIMESTAMP(SYSDATE(6))*1000) + 500) << 16) | 0xFFFF THEN\n" +
-		"      SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'mlproxy: this write''s stamp is more than 500ms ahead of the server''s clock (clock.max_offset): check the clocks (NTP) of this region''s proxy and server';\n" +
+	const guard = "  _mlr_stamping: BEGIN\n" +
+		"    IF @_mlr_apply = 1 THEN\n" +
+		"      IF CAST(SUBSTRING_INDEX(USER(), '@', 1) AS BINARY) = CAST('mlproxy' AS BINARY) THEN\n" +
+		"        LEAVE _mlr_stamping;\n" +
+		"      END IF;\n" +
 		"    END IF;\n" +
-		"    IF @_mlr_hlc IS NULL AND NOW(6) > SYSDATE(6) + INTERVAL 500000 MICROSECOND THEN\n" +
-		"      SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'mlproxy: this session''s clock (SET timestamp) is more than 500ms ahead of the server''s (clock.max_offset); SET timestamp = DEFAULT';\n" +
+		"    IF @_mlr_hlc IS NULL THEN\n" +
+		"      IF NOW(6) > SYSDATE(6) + INTERVAL 500000 MICROSECOND THEN\n" +
+		"        SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'mlproxy: this session''s clock (SET timestamp) is more than 500ms ahead of the server''s (clock.max_offset); SET timestamp = DEFAULT';\n" +
+		"      END IF;\n" +
+		"    ELSEIF CAST(@_mlr_hlc AS UNSIGNED) > ((FLOOR(UNIX_TIMESTAMP(SYSDATE(6))*1000) + 500) << 16) | 0xFFFF THEN\n" +
+		"      SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'mlproxy: this write''s stamp is more than 500ms ahead of the server''s clock (clock.max_offset): check the clocks (NTP) of this region''s proxy and server';\n" +
 		"    END IF;\n"
 	want := []string{
 		"CREATE TRIGGER `shop`.`_mlr_bi_order``s` BEFORE INSERT ON `shop`.`order``s` FOR EACH ROW\n" +
@@ -118,7 +124,7 @@ func TestGenerateTriggers(t *testing.T) {
 			"    SET NEW.`_mlr_hlc` = " + inserted + ",\n" +
 			"        NEW.`_mlr_origin` = 7,\n" +
 			"        NEW.`_mlr_vv` = JSON_COMPACT(JSON_SET(JSON_REMOVE(COALESCE(_mlr_prev_vv, '{}'), '$.m', '$.w'), '$.\"7\"', NEW.`_mlr_hlc`));\n" +
-			"  END IF;\n" +
+			"  END _mlr_stamping;\n" +
 			"END",
 		"CREATE TRIGGER `shop`.`_mlr_bu_order``s` BEFORE UPDATE ON `shop`.`order``s` FOR EACH ROW\n" +
 			"BEGIN\n" +
@@ -141,7 +147,7 @@ func TestGenerateTriggers(t *testing.T) {
 			"          NEW.`_mlr_origin` = OLD.`_mlr_origin`,\n" +
 			"          NEW.`_mlr_vv` = OLD.`_mlr_vv`;\n" +
 			"    END IF;\n" +
-			"  END IF;\n" +
+			"  END _mlr_stamping;\n" +
 			"END",
 		"CREATE TRIGGER `shop`.`_mlr_ad_order``s` AFTER DELETE ON `shop`.`order``s` FOR EACH ROW\n" +
 			"BEGIN\n" +
@@ -151,7 +157,7 @@ func TestGenerateTriggers(t *testing.T) {
 			"    INSERT INTO `mlr`.`shop.order``s` (`region`, `id`, `_mlr_hlc`, `_mlr_origin`, `_mlr_vv`)\n" +
 			"    VALUES (OLD.`region`, OLD.`id`, _mlr_stamp, 7, JSON_COMPACT(JSON_SET(" + oldMeta + ", '$.\"7\"', _mlr_stamp)))\n" +
 			"    ON DUPLICATE KEY UPDATE `_mlr_hlc` = VALUES(`_mlr_hlc`), `_mlr_origin` = VALUES(`_mlr_origin`), `_mlr_vv` = VALUES(`_mlr_vv`);\n" +
-			"  END IF;\n" +
+			"  END _mlr_stamping;\n" +
 			"END",
 	}
 	for i := range want {

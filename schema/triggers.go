@@ -229,27 +229,39 @@ func triggers(t *Table, st Stamping) []Trigger {
 	regionID := st.Region
 	// The origin of a local write is this region, whatever the session set.
 	origin := fmt.Sprint(regionID)
-	// stamping is true unless the session is the applier's: its account,
-	// which a client cannot take, and the flag it sets.
-	stamping := "TRUE"
+	// The stamping block runs unless the session is the applier's: its
+	// account, which a client cannot take, and the flag it sets. The
+	// server prepares every expression of each trigger statement it runs,
+	// row after row, so the common path runs few and small ones: a
+	// client's write tests the flag alone and never reaches USER().
+	const block = "_mlr_stamping"
+	stamping := "  " + block + ": BEGIN\n"
 	if st.Applier != "" {
 		// Compared as bytes: USER() compares case-, accent- and
 		// trailing-space-insensitively, and another account named
 		// "MLProxy" must not pass for mlproxy's.
-		stamping = fmt.Sprintf("NOT (COALESCE(@_mlr_apply, 0) = 1 AND CAST(SUBSTRING_INDEX(USER(), '@', 1) AS BINARY) = CAST(%s AS BINARY))", sqlString(st.Applier))
+		stamping += fmt.Sprintf("    IF @_mlr_apply = 1 THEN\n"+
+			"      IF CAST(SUBSTRING_INDEX(USER(), '@', 1) AS BINARY) = CAST(%s AS BINARY) THEN\n"+
+			"        LEAVE %s;\n"+
+			"      END IF;\n"+
+			"    END IF;\n", sqlString(st.Applier), block)
 	}
+	endStamping := "  END " + block + ";\n"
 	maxMs := st.maxOffsetMillis()
 	// A session's stamp may be no further ahead of the server's clock than
 	// the offset: refused, not capped (a write stamped in the future would
 	// win every later conflict; one stamped in the past only loses its
-	// own).
-	tooFar := fmt.Sprintf("    IF @_mlr_hlc IS NOT NULL AND CAST(@_mlr_hlc AS UNSIGNED) > ((%s + %d) << 16) | 0xFFFF THEN\n"+
+	// own). Without a stamp (a write around the proxy), the session's
+	// clock may not be: SET timestamp moves NOW, which stamps it.
+	tooFar := fmt.Sprintf("    IF @_mlr_hlc IS NULL THEN\n"+
+		"      IF NOW(6) > SYSDATE(6) + INTERVAL %d MICROSECOND THEN\n"+
+		"        SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = %s;\n"+
+		"      END IF;\n"+
+		"    ELSEIF CAST(@_mlr_hlc AS UNSIGNED) > ((%s + %d) << 16) | 0xFFFF THEN\n"+
 		"      SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = %s;\n"+
-		"    END IF;\n"+
-		"    IF @_mlr_hlc IS NULL AND NOW(6) > SYSDATE(6) + INTERVAL %d MICROSECOND THEN\n"+
-		"      SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = %s;\n"+
-		"    END IF;\n", serverMillisSQL, maxMs, sqlString(fmt.Sprintf("mlproxy: this write's stamp is more than %dms ahead of the server's clock (clock.max_offset): check the clocks (NTP) of this region's proxy and server", maxMs)),
-		maxMs*1000, sqlString(fmt.Sprintf("mlproxy: this session's clock (SET timestamp) is more than %dms ahead of the server's (clock.max_offset); SET timestamp = DEFAULT", maxMs)))
+		"    END IF;\n",
+		maxMs*1000, sqlString(fmt.Sprintf("mlproxy: this session's clock (SET timestamp) is more than %dms ahead of the server's (clock.max_offset); SET timestamp = DEFAULT", maxMs)),
+		serverMillisSQL, maxMs, sqlString(fmt.Sprintf("mlproxy: this write's stamp is more than %dms ahead of the server's clock (clock.max_offset): check the clocks (NTP) of this region's proxy and server", maxMs)))
 	hlc, origCol, meta := Quote(ColHLC), Quote(ColOrigin), Quote(ColMeta)
 	entry := jsonPath("$", fmt.Sprint(regionID))
 	fww := t.Rule.Rule == config.RuleFirstWriterWins
@@ -332,7 +344,7 @@ func triggers(t *Table, st Stamping) []Trigger {
 	bi.WriteString("BEGIN\n")
 	fmt.Fprintf(&bi, "  DECLARE %s BIGINT UNSIGNED;\n", varPrevHLC)
 	fmt.Fprintf(&bi, "  DECLARE %s %s;\n", varPrevVV, declareMeta)
-	bi.WriteString("  IF " + stamping + " THEN\n" + tooFar)
+	bi.WriteString(stamping + tooFar)
 	// Metadata first: it is NULL exactly when there is no such row, the
 	// common case, which then costs one index lookup per table.
 	fmt.Fprintf(&bi, "    SET %s = (SELECT %s%s);\n", varPrevVV, tombMeta("", "", clampMax || clampMin), liveWhere)
@@ -362,7 +374,7 @@ func triggers(t *Table, st Stamping) []Trigger {
 	fmt.Fprintf(&bi, "    SET NEW.%s = %s,\n", hlc, newer(floor(varPrevHLC, fmt.Sprintf("COALESCE(%s, '{}')", varPrevVV))))
 	fmt.Fprintf(&bi, "        NEW.%s = %s,\n", origCol, origin)
 	fmt.Fprintf(&bi, "        NEW.%s = JSON_COMPACT(%s);\n", meta, insMeta)
-	bi.WriteString("  END IF;\n")
+	bi.WriteString(endStamping)
 	bi.WriteString("END")
 
 	// BEFORE UPDATE: a new version only when a user column changed, so
@@ -383,7 +395,7 @@ func triggers(t *Table, st Stamping) []Trigger {
 	}
 	var bu strings.Builder
 	bu.WriteString("BEGIN\n")
-	bu.WriteString("  IF " + stamping + " THEN\n" + tooFar)
+	bu.WriteString(stamping + tooFar)
 	if clampMax || clampMin {
 		for _, c := range merged {
 			n, o := "NEW."+Quote(c.Name), "OLD."+Quote(c.Name)
@@ -428,17 +440,17 @@ func triggers(t *Table, st Stamping) []Trigger {
 	fmt.Fprintf(&bu, "          NEW.%s = OLD.%s,\n", origCol, origCol)
 	fmt.Fprintf(&bu, "          NEW.%s = OLD.%s;\n", meta, meta)
 	bu.WriteString("    END IF;\n")
-	bu.WriteString("  END IF;\n")
+	bu.WriteString(endStamping)
 	bu.WriteString("END")
 
 	// AFTER DELETE: the tombstone, a version of its own.
 	var ad strings.Builder
 	ad.WriteString("BEGIN\n")
 	fmt.Fprintf(&ad, "  DECLARE %s BIGINT UNSIGNED;\n", varStamp)
-	ad.WriteString("  IF " + stamping + " THEN\n" + tooFar)
+	ad.WriteString(stamping + tooFar)
 	fmt.Fprintf(&ad, "    SET %s = %s;\n", varStamp, after)
 	ad.WriteString(tombInsert("    ", varStamp))
-	ad.WriteString("  END IF;\n")
+	ad.WriteString(endStamping)
 	ad.WriteString("END")
 
 	return []Trigger{
