@@ -80,17 +80,27 @@ func TestGenerateTriggers(t *testing.T) {
 	// (update, delete) or the key's tombstone (insert).
 	// ... and above this region's own entry in the replaced version's
 	// vector (a merge keeps the winner's stamp, which may be lower).
+	floor := func(stamp, meta string) string {
+		return "GREATEST(" + stamp + ", COALESCE(CAST(JSON_VALUE(" + meta + ", '$.\"7\"') AS UNSIGNED), 0))"
+	}
 	newer := func(stamp, meta string) string {
-		floor := "GREATEST(" + stamp + ", COALESCE(CAST(JSON_VALUE(" + meta + ", '$.\"7\"') AS UNSIGNED), 0))"
-		return "IF(@_mlr_hlc IS NULL, GREATEST(" + bypass + ", (" + floor + " + 1) | 0x8000), GREATEST(CAST(@_mlr_hlc AS UNSIGNED), " + floor + " + 1))"
+		f := floor(stamp, meta)
+		return "IF(@_mlr_hlc IS NULL, GREATEST(" + bypass + ", (" + f + " + 1) | 0x8000), GREATEST(CAST(@_mlr_hlc AS UNSIGNED), " + f + " + 1))"
+	}
+	// setNewer is newer as statements, one per branch.
+	setNewer := func(indent, target, stamp, meta string) string {
+		f := floor(stamp, meta)
+		return indent + "IF @_mlr_hlc IS NULL THEN\n" +
+			indent + "  SET " + target + " = GREATEST(" + bypass + ", (" + f + " + 1) | 0x8000);\n" +
+			indent + "ELSE\n" +
+			indent + "  SET " + target + " = GREATEST(CAST(@_mlr_hlc AS UNSIGNED), " + f + " + 1);\n" +
+			indent + "END IF;\n"
 	}
 	where := " FROM `mlr`.`shop.order``s` WHERE `region` = NEW.`region` AND `id` = NEW.`id`"
 	live := " FROM `shop`.`order``s` WHERE `region` = NEW.`region` AND `id` = NEW.`id`"
 	legacy := "COALESCE(`_mlr_vv`, IF(`_mlr_hlc` = 0, '{}', JSON_OBJECT(CAST(`_mlr_origin` & 0xFFFF AS CHAR), `_mlr_hlc`)))"
 	// The metadata of a version written before version vectors.
 	oldMeta := "COALESCE(OLD.`_mlr_vv`, IF(OLD.`_mlr_hlc` = 0, '{}', JSON_OBJECT(CAST(OLD.`_mlr_origin` & 0xFFFF AS CHAR), OLD.`_mlr_hlc`)))"
-	after := newer("OLD.`_mlr_hlc`", oldMeta)
-	inserted := newer("_mlr_prev_hlc", "COALESCE(_mlr_prev_vv, '{}')")
 	// A REPLACE of a live row: the stamp its delete gives the tombstone.
 	replaced := newer("`_mlr_hlc`", legacy)
 	// Only mlproxy's own account (the applier's) skips stamping; a stamp
@@ -121,8 +131,8 @@ func TestGenerateTriggers(t *testing.T) {
 			"    ELSE\n" +
 			"      SET _mlr_prev_hlc = (SELECT " + replaced + live + ");\n" +
 			"    END IF;\n" +
-			"    SET NEW.`_mlr_hlc` = " + inserted + ",\n" +
-			"        NEW.`_mlr_origin` = 7,\n" +
+			setNewer("    ", "NEW.`_mlr_hlc`", "_mlr_prev_hlc", "COALESCE(_mlr_prev_vv, '{}')") +
+			"    SET NEW.`_mlr_origin` = 7,\n" +
 			"        NEW.`_mlr_vv` = JSON_COMPACT(JSON_SET(JSON_REMOVE(COALESCE(_mlr_prev_vv, '{}'), '$.m', '$.w'), '$.\"7\"', NEW.`_mlr_hlc`));\n" +
 			"  END _mlr_stamping;\n" +
 			"END",
@@ -133,8 +143,8 @@ func TestGenerateTriggers(t *testing.T) {
 			"        AND NEW.`id` <=> OLD.`id`\n" +
 			"        AND CAST(NEW.`note` AS BINARY) <=> CAST(OLD.`note` AS BINARY)\n" +
 			"        AND NEW.`total` <=> OLD.`total`) THEN\n" +
-			"      SET NEW.`_mlr_hlc` = " + after + ",\n" +
-			"          NEW.`_mlr_origin` = 7,\n" +
+			setNewer("      ", "NEW.`_mlr_hlc`", "OLD.`_mlr_hlc`", oldMeta) +
+			"      SET NEW.`_mlr_origin` = 7,\n" +
 			"          NEW.`_mlr_vv` = JSON_COMPACT(JSON_SET(" + oldMeta + ", '$.\"7\"', NEW.`_mlr_hlc`));\n" +
 			// A new primary key: the old key gets its tombstone.
 			"      IF NOT (NEW.`region` <=> OLD.`region` AND NEW.`id` <=> OLD.`id`) THEN\n" +
@@ -153,7 +163,7 @@ func TestGenerateTriggers(t *testing.T) {
 			"BEGIN\n" +
 			"  DECLARE _mlr_stamp BIGINT UNSIGNED;\n" +
 			guard +
-			"    SET _mlr_stamp = " + after + ";\n" +
+			setNewer("    ", "_mlr_stamp", "OLD.`_mlr_hlc`", oldMeta) +
 			"    INSERT INTO `mlr`.`shop.order``s` (`region`, `id`, `_mlr_hlc`, `_mlr_origin`, `_mlr_vv`)\n" +
 			"    VALUES (OLD.`region`, OLD.`id`, _mlr_stamp, 7, JSON_COMPACT(JSON_SET(" + oldMeta + ", '$.\"7\"', _mlr_stamp)))\n" +
 			"    ON DUPLICATE KEY UPDATE `_mlr_hlc` = VALUES(`_mlr_hlc`), `_mlr_origin` = VALUES(`_mlr_origin`), `_mlr_vv` = VALUES(`_mlr_vv`);\n" +

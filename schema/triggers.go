@@ -294,7 +294,16 @@ func triggers(t *Table, st Stamping) []Trigger {
 	floor := func(stamp, m string) string {
 		return fmt.Sprintf("GREATEST(%s, COALESCE(CAST(JSON_VALUE(%s, %s) AS UNSIGNED), 0))", stamp, m, entry)
 	}
-	after := newer(floor("OLD."+hlc, oldMeta))
+	// setNewer sets target to newer(prev) as two statements, one per
+	// branch: the server prepares only the one it runs.
+	setNewer := func(indent, target, prev string) string {
+		return fmt.Sprintf("%[1]sIF @_mlr_hlc IS NULL THEN\n"+
+			"%[1]s  SET %[2]s = GREATEST(%[3]s, (%[4]s + 1) | 0x8000);\n"+
+			"%[1]sELSE\n"+
+			"%[1]s  SET %[2]s = GREATEST(CAST(@_mlr_hlc AS UNSIGNED), %[4]s + 1);\n"+
+			"%[1]sEND IF;\n", indent, target, BypassStampSQL, prev)
+	}
+	oldFloor := floor("OLD."+hlc, oldMeta)
 	// withBirth adds a legacy version's birth (first-writer-wins): the
 	// birth of a lineage is carried by every later version.
 	withBirth := func(m, stamp, origin string) string {
@@ -371,8 +380,8 @@ func triggers(t *Table, st Stamping) []Trigger {
 	// upper bound above does not stop that), so the birth is never
 	// earlier than the server's clock minus the max offset.
 	insMeta = withBirth(insMeta, fmt.Sprintf("GREATEST(NEW.%s, (%s - %d) << 16)", hlc, serverMillisSQL, maxMs), "NEW."+origCol)
-	fmt.Fprintf(&bi, "    SET NEW.%s = %s,\n", hlc, newer(floor(varPrevHLC, fmt.Sprintf("COALESCE(%s, '{}')", varPrevVV))))
-	fmt.Fprintf(&bi, "        NEW.%s = %s,\n", origCol, origin)
+	bi.WriteString(setNewer("    ", "NEW."+hlc, floor(varPrevHLC, fmt.Sprintf("COALESCE(%s, '{}')", varPrevVV))))
+	fmt.Fprintf(&bi, "    SET NEW.%s = %s,\n", origCol, origin)
 	fmt.Fprintf(&bi, "        NEW.%s = JSON_COMPACT(%s);\n", meta, insMeta)
 	bi.WriteString(endStamping)
 	bi.WriteString("END")
@@ -427,8 +436,8 @@ func triggers(t *Table, st Stamping) []Trigger {
 	}
 	updMeta := withBirth(fmt.Sprintf("JSON_SET(%s, %s, NEW.%s)", oldMeta, entry, hlc), "OLD."+hlc, "OLD."+origCol)
 	bu.WriteString("    IF " + changed + " THEN\n")
-	fmt.Fprintf(&bu, "      SET NEW.%s = %s,\n", hlc, after)
-	fmt.Fprintf(&bu, "          NEW.%s = %s,\n", origCol, origin)
+	bu.WriteString(setNewer("      ", "NEW."+hlc, oldFloor))
+	fmt.Fprintf(&bu, "      SET NEW.%s = %s,\n", origCol, origin)
 	fmt.Fprintf(&bu, "          NEW.%s = JSON_COMPACT(%s);\n", meta, updMeta)
 	// A new primary key moves the row: the old key gets its tombstone, so
 	// that every region removes it as a delete of its own.
@@ -448,7 +457,7 @@ func triggers(t *Table, st Stamping) []Trigger {
 	ad.WriteString("BEGIN\n")
 	fmt.Fprintf(&ad, "  DECLARE %s BIGINT UNSIGNED;\n", varStamp)
 	ad.WriteString(stamping + tooFar)
-	fmt.Fprintf(&ad, "    SET %s = %s;\n", varStamp, after)
+	ad.WriteString(setNewer("    ", varStamp, oldFloor))
 	ad.WriteString(tombInsert("    ", varStamp))
 	ad.WriteString(endStamping)
 	ad.WriteString("END")
