@@ -27,7 +27,7 @@ bench: build
 	@scripts/need.sh mariadb sysbench haproxy
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./hlc/ ./proxy/ ./applier/ ./replicator/
 	$(GO) test -run '^$$' -bench TriggerWriteCost -benchtime 2000x ./schema/
-	$(GO) run ./itest/bench -bin $(BIN)
+	$(GO) run ./itest/bench -bin $(BIN) -plot bin/bench-proxy-ratios.svg
 
 lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || (gofmt -l $$(git ls-files '*.go'); exit 1)

@@ -42,6 +42,7 @@ func main() {
 	runs := flag.Int("runs", 3, "interleaved runs per figure (the median is printed)")
 	threadList := flag.String("threads", "1,16,64", "sysbench thread counts for the proxy bench")
 	modeList := flag.String("modes", "text,prepared", "sysbench statement modes for the proxy bench: text, prepared")
+	plotPath := flag.String("plot", "", "a file (.svg, .png, .pdf): plot the proxy bench's ratios to HAProxy there")
 	profileDir := flag.String("cpuprofile", "", "a directory: save a CPU profile of mlproxy over its last run of each proxy bench figure there")
 	workloadList := flag.String("workloads", "oltp_point_select,oltp_read_write,oltp_write_only", "sysbench workloads for the proxy bench")
 	extra := flag.String("extra", "", "YAML appended to the regions' configs in the deadlock bench (e.g. $'apply:\\n  batch_txns: 16')")
@@ -61,7 +62,7 @@ func main() {
 			}
 			threads = append(threads, n)
 		}
-		if err := benchProxy(ctx, *bin, *dur, *runs, threads, strings.Split(*modeList, ","), strings.Split(*workloadList, ","), *profileDir); err != nil {
+		if err := benchProxy(ctx, *bin, *dur, *runs, threads, strings.Split(*modeList, ","), strings.Split(*workloadList, ","), *profileDir, *plotPath); err != nil {
 			fmt.Fprintln(os.Stderr, "bench proxy:", err)
 			code = 1
 		}

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/mlproxy/mlproxy/itest/cluster"
@@ -32,7 +33,7 @@ type measured struct {
 // through mlproxy against the same server in one run, interleaved, and
 // prints medians: qps, p95 latency and the proxy process's CPU per
 // statement, with mlproxy's ratios to HAProxy and to direct.
-func benchProxy(ctx context.Context, bin string, dur time.Duration, runs int, threads []int, modes, workloads []string, profileDir string) error {
+func benchProxy(ctx context.Context, bin string, dur time.Duration, runs int, threads []int, modes, workloads []string, profileDir, plotPath string) error {
 	fmt.Println("== mlproxy vs HAProxy (mode tcp) vs direct (sysbench, 4 tables x 10000 rows, replicated tables stamped)")
 	prepare := func(ctx context.Context, c *cluster.Cluster) error {
 		_, err := sysbench(ctx, c.Regions[0].Server.Addr(), "oltp_read_write", "prepare")
@@ -56,6 +57,7 @@ func benchProxy(ctx context.Context, bin string, dur time.Duration, runs int, th
 	fmt.Printf(row, "workload", "mode", "threads", "direct", "haproxy", "mlproxy", "ml/ha", "ml/dir", "p95 dir", "p95 ha", "p95 ml", "µs/st ha", "µs/st ml", "ratio")
 	fmt.Printf(row, "", "", "", "qps", "qps", "qps", "", "", "ms", "ms", "ms", "cpu", "cpu", "")
 	secs := fmt.Sprintf("--time=%d", int(dur.Seconds()))
+	var ratios []ratio
 	for _, test := range workloads {
 		for _, mode := range modes {
 			ps := "--db-ps-mode=disable"
@@ -95,9 +97,15 @@ func benchProxy(ctx context.Context, bin string, dur time.Duration, runs int, th
 					}
 				}
 				d, h, m := median(res["direct"]), median(res["haproxy"]), median(res["mlproxy"])
+				ratios = append(ratios, ratio{label: fmt.Sprintf("%s %s %d", strings.TrimPrefix(test, "oltp_"), mode, th), qps: m.qps / h.qps, cpu: m.cpuPerStmt / h.cpuPerStmt})
 				fmt.Printf(row, test, mode, fmt.Sprint(th), f0(d.qps), f0(h.qps), f0(m.qps), f2(m.qps/h.qps), f2(m.qps/d.qps),
 					f2(d.p95ms), f2(h.p95ms), f2(m.p95ms), f1(h.cpuPerStmt), f1(m.cpuPerStmt), f2(m.cpuPerStmt/h.cpuPerStmt))
 			}
+		}
+	}
+	if plotPath != "" {
+		if err := plotRatios(plotPath, ratios); err != nil {
+			return err
 		}
 	}
 	fmt.Printf("medians of %d interleaved runs of %s each; ml/ha = mlproxy qps / HAProxy qps; µs/st cpu = the proxy process's user+system CPU per statement (from /proc)\n", runs, dur)
