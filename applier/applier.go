@@ -796,9 +796,9 @@ func (a *Applier) commit(ctx context.Context, conn *sql.Conn, st *batchState) er
 	return nil
 }
 
-// afterCommit publishes a committed batch to Status and metrics.
-func (a *Applier) afterCommit(st *batchState, appliedAt time.Time) {
-	var rows uint64
+// countRows adds a committed transaction's row changes and conflicts to
+// the metrics and returns how many rows it changed.
+func (a *Applier) countRows(st *batchState) (rows uint64) {
 	for op, n := range st.rows {
 		rows += n
 		a.m.rows.WithLabelValues(a.peer, op.String()).Add(float64(n))
@@ -806,6 +806,12 @@ func (a *Applier) afterCommit(st *batchState, appliedAt time.Time) {
 	for _, c := range st.confl {
 		a.m.conflicts.WithLabelValues(a.peer, c.db, c.table, c.rule, c.outcome).Inc()
 	}
+	return rows
+}
+
+// afterCommit publishes a committed batch to Status and metrics.
+func (a *Applier) afterCommit(st *batchState, appliedAt time.Time) {
+	rows := a.countRows(st)
 	if st.ahead > 0 {
 		a.m.clockAhead.WithLabelValues(a.peer).Add(float64(st.ahead))
 		a.log.Warn("applied stamps too far ahead of local time", zap.Uint64("rows", st.ahead), zap.Error(st.aheadErr))

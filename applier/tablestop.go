@@ -490,14 +490,7 @@ func (a *Applier) resumeChunk(ctx context.Context, s *tableStop, serial bool, li
 	}
 	s.parked = max(s.parked-n, 0)
 	a.m.parked.WithLabelValues(a.peer, s.tk.db, s.tk.table).Set(float64(s.parked))
-	var rows uint64
-	for op, c := range st.rows {
-		rows += c
-		a.m.rows.WithLabelValues(a.peer, op.String()).Add(float64(c))
-	}
-	for _, c := range st.confl {
-		a.m.conflicts.WithLabelValues(a.peer, c.db, c.table, c.rule, c.outcome).Inc()
-	}
+	rows := a.countRows(st)
 	a.mu.Lock()
 	a.status.Rows += rows
 	a.status.Conflicts += uint64(len(st.confl))

@@ -49,6 +49,30 @@ func (e *env) held() int {
 	return n
 }
 
+// takenEnv is an env under on_constraint stop whose items.name is unique
+// and holds 'taken' in local row 900.
+func takenEnv(t *testing.T, name string) *env {
+	t.Helper()
+	e := newEnvRule(t, name, withOnConstraint("stop"))
+	_, err := db.Exec("ALTER TABLE " + schema.Quote(e.db) + ".items ADD UNIQUE KEY (name)")
+	require.NoError(t, err)
+	e.local(stamp(0, 1), "INSERT INTO "+schema.Quote(e.db)+".items (id, name, qty) VALUES (900, 'taken', 1)")
+	return e
+}
+
+// runOpen runs a over txns with the relay left open (the applier keeps
+// running, as a link's does); the function it returns stops a and waits.
+func runOpen(a *Applier, txns ...*binlog.Txn) (stop func()) {
+	in := make(chan *binlog.Txn, len(txns))
+	for _, x := range txns {
+		in <- x
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx, in) }()
+	return func() { cancel(); <-done }
+}
+
 // TestTableStopHoldsOnlyThatTable: a change a secondary unique key refuses
 // stops its table alone: the peer's other table and the checkpoint go on,
 // the stopped table's later changes are held (also across a restart of
@@ -60,12 +84,9 @@ func TestTableStopHoldsOnlyThatTable(t *testing.T) {
 	stopRetry, stopPoll = time.Hour, 50*time.Millisecond // only requests resume it
 	for _, workers := range []int{0, 4} {
 		t.Run(fmt.Sprintf("workers=%d", workers), func(t *testing.T) {
-			e := newEnvRule(t, fmt.Sprintf("t_tstop_%d", workers), withOnConstraint("stop"))
+			e := takenEnv(t, fmt.Sprintf("t_tstop_%d", workers))
 			e.workers = workers
-			_, err := db.Exec("ALTER TABLE " + schema.Quote(e.db) + ".items ADD UNIQUE KEY (name)")
-			require.NoError(t, err)
 			e.addTable("CREATE TABLE "+schema.Quote(e.db)+".others (id INT PRIMARY KEY, v INT NOT NULL)", withOnConstraint("stop"))
-			e.local(stamp(0, 1), "INSERT INTO "+schema.Quote(e.db)+".items (id, name, qty) VALUES (900, 'taken', 1)")
 
 			// Source transaction i writes items row i and others row i;
 			// items row 10 collides with the local row 900.
@@ -125,7 +146,7 @@ func TestTableStopHoldsOnlyThatTable(t *testing.T) {
 			require.Equal(t, 36, e.held())
 
 			// A retry that still meets the row keeps the table stopped.
-			_, err = db.Exec("UPDATE mlr.table_stops SET request = 'retry', requested_by = 'test' WHERE peer_id = ?", e.peer.ID)
+			_, err := db.Exec("UPDATE mlr.table_stops SET request = 'retry', requested_by = 'test' WHERE peer_id = ?", e.peer.ID)
 			require.NoError(t, err)
 			require.Eventually(t, func() bool {
 				var n int
@@ -164,20 +185,11 @@ func TestTableStopHoldsOnlyThatTable(t *testing.T) {
 func TestForeignKeyStopsLink(t *testing.T) {
 	defer func(r, p time.Duration) { stopRetry, stopPoll = r, p }(stopRetry, stopPoll)
 	stopRetry, stopPoll = time.Hour, 50*time.Millisecond
-	e := newEnvRule(t, "t_tstop_fk", withOnConstraint("stop"))
-	_, err := db.Exec("ALTER TABLE " + schema.Quote(e.db) + ".items ADD UNIQUE KEY (name)")
-	require.NoError(t, err)
+	e := takenEnv(t, "t_tstop_fk")
 	e.addTable("CREATE TABLE "+schema.Quote(e.db)+".others (id INT PRIMARY KEY, v INT NOT NULL, FOREIGN KEY (v) REFERENCES "+
 		schema.Quote(e.db)+".items (id))", withOnConstraint("stop"))
-	e.local(stamp(0, 1), "INSERT INTO "+schema.Quote(e.db)+".items (id, name, qty) VALUES (900, 'taken', 1)")
 	a := e.applier(8)
-	in := make(chan *binlog.Txn, 2)
-	in <- e.txn(1, e.ins(1, "taken", 1, stamp(1, 1), peerOrigin))
-	in <- e.txn(2, e.other(1, 900, stamp(1, 2)))
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx, in) }()
-	defer func() { cancel(); <-done }()
+	defer runOpen(a, e.txn(1, e.ins(1, "taken", 1, stamp(1, 1), peerOrigin)), e.txn(2, e.other(1, 900, stamp(1, 2))))()
 	require.Eventually(t, func() bool { return a.Status().Stopped != nil }, 10*time.Second, 20*time.Millisecond)
 	require.Empty(t, a.Status().TableStops)
 	time.Sleep(300 * time.Millisecond)
@@ -208,24 +220,19 @@ func TestHeldChangeRoundTrip(t *testing.T) {
 func TestSkipTwoRefusalsInOneChunk(t *testing.T) {
 	defer func(r, p time.Duration, c, m int) { stopRetry, stopPoll, heldChunk, maxResumeChunks = r, p, c, m }(stopRetry, stopPoll, heldChunk, maxResumeChunks)
 	stopRetry, stopPoll, heldChunk, maxResumeChunks = time.Hour, 20*time.Millisecond, 4, 2
-	e := newEnvRule(t, "t_tstop_two", withOnConstraint("stop"))
-	_, err := db.Exec("ALTER TABLE " + schema.Quote(e.db) + ".items ADD UNIQUE KEY (name)")
-	require.NoError(t, err)
-	e.local(stamp(0, 1), "INSERT INTO "+schema.Quote(e.db)+".items (id, name, qty) VALUES (900, 'taken', 1), (901, 'taken2', 1)")
+	e := takenEnv(t, "t_tstop_two")
+	e.local(stamp(0, 1), "INSERT INTO "+schema.Quote(e.db)+".items (id, name, qty) VALUES (901, 'taken2', 1)")
 	names := map[int]string{3: "taken", 6: "taken2"}
 	a := e.applier(1)
-	in := make(chan *binlog.Txn, 20)
+	var txns []*binlog.Txn
 	for i := 1; i <= 20; i++ {
 		name, ok := names[i]
 		if !ok {
 			name = fmt.Sprintf("n%d", i)
 		}
-		in <- e.txn(uint64(i), e.ins(int64(i), name, int64(i), stamp(1, uint16(i)), peerOrigin))
+		txns = append(txns, e.txn(uint64(i), e.ins(int64(i), name, int64(i), stamp(1, uint16(i)), peerOrigin)))
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx, in) }()
-	defer func() { cancel(); <-done }()
+	defer runOpen(a, txns...)()
 	stop := func() *Stop {
 		if s := a.Status().TableStops; len(s) == 1 {
 			return &s[0]
@@ -262,19 +269,10 @@ func TestSkipTwoRefusalsInOneChunk(t *testing.T) {
 func TestForwardingRegionStopsLink(t *testing.T) {
 	defer func(r, p time.Duration) { stopRetry, stopPoll = r, p }(stopRetry, stopPoll)
 	stopRetry, stopPoll = time.Hour, 50*time.Millisecond
-	e := newEnvRule(t, "t_tstop_fwd", withOnConstraint("stop"))
-	_, err := db.Exec("ALTER TABLE " + schema.Quote(e.db) + ".items ADD UNIQUE KEY (name)")
-	require.NoError(t, err)
-	e.local(stamp(0, 1), "INSERT INTO "+schema.Quote(e.db)+".items (id, name, qty) VALUES (900, 'taken', 1)")
+	e := takenEnv(t, "t_tstop_fwd")
 	a := e.applier(1)
 	a.cfg.Forwards = true
-	in := make(chan *binlog.Txn, 2)
-	in <- e.txn(1, e.ins(1, "taken", 1, stamp(1, 1), peerOrigin))
-	in <- e.txn(2, e.ins(2, "free", 1, stamp(1, 2), peerOrigin))
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx, in) }()
-	defer func() { cancel(); <-done }()
+	defer runOpen(a, e.txn(1, e.ins(1, "taken", 1, stamp(1, 1), peerOrigin)), e.txn(2, e.ins(2, "free", 1, stamp(1, 2), peerOrigin)))()
 	require.Eventually(t, func() bool { return a.Status().Stopped != nil }, 10*time.Second, 20*time.Millisecond)
 	require.Empty(t, a.Status().TableStops)
 	require.Zero(t, e.held())

@@ -170,8 +170,13 @@ func TestConflictsCLI(t *testing.T) {
 	}
 }
 
+// execer is a *sql.DB or a *sql.Conn.
+type execer interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+}
+
 // execAll runs each statement in turn, stopping at the first error.
-func execAll(ctx context.Context, db *sql.DB, stmts ...string) error {
+func execAll(ctx context.Context, db execer, stmts ...string) error {
 	for _, q := range stmts {
 		if _, err := db.ExecContext(ctx, q); err != nil {
 			return fmt.Errorf("%s: %w", q, err)

@@ -2,7 +2,6 @@ package itest
 
 import (
 	"context"
-	"database/sql"
 	"encoding/json"
 	"fmt"
 	"strings"
@@ -216,7 +215,7 @@ func TestUniqueKeyAcrossRegions(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer admin.Close()
-	if err := execConn(ctx, admin, "SET SESSION sql_log_bin = 0", "INSERT INTO users VALUES (300, 'reload@example.com')"); err != nil {
+	if err := execAll(ctx, admin, "SET SESSION sql_log_bin = 0", "INSERT INTO users VALUES (300, 'reload@example.com')"); err != nil {
 		t.Fatal(err)
 	}
 	if err := execAll(ctx, openProxy(t, eu, 1), "INSERT INTO users VALUES (301, 'reload@example.com')", "INSERT INTO kv VALUES (2, 'after the reload', 1)"); err != nil {
@@ -239,13 +238,4 @@ func TestUniqueKeyAcrossRegions(t *testing.T) {
 	if out, _ := cli("status", "-c", us.ConfigPath); strings.Contains(out, "stopped") {
 		t.Errorf("us reports a stopped link or table under on_constraint log:\n%s", out)
 	}
-}
-
-func execConn(ctx context.Context, conn *sql.Conn, stmts ...string) error {
-	for _, q := range stmts {
-		if _, err := conn.ExecContext(ctx, q); err != nil {
-			return fmt.Errorf("%s: %w", q, err)
-		}
-	}
-	return nil
 }

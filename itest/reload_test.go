@@ -168,7 +168,7 @@ func TestDriftAndStuckLink(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer lock.Close()
-	if err := execConn(ctx, lock, "BEGIN", "SELECT * FROM kv WHERE k = 1 FOR UPDATE"); err != nil {
+	if err := execAll(ctx, lock, "BEGIN", "SELECT * FROM kv WHERE k = 1 FOR UPDATE"); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := openProxy(t, eu, 1).ExecContext(ctx, "UPDATE kv SET n = n + 1 WHERE k = 1"); err != nil {
