@@ -3,10 +3,12 @@ package binlog
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"regexp"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/cenkalti/backoff/v5"
@@ -50,6 +52,8 @@ func WatchDDL(ctx context.Context, local config.Server, db *sql.DB, serverID uin
 	}
 	bo := backoff.NewExponentialBackOff()
 	bo.MaxInterval = 30 * time.Second
+	gate := newDDLGate(ctx, db, log) // nil: read every event
+	reading := true                  // a DDL may already run at start
 	for ctx.Err() == nil {
 		if file == "" {
 			f, p, err := MasterStatus(ctx, db)
@@ -62,9 +66,27 @@ func WatchDDL(ctx context.Context, local config.Server, db *sql.DB, serverID uin
 			}
 			file, pos = f, p
 		}
-		err := watchOnce(ctx, local, flavor, serverID, &file, &pos, onDDL, log)
+		if !reading {
+			if err := gate.idle(ctx, &file, &pos); err != nil {
+				if ctx.Err() != nil {
+					break
+				}
+				log.Warn("own-binlog DDL watch: cannot read the server's DDL counters; retrying", redact.Err(err))
+				if !sleepCtx(ctx, bo.NextBackOff()) {
+					break
+				}
+				continue
+			}
+			reading = true
+		}
+		quiet, err := watchOnce(ctx, local, flavor, serverID, &file, &pos, onDDL, gate, log)
 		if ctx.Err() != nil {
 			break
+		}
+		if quiet {
+			reading = false
+			bo.Reset()
+			continue
 		}
 		log.Warn("own-binlog DDL watch interrupted; resuming", zap.String("file", file), zap.Uint32("pos", pos), redact.Err(err))
 		if !sleepCtx(ctx, bo.NextBackOff()) {
@@ -72,6 +94,27 @@ func WatchDDL(ctx context.Context, local config.Server, db *sql.DB, serverID uin
 		}
 	}
 	return ctx.Err()
+}
+
+// watchEvents counts the binlog events the watch has read (tests see the
+// gate keep it from reading).
+var watchEvents atomic.Uint64
+
+// errNoEvent: no event within ddlPoll (the gate is asked again).
+var errNoEvent = errors.New("no binlog event yet")
+
+// nextEvent waits for the next event, at most ddlPoll when bounded.
+func nextEvent(ctx context.Context, s *replication.BinlogStreamer, bounded bool) (*replication.BinlogEvent, error) {
+	if !bounded {
+		return s.GetEvent(ctx)
+	}
+	ectx, cancel := context.WithTimeout(ctx, ddlPoll)
+	defer cancel()
+	ev, err := s.GetEvent(ectx)
+	if err != nil && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+		return nil, errNoEvent
+	}
+	return ev, err
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) bool {
@@ -112,14 +155,16 @@ func MasterStatus(ctx context.Context, db *sql.DB) (string, uint32, error) {
 	return string(vals[0]), uint32(p), rows.Err()
 }
 
-func watchOnce(ctx context.Context, local config.Server, flavor string, serverID uint32, file *string, pos *uint32, onDDL func(DDLEvent), log *zap.Logger) error {
+// watchOnce reads the binlog from *file:*pos, reporting DDL, until an
+// error, or until gate (when not nil) says it may stop (quiet).
+func watchOnce(ctx context.Context, local config.Server, flavor string, serverID uint32, file *string, pos *uint32, onDDL func(DDLEvent), gate *ddlGate, log *zap.Logger) (quiet bool, err error) {
 	tlsCfg, err := local.TLSConfig()
 	if err != nil {
-		return err
+		return false, err
 	}
 	sc, err := syncerConfig(local, tlsCfg, flavor, serverID, log)
 	if err != nil {
-		return err
+		return false, err
 	}
 	// Only query events matter here: raw mode leaves every other event
 	// (row events are nearly all of a busy binlog) undecoded, which keeps
@@ -133,7 +178,7 @@ func watchOnce(ctx context.Context, local config.Server, flavor string, serverID
 	}()
 	streamer, err := syncer.StartSync(mysql.Position{Name: *file, Pos: *pos})
 	if err != nil {
-		return cleanErr(err)
+		return false, cleanErr(err)
 	}
 	// A full parser, fed only the format description, decodes MariaDB's
 	// compressed query events (log_bin_compress), which raw mode leaves
@@ -141,10 +186,17 @@ func watchOnce(ctx context.Context, local config.Server, flavor string, serverID
 	full := replication.NewBinlogParser()
 	full.SetFlavor(flavor)
 	for {
-		ev, err := streamer.GetEvent(ctx)
-		if err != nil {
-			return cleanErr(err)
+		if gate != nil && gate.quiet(ctx, *file, *pos) {
+			return true, nil
 		}
+		ev, err := nextEvent(ctx, streamer, gate != nil)
+		if errors.Is(err, errNoEvent) {
+			continue
+		}
+		if err != nil {
+			return false, cleanErr(err)
+		}
+		watchEvents.Add(1)
 		switch e := ev.Event.(type) {
 		case *replication.RotateEvent:
 			*file, *pos = string(e.NextLogName), uint32(e.Position)
