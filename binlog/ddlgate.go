@@ -38,6 +38,7 @@ type ddlGate struct {
 	log *zap.Logger
 
 	count   uint64    // the counters' sum as last read
+	uptime  uint64    // the server's Uptime then (a restart resets the counters)
 	moved   time.Time // when the counters last moved
 	checked time.Time // when quiet last asked the server
 	// target is the binlog end read in a quiet round: the reader may stop
@@ -49,12 +50,18 @@ type ddlGate struct {
 }
 
 const (
-	ddlCountSQL = "SELECT COALESCE(SUM(VARIABLE_VALUE), 0) FROM information_schema.GLOBAL_STATUS " +
+	ddlCountSQL = "SELECT COALESCE(SUM(IF(VARIABLE_NAME = 'UPTIME', 0, VARIABLE_VALUE)), 0), " +
+		"COALESCE(SUM(IF(VARIABLE_NAME = 'UPTIME', VARIABLE_VALUE, 0)), 0) FROM information_schema.GLOBAL_STATUS " +
 		"WHERE VARIABLE_NAME LIKE 'COM\\_CREATE\\_%' OR VARIABLE_NAME LIKE 'COM\\_ALTER\\_%' OR VARIABLE_NAME LIKE 'COM\\_DROP\\_%' " +
-		"OR VARIABLE_NAME LIKE 'COM\\_RENAME\\_%' OR VARIABLE_NAME = 'COM_TRUNCATE'"
+		"OR VARIABLE_NAME LIKE 'COM\\_RENAME\\_%' OR VARIABLE_NAME = 'COM_TRUNCATE' OR VARIABLE_NAME = 'UPTIME'"
+	// No leading word boundary: an executable comment puts a version
+	// number right before the keyword (/*!50000ALTER ...*/).
 	ddlRunningSQL = "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID() " +
-		"AND INFO REGEXP '(^|[^[:alnum:]_])(CREATE|ALTER|DROP|RENAME|TRUNCATE|CALL|EXECUTE)([^[:alnum:]_]|$)'"
-	processPrivSQL = "SELECT COUNT(*) FROM information_schema.USER_PRIVILEGES WHERE PRIVILEGE_TYPE = 'PROCESS'"
+		"AND INFO REGEXP '(CREATE|ALTER|DROP|RENAME|TRUNCATE|CALL|EXECUTE)([^[:alnum:]_]|$)'"
+	// PROCESS granted to this account itself (USER_PRIVILEGES lists every
+	// account to one that may read the mysql schema).
+	processPrivSQL = "SELECT COUNT(*) FROM information_schema.USER_PRIVILEGES WHERE PRIVILEGE_TYPE = 'PROCESS' " +
+		"AND GRANTEE = CONCAT(QUOTE(SUBSTRING_INDEX(CURRENT_USER(), '@', 1)), '@', QUOTE(SUBSTRING_INDEX(CURRENT_USER(), '@', -1)))"
 )
 
 // ddlPoll is how often the gate reads the counters; ddlQuiet how long they
@@ -73,23 +80,26 @@ func newDDLGate(ctx context.Context, db *sql.DB, log *zap.Logger) *ddlGate {
 		return nil
 	}
 	g := &ddlGate{db: db, log: log, moved: time.Now()}
-	if err := g.read(ctx); err != nil {
+	if _, err := g.read(ctx); err != nil {
 		log.Warn("own-binlog DDL watch: cannot read the server's DDL counters; reading every binlog event", redact.Err(err))
 		return nil
 	}
 	return g
 }
 
-// read takes the counters' sum, noting when it moved.
-func (g *ddlGate) read(ctx context.Context) error {
-	var c uint64
-	if err := g.db.QueryRowContext(ctx, ddlCountSQL).Scan(&c); err != nil {
-		return err
+// read takes the counters' sum, noting when it moved; a server restart
+// (its Uptime went back) counts as a move whatever the sum.
+func (g *ddlGate) read(ctx context.Context) (moved bool, err error) {
+	var c, up uint64
+	if err := g.db.QueryRowContext(ctx, ddlCountSQL).Scan(&c, &up); err != nil {
+		return false, err
 	}
-	if c != g.count {
+	moved = c != g.count || up < g.uptime
+	g.uptime = up
+	if moved {
 		g.count, g.moved = c, time.Now()
 	}
-	return nil
+	return moved, nil
 }
 
 // idle moves *file and *pos to the binlog's end every ddlPoll until a DDL
@@ -100,11 +110,11 @@ func (g *ddlGate) idle(ctx context.Context, file *string, pos *uint32) error {
 		if err != nil {
 			return err
 		}
-		before := g.count
-		if err := g.read(ctx); err != nil {
+		moved, err := g.read(ctx)
+		if err != nil {
 			return err
 		}
-		if g.count != before {
+		if moved {
 			g.log.Debug("own-binlog DDL watch: a DDL counter moved; reading the binlog", zap.String("file", *file), zap.Uint32("pos", *pos))
 			return nil
 		}
@@ -138,16 +148,22 @@ func (g *ddlGate) quiet(ctx context.Context, file string, pos uint32) bool {
 	if err != nil {
 		return false
 	}
-	before := g.count
-	if err := g.read(ctx); err != nil || g.count != before || time.Since(g.moved) < ddlQuiet {
+	if moved, err := g.read(ctx); err != nil || moved || time.Since(g.moved) < ddlQuiet {
 		return false
 	}
 	g.target.file, g.target.pos = f, p
 	return false // the next call stops once the reader is there
 }
 
-// reached reports whether a reader at file:pos has read up to end:endPos
-// (binlog file names sort in the order the server writes them).
+// reached reports whether a reader at file:pos has read up to end:endPos.
+// Binlog files are numbered in the order the server writes them; a longer
+// number is a later file (binlog.1000000 after binlog.999999).
 func reached(file string, pos uint32, end string, endPos uint32) bool {
-	return file > end || (file == end && pos >= endPos)
+	if file == end {
+		return pos >= endPos
+	}
+	if len(file) != len(end) {
+		return len(file) > len(end)
+	}
+	return file > end
 }

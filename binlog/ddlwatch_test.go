@@ -2,6 +2,7 @@ package binlog
 
 import (
 	"context"
+	"database/sql"
 	"strings"
 	"testing"
 	"time"
@@ -175,7 +176,8 @@ func TestWatchDDLGate(t *testing.T) {
 	}
 	want("ALTER TABLE", "ADD COLUMN IF NOT EXISTS w")
 
-	// A long ALTER (it waits for a metadata lock a reader holds) counts
+	// A long ALTER (it waits for a metadata lock a reader holds), in an
+	// executable comment with a version (no word boundary before it), counts
 	// when it starts and is logged when it ends.
 	waitIdle()
 	reader, err := db.Conn(ctx)
@@ -190,7 +192,7 @@ func TestWatchDDLGate(t *testing.T) {
 		t.Fatal(err)
 	}
 	altered := make(chan error, 1)
-	go func() { _, err := db.ExecContext(ctx, "ALTER TABLE ddlg.t ADD COLUMN late INT NULL"); altered <- err }()
+	go func() { _, err := db.ExecContext(ctx, "/*!50000ALTER TABLE ddlg.t ADD COLUMN late INT NULL*/"); altered <- err }()
 	time.Sleep(3 * ddlQuiet) // the counters stand still while it waits
 	if _, err := reader.ExecContext(ctx, "COMMIT"); err != nil {
 		t.Fatal(err)
@@ -199,4 +201,57 @@ func TestWatchDDLGate(t *testing.T) {
 		t.Fatal(err)
 	}
 	want("ALTER TABLE", "ADD COLUMN late")
+}
+
+// TestDDLGateNeedsOwnProcess: the gate needs PROCESS granted to the
+// watch's own account (another account's PROCESS, which USER_PRIVILEGES
+// may list, does not let it see every session): without, it is off and
+// the watch reads every event.
+func TestDDLGateNeedsOwnProcess(t *testing.T) {
+	root := openPeer(t)
+	ctx := context.Background()
+	for _, q := range []string{
+		"DROP USER IF EXISTS 'gatewatch'@'%'",
+		"CREATE USER 'gatewatch'@'%' IDENTIFIED BY 'pw'",
+		"GRANT REPLICATION SLAVE, BINLOG MONITOR ON *.* TO 'gatewatch'@'%'",
+		"GRANT SELECT ON mysql.* TO 'gatewatch'@'%'", // lets it list every account's privileges
+	} {
+		if _, err := root.ExecContext(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	defer root.ExecContext(ctx, "DROP USER IF EXISTS 'gatewatch'@'%'")
+	db, err := sql.Open("mysql", "gatewatch:pw@tcp("+peerSrv.Addr()+")/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	log := zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))
+	if g := newDDLGate(ctx, db, log); g != nil {
+		t.Fatal("the gate is on for an account without PROCESS")
+	}
+	if g := newDDLGate(ctx, root, log); g == nil {
+		t.Fatal("the gate is off for an account with PROCESS")
+	}
+}
+
+func TestReachedBinlogEnd(t *testing.T) {
+	for _, c := range []struct {
+		file   string
+		pos    uint32
+		end    string
+		endPos uint32
+		want   bool
+	}{
+		{"bin.000001", 10, "bin.000001", 10, true},
+		{"bin.000001", 9, "bin.000001", 10, false},
+		{"bin.000002", 4, "bin.000001", 900, true},
+		{"bin.000001", 900, "bin.000002", 4, false},
+		{"bin.1000000", 4, "bin.999999", 900, true},
+		{"bin.999999", 900, "bin.1000000", 4, false},
+	} {
+		if got := reached(c.file, c.pos, c.end, c.endPos); got != c.want {
+			t.Errorf("reached(%s:%d, %s:%d) = %v, want %v", c.file, c.pos, c.end, c.endPos, got, c.want)
+		}
+	}
 }
