@@ -192,7 +192,10 @@ func TestWatchDDLGate(t *testing.T) {
 		t.Fatal(err)
 	}
 	altered := make(chan error, 1)
-	go func() { _, err := db.ExecContext(ctx, "/*!50000ALTER TABLE ddlg.t ADD COLUMN late INT NULL*/"); altered <- err }()
+	go func() {
+		_, err := db.ExecContext(ctx, "/*!50000ALTER TABLE ddlg.t ADD COLUMN late INT NULL*/")
+		altered <- err
+	}()
 	time.Sleep(3 * ddlQuiet) // the counters stand still while it waits
 	if _, err := reader.ExecContext(ctx, "COMMIT"); err != nil {
 		t.Fatal(err)
