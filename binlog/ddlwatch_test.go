@@ -19,32 +19,11 @@ import (
 // hide it.
 func TestWatchDDL(t *testing.T) {
 	db := openPeer(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	got := make(chan DDLEvent, 16)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = WatchDDL(ctx, config.Server{Addr: peerSrv.Addr(), User: "root"}, db, 4000000077,
-			func(e DDLEvent) { got <- e }, zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)))
-	}()
-	defer func() { cancel(); <-done }()
+	ctx := context.Background()
+	want, stop := startWatch(t, db, 4000000077)
+	defer stop()
 	time.Sleep(500 * time.Millisecond) // the watch starts at the binlog's end
 
-	want := func(verb, contains string) {
-		t.Helper()
-		deadline := time.After(10 * time.Second)
-		for {
-			select {
-			case e := <-got:
-				if e.Verb == verb && strings.Contains(e.Statement, contains) {
-					return
-				}
-			case <-deadline:
-				t.Fatalf("the watch did not report %s ... %s", verb, contains)
-			}
-		}
-	}
 	for _, q := range []string{
 		"CREATE DATABASE IF NOT EXISTS ddlw",
 		"CREATE TABLE ddlw.t (id INT PRIMARY KEY, v INT)",
@@ -102,6 +81,34 @@ func TestWatchDDL(t *testing.T) {
 	}
 }
 
+// startWatch runs WatchDDL on the peer server as serverID; want waits for
+// a reported DDL statement of verb containing contains, stop ends the watch.
+func startWatch(t *testing.T, db *sql.DB, serverID uint32) (want func(verb, contains string), stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	got := make(chan DDLEvent, 16)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = WatchDDL(ctx, config.Server{Addr: peerSrv.Addr(), User: "root"}, db, serverID,
+			func(e DDLEvent) { got <- e }, zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)))
+	}()
+	want = func(verb, contains string) {
+		t.Helper()
+		deadline := time.After(10 * time.Second)
+		for {
+			select {
+			case e := <-got:
+				if e.Verb == verb && strings.Contains(e.Statement, contains) {
+					return
+				}
+			case <-deadline:
+				t.Fatalf("the watch did not report %s ... %s", verb, contains)
+			}
+		}
+	}
+	return want, func() { cancel(); <-done }
+}
+
 // TestWatchDDLGate: once no DDL ran for a while, the watch stops reading
 // the binlog (no dump thread on the server) and rows written meanwhile
 // are never read; DDL run inside a procedure moves the server's counters
@@ -122,15 +129,8 @@ func TestWatchDDLGate(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	const sid = 4000000078
-	got := make(chan DDLEvent, 16)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = WatchDDL(ctx, config.Server{Addr: peerSrv.Addr(), User: "root"}, db, sid,
-			func(e DDLEvent) { got <- e }, zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)))
-	}()
-	defer func() { cancel(); <-done }()
+	want, stop := startWatch(t, db, 4000000078)
+	defer stop()
 	// idle waits until the watch has read no event for a while.
 	waitIdle := func() {
 		t.Helper()
@@ -143,20 +143,6 @@ func TestWatchDDLGate(t *testing.T) {
 			}
 			if time.Now().After(deadline) {
 				t.Fatal("the watch keeps reading the binlog although no DDL ran")
-			}
-		}
-	}
-	want := func(verb, contains string) {
-		t.Helper()
-		deadline := time.After(10 * time.Second)
-		for {
-			select {
-			case e := <-got:
-				if e.Verb == verb && strings.Contains(e.Statement, contains) {
-					return
-				}
-			case <-deadline:
-				t.Fatalf("the watch did not report %s ... %s", verb, contains)
 			}
 		}
 	}
