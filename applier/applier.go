@@ -219,6 +219,7 @@ type Applier struct {
 	tableScope bool
 	heldSeq    uint64
 	nextPoll   time.Time
+	poll       *time.Ticker // wakes an idle applier while tables are stopped
 
 	// nowait, while a batch of whole transactions is applied, makes its
 	// key lookups fail at once on a row a local client holds (FOR UPDATE
@@ -318,12 +319,14 @@ func (a *Applier) Run(ctx context.Context, in <-chan *binlog.Txn) error {
 	}
 	a.mu.Unlock()
 	a.m.stopped.WithLabelValues(a.peer).Set(0) // exported from the start, for alerts
+	a.poll = time.NewTicker(stopPoll)
+	defer a.poll.Stop()
 	if err := a.loadStops(ctx); err != nil {
 		return a.fail(fmt.Errorf("apply from peer %s: %w", a.peer, err))
 	}
 	workers := max(a.cfg.Workers, 1)
 	if workers > 1 {
-		ok, err := a.markersReady(ctx)
+		ok, err := a.internalTables(ctx, "markers")
 		if err != nil {
 			return a.fail(fmt.Errorf("apply from peer %s: look for mlr.markers: %w", a.peer, err))
 		}
@@ -351,15 +354,12 @@ func (a *Applier) Run(ctx context.Context, in <-chan *binlog.Txn) error {
 		first := carry
 		carry = nil
 		if first == nil {
-			tick, stopTick := a.stopTicker()
 			select {
 			case <-ctx.Done():
-				stopTick()
 				return ctx.Err()
-			case <-tick:
+			case <-a.pollStops():
 				continue
 			case t, ok := <-in:
-				stopTick()
 				if !ok {
 					a.log.Info("applier stopped: relay closed")
 					return nil
@@ -469,15 +469,13 @@ func (a *Applier) applyBatch(ctx context.Context, txns []*binlog.Txn) error {
 	return err
 }
 
-// stopTicker returns a channel that fires after stopPoll while tables are
-// stopped (nil otherwise: the applier then waits for the relay alone),
-// and the function that releases it.
-func (a *Applier) stopTicker() (<-chan time.Time, func() bool) {
+// pollStops fires every stopPoll while tables are stopped (nil otherwise:
+// the applier then waits for the relay alone).
+func (a *Applier) pollStops() <-chan time.Time {
 	if len(a.stops) == 0 {
-		return nil, func() bool { return false }
+		return nil
 	}
-	t := time.NewTimer(stopPoll)
-	return t.C, t.Stop
+	return a.poll.C
 }
 
 // hold waits while a change of txns is stamped further ahead of local time

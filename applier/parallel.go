@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash/maphash"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -207,12 +208,13 @@ type hold struct {
 	n int
 }
 
-// markersReady reports whether mlr.markers exists (schema apply of this
-// release created it).
-func (a *Applier) markersReady(ctx context.Context) (bool, error) {
+// internalTables reports whether the mlr tables names all exist (schema
+// apply of this release created them).
+func (a *Applier) internalTables(ctx context.Context, names ...string) (bool, error) {
 	var n int
-	err := a.db.QueryRowContext(ctx, "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = 'markers'", schema.Internal).Scan(&n)
-	return n > 0, err
+	err := a.db.QueryRowContext(ctx, "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME IN ('"+
+		strings.Join(names, "', '")+"')", schema.Internal).Scan(&n)
+	return n == len(names), err
 }
 
 // runParallel is Run with cfg.Workers sessions (see the top of this file).
@@ -261,15 +263,12 @@ func (a *Applier) runParallel(ctx context.Context, in <-chan *binlog.Txn) error 
 				a.log.Info("applier stopped: relay closed")
 				return nil
 			}
-			tick, stopTick := a.stopTicker()
 			select {
 			case <-ctx.Done():
-				stopTick()
 				return ctx.Err()
-			case <-tick:
+			case <-a.pollStops():
 				continue
 			case r := <-p.done:
-				stopTick()
 				p.finish(r)
 				if len(p.replay) > 0 {
 					if err := p.drain(ctx); err != nil {
@@ -278,7 +277,6 @@ func (a *Applier) runParallel(ctx context.Context, in <-chan *binlog.Txn) error 
 				}
 				continue
 			case t, ok := <-in:
-				stopTick()
 				if !ok {
 					if err := p.drain(ctx); err != nil {
 						return a.fail(err)

@@ -15,7 +15,6 @@ import (
 
 	"github.com/mlproxy/mlproxy/binlog"
 	"github.com/mlproxy/mlproxy/redact"
-	"github.com/mlproxy/mlproxy/schema"
 )
 
 // Table stops.
@@ -89,12 +88,11 @@ const (
 // change stops the whole link.
 func (a *Applier) loadStops(ctx context.Context) error {
 	a.stops = map[tableKey]*tableStop{}
-	var n int
-	if err := a.db.QueryRowContext(ctx, "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME IN ('table_stops', 'held')",
-		schema.Internal).Scan(&n); err != nil {
+	ok, err := a.internalTables(ctx, "table_stops", "held")
+	if err != nil {
 		return fmt.Errorf("look for mlr.table_stops: %w", err)
 	}
-	if a.tableScope = n == 2; !a.tableScope {
+	if a.tableScope = ok; !a.tableScope {
 		a.log.Warn("mlr.table_stops or mlr.held is missing (run `mlproxy schema apply`): a change a unique key refuses stops the whole link, not only its table")
 		return nil
 	}
