@@ -649,7 +649,7 @@ func (a *Applier) commitBatch(ctx context.Context, txns []*binlog.Txn, retry boo
 func (a *Applier) applyPieces(ctx context.Context, first *binlog.Txn, in <-chan *binlog.Txn) error {
 	conn, st, err := a.begin(ctx, true)
 	if err != nil {
-		return a.resumable(err)
+		return a.resumable(ctx, err)
 	}
 	cur := first
 	for {
@@ -665,7 +665,7 @@ func (a *Applier) applyPieces(ctx context.Context, first *binlog.Txn, in <-chan 
 				a.dropSession()
 				return fmt.Errorf("%w: %w", ErrResume, err)
 			}
-			return a.resumable(err)
+			return a.resumable(ctx, err)
 		}
 		if cur.Last {
 			break
@@ -690,14 +690,19 @@ func (a *Applier) applyPieces(ctx context.Context, first *binlog.Txn, in <-chan 
 		cur = next
 	}
 	if err := a.commit(ctx, conn, st); err != nil {
-		return a.resumable(err)
+		return a.resumable(ctx, err)
 	}
 	return nil
 }
 
 // resumable marks a failure of a streamed transaction: a retryable one
-// becomes ErrResume (the pieces are gone); others pass through.
-func (a *Applier) resumable(err error) error {
+// becomes ErrResume (the pieces are gone); others pass through. A failure
+// once ctx is done is the cancellation (the driver closed the connection
+// under a statement: "connection is already closed").
+func (a *Applier) resumable(ctx context.Context, err error) error {
+	if err != nil && ctx.Err() != nil {
+		return ctx.Err()
+	}
 	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return err
 	}
