@@ -118,8 +118,69 @@ type TableRule struct {
 	// or `retry`; log records the change whole in the conflict log
 	// (outcome rejected) and goes on.
 	OnConstraint string `yaml:"on_constraint"`
+	// Home, when set, gives each row a home region by key: writes for a key
+	// homed in another region are refused (or counted), so the regions
+	// never disagree about it (see Home).
+	Home *Home `yaml:"home"`
+	// Shadow names a candidate rule the applier runs beside Rule on every
+	// conflict, logging what it would have decided (see Shadow).
+	Shadow *Shadow `yaml:"shadow"`
 	// Line is the line of this entry in the file (for messages).
 	Line int `yaml:"-"`
+}
+
+// Home maps a table's rows to home regions by one column: exactly one of
+// List, Hash and Prefixes. A key the mapping does not cover (NULL, outside
+// every list entry and prefix) has no home: any region may write it, and
+// the table's rule settles conflicts as usual.
+type Home struct {
+	// Column holds the key (often the primary key's first column, such as
+	// user_id). It must be a column of every table the entry names.
+	Column string `yaml:"column"`
+	// List is explicit: the first entry whose from..to range (integers,
+	// inclusive) or values (compared as the column's text) covers the key.
+	List []HomeEntry `yaml:"list"`
+	// Hash places the keys of these regions on a consistent-hash ring
+	// (CRC32 of the key's text): adding a region moves only its share.
+	Hash []string `yaml:"hash"`
+	// Prefixes maps the key's first characters (such as a geohash's) to a
+	// region; the longest matching prefix wins.
+	Prefixes []HomeEntry `yaml:"prefixes"`
+	// Elsewhere is what happens to a write for a key homed in another
+	// region: reject (default: a MySQL error naming the home region and its
+	// proxy, from the proxy or, for writes it cannot see, the triggers) or
+	// allow (written here and counted as misrouted).
+	Elsewhere string `yaml:"elsewhere"`
+	// Unknown is what the proxy does with a write whose keys it cannot
+	// tell from the statement (a WHERE on another column, INSERT ...
+	// SELECT): allow (default; under elsewhere: reject the triggers still
+	// refuse each row homed elsewhere) or reject.
+	Unknown string `yaml:"unknown"`
+}
+
+// HomeEntry maps keys to a region: a range (from, to), values, or a prefix.
+type HomeEntry struct {
+	Region string   `yaml:"region"`
+	From   *int64   `yaml:"from"`
+	To     *int64   `yaml:"to"`
+	Values []string `yaml:"values"`
+	Prefix string   `yaml:"prefix"`
+}
+
+// What happens to a write homed elsewhere, or whose home is unknown.
+const (
+	HomeReject  = "reject"
+	HomeAllow   = "allow"
+	HomeForward = "forward"
+)
+
+// Shadow is a candidate rule computed beside the live one on every
+// conflict: its decision is logged (mlr.conflicts.shadow_outcome), never
+// applied. It takes the keys of TableRule that configure a rule.
+type Shadow struct {
+	Rule     string   `yaml:"rule"`
+	Priority []string `yaml:"priority"`
+	Columns  []string `yaml:"columns"`
 }
 
 // Peer is another region this region pulls changes from.
@@ -277,6 +338,14 @@ func (c *Config) Default() {
 	for i := range c.Tables {
 		if c.Tables[i].Rule == "" {
 			c.Tables[i].Rule = defaultRule
+		}
+		if h := c.Tables[i].Home; h != nil {
+			if h.Elsewhere == "" {
+				h.Elsewhere = HomeReject
+			}
+			if h.Unknown == "" {
+				h.Unknown = HomeAllow
+			}
 		}
 	}
 	if c.Topology.Mode == "" {

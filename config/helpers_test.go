@@ -93,3 +93,44 @@ func TestAnchorsAndAliases(t *testing.T) {
 	assert.Equal(t, "repl", c.Peers[1].Server.User)
 	assert.Equal(t, 20, c.Peers[1].Line)
 }
+
+func TestHomeAndShadow(t *testing.T) {
+	doc := edit("    table: \"*\"\n", `    table: "*"
+    shadow:
+      rule: first-writer-wins
+    home:
+      column: user_id
+      list:
+        - {region: eu, from: 1, to: 1000}
+        - {region: us, values: [vip, "7"]}
+`)
+	c, err := Parse("region.yaml", []byte(doc))
+	require.NoError(t, err)
+	h := c.Tables[0].Home
+	require.NotNil(t, h)
+	assert.Equal(t, HomeReject, h.Elsewhere, "a write homed elsewhere is refused by default")
+	assert.Equal(t, HomeAllow, h.Unknown, "a write whose keys the proxy cannot tell goes on to the triggers by default")
+	assert.Equal(t, []string{"vip", "7"}, h.List[1].Values)
+	assert.Equal(t, int64(1000), *h.List[0].To)
+	assert.Equal(t, RuleFirstWriterWins, c.Tables[0].Shadow.Rule)
+
+	cases := []struct{ old, new, want string }{
+		{"      column: user_id\n", "", "region.yaml:15: tables[0].home.column: required"},
+		{"        - {region: eu, from: 1, to: 1000}\n", "        - {region: mars, from: 1, to: 1000}\n", "region.yaml:18: tables[0].home.list[0].region: unknown region \"mars\" (known: eu, us)"},
+		{"from: 1, to: 1000", "from: 9, to: 1", "region.yaml:18: tables[0].home.list[0].to: range ends (1) before it starts (9)"},
+		{"from: 1, to: 1000", "from: 1", "region.yaml:18: tables[0].home.list[0]: a range needs both from and to"},
+		{"      list:\n", "      hash: [eu, us]\n      list:\n", "region.yaml:15: tables[0].home: needs exactly one of list, hash and prefixes"},
+		{"      column: user_id\n", "      column: user_id\n      elsewhere: forward\n", "region.yaml:17: tables[0].home.elsewhere: forward is not supported by this release"},
+		{"      rule: first-writer-wins\n", "      rule: counter\n", "region.yaml:14: tables[0].shadow.columns: required by rule counter"},
+		{"      rule: first-writer-wins\n", "      rule: newest\n", "region.yaml:14: tables[0].shadow.rule: unknown rule \"newest\""},
+	}
+	for _, tc := range cases {
+		if !strings.Contains(doc, tc.old) {
+			t.Fatalf("case %q: not in the document", tc.old)
+		}
+		_, err := Parse("region.yaml", []byte(strings.Replace(doc, tc.old, tc.new, 1)))
+		if assert.Error(t, err, tc.want) {
+			assert.True(t, strings.HasPrefix(err.Error(), tc.want), "got %q\nwant %q", err.Error(), tc.want)
+		}
+	}
+}

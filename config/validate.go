@@ -325,35 +325,128 @@ func (k *checker) tables() {
 				seen[name] = key
 			}
 		}
-		merge := t.Rule == RuleCounter || t.Rule == RuleMax || t.Rule == RuleMin
-		switch {
-		case !slices.Contains(Rules, t.Rule):
-			k.bad(key+".rule", "unknown rule %q (known: %s)", t.Rule, strings.Join(Rules, ", "))
-		case merge && len(t.Columns) == 0:
-			k.badNear(key+".columns", key+".rule", "required by rule %s: the numeric columns it merges", t.Rule)
-		case t.Rule == RuleOriginPriority:
-			k.priority(key, t.Priority, regions)
-		}
-		if !merge && len(t.Columns) > 0 {
-			k.bad(key+".columns", "only used by rules counter, max and min, not %s", t.Rule)
-		}
+		k.rule(key, "", t.Rule, t.Priority, t.Columns, regions)
 		if t.OnConstraint != "" && t.OnConstraint != OnConstraintStop && t.OnConstraint != OnConstraintLog {
 			k.bad(key+".on_constraint", "unknown value %q (known: stop, log)", t.OnConstraint)
 		}
-		if t.Rule != RuleOriginPriority && len(t.Priority) > 0 {
-			k.bad(key+".priority", "only used by rule origin-priority, not %s", t.Rule)
-		}
-		cols := map[string]int{}
-		for j, col := range t.Columns {
-			ck := fmt.Sprintf("%s.columns[%d]", key, j)
-			if col == "" {
-				k.bad(ck, "empty column name")
-			} else if prev, dup := cols[col]; dup {
-				k.bad(ck, "duplicate column %q (also columns[%d])", col, prev)
+		if sh := t.Shadow; sh != nil {
+			if sh.Rule == "" {
+				k.bad(key+".shadow.rule", "required: the candidate rule computed beside %s", t.Rule)
 			} else {
-				cols[col] = j
+				k.rule(key, ".shadow", sh.Rule, sh.Priority, sh.Columns, regions)
 			}
 		}
+		if t.Home != nil {
+			k.home(key+".home", t.Home, regions)
+		}
+	}
+}
+
+// rule checks a rule and its keys (priority, columns) under key+sub.
+func (k *checker) rule(key, sub, rule string, priority, columns []string, regions map[string]uint16) {
+	rk := key + sub
+	merge := rule == RuleCounter || rule == RuleMax || rule == RuleMin
+	switch {
+	case !slices.Contains(Rules, rule):
+		k.bad(rk+".rule", "unknown rule %q (known: %s)", rule, strings.Join(Rules, ", "))
+	case merge && len(columns) == 0:
+		k.badNear(rk+".columns", rk+".rule", "required by rule %s: the numeric columns it merges", rule)
+	case rule == RuleOriginPriority:
+		k.priority(rk, priority, regions)
+	}
+	if !merge && len(columns) > 0 {
+		k.bad(rk+".columns", "only used by rules counter, max and min, not %s", rule)
+	}
+	if rule != RuleOriginPriority && len(priority) > 0 {
+		k.bad(rk+".priority", "only used by rule origin-priority, not %s", rule)
+	}
+	cols := map[string]int{}
+	for j, col := range columns {
+		ck := fmt.Sprintf("%s.columns[%d]", rk, j)
+		if col == "" {
+			k.bad(ck, "empty column name")
+		} else if prev, dup := cols[col]; dup {
+			k.bad(ck, "duplicate column %q (also columns[%d])", col, prev)
+		} else {
+			cols[col] = j
+		}
+	}
+}
+
+// home checks a home-region mapping: one kind of mapping, known regions,
+// ranges that make sense, known policies.
+func (k *checker) home(key string, h *Home, regions map[string]uint16) {
+	if h.Column == "" {
+		k.bad(key+".column", "required: the column that holds each row's key")
+	}
+	kinds := 0
+	for _, n := range []int{len(h.List), len(h.Hash), len(h.Prefixes)} {
+		if n > 0 {
+			kinds++
+		}
+	}
+	if kinds != 1 {
+		k.bad(key, "needs exactly one of list, hash and prefixes (the mapping from keys to regions)")
+	}
+	region := func(ek, name string) {
+		if _, ok := regions[name]; !ok {
+			k.bad(ek, "unknown region %q (known: %s)", name, strings.Join(sortedNames(regions), ", "))
+		}
+	}
+	for j, e := range h.List {
+		ek := fmt.Sprintf("%s.list[%d]", key, j)
+		region(ek+".region", e.Region)
+		ranged := e.From != nil || e.To != nil
+		switch {
+		case e.Prefix != "":
+			k.bad(ek+".prefix", "prefix belongs under prefixes, not list")
+		case ranged && len(e.Values) > 0:
+			k.bad(ek, "give either from/to or values, not both")
+		case !ranged && len(e.Values) == 0:
+			k.bad(ek, "needs from and to (an integer range) or values")
+		case ranged && (e.From == nil || e.To == nil):
+			k.bad(ek, "a range needs both from and to (inclusive)")
+		case ranged && *e.From > *e.To:
+			k.bad(ek+".to", "range ends (%d) before it starts (%d)", *e.To, *e.From)
+		}
+	}
+	seen := map[string]int{}
+	for j, name := range h.Hash {
+		hk := fmt.Sprintf("%s.hash[%d]", key, j)
+		region(hk, name)
+		if prev, dup := seen[name]; dup {
+			k.bad(hk, "region %q listed twice (also hash[%d])", name, prev)
+		}
+		seen[name] = j
+	}
+	prefixes := map[string]int{}
+	for j, e := range h.Prefixes {
+		ek := fmt.Sprintf("%s.prefixes[%d]", key, j)
+		region(ek+".region", e.Region)
+		switch {
+		case e.Prefix == "":
+			k.bad(ek+".prefix", "required: the key's first characters")
+		case e.From != nil || e.To != nil || len(e.Values) > 0:
+			k.bad(ek, "a prefix entry takes only prefix and region")
+		}
+		if prev, dup := prefixes[e.Prefix]; dup && e.Prefix != "" {
+			k.bad(ek+".prefix", "prefix %q listed twice (also prefixes[%d])", e.Prefix, prev)
+		}
+		prefixes[e.Prefix] = j
+	}
+	switch h.Elsewhere {
+	case "", HomeReject, HomeAllow:
+	case HomeForward:
+		k.bad(key+".elsewhere", "forward is not supported by this release: use reject (the error names the home region's proxy, for the application or a load balancer to redirect) or allow")
+	default:
+		k.bad(key+".elsewhere", "unknown value %q (known: reject, allow)", h.Elsewhere)
+	}
+	switch h.Unknown {
+	case "", HomeAllow, HomeReject:
+	case HomeForward:
+		k.bad(key+".unknown", "forward is not supported by this release: use allow or reject")
+	default:
+		k.bad(key+".unknown", "unknown value %q (known: allow, reject)", h.Unknown)
 	}
 }
 

@@ -306,6 +306,9 @@ func (a *applier) table(ctx context.Context, in *Table) error {
 	if _, err := t.ruleColumns(); err != nil {
 		return fmt.Errorf("schema apply %s: %w", t, err)
 	}
+	if _, err := t.homeMap(a.stamping); err != nil {
+		return fmt.Errorf("schema apply %s: %w", t, err)
+	}
 	if err := a.columns(ctx, t); err != nil {
 		return err
 	}

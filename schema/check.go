@@ -288,6 +288,10 @@ func checkTable(ctx context.Context, db *sql.DB, t *Table, st Stamping) ([]Probl
 		add("%v: fix the columns of the rule in the configuration", err)
 		return ps, nil // the triggers cannot be generated
 	}
+	if _, err := t.homeMap(st); err != nil {
+		add("%v: fix the table's home mapping in the configuration", err)
+		return ps, nil
+	}
 	if len(t.PK) == 0 {
 		return ps, nil // tombstones and triggers need the key
 	}

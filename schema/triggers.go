@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/mlproxy/mlproxy/config"
+	"github.com/mlproxy/mlproxy/home"
 )
 
 // Trigger name prefixes (docs/internals.md): the table's name follows.
@@ -72,6 +73,11 @@ type Stamping struct {
 	// of the server's clock: a write stamped further ahead is refused with
 	// an error. 0 means config.DefaultMaxOffset.
 	MaxOffset time.Duration
+	// Deployment names the regions (ids, peers' proxy addresses) for the
+	// home mappings of tables that have one (TableRule.Home): their
+	// triggers refuse a write for a key homed elsewhere. Nil: such tables
+	// are refused by Apply and Check.
+	Deployment *config.Config
 }
 
 // LocalStamping is st with Applier, when empty, set to the account db's
@@ -117,7 +123,17 @@ const (
 	varStamp   = "_mlr_stamp"    // the new version's stamp (AFTER DELETE)
 	varPrevHLC = "_mlr_prev_hlc" // BEFORE INSERT: the stamp of the version replaced, 0 for none
 	varPrevVV  = "_mlr_prev_vv"  // BEFORE INSERT: the metadata of the version replaced, NULL for none
+	varHome    = "_mlr_home"     // the home region of the row's key (tables with a home mapping)
+	varHomeMsg = "_mlr_home_msg" // the error naming it
 )
+
+// declareHome declares varHome and varHomeMsg when m is set.
+func declareHome(m *home.Map) string {
+	if m == nil {
+		return ""
+	}
+	return fmt.Sprintf("  DECLARE %s SMALLINT UNSIGNED;\n  DECLARE %s VARCHAR(1024);\n", varHome, varHomeMsg)
+}
 
 // declareMeta is the type of a local variable that holds metadata.
 const declareMeta = "TEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
@@ -166,6 +182,46 @@ func (t *Table) ruleColumns() ([]Column, error) {
 		}
 	}
 	return cs, nil
+}
+
+// homeMap is the home mapping of t's rule under st, nil when t has none
+// or its writes homed elsewhere are allowed (nothing for the triggers to
+// refuse). A column the table lacks is an error.
+func (t *Table) homeMap(st Stamping) (*home.Map, error) {
+	h := t.Rule.Home
+	if h == nil || h.Elsewhere == config.HomeAllow {
+		return nil, nil
+	}
+	if _, ok := t.Column(h.Column); !ok {
+		return nil, fmt.Errorf("home.column %q is not a column of the table", h.Column)
+	}
+	if st.Deployment == nil {
+		return nil, fmt.Errorf("home mapping without the deployment's regions")
+	}
+	return home.New(*h, st.Deployment)
+}
+
+// homeCheck is the trigger statements that refuse a row whose key (the
+// column prefix names: "NEW." or "OLD.") is homed in a region other than
+// this one; "" when m is nil.
+func homeCheck(m *home.Map, t *Table, prefix string, region uint16) string {
+	if m == nil {
+		return ""
+	}
+	c, _ := t.Column(m.Column)
+	var b strings.Builder
+	fmt.Fprintf(&b, "    SET %s = %s;\n", varHome, m.SQL(prefix+Quote(c.Name)))
+	fmt.Fprintf(&b, "    IF %s <> 0 AND %s <> %d THEN\n", varHome, varHome, region)
+	fmt.Fprintf(&b, "      SET %s = CASE %s", varHomeMsg, varHome)
+	for _, id := range m.Regions() {
+		if id != region {
+			fmt.Fprintf(&b, " WHEN %d THEN %s", id, sqlString(m.Refusal(t.Schema, t.Name, id)))
+		}
+	}
+	b.WriteString(" END;\n")
+	fmt.Fprintf(&b, "      SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = %s;\n", varHomeMsg)
+	b.WriteString("    END IF;\n")
+	return b.String()
 }
 
 // castType is the CAST target that reads a column's value back from JSON
@@ -266,6 +322,7 @@ func triggers(t *Table, st Stamping) []Trigger {
 	entry := jsonPath("$", fmt.Sprint(regionID))
 	fww := t.Rule.Rule == config.RuleFirstWriterWins
 	merged, _ := t.ruleColumns() // Apply and Check refuse a rule naming unknown columns
+	homes, _ := t.homeMap(st)    // and a home mapping naming an unknown column
 	clampMax, clampMin := t.Rule.Rule == config.RuleMax, t.Rule.Rule == config.RuleMin
 	// A new version is always stamped above the version it replaces: the
 	// old row's stamp (update, delete) or the key's tombstone (insert).
@@ -353,7 +410,8 @@ func triggers(t *Table, st Stamping) []Trigger {
 	bi.WriteString("BEGIN\n")
 	fmt.Fprintf(&bi, "  DECLARE %s BIGINT UNSIGNED;\n", varPrevHLC)
 	fmt.Fprintf(&bi, "  DECLARE %s %s;\n", varPrevVV, declareMeta)
-	bi.WriteString(stamping + tooFar)
+	bi.WriteString(declareHome(homes))
+	bi.WriteString(stamping + homeCheck(homes, t, "NEW.", regionID) + tooFar)
 	// Metadata first: it is NULL exactly when there is no such row, the
 	// common case, which then costs one index lookup per table.
 	fmt.Fprintf(&bi, "    SET %s = (SELECT %s%s);\n", varPrevVV, tombMeta("", "", clampMax || clampMin), liveWhere)
@@ -404,7 +462,9 @@ func triggers(t *Table, st Stamping) []Trigger {
 	}
 	var bu strings.Builder
 	bu.WriteString("BEGIN\n")
-	bu.WriteString(stamping + tooFar)
+	bu.WriteString(declareHome(homes))
+	// Both keys: a row may not leave another region's home, nor enter it.
+	bu.WriteString(stamping + homeCheck(homes, t, "OLD.", regionID) + homeCheck(homes, t, "NEW.", regionID) + tooFar)
 	if clampMax || clampMin {
 		for _, c := range merged {
 			n, o := "NEW."+Quote(c.Name), "OLD."+Quote(c.Name)
@@ -456,7 +516,8 @@ func triggers(t *Table, st Stamping) []Trigger {
 	var ad strings.Builder
 	ad.WriteString("BEGIN\n")
 	fmt.Fprintf(&ad, "  DECLARE %s BIGINT UNSIGNED;\n", varStamp)
-	ad.WriteString(stamping + tooFar)
+	ad.WriteString(declareHome(homes))
+	ad.WriteString(stamping + homeCheck(homes, t, "OLD.", regionID) + tooFar)
 	ad.WriteString(setNewer("    ", varStamp, oldFloor))
 	ad.WriteString(tombInsert("    ", varStamp))
 	ad.WriteString(endStamping)

@@ -169,6 +169,6 @@ func applyRegion(ctx context.Context, cfg *config.Config) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	report, err := schema.Apply(ctx, db, schema.Stamping{Region: cfg.Region.ID, MaxOffset: cfg.Clock.MaxOffset}, tables, nil)
+	report, err := schema.Apply(ctx, db, schema.Stamping{Region: cfg.Region.ID, MaxOffset: cfg.Clock.MaxOffset, Deployment: cfg}, tables, nil)
 	return report.Changes, err
 }

@@ -44,7 +44,7 @@ func schemaApplyCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			report, err := schema.Apply(ctx, db, schema.Stamping{Region: cfg.Region.ID, MaxOffset: cfg.Clock.MaxOffset}, tables, log)
+			report, err := schema.Apply(ctx, db, schema.Stamping{Region: cfg.Region.ID, MaxOffset: cfg.Clock.MaxOffset, Deployment: cfg}, tables, log)
 			if err != nil {
 				for _, c := range report.Changes { // what was done before the failure
 					fmt.Fprintln(cmd.OutOrStdout(), c)
@@ -89,7 +89,7 @@ func schemaCheckCmd() *cobra.Command {
 				defer db.Close()
 				peers[p.Name] = db
 			}
-			problems, err := schema.Check(ctx, local, peers, cfg.Tables, schema.Stamping{Region: cfg.Region.ID, MaxOffset: cfg.Clock.MaxOffset})
+			problems, err := schema.Check(ctx, local, peers, cfg.Tables, schema.Stamping{Region: cfg.Region.ID, MaxOffset: cfg.Clock.MaxOffset, Deployment: cfg})
 			if err != nil {
 				return err
 			}
