@@ -37,7 +37,7 @@ lint:
 # prepared-statement execution and statement classification (their seeds in
 # proxy/testdata/fuzz also run in `make test`). FUZZTIME bounds each target.
 FUZZTIME ?= 30s
-FUZZ_TARGETS := FuzzHandshake FuzzCommand FuzzStmtExecute FuzzClassify
+FUZZ_TARGETS := FuzzHandshake FuzzCommand FuzzStmtExecute FuzzClassify FuzzExecParams
 # A target that fails is run once more: an input that crashes is saved
 # under proxy/testdata/fuzz and fails the second run too (seeds run first),
 # while a worker lost to the shared machine's timing does not fail CI.

@@ -26,6 +26,9 @@ const VirtualNodes = 64
 
 // Map is one table rule's home mapping. It is immutable.
 type Map struct {
+	// Label names the mapping in metrics: the config entry it comes from
+	// ("shop.*", "shop.users"), never a name a client chose.
+	Label string
 	// Column holds the key.
 	Column string
 	// Elsewhere and Unknown are the policies (config.HomeReject, ...).
@@ -51,12 +54,12 @@ type point struct {
 	region uint16
 }
 
-// New builds the mapping h of a table in the deployment cfg describes
+// New builds the mapping h of the table entry label in the deployment cfg describes
 // (region names and ids, peers' proxy addresses). cfg is validated, so
 // every region h names is known.
-func New(h config.Home, cfg *config.Config) (*Map, error) {
+func New(label string, h config.Home, cfg *config.Config) (*Map, error) {
 	ids := cfg.RegionIDs()
-	m := &Map{Column: h.Column, Elsewhere: h.Elsewhere, Unknown: h.Unknown,
+	m := &Map{Label: label, Column: h.Column, Elsewhere: h.Elsewhere, Unknown: h.Unknown,
 		names: map[uint16]string{}, proxies: map[uint16]string{}}
 	for name, id := range ids {
 		m.names[id] = name
@@ -173,17 +176,16 @@ func (m *Map) Regions() []uint16 {
 // Name is region id's name ("" for 0).
 func (m *Map) Name(id uint16) string { return m.names[id] }
 
-// Refusal is the error a client gets for a write to schema.table for a
+// Refusal is the error a client gets (after "mlproxy: ") for a write to schema.table for a
 // key homed in region id: it names the region and, when the config gives
 // it, that region's proxy, so an application or a load balancer can send
 // the write there. It never quotes the key.
 func (m *Map) Refusal(schema, table string, id uint16) string {
-	msg := fmt.Sprintf("mlproxy: this write is for a key of %s.%s (column %s) homed in region %s; send it to region %s",
-		schema, table, m.Column, m.names[id], m.names[id])
+	msg := fmt.Sprintf("this write is for a key of %s.%s (column %s) homed in region %s", schema, table, m.Column, m.names[id])
 	if p := m.proxies[id]; p != "" {
 		msg += " (proxy " + p + ")"
 	}
-	return msg
+	return msg + "; send it there"
 }
 
 // SQL is an expression that computes, in the server, the region that homes

@@ -20,7 +20,7 @@ func i64(n int64) *int64 { return &n }
 
 func mustNew(t *testing.T, h config.Home, cfg *config.Config) *Map {
 	t.Helper()
-	m, err := New(h, cfg)
+	m, err := New("t", h, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

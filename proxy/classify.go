@@ -50,8 +50,10 @@ type class struct {
 	// reason and msg explain a refusal: reason is a metric label, msg the
 	// client's error message.
 	reason, msg string
-	// code is a refusal's MySQL error code (0: 1105 ER_UNKNOWN_ERROR).
-	code uint16
+	// code is a refusal's MySQL error code (0: 1105 ER_UNKNOWN_ERROR),
+	// state its SQLSTATE ("": HY000).
+	code  uint16
+	state string
 	// multi is set for a packet of several statements: one of them may
 	// end the transaction (COMMIT, SET autocommit, DDL's implicit commit)
 	// before a write, so such a packet never reuses a transaction's stamp.

@@ -34,8 +34,9 @@ type conn struct {
 	caps uint32
 	// db is the current database, for qualifying unqualified table names.
 	db string
-	// stmts maps prepared statement ids (from PREPARE_OK) to their class.
-	stmts map[uint32]*class
+	// stmts maps prepared statement ids (from PREPARE_OK) to what the
+	// proxy knows of them.
+	stmts map[uint32]*prepared
 	// lastStmt is the id of the last prepared statement: MariaDB clients
 	// may execute id 0xffffffff, meaning "the one just prepared".
 	lastStmt uint32
@@ -67,7 +68,7 @@ func (s *Server) newConn(base context.Context, nc net.Conn) *conn {
 		s: s, id: id, ctx: ctx, cancel: cancel,
 		log:       s.log.With(zap.Uint64("conn", id), zap.String("client", nc.RemoteAddr().String())),
 		client:    newWire(nc),
-		stmts:     map[uint32]*class{},
+		stmts:     map[uint32]*prepared{},
 		rawClient: nc,
 	}
 	context.AfterFunc(ctx, c.closeSockets)
@@ -358,13 +359,25 @@ func (c *conn) command(p []byte, next byte) error {
 			if id == 0xffffffff {
 				id = c.lastStmt
 			}
-			cl = c.stmts[id]
+			if ps := c.stmts[id]; ps != nil {
+				cl = ps.cl
+				if g := c.guarded(cl); g != nil {
+					return c.refuse(g, "", next)
+				}
+				if ps.homes != nil {
+					var vals []paramValue
+					if !ps.longData {
+						vals, ps.types = execParams(p, ps.params, ps.types)
+					}
+					ps.longData = false
+					if r := c.checkHomes(ps.homes, vals); r != nil {
+						return c.refuse(r, "", next)
+					}
+				}
+			}
 		}
 		stamp := false
 		if cl != nil {
-			if g := c.guarded(cl); g != nil {
-				return c.refuse(g, "", next)
-			}
 			stamp, _ = c.decide(cl)
 		}
 		stamp = c.needSet(cl, stamp)
@@ -378,6 +391,11 @@ func (c *conn) command(p []byte, next byte) error {
 		}
 		return c.finish(setErr, next)
 	case mysql.COM_STMT_SEND_LONG_DATA:
+		if len(p) >= 5 {
+			if ps := c.stmts[binary.LittleEndian.Uint32(p[1:])]; ps != nil {
+				ps.longData = true // the next execute's values lack it
+			}
+		}
 		_, _, err := c.send(p, false, next)
 		return err
 	case mysql.COM_STMT_CLOSE:
@@ -576,11 +594,14 @@ func (c *conn) refuse(cl *class, sql string, next byte) error {
 	}
 	c.log.Info("proxy refused statement", zap.String("reason", cl.reason),
 		zap.String("statement", norm), zap.String("digest", digest.String()))
-	code := uint16(erUnknown)
+	code, state := uint16(erUnknown), "HY000"
 	if cl.code != 0 {
 		code = cl.code
 	}
-	return c.sendRaw(errPacket(code, "HY000", cl.msg), next)
+	if cl.state != "" {
+		state = cl.state
+	}
+	return c.sendRaw(errPacket(code, state, cl.msg), next)
 }
 
 // stamps reports whether cl would be stamped: it writes, or may write, a
@@ -598,6 +619,11 @@ func (c *conn) query(p []byte, next byte) error {
 	}
 	if cl.kind == kindRefused {
 		return c.refuse(cl, sql, next)
+	}
+	if c.s.homes != nil && cl.kind == kindWrite {
+		if r := c.checkHomes(c.homePlans(sql, cl), nil); r != nil {
+			return c.refuse(r, sql, next)
+		}
 	}
 	stamp, label := c.decide(cl)
 	c.s.m.statements.WithLabelValues(label).Inc()
@@ -658,7 +684,11 @@ func (c *conn) prepare(p []byte, next byte) error {
 	id := binary.LittleEndian.Uint32(h[1:])
 	cols := int(binary.LittleEndian.Uint16(h[5:]))
 	params := int(binary.LittleEndian.Uint16(h[7:]))
-	c.stmts[id] = cl
+	ps := &prepared{cl: cl, params: params}
+	if c.s.homes != nil && cl.kind == kindWrite {
+		ps.homes = c.homePlans(sql, cl)
+	}
+	c.stmts[id] = ps
 	c.lastStmt = id
 	for _, n := range []int{params, cols} {
 		if n == 0 {

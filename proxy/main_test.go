@@ -293,6 +293,12 @@ type testProxy struct {
 // the end of the test.
 func startProxy(tb testing.TB, edit func(*Config)) *testProxy {
 	tb.Helper()
+	return startProxyTables(tb, replicated, edit)
+}
+
+// startProxyTables is startProxy with tables saying what replicates.
+func startProxyTables(tb testing.TB, tables Tables, edit func(*Config)) *testProxy {
+	tb.Helper()
 	cfg := Config{
 		Listen:          "127.0.0.1:0",
 		Backend:         config.Server{Addr: srv.Addr()},
@@ -307,7 +313,7 @@ func startProxy(tb testing.TB, edit func(*Config)) *testProxy {
 	if os.Getenv("PROXY_TEST_LOG") != "" {
 		log, _ = zap.NewDevelopment()
 	}
-	s, err := New(cfg, st, replicated, log, nil)
+	s, err := New(cfg, st, tables, log, nil)
 	if err != nil {
 		tb.Fatal(err)
 	}

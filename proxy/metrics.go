@@ -18,6 +18,7 @@ type metrics struct {
 	cacheHits         prometheus.Counter
 	cacheMisses       prometheus.Counter
 	panics            *prometheus.CounterVec // {where}: connection, parser
+	homed             *prometheus.CounterVec // {table, outcome}
 }
 
 // Statement kinds (statements_total{kind}).
@@ -58,10 +59,14 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			"Statements parsed because they were not in the cache."))),
 		panics: prometheus.NewCounterVec(prometheus.CounterOpts(opts("panics_total",
 			"Panics recovered: in a connection's handler (that client was disconnected) or in the SQL parser (the statement was classified without it).")), []string{"where"}),
+		homed: prometheus.NewCounterVec(prometheus.CounterOpts(opts("homed_writes_total",
+			"Writes to tables with a home region by key, by table entry (as the config names it) and outcome: local (every key homed here or nowhere), "+
+				"refused or misrouted (a key homed elsewhere: refused, or written here under elsewhere: allow), "+
+				"unknown or unknown_refused (the statement does not show its keys: sent on for the triggers to check, or refused).")), []string{"table", "outcome"}),
 	}
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.connections, m.connectionsTotal, m.statements,
-			m.stamped, m.refused, m.backendErrors, m.backendIdleClosed, m.compressed, m.stampReused, m.cacheHits, m.cacheMisses, m.panics} {
+			m.stamped, m.refused, m.backendErrors, m.backendIdleClosed, m.compressed, m.stampReused, m.cacheHits, m.cacheMisses, m.panics, m.homed} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}

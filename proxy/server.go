@@ -129,6 +129,7 @@ type Server struct {
 	m       *metrics
 	cls     *classifier
 	guard   Guard // nil when Tables does not implement it
+	homes   Homes // nil when Tables does not implement it
 
 	mu       sync.Mutex
 	ln       net.Listener
@@ -178,8 +179,9 @@ func New(cfg Config, st Stamper, tables Tables, log *zap.Logger, reg prometheus.
 			func() float64 { return float64(cls.bytes.Load()) }))
 	}
 	g, _ := tables.(Guard)
+	homes, _ := tables.(Homes)
 	return &Server{
-		cfg: cfg, stamper: st, tables: tables, log: log, m: m, cls: cls, guard: g,
+		cfg: cfg, stamper: st, tables: tables, log: log, m: m, cls: cls, guard: g, homes: homes,
 		conns: map[*conn]struct{}{},
 	}, nil
 }

@@ -68,7 +68,7 @@ func TestHomeSQLMatchesGo(t *testing.T) {
 		"prefix": {Column: "x", Prefixes: []config.HomeEntry{{Region: "eu", Prefix: "u"}, {Region: "us", Prefix: "u4"}, {Region: "ap", Prefix: "é"}}},
 	} {
 		t.Run(name, func(t *testing.T) {
-			m, err := home.New(h, homeDeployment())
+			m, err := home.New("t", h, homeDeployment())
 			require.NoError(t, err)
 			q := fmt.Sprintf("SELECT id, n, s, %s, %s FROM homesql.k", m.SQL("n"), m.SQL("s"))
 			rows, err := dbA.Query(q)

@@ -198,7 +198,7 @@ func (t *Table) homeMap(st Stamping) (*home.Map, error) {
 	if st.Deployment == nil {
 		return nil, fmt.Errorf("home mapping without the deployment's regions")
 	}
-	return home.New(*h, st.Deployment)
+	return home.New(t.Rule.Schema+"."+t.Rule.Table, *h, st.Deployment)
 }
 
 // homeCheck is the trigger statements that refuse a row whose key (the
@@ -215,7 +215,7 @@ func homeCheck(m *home.Map, t *Table, prefix string, region uint16) string {
 	fmt.Fprintf(&b, "      SET %s = CASE %s", varHomeMsg, varHome)
 	for _, id := range m.Regions() {
 		if id != region {
-			fmt.Fprintf(&b, " WHEN %d THEN %s", id, sqlString(m.Refusal(t.Schema, t.Name, id)))
+			fmt.Fprintf(&b, " WHEN %d THEN %s", id, sqlString("mlproxy: "+m.Refusal(t.Schema, t.Name, id)))
 		}
 	}
 	b.WriteString(" END;\n")

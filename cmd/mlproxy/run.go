@@ -30,6 +30,7 @@ import (
 	"github.com/mlproxy/mlproxy/binlog"
 	"github.com/mlproxy/mlproxy/config"
 	"github.com/mlproxy/mlproxy/hlc"
+	"github.com/mlproxy/mlproxy/home"
 	"github.com/mlproxy/mlproxy/proxy"
 	"github.com/mlproxy/mlproxy/redact"
 	"github.com/mlproxy/mlproxy/replicator"
@@ -95,6 +96,39 @@ type region struct {
 	rep   *replicator.Replicator
 	guard *guard
 	skew  *skew.Monitor
+	// homes are the home mappings of the configuration in force, built
+	// once per configuration loaded.
+	homes atomic.Pointer[homeSet]
+}
+
+// homeSet is one configuration's home mappings, by table entry
+// ("schema.table" as the config writes it, "*" included).
+type homeSet struct {
+	cfg  *config.Config
+	maps map[string]*home.Map
+}
+
+// homeMaps returns the home mappings of the configuration in force.
+func (r *region) homeMaps() *homeSet {
+	cfg := r.current()
+	if hs := r.homes.Load(); hs != nil && hs.cfg == cfg {
+		return hs
+	}
+	hs := &homeSet{cfg: cfg, maps: map[string]*home.Map{}}
+	for _, t := range cfg.Tables {
+		if t.Home == nil {
+			continue
+		}
+		label := t.Schema + "." + t.Table
+		m, err := home.New(label, *t.Home, cfg)
+		if err != nil { // Validate checked the regions: not reached
+			r.log.Error("home mapping not built; its writes are not checked by the proxy", zap.String("table", label), zap.Error(err))
+			continue
+		}
+		hs.maps[label] = m
+	}
+	r.homes.Store(hs)
+	return hs
 }
 
 // current is the configuration in force (the last one loaded).
@@ -318,6 +352,17 @@ func (t replicatedTables) ReplicatedSchemas() []string {
 	}
 	return out
 }
+
+// Home is the home mapping of schema.table's entry, nil when it has none.
+func (t replicatedTables) Home(schema, table string) *home.Map {
+	rule, ok := t.r.current().TableRule(schema, table)
+	if !ok || rule.Home == nil {
+		return nil
+	}
+	return t.r.homeMaps().maps[rule.Schema+"."+rule.Table]
+}
+
+var _ proxy.Homes = replicatedTables{}
 
 func (t replicatedTables) Blocked(schema, table string) string { return t.g.blocked(schema, table) }
 func (t replicatedTables) AnyBlocked() string                  { return t.g.anyBlocked() }
