@@ -105,7 +105,9 @@ func numberParams(stmts []ast.StmtNode) {
 	}
 }
 
-type paramCollector struct{ params []*test_driver.ParamMarkerExpr }
+type paramCollector struct {
+	params []*test_driver.ParamMarkerExpr
+}
 
 func (v *paramCollector) Enter(n ast.Node) (ast.Node, bool) {
 	if p, ok := n.(*test_driver.ParamMarkerExpr); ok {

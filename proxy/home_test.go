@@ -157,7 +157,6 @@ func TestExecParams(t *testing.T) {
 	}
 }
 
-
 // FuzzExecParams: no EXECUTE packet makes the parameter reader panic or
 // return values it did not read.
 func FuzzExecParams(f *testing.F) {
