@@ -383,6 +383,7 @@ peers:
 {{- range .Peers}}
   - name: {{.Name}}
     id: {{.ID}}
+    proxy: "{{.ProxyAddr}}"
     server:
       addr: "{{index $.R.PeerAddrs .Name}}"
       user: {{$.ReplUser}}
