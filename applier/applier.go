@@ -587,7 +587,13 @@ type batchState struct {
 	held map[tableKey]int
 }
 
-type conflictKey struct{ db, table, rule, outcome string }
+type conflictKey struct {
+	db, table, rule, outcome string
+	// shadow is the table's shadow rule ("": none) and differs whether it
+	// would have left another row.
+	shadow  string
+	differs bool
+}
 
 // commitBatch runs one attempt. retry says a previous attempt failed: if
 // its COMMIT reached the server before the connection was lost, the
@@ -808,6 +814,9 @@ func (a *Applier) countRows(st *batchState) (rows uint64) {
 	}
 	for _, c := range st.confl {
 		a.m.conflicts.WithLabelValues(a.peer, c.db, c.table, c.rule, c.outcome).Inc()
+		if c.shadow != "" {
+			a.m.shadow.WithLabelValues(a.peer, c.db, c.table, c.shadow, fmt.Sprint(c.differs)).Inc()
+		}
 	}
 	return rows
 }

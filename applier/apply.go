@@ -88,6 +88,15 @@ const insertConflictSQL = "INSERT INTO mlr.conflicts (peer_id, db, tbl, pk, rule
 	"local_hlc, local_origin, remote_hlc, remote_origin, local_row, remote_row, local_meta, remote_meta, outcome) " +
 	"VALUES " + conflictValues
 
+// shadowConflictValues and insertShadowConflictSQL log a conflict of a
+// table with a shadow rule (the shadow columns came with shadow rules:
+// tables without one keep working on a conflict log from before them).
+const shadowConflictValues = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+
+const insertShadowConflictSQL = "INSERT INTO mlr.conflicts (peer_id, db, tbl, pk, rule, " +
+	"local_hlc, local_origin, remote_hlc, remote_origin, local_row, remote_row, local_meta, remote_meta, outcome, " +
+	"shadow_rule, shadow_outcome, shadow_row, shadow_differs) VALUES " + shadowConflictValues
+
 // exec runs a statement of the plan, prepared once on conn.
 func (p *plan) exec(ctx context.Context, conn *sql.Conn, text string, args ...any) error {
 	s, err := p.stmt(ctx, conn, text)

@@ -122,6 +122,7 @@ type conflictRec struct {
 	local  conflict.Version
 	remote conflict.Version
 	d      conflict.Decision
+	shadow *shadowResult // what the table's shadow rule would have done; nil without one
 }
 
 // segResult is what a segment adds to the batch once it is written.
@@ -258,7 +259,11 @@ func (a *Applier) applySegment(ctx context.Context, conn *sql.Conn, st *batchSta
 			return a.segErr(seg, it.tk, err)
 		}
 		if d.Conflict {
-			res.conflict = append(res.conflict, conflictRec{p: p, pk: it.pk, local: local, remote: it.remote, d: d})
+			rec := conflictRec{p: p, pk: it.pk, local: local, remote: it.remote, d: d}
+			if p.shadow != nil {
+				rec.shadow = shadowOf(p.shadow, local, it.remote, d)
+			}
+			res.conflict = append(res.conflict, rec)
 		} else if p.rule.Name() == "manual" && !local.Absent() {
 			// A version causally after the local one: a resolution made in
 			// another region (or a later write) settles this key's pending
@@ -288,7 +293,11 @@ func (a *Applier) applySegment(ctx context.Context, conn *sql.Conn, st *batchSta
 		st.rows[op] += n
 	}
 	for _, c := range res.conflict {
-		st.confl = append(st.confl, conflictKey{c.p.t.Schema, c.p.t.Name, c.p.rule.Name(), c.d.Outcome.String()})
+		k := conflictKey{db: c.p.t.Schema, table: c.p.t.Name, rule: c.p.rule.Name(), outcome: c.d.Outcome.String()}
+		if c.shadow != nil {
+			k.shadow, k.differs = c.p.shadow.Name(), c.shadow.differs
+		}
+		st.confl = append(st.confl, k)
 	}
 	for _, s := range res.stamps {
 		if s > st.maxStamp {
@@ -775,9 +784,10 @@ func (a *Applier) settleConflicts(ctx context.Context, conn *sql.Conn, recs []co
 }
 
 // logConflicts records the segment's conflicts, in decision order: both
-// versions (NULL row = absent or deleted), the rule and the outcome.
+// versions (NULL row = absent or deleted), the rule and the outcome, and,
+// for tables with a shadow rule, what it would have done.
 func (a *Applier) logConflicts(ctx context.Context, conn *sql.Conn, recs []conflictRec) error {
-	rows := make([][]any, 0, len(recs))
+	var rows, shadowed [][]any
 	for _, c := range recs {
 		pkJSON, err := jsonText(c.pk)
 		if err != nil {
@@ -798,10 +808,26 @@ func (a *Applier) logConflicts(ctx context.Context, conn *sql.Conn, recs []confl
 				return err
 			}
 		}
-		rows = append(rows, []any{a.cfg.Peer.ID, c.p.t.Schema, c.p.t.Name, pkJSON, c.p.rule.Name(),
-			localHLC, localOrigin, uint64(c.remote.Stamp), uint32(c.remote.Origin), localRow, remoteRow, localMeta, c.remote.Meta.Encode(), c.d.Outcome.String()})
+		row := []any{a.cfg.Peer.ID, c.p.t.Schema, c.p.t.Name, pkJSON, c.p.rule.Name(),
+			localHLC, localOrigin, uint64(c.remote.Stamp), uint32(c.remote.Origin), localRow, remoteRow, localMeta, c.remote.Meta.Encode(), c.d.Outcome.String()}
+		if c.shadow == nil {
+			rows = append(rows, row)
+			continue
+		}
+		var shadowRow any
+		if c.shadow.row != nil {
+			if shadowRow, err = jsonText(c.shadow.row); err != nil {
+				return err
+			}
+		}
+		shadowed = append(shadowed, append(row, c.p.shadow.Name(), c.shadow.d.Outcome.String(), shadowRow, c.shadow.differs))
+	}
+	if err := a.execRows(ctx, func(size int) (*sql.Stmt, error) {
+		return a.stmt(ctx, conn, insertConflictSQL+strings.Repeat(", "+conflictValues, size-1))
+	}, rows, false); err != nil {
+		return err
 	}
 	return a.execRows(ctx, func(size int) (*sql.Stmt, error) {
-		return a.stmt(ctx, conn, insertConflictSQL+strings.Repeat(", "+conflictValues, size-1))
-	}, rows, false)
+		return a.stmt(ctx, conn, insertShadowConflictSQL+strings.Repeat(", "+shadowConflictValues, size-1))
+	}, shadowed, false)
 }

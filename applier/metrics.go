@@ -14,6 +14,7 @@ type metrics struct {
 	batches     *prometheus.CounterVec   // peer
 	rows        *prometheus.CounterVec   // peer, op
 	conflicts   *prometheus.CounterVec   // peer, schema, table, rule, outcome
+	shadow      *prometheus.CounterVec   // peer, schema, table, shadow_rule, differs
 	held        *prometheus.CounterVec   // peer: batches held for a stamp too far ahead
 	retries     *prometheus.CounterVec   // peer
 	clockAhead  *prometheus.CounterVec   // peer: stamps beyond the clock's max offset
@@ -42,6 +43,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		conflicts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "mlproxy_applier_conflicts_total", Help: "Remote changes that met a concurrent local version, by rule and outcome.",
 		}, []string{"peer", "schema", "table", "rule", "outcome"}),
+		shadow: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mlproxy_applier_shadow_conflicts_total", Help: "Conflicts of tables with a shadow rule, by shadow rule and whether it would have left another row than the live rule did.",
+		}, []string{"peer", "schema", "table", "shadow_rule", "differs"}),
 		held: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "mlproxy_applier_held_total", Help: "Batches held back because a change's stamp was further ahead of local time than clock.max_offset (the peer's clock runs fast).",
 		}, []string{"peer"}),
@@ -87,6 +91,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.batches = register(reg, m.batches)
 	m.rows = register(reg, m.rows)
 	m.conflicts = register(reg, m.conflicts)
+	m.shadow = register(reg, m.shadow)
 	m.held = register(reg, m.held)
 	m.retries = register(reg, m.retries)
 	m.clockAhead = register(reg, m.clockAhead)

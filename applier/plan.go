@@ -35,6 +35,8 @@ func (k tableKey) String() string { return k.db + "." + k.table }
 type plan struct {
 	t    *schema.Table
 	rule conflict.Rule
+	// shadow is the table's shadow rule, nil without one (shadow.go).
+	shadow conflict.Rule
 	// user are the columns a write may set (no metadata, no generated).
 	user []schema.Column
 	// known holds every column name of the local table.
@@ -60,8 +62,9 @@ func newPlan(t *schema.Table, rule conflict.Rule) (*plan, error) {
 		return nil, fmt.Errorf("table %s.%s has no %s column: %w", t.Schema, t.Name, schema.ColMeta, ErrNotPrepared)
 	}
 	p := &plan{
-		t:     t,
-		rule:  rule,
+		t:      t,
+		rule:   rule,
+		shadow: shadowRule(rule),
 		user:  t.UserColumns(),
 		known: make(map[string]schema.Column, len(t.Columns)),
 		stmts: map[string]*sql.Stmt{},

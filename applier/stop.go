@@ -161,7 +161,7 @@ func (a *Applier) applyGuarded(ctx context.Context, conn *sql.Conn, st *batchSta
 		uint64(it.remote.Stamp), uint32(it.remote.Origin), row, it.remote.Meta.Encode(), outcome, truncate(why, 64)); err != nil {
 		return fmt.Errorf("record the refused change in the conflict log: %w", err)
 	}
-	st.confl = append(st.confl, conflictKey{p.t.Schema, p.t.Name, p.rule.Name(), outcome})
+	st.confl = append(st.confl, conflictKey{db: p.t.Schema, table: p.t.Name, rule: p.rule.Name(), outcome: outcome})
 	a.log.Warn("remote change refused by a key and recorded in the conflict log", zap.String("outcome", outcome),
 		zap.String("table", p.t.Schema+"."+p.t.Name), zap.String("key_hash", keyHash(it.key)),
 		zap.String("gtid", it.txn.Pos.GTID), redact.Err(err))

@@ -72,26 +72,45 @@ func (s *Tables) Reload(ctx context.Context, db, name string) (*schema.Table, co
 	}
 	t.Rule = cfg
 	spec, err := RuleSpec(cfg, s.regionIDs)
-	// Merge columns as the table spells them (the server compares column
-	// names without case; rows are keyed by the table's spelling).
-	for i, c := range spec.Columns {
-		for _, col := range t.Columns {
-			if strings.EqualFold(col.Name, c) {
-				spec.Columns[i] = col.Name
-			}
-		}
-	}
 	if err != nil {
 		return nil, nil, err
 	}
+	spec.Columns = tableSpelling(t, spec.Columns)
 	rule, err := conflict.NewRule(spec)
 	if err != nil {
 		return nil, nil, fmt.Errorf("rule %q for %s.%s: %w", cfg.Rule, db, name, err)
+	}
+	if sh := cfg.Shadow; sh != nil {
+		sspec, err := RuleSpec(config.TableRule{Schema: cfg.Schema, Table: cfg.Table, Line: cfg.Line,
+			Rule: sh.Rule, Priority: sh.Priority, Columns: sh.Columns}, s.regionIDs)
+		if err != nil {
+			return nil, nil, fmt.Errorf("shadow: %w", err)
+		}
+		sspec.Columns = tableSpelling(t, sspec.Columns)
+		srule, err := conflict.NewRule(sspec)
+		if err != nil {
+			return nil, nil, fmt.Errorf("shadow rule %q for %s.%s: %w", sh.Rule, db, name, err)
+		}
+		rule = shadowed{Rule: rule, shadow: srule}
 	}
 	s.mu.Lock()
 	s.cache[tableKey{db, name}] = tableEntry{t, rule}
 	s.mu.Unlock()
 	return t, rule, nil
+}
+
+// tableSpelling is cols (a rule's merged columns) as t spells them: the
+// server compares column names without case, rows are keyed by t's
+// spelling.
+func tableSpelling(t *schema.Table, cols []string) []string {
+	for i, c := range cols {
+		for _, col := range t.Columns {
+			if strings.EqualFold(col.Name, c) {
+				cols[i] = col.Name
+			}
+		}
+	}
+	return cols
 }
 
 // ruleFor picks the configuration rule of db.name (names compared as

@@ -121,7 +121,8 @@ func TestHomeAndShadow(t *testing.T) {
 		{"from: 1, to: 1000", "from: 1", "region.yaml:18: tables[0].home.list[0]: a range needs both from and to"},
 		{"      list:\n", "      hash: [eu, us]\n      list:\n", "region.yaml:15: tables[0].home: needs exactly one of list, hash and prefixes"},
 		{"      column: user_id\n", "      column: user_id\n      elsewhere: forward\n", "region.yaml:17: tables[0].home.elsewhere: forward is not supported by this release"},
-		{"      rule: first-writer-wins\n", "      rule: counter\n", "region.yaml:14: tables[0].shadow.columns: required by rule counter"},
+		{"      rule: first-writer-wins\n", "      rule: max\n", "region.yaml:14: tables[0].shadow.columns: required by rule max"},
+		{"      rule: first-writer-wins\n", "      rule: counter\n      columns: [n]\n", "region.yaml:14: tables[0].shadow.rule: counter can shadow only a counter table"},
 		{"      rule: first-writer-wins\n", "      rule: newest\n", "region.yaml:14: tables[0].shadow.rule: unknown rule \"newest\""},
 	}
 	for _, tc := range cases {

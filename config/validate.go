@@ -335,6 +335,13 @@ func (k *checker) tables() {
 			} else {
 				k.rule(key, ".shadow", sh.Rule, sh.Priority, sh.Columns, regions)
 			}
+			if sh.Rule == RuleCounter && t.Rule != RuleCounter {
+				// A counter merges per-region contributions that only a
+				// counter table's versions record: without them it would
+				// count each side's whole value.
+				k.bad(key+".shadow.rule", "counter can shadow only a counter table (its merge needs the per-region contributions only counter tables record); "+
+					"to see what counter would do, run it live on a copy of the table, or shadow max to see which updates lww loses")
+			}
 		}
 		if t.Home != nil {
 			k.home(key+".home", t.Home, regions)

@@ -23,7 +23,10 @@ func TestConflictsCLI(t *testing.T) {
 	defer cancel()
 	c := startCluster(t, cluster.Options{
 		Setup:  appSetup + "CREATE TABLE app.docs (id INT PRIMARY KEY, body VARCHAR(64) NOT NULL);",
-		Tables: appTables + "\n  - schema: app\n    table: docs\n    rule: manual",
+		// kv has a shadow: first-writer-wins on a table that records no
+		// births compares the versions' own stamps, the older wins.
+		Tables: strings.Replace(appTables, "table: kv\n    rule: lww", "table: kv\n    rule: lww\n    shadow: {rule: first-writer-wins}", 1) +
+			"\n  - schema: app\n    table: docs\n    rule: manual",
 	})
 	eu, us := c.Regions[0], c.Regions[1]
 	if err := execAll(ctx, openProxy(t, eu, 1), "INSERT INTO docs VALUES (1, 'first')", "INSERT INTO kv VALUES (1, 'first', 1)"); err != nil {
@@ -105,6 +108,13 @@ func TestConflictsCLI(t *testing.T) {
 		if strings.Contains(out, "app.docs") != f.docs || strings.Contains(out, "app.kv") != f.kv {
 			t.Errorf("conflicts list %s: want %s, got:\n%s", strings.Join(f.args, " "), f.whatItKeep, out)
 		}
+	}
+	// The shadow: lww kept us's later edit, first-writer-wins would have
+	// kept eu's earlier one.
+	if out := cli("conflicts", "list", "-c", eu.ConfigPath, "--shadow"); strings.Contains(out, "app.docs") ||
+		!strings.Contains(out, "remote_won") || !strings.Contains(out, "first-writer-wins  local_won") ||
+		!strings.Contains(out, "app.kv: lww -> first-writer-wins: 1 of 1 conflicts listed would have left another row") {
+		t.Errorf("conflicts list --shadow on eu: want the kv conflict, decided remote_won by lww and local_won by its shadow, counted as differing; got:\n%s", out)
 	}
 	if out, err := c.Command(ctx, "conflicts", "list", "-c", eu.ConfigPath, "--since", "yesterday"); err == nil || !strings.Contains(string(out), "RFC 3339") {
 		t.Errorf("conflicts list --since yesterday: %v; want an error saying what it takes:\n%s", err, out)

@@ -42,6 +42,8 @@ var InternalTables = map[string]string{
 		"  local_meta JSON NULL, remote_meta JSON NULL,\n" +
 		"  outcome VARCHAR(32) NOT NULL,\n" +
 		"  resolved_at TIMESTAMP(6) NULL, resolution VARCHAR(64) NULL,\n" +
+		"  shadow_rule VARCHAR(32) NULL, shadow_outcome VARCHAR(32) NULL,\n" +
+		"  shadow_row JSON NULL, shadow_differs BOOLEAN NULL,\n" +
 		"  KEY (db, tbl), KEY (outcome)\n" +
 		") ENGINE=InnoDB",
 	"hlc": "CREATE TABLE `" + Internal + "`.`hlc` (id TINYINT UNSIGNED PRIMARY KEY, high_water BIGINT UNSIGNED NOT NULL) ENGINE=InnoDB",
@@ -119,6 +121,11 @@ var internalColumns = []internalColumn{
 	// written causally after both.
 	{"conflicts", "local_meta", "JSON NULL AFTER remote_row"},
 	{"conflicts", "remote_meta", "JSON NULL AFTER local_meta"},
+	// What a table's shadow rule would have done (config.Shadow).
+	{"conflicts", "shadow_rule", "VARCHAR(32) NULL"},
+	{"conflicts", "shadow_outcome", "VARCHAR(32) NULL"},
+	{"conflicts", "shadow_row", "JSON NULL"},
+	{"conflicts", "shadow_differs", "BOOLEAN NULL"},
 }
 
 // missingInternalColumns are the internalColumns that existing Internal

@@ -59,10 +59,16 @@ type conflictRow struct {
 	RemoteMeta   json.RawMessage `json:"remote_meta,omitempty"`
 	ResolvedAt   *time.Time      `json:"resolved_at,omitempty"`
 	Resolution   string          `json:"resolution,omitempty"`
+	// What the table's shadow rule would have done (tables with one).
+	ShadowRule    string          `json:"shadow_rule,omitempty"`
+	ShadowOutcome string          `json:"shadow_outcome,omitempty"`
+	ShadowRow     json.RawMessage `json:"shadow_row,omitempty"`
+	ShadowDiffers *bool           `json:"shadow_differs,omitempty"`
 }
 
 const conflictColumns = "id, detected_at, peer_id, db, tbl, pk, rule, outcome, local_hlc, local_origin, remote_hlc, remote_origin, " +
-	"local_row, remote_row, local_meta, remote_meta, resolved_at, COALESCE(resolution, '')"
+	"local_row, remote_row, local_meta, remote_meta, resolved_at, COALESCE(resolution, ''), " +
+	"COALESCE(shadow_rule, ''), COALESCE(shadow_outcome, ''), shadow_row, shadow_differs"
 
 // serverTime is how the server prints a TIMESTAMP(6) (the CLI's sessions
 // run in UTC).
@@ -73,11 +79,16 @@ func scanConflict(sc interface{ Scan(...any) error }, names map[uint16]string) (
 	var lh sql.NullInt64
 	var lo sql.NullInt16
 	var lr, rr, lm, rm sql.NullString
-	var ra sql.NullString
+	var ra, sr sql.NullString
+	var sd sql.NullBool
 	var pk, da string
 	if err := sc.Scan(&c.ID, &da, &c.PeerID, &c.Schema, &c.Table, &pk, &c.Rule, &c.Outcome, &lh, &lo,
-		&c.RemoteHLC, &c.RemoteOrigin, &lr, &rr, &lm, &rm, &ra, &c.Resolution); err != nil {
+		&c.RemoteHLC, &c.RemoteOrigin, &lr, &rr, &lm, &rm, &ra, &c.Resolution,
+		&c.ShadowRule, &c.ShadowOutcome, &sr, &sd); err != nil {
 		return c, err
+	}
+	if sd.Valid {
+		c.ShadowDiffers = &sd.Bool
 	}
 	c.PK = json.RawMessage(pk)
 	if lh.Valid {
@@ -94,7 +105,7 @@ func scanConflict(sc interface{ Scan(...any) error }, names map[uint16]string) (
 		}
 		return json.RawMessage(s.String)
 	}
-	c.LocalRow, c.RemoteRow, c.LocalMeta, c.RemoteMeta = raw(lr), raw(rr), raw(lm), raw(rm)
+	c.LocalRow, c.RemoteRow, c.LocalMeta, c.RemoteMeta, c.ShadowRow = raw(lr), raw(rr), raw(lm), raw(rm), raw(sr)
 	var err error
 	if c.DetectedAt, err = time.Parse(serverTime, da); err != nil {
 		return c, fmt.Errorf("conflict %d: detected_at %q: %w", c.ID, da, err)
@@ -165,6 +176,9 @@ func splitTable(v string) (string, string, error) {
 type listFilter struct {
 	table, rule, outcome, peer, status, since, until, output string
 	limit                                                    int
+	// shadow lists only conflicts of tables with a shadow rule, with what
+	// it would have done.
+	shadow bool
 }
 
 func conflictsListCmd() *cobra.Command {
@@ -185,6 +199,9 @@ func conflictsListCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if f.shadow {
+				return printShadow(cmd.OutOrStdout(), rows, f.output)
+			}
 			return printConflicts(cmd.OutOrStdout(), rows, f.output)
 		},
 	}
@@ -199,6 +216,7 @@ func conflictsListCmd() *cobra.Command {
 	fl.StringVar(&f.until, "until", "", "detected before (RFC 3339, or a duration back from now)")
 	fl.IntVar(&f.limit, "limit", 100, "at most this many (0 = all)")
 	fl.StringVarP(&f.output, "output", "o", "table", "table or json")
+	fl.BoolVar(&f.shadow, "shadow", false, "only conflicts of tables with a shadow rule, beside what it would have done (and how many it would have ended differently)")
 	return cmd
 }
 
@@ -217,6 +235,9 @@ func listConflicts(ctx context.Context, db *sql.DB, cfg *config.Config, f listFi
 	}
 	if f.outcome != "" {
 		where, args = append(where, "outcome = ?"), append(args, f.outcome)
+	}
+	if f.shadow {
+		where = append(where, "shadow_rule IS NOT NULL")
 	}
 	if f.peer != "" {
 		id, ok := cfg.RegionIDs()[f.peer]
@@ -290,6 +311,39 @@ func printConflicts(w io.Writer, rows []conflictRow, output string) error {
 			c.Peer, c.Schema, c.Table, c.PK, c.Rule, c.Outcome, c.Status)
 	}
 	return tw.Flush()
+}
+
+// printShadow lists conflicts beside what their table's shadow rule would
+// have done, then how many it would have ended with another row.
+func printShadow(w io.Writer, rows []conflictRow, output string) error {
+	if output == "json" {
+		return printConflicts(w, rows, output)
+	}
+	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tDETECTED (UTC)\tTABLE\tPK\tRULE\tOUTCOME\tSHADOW\tSHADOW OUTCOME\tDIFFERS")
+	differ := map[string]int{}
+	total := map[string]int{}
+	var order []string
+	for _, c := range rows {
+		d := c.ShadowDiffers != nil && *c.ShadowDiffers
+		fmt.Fprintf(tw, "%d\t%s\t%s.%s\t%s\t%s\t%s\t%s\t%s\t%s\n", c.ID, c.DetectedAt.UTC().Format("2006-01-02 15:04:05.000"),
+			c.Schema, c.Table, c.PK, c.Rule, c.Outcome, c.ShadowRule, c.ShadowOutcome, map[bool]string{true: "yes", false: "no"}[d])
+		k := c.Schema + "." + c.Table + ": " + c.Rule + " -> " + c.ShadowRule
+		if total[k] == 0 {
+			order = append(order, k)
+		}
+		total[k]++
+		if d {
+			differ[k]++
+		}
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, k := range order {
+		fmt.Fprintf(w, "%s: %d of %d conflicts listed would have left another row\n", k, differ[k], total[k])
+	}
+	return nil
 }
 
 func getConflict(ctx context.Context, q interface {
