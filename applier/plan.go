@@ -65,10 +65,10 @@ func newPlan(t *schema.Table, rule conflict.Rule) (*plan, error) {
 		t:      t,
 		rule:   rule,
 		shadow: shadowRule(rule),
-		user:  t.UserColumns(),
-		known: make(map[string]schema.Column, len(t.Columns)),
-		stmts: map[string]*sql.Stmt{},
-		texts: map[string]string{},
+		user:   t.UserColumns(),
+		known:  make(map[string]schema.Column, len(t.Columns)),
+		stmts:  map[string]*sql.Stmt{},
+		texts:  map[string]string{},
 	}
 	for _, c := range t.Columns {
 		p.known[c.Name] = c

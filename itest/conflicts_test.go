@@ -22,7 +22,7 @@ func TestConflictsCLI(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	c := startCluster(t, cluster.Options{
-		Setup:  appSetup + "CREATE TABLE app.docs (id INT PRIMARY KEY, body VARCHAR(64) NOT NULL);",
+		Setup: appSetup + "CREATE TABLE app.docs (id INT PRIMARY KEY, body VARCHAR(64) NOT NULL);",
 		// kv has a shadow: first-writer-wins on a table that records no
 		// births compares the versions' own stamps, the older wins.
 		Tables: strings.Replace(appTables, "table: kv\n    rule: lww", "table: kv\n    rule: lww\n    shadow: {rule: first-writer-wins}", 1) +
