@@ -100,6 +100,40 @@ type Config struct {
 	// regions (star hub, ring): a refused change then stops the whole
 	// link, never one table (tablestop.go says why).
 	Forwards bool
+	// Epoch, when not 0, fences this applier: each of its commits first
+	// reads mlr.replicator's epoch under a shared lock and commits only
+	// while it is still Epoch. A replicator that lost the region's
+	// replicator lock to another instance (which raised the epoch) can then
+	// commit nothing, whatever it still has in flight.
+	Epoch uint64
+}
+
+// ErrFenced is a commit refused because another instance of this region
+// took the replicator over (the epoch in mlr.replicator moved on).
+var ErrFenced = errors.New("another mlproxy instance of this region took over the replicator (mlr.replicator's epoch moved on): this one commits nothing more")
+
+// fenceSQL reads the replicator epoch, holding it against a takeover until
+// the transaction ends.
+const fenceSQL = "SELECT epoch FROM mlr.replicator WHERE id = 1 LOCK IN SHARE MODE"
+
+// fence checks, inside the transaction about to commit on conn, that this
+// applier's epoch is still the region's (Config.Epoch).
+func (a *Applier) fence(ctx context.Context, conn *sql.Conn) error {
+	if a.cfg.Epoch == 0 {
+		return nil
+	}
+	s, err := a.stmt(ctx, conn, fenceSQL)
+	if err != nil {
+		return err
+	}
+	var epoch uint64
+	if err := s.QueryRowContext(ctx).Scan(&epoch); err != nil {
+		return fmt.Errorf("read the replicator epoch: %w", err)
+	}
+	if epoch != a.cfg.Epoch {
+		return fmt.Errorf("%w (epoch %d, this applier's %d)", ErrFenced, epoch, a.cfg.Epoch)
+	}
+	return nil
 }
 
 // Clock is the region's hybrid logical clock as the applier uses it.
@@ -771,6 +805,10 @@ func (a *Applier) commit(ctx context.Context, conn *sql.Conn, st *batchState) er
 		file, pos = t.Pos.File, t.Pos.Pos
 	}
 	st.txns += a.unsaved
+	if err := a.fence(ctx, conn); err != nil {
+		a.rollback(ctx, conn)
+		return fmt.Errorf("commit apply from peer %s: %w", a.peer, err)
+	}
 	s, err := a.stmt(ctx, conn, upsertCheckpointSQL)
 	if err == nil {
 		_, err = s.ExecContext(ctx, a.cfg.Peer.ID, a.cfg.Peer.Name, st.gtid, file, pos,

@@ -658,6 +658,9 @@ func (p *pipeline) attempt(ctx context.Context, w *worker, j *job, uncertain boo
 	if err == nil {
 		err = p.o.turn(ctx, j.seq)
 	}
+	if err == nil {
+		err = a.fence(ctx, conn)
+	}
 	if err != nil {
 		a.rollback(ctx, conn)
 		return err

@@ -478,6 +478,9 @@ func (a *Applier) resumeChunk(ctx context.Context, s *tableStop, serial bool, li
 	if err == nil && done {
 		_, err = conn.ExecContext(ctx, tableResumedSQL, a.cfg.Peer.ID, s.tk.db, s.tk.table)
 	}
+	if err == nil {
+		err = a.fence(ctx, conn)
+	}
 	if err != nil {
 		a.rollback(ctx, conn)
 		return 0, false, failAt, err

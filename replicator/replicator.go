@@ -49,6 +49,7 @@ type Replicator struct {
 
 	mu    sync.Mutex
 	ctx   context.Context // Run's; links run under it
+	epoch uint64          // Run's: the appliers' fence (applier.Config.Epoch)
 	links map[string]*Link
 	wg    sync.WaitGroup
 
@@ -87,14 +88,20 @@ func gaugeVec(reg prometheus.Registerer, name, help string) *prometheus.GaugeVec
 
 // Run starts the links of cfg and blocks until ctx ends and every link has
 // stopped (an applier batch in flight rolls back; its checkpoint was not
-// committed).
-func (r *Replicator) Run(ctx context.Context, cfg *config.Config) {
+// committed). Their appliers commit only under epoch (0: unfenced; see
+// Leader). Run may be called again once it returned.
+func (r *Replicator) Run(ctx context.Context, cfg *config.Config, epoch uint64) {
 	r.mu.Lock()
-	r.ctx = ctx
+	r.ctx, r.epoch = ctx, epoch
 	r.mu.Unlock()
 	r.Update(cfg)
 	<-ctx.Done()
 	r.wg.Wait()
+	// Stopped: a later Run (this instance taking the replicator over
+	// again) starts every link afresh.
+	r.mu.Lock()
+	clear(r.links)
+	r.mu.Unlock()
 }
 
 // Update makes the running links match cfg: it stops links to peers cfg
@@ -243,6 +250,7 @@ func newLink(r *Replicator, cfg *config.Config, p config.Peer, tables applier.Ta
 			BatchTxns: cfg.Apply.BatchTxns,
 			Workers:   cfg.Apply.Workers,
 			Forwards:  cfg.Forwards(),
+			Epoch:     r.epoch,
 		}, r.db, tables, r.clock, r.log.Named("applier"), r.reg),
 		state: "starting",
 	}

@@ -47,6 +47,15 @@ var InternalTables = map[string]string{
 		"  KEY (db, tbl), KEY (outcome)\n" +
 		") ENGINE=InnoDB",
 	"hlc": "CREATE TABLE `" + Internal + "`.`hlc` (id TINYINT UNSIGNED PRIMARY KEY, high_water BIGINT UNSIGNED NOT NULL) ENGINE=InnoDB",
+	// replicator names the instance of this region that runs the
+	// replicator (the holder of its GET_LOCK) and the epoch it took over
+	// at; appliers commit only under their own epoch.
+	"replicator": "CREATE TABLE `" + Internal + "`.`replicator` (\n" +
+		"  id TINYINT UNSIGNED PRIMARY KEY,\n" +
+		"  epoch BIGINT UNSIGNED NOT NULL,\n" +
+		"  holder VARCHAR(255) NOT NULL,\n" +
+		"  since TIMESTAMP(6) NOT NULL\n" +
+		") ENGINE=InnoDB",
 	// link_stops names the change a stopped link is held at (key values
 	// included: the CLI shows them, logs and metrics do not).
 	"link_stops": "CREATE TABLE `" + Internal + "`.`link_stops` (\n" +
@@ -105,7 +114,7 @@ var InternalTables = map[string]string{
 }
 
 // internalOrder fixes the order InternalTables are created and reported in.
-var internalOrder = []string{"checkpoints", "conflicts", "held", "hlc", "link_requests", "link_stops", "markers", "table_stops"}
+var internalOrder = []string{"checkpoints", "conflicts", "held", "hlc", "link_requests", "link_stops", "markers", "replicator", "table_stops"}
 
 // internalColumn is a column an Internal table gained after its first
 // release: schema apply adds it to an existing table that lacks it.

@@ -94,6 +94,7 @@ type region struct {
 	clock *hlc.Clock
 	proxy *proxy.Server
 	rep   *replicator.Replicator
+	lead  *replicator.Leader
 	guard *guard
 	skew  *skew.Monitor
 	// homes are the home mappings of the configuration in force, built
@@ -211,6 +212,7 @@ func runRegion(ctx context.Context, cfg *config.Config, log *zap.Logger, reload 
 	}
 
 	r.rep = replicator.New(db, r.clock, openServer, log, r.reg)
+	r.lead = replicator.NewLeader(db, cfg.Region.Name, instanceName(cfg), log.Named("replicator"), r.reg)
 
 	var srv *http.Server
 	if cfg.Metrics.Listen != "" {
@@ -237,7 +239,12 @@ func runRegion(ctx context.Context, cfg *config.Config, log *zap.Logger, reload 
 		}
 	}()
 	wg.Add(1)
-	go func() { defer wg.Done(); r.rep.Run(ctx, cfg) }()
+	go func() {
+		defer wg.Done()
+		// Every instance of the region proxies; the one holding the
+		// region's replicator lock also replicates.
+		r.lead.Run(ctx, func(lctx context.Context, epoch uint64) { r.rep.Run(lctx, r.current(), epoch) })
+	}()
 	wg.Add(1)
 	go func() { defer wg.Done(); r.reloadOnHUP(ctx, reload) }()
 	wg.Add(1)
@@ -317,6 +324,17 @@ func (r *region) reloadOnHUP(ctx context.Context, reload <-chan struct{}) {
 		r.log.Info("config reloaded", zap.String("config", next.Path), zap.Int("tables", len(next.Tables)),
 			zap.Int("sources", len(next.Sources())), zap.Strings("links", did))
 	}
+}
+
+// instanceName names this process among the region's instances
+// (mlr.replicator.holder): host, proxy address, pid.
+func instanceName(cfg *config.Config) string {
+	host, _ := os.Hostname()
+	name := fmt.Sprintf("%s %s pid %d", host, cfg.Proxy.Listen, os.Getpid())
+	if len(name) > 255 {
+		name = name[:255]
+	}
+	return name
 }
 
 // waitLocal opens the local server, retrying for up to two minutes: at boot
@@ -552,12 +570,20 @@ func (r *region) clockPeers() []config.Peer { return r.current().Peers }
 // statusPage is what /status serves: every link, and the clock against
 // the peers (offsets, fence).
 type statusPage struct {
-	Links []replicator.LinkStatus `json:"links"`
-	Clock skew.Status             `json:"clock"`
+	// Replicator says whether this instance runs the region's replicator
+	// ("active", with its epoch) or stands by; Links are its links.
+	Replicator string                  `json:"replicator"`
+	Epoch      uint64                  `json:"epoch,omitempty"`
+	Links      []replicator.LinkStatus `json:"links"`
+	Clock      skew.Status             `json:"clock"`
 }
 
 func (r *region) status() statusPage {
-	return statusPage{Links: r.rep.Status(), Clock: r.skew.Status()}
+	p := statusPage{Replicator: "standby", Links: r.rep.Status(), Clock: r.skew.Status()}
+	if e := r.lead.Epoch(); e != 0 {
+		p.Replicator, p.Epoch = "active", e
+	}
+	return p
 }
 
 // gcSlack covers what a stamp may trail its commit by (a long transaction,

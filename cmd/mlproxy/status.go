@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -41,6 +42,7 @@ func statusCmd() *cobra.Command {
 			if err := w.Flush(); err != nil {
 				return err
 			}
+			fmt.Fprintln(cmd.OutOrStdout(), replicatorLine(ctx, local, cfg, page))
 			if page == nil || len(page.Clock.Peers) == 0 {
 				return nil
 			}
@@ -64,6 +66,30 @@ func statusCmd() *cobra.Command {
 	}
 	configFlag(cmd, &path)
 	return cmd
+}
+
+// replicatorLine says which instance of the region runs its replicator
+// (mlr.replicator), and whether it is the one this config describes.
+func replicatorLine(ctx context.Context, local *sql.DB, cfg *config.Config, page *statusPage) string {
+	var epoch uint64
+	var holder, since string
+	var held bool
+	err := local.QueryRowContext(ctx, "SELECT epoch, holder, DATE_FORMAT(since, '%Y-%m-%d %H:%i:%s'), IS_USED_LOCK(?) IS NOT NULL FROM mlr.replicator WHERE id = 1",
+		replicator.LockName(cfg.Region.Name)).Scan(&epoch, &holder, &since, &held)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		return "replicator: no instance has run it yet"
+	case err != nil:
+		return "replicator: unknown (" + err.Error() + ")"
+	}
+	here := ""
+	if page != nil {
+		here = "; this instance: " + page.Replicator
+	}
+	if !held {
+		return fmt.Sprintf("replicator: NOT RUNNING on any instance (last on %s, epoch %d, since %s UTC)%s", holder, epoch, since, here)
+	}
+	return fmt.Sprintf("replicator: active on %s (epoch %d, since %s UTC)%s", holder, epoch, since, here)
 }
 
 type statusRow struct {
