@@ -99,6 +99,8 @@ type Cluster struct {
 	// CAFile verifies every server and proxy certificate of the cluster.
 	CAFile string
 	ownDir bool
+	// instances are more mlproxy processes of a region (AddInstance).
+	instances []*Region
 }
 
 var (
@@ -398,7 +400,7 @@ peers:
 func (c *Cluster) Peers(r *Region) []*Region {
 	var out []*Region
 	for _, p := range c.Regions {
-		if p != r {
+		if p.Name != r.Name {
 			out = append(out, p)
 		}
 	}
@@ -598,9 +600,30 @@ func (r *Region) DSN(db string) string {
 	return cfg.FormatDSN()
 }
 
+// AddInstance starts another `mlproxy run` for region r (DESIGN: more than
+// one machine per region): the same server, name and id, its own proxy and
+// metrics ports, config and log (named with suffix). The peers' configs
+// keep naming r's proxy. Close stops it.
+func (c *Cluster) AddInstance(ctx context.Context, r *Region, suffix string) (*Region, error) {
+	in := &Region{Name: r.Name, ID: r.ID, Server: r.Server, ProxyCert: r.ProxyCert, ReplCert: r.ReplCert,
+		LocalAddr: r.LocalAddr, peerAddr: r.peerAddr,
+		ConfigPath: filepath.Join(c.Dir, r.Name+"-"+suffix+".yaml"), LogPath: filepath.Join(c.Dir, r.Name+"-"+suffix+".log")}
+	if err := c.newPorts(in); err != nil {
+		return nil, err
+	}
+	c.instances = append(c.instances, in)
+	if err := c.StartProxy(in); err != nil {
+		return nil, err
+	}
+	return in, in.waitProxy(ctx)
+}
+
 // Close stops every proxy and server and removes the cluster's directory
 // (unless it was given, or DBTEST_KEEP is set).
 func (c *Cluster) Close() {
+	for _, r := range c.instances {
+		_ = c.StopProxy(r, false)
+	}
 	for _, r := range c.Regions {
 		_ = c.StopProxy(r, false)
 	}
