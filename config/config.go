@@ -66,6 +66,10 @@ type Proxy struct {
 	// in every region and prepares the table's stamping. DDL let through
 	// does not replicate: run it in every region, then `schema apply`.
 	AllowDDL bool `yaml:"allow_ddl"`
+	// CausalWait bounds how long a read waits for the causal token a
+	// session presented (SET @mlr_after) before it gets ERR 1969
+	// (0 = 5s).
+	CausalWait time.Duration `yaml:"causal_wait"`
 }
 
 // Server is how to reach a MySQL/MariaDB server (the local one or a peer's).
@@ -299,6 +303,7 @@ const (
 // Defaults for keys left out of the file (or set to zero).
 const (
 	DefaultShutdownTimeout     = 30 * time.Second
+	DefaultCausalWait          = 5 * time.Second
 	DefaultMaxOffset           = 500 * time.Millisecond
 	DefaultBatchTxns           = 512
 	DefaultRelayBytes          = 64 << 20
@@ -334,6 +339,9 @@ func (c *Config) Default() {
 	}
 	if c.Proxy.ShutdownTimeout == 0 {
 		c.Proxy.ShutdownTimeout = DefaultShutdownTimeout
+	}
+	if c.Proxy.CausalWait == 0 {
+		c.Proxy.CausalWait = DefaultCausalWait
 	}
 	for i := range c.Tables {
 		if c.Tables[i].Rule == "" {

@@ -16,6 +16,7 @@ import (
 	"github.com/pingcap/tidb/pkg/parser"
 	"go.uber.org/zap"
 
+	"github.com/mlproxy/mlproxy/causal"
 	"github.com/mlproxy/mlproxy/redact"
 )
 
@@ -47,13 +48,17 @@ type conn struct {
 	next byte
 	// watch notices a backend that ends while the client is idle.
 	watch idleWatch
+	// after is the causal token SET @mlr_after gave: the next read waits
+	// until the region holds what it covers (causal.go).
+	after causal.Token
 
 	mu         sync.Mutex
 	rawClient  net.Conn // closed to unblock I/O on cancel
 	rawBackend net.Conn
 	closed     bool
-	idle       bool // waiting for the client's next command
-	inTrans    bool // last status the server sent had SERVER_STATUS_IN_TRANS
+	idle       bool   // waiting for the client's next command
+	inTrans    bool   // last status the server sent had SERVER_STATUS_IN_TRANS
+	status     uint16 // the last status flags the server sent
 	// txnStamp is set once a write inside the current transaction was
 	// stamped: the session's @_mlr_hlc then serves the transaction's later
 	// writes (see needSet). The connection's goroutine alone uses it.
@@ -70,6 +75,7 @@ func (s *Server) newConn(base context.Context, nc net.Conn) *conn {
 		client:    newWire(nc),
 		stmts:     map[uint32]*prepared{},
 		rawClient: nc,
+		status:    mysql.SERVER_STATUS_AUTOCOMMIT,
 	}
 	context.AfterFunc(ctx, c.closeSockets)
 	return c
@@ -125,6 +131,7 @@ func (c *conn) setIdle(idle bool) bool {
 
 func (c *conn) trackStatus(st uint16) {
 	c.mu.Lock()
+	c.status = st
 	c.inTrans = st&mysql.SERVER_STATUS_IN_TRANS != 0
 	if !c.inTrans {
 		c.txnStamp = false
@@ -364,6 +371,11 @@ func (c *conn) command(p []byte, next byte) error {
 				if g := c.guarded(cl); g != nil {
 					return c.refuse(g, "", next)
 				}
+				if cl.kind == kindRead {
+					if answered, err := c.waitAfter(next); answered || err != nil {
+						return err
+					}
+				}
 				if ps.homes != nil {
 					var vals []paramValue
 					if !ps.longData {
@@ -427,6 +439,7 @@ func (c *conn) command(p []byte, next byte) error {
 			return err
 		} else if len(h) > 0 && h[0] == mysql.OK_HEADER {
 			clear(c.stmts)
+			c.after = nil
 		}
 		return nil
 	case mysql.COM_PING, mysql.COM_STMT_RESET, mysql.COM_SET_OPTION, mysql.COM_PROCESS_KILL,
@@ -613,6 +626,9 @@ func (c *conn) stamps(cl *class) bool {
 
 func (c *conn) query(p []byte, next byte) error {
 	sql := string(p[1:])
+	if c.s.cfg.Causal != nil && isTokenQuery(sql) {
+		return c.answerToken(next)
+	}
 	cl := c.s.cls.classify(c.db, sql)
 	if g := c.guarded(cl); g != nil {
 		cl = g
@@ -623,6 +639,20 @@ func (c *conn) query(p []byte, next byte) error {
 	if c.s.homes != nil && cl.kind == kindWrite {
 		if r := c.checkHomes(c.homePlans(sql, cl), nil); r != nil {
 			return c.refuse(r, sql, next)
+		}
+	}
+	if c.s.cfg.Causal != nil {
+		switch cl.kind {
+		case kindSession:
+			if t, hit, r := afterRefusal(sql); r != nil {
+				return c.refuse(r, sql, next)
+			} else if hit {
+				c.after = t
+			}
+		case kindRead:
+			if answered, err := c.waitAfter(next); answered || err != nil {
+				return err
+			}
 		}
 	}
 	stamp, label := c.decide(cl)
@@ -719,6 +749,7 @@ func (c *conn) changeUser(p []byte, next byte) error {
 	if ok {
 		c.db = db
 		clear(c.stmts)
+		c.after = nil
 	}
 	return nil
 }

@@ -101,6 +101,9 @@ type Config struct {
 	// AllowDDL lets DDL on replicated tables through; by default it is
 	// refused with an error naming `mlproxy schema ddl`.
 	AllowDDL bool
+	// Causal, when set, answers SELECT mlr_token() and makes a read wait
+	// for the token SET @mlr_after gave (causal.go).
+	Causal Causal
 }
 
 // Defaults for zero Config fields.

@@ -28,6 +28,7 @@ import (
 
 	"github.com/mlproxy/mlproxy/applier"
 	"github.com/mlproxy/mlproxy/binlog"
+	"github.com/mlproxy/mlproxy/causal"
 	"github.com/mlproxy/mlproxy/config"
 	"github.com/mlproxy/mlproxy/hlc"
 	"github.com/mlproxy/mlproxy/home"
@@ -203,6 +204,7 @@ func runRegion(ctx context.Context, cfg *config.Config, log *zap.Logger, reload 
 		ShutdownTimeout: cfg.Proxy.ShutdownTimeout,
 		AllowDDL:        cfg.Proxy.AllowDDL,
 		Fence:           r.skew,
+		Causal:          causalTokens{r},
 	}, r.clock, replicatedTables{r, r.guard}, log.Named("proxy"), r.reg)
 	if err != nil {
 		return err
@@ -324,6 +326,37 @@ func (r *region) reloadOnHUP(ctx context.Context, reload <-chan struct{}) {
 		r.log.Info("config reloaded", zap.String("config", next.Path), zap.Int("tables", len(next.Tables)),
 			zap.Int("sources", len(next.Sources())), zap.Strings("links", did))
 	}
+}
+
+// causalTokens serves the proxy's causal tokens from the region's server
+// (package causal).
+type causalTokens struct{ r *region }
+
+// errCausalTopology refuses tokens where a region does not pull from
+// every origin directly.
+var errCausalTopology = errors.New("causal tokens need the all-to-all topology: a region compares a token with its checkpoints of each origin's own binlog")
+
+func (c causalTokens) Token(ctx context.Context) (causal.Token, error) {
+	cfg := c.r.current()
+	if cfg.Topology.Mode != config.TopologyAllToAll {
+		return nil, errCausalTopology
+	}
+	return causal.Take(ctx, c.r.db, cfg.Region.ID)
+}
+
+func (c causalTokens) Wait(ctx context.Context, t causal.Token) error {
+	cfg := c.r.current()
+	if cfg.Topology.Mode != config.TopologyAllToAll {
+		return errCausalTopology
+	}
+	ctx, cancel := context.WithTimeout(ctx, cfg.Proxy.CausalWait)
+	defer cancel()
+	err := causal.Wait(ctx, c.r.db, cfg.Region.ID, t)
+	var b *causal.Behind
+	if errors.As(err, &b) {
+		b.OriginName = regionNames(cfg)[b.Origin]
+	}
+	return err
 }
 
 // instanceName names this process among the region's instances
