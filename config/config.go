@@ -126,6 +126,15 @@ type TableRule struct {
 	// homed in another region are refused (or counted), so the regions
 	// never disagree about it (see Home).
 	Home *Home `yaml:"home"`
+	// Consistency is eventual (default: every region writes, the rule
+	// merges) or strong: only Leader writes the table, every other region
+	// refuses its writes with an error naming the leader and its proxy, so
+	// the table is single-leader (a CHECK holds as at one server) and never
+	// merged. Reads stay local; a session that needs the leader's latest
+	// presents a causal token (SET @mlr_after).
+	Consistency string `yaml:"consistency"`
+	// Leader is the region that writes a strong table.
+	Leader string `yaml:"leader"`
 	// Shadow names a candidate rule the applier runs beside Rule on every
 	// conflict, logging what it would have decided (see Shadow).
 	Shadow *Shadow `yaml:"shadow"`
@@ -160,6 +169,9 @@ type Home struct {
 	// SELECT): allow (default; under elsewhere: reject the triggers still
 	// refuse each row homed elsewhere) or reject.
 	Unknown string `yaml:"unknown"`
+	// Leader homes every key in one region: a strong table's (not read
+	// from the file; see TableRule.Homing).
+	Leader string `yaml:"-"`
 }
 
 // HomeEntry maps keys to a region: a range (from, to), values, or a prefix.
@@ -169,6 +181,22 @@ type HomeEntry struct {
 	To     *int64   `yaml:"to"`
 	Values []string `yaml:"values"`
 	Prefix string   `yaml:"prefix"`
+}
+
+// Table consistency (TableRule.Consistency).
+const (
+	ConsistencyEventual = "eventual"
+	ConsistencyStrong   = "strong"
+)
+
+// Homing is the home mapping the table's writes are checked against: its
+// Home, or for a strong table every key homed at its Leader; nil for
+// neither.
+func (t TableRule) Homing() *Home {
+	if t.Consistency == ConsistencyStrong {
+		return &Home{Leader: t.Leader, Elsewhere: HomeReject, Unknown: HomeReject}
+	}
+	return t.Home
 }
 
 // What happens to a write homed elsewhere, or whose home is unknown.

@@ -125,6 +125,16 @@ func TestHomeAndShadow(t *testing.T) {
 		{"      rule: first-writer-wins\n", "      rule: counter\n      columns: [n]\n", "region.yaml:14: tables[0].shadow.rule: counter can shadow only a counter table"},
 		{"      rule: first-writer-wins\n", "      rule: newest\n", "region.yaml:14: tables[0].shadow.rule: unknown rule \"newest\""},
 	}
+	strong := "    table: \"*\"\n    consistency: strong\n    leader: us\n"
+	c, err = Parse("region.yaml", []byte(edit("    table: \"*\"\n", strong)))
+	require.NoError(t, err)
+	require.Equal(t, &Home{Leader: "us", Elsewhere: HomeReject, Unknown: HomeReject}, c.Tables[0].Homing())
+	cases = append(cases,
+		struct{ old, new, want string }{"    shadow:\n", "    consistency: strong\n    shadow:\n", "region.yaml:13: tables[0].leader: required by consistency: strong"},
+		struct{ old, new, want string }{"    shadow:\n", "    consistency: strong\n    leader: mars\n    shadow:\n", "region.yaml:14: tables[0].leader: unknown region \"mars\""},
+		struct{ old, new, want string }{"    shadow:\n", "    consistency: linearizable\n    shadow:\n", "region.yaml:13: tables[0].consistency: unknown value"},
+		struct{ old, new, want string }{"    shadow:\n", "    leader: us\n    shadow:\n", "region.yaml:13: tables[0].leader: only used by consistency: strong"},
+	)
 	for _, tc := range cases {
 		if !strings.Contains(doc, tc.old) {
 			t.Fatalf("case %q: not in the document", tc.old)

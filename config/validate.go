@@ -346,6 +346,23 @@ func (k *checker) tables() {
 		if t.Home != nil {
 			k.home(key+".home", t.Home, regions)
 		}
+		switch t.Consistency {
+		case "", ConsistencyEventual:
+			if t.Leader != "" {
+				k.bad(key+".leader", "only used by consistency: strong")
+			}
+		case ConsistencyStrong:
+			if t.Leader == "" {
+				k.badNear(key+".leader", key+".consistency", "required by consistency: strong: the region that writes the table")
+			} else if _, ok := regions[t.Leader]; !ok {
+				k.bad(key+".leader", "unknown region %q (known: %s)", t.Leader, strings.Join(sortedNames(regions), ", "))
+			}
+			if t.Home != nil {
+				k.bad(key+".home", "a strong table has one home, its leader: drop home or consistency: strong")
+			}
+		default:
+			k.bad(key+".consistency", "unknown value %q (known: eventual, strong)", t.Consistency)
+		}
 	}
 }
 

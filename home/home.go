@@ -34,6 +34,7 @@ type Map struct {
 	// Elsewhere and Unknown are the policies (config.HomeReject, ...).
 	Elsewhere, Unknown string
 
+	leader   uint16  // set: every key is homed there (a strong table)
 	list     []entry // in order; the first covering entry wins
 	ring     []point // sorted by hash
 	prefixes []entry // longest first
@@ -73,6 +74,14 @@ func New(label string, h config.Home, cfg *config.Config) (*Map, error) {
 			return 0, fmt.Errorf("home: unknown region %q", name)
 		}
 		return i, nil
+	}
+	if h.Leader != "" {
+		r, err := id(h.Leader)
+		if err != nil {
+			return nil, err
+		}
+		m.leader = r
+		return m, nil
 	}
 	for _, e := range h.List {
 		r, err := id(e.Region)
@@ -118,6 +127,8 @@ func New(label string, h config.Home, cfg *config.Config) (*Map, error) {
 // does not cover it.
 func (m *Map) Of(key string) uint16 {
 	switch {
+	case m.leader != 0:
+		return m.leader
 	case m.list != nil:
 		n, isInt := integer(key)
 		for _, e := range m.list {
@@ -173,6 +184,10 @@ func (m *Map) Regions() []uint16 {
 	return ids
 }
 
+// Leader is the region every key is homed in (a strong table's leader),
+// 0 for a mapping by key.
+func (m *Map) Leader() uint16 { return m.leader }
+
 // Name is region id's name ("" for 0).
 func (m *Map) Name(id uint16) string { return m.names[id] }
 
@@ -181,6 +196,13 @@ func (m *Map) Name(id uint16) string { return m.names[id] }
 // it, that region's proxy, so an application or a load balancer can send
 // the write there. It never quotes the key.
 func (m *Map) Refusal(schema, table string, id uint16) string {
+	if m.leader != 0 {
+		msg := fmt.Sprintf("%s.%s is a strong table: only its leader region %s writes it", schema, table, m.names[id])
+		if p := m.proxies[id]; p != "" {
+			msg += " (proxy " + p + ")"
+		}
+		return msg + "; send the write there"
+	}
 	msg := fmt.Sprintf("this write is for a key of %s.%s (column %s) homed in region %s", schema, table, m.Column, m.names[id])
 	if p := m.proxies[id]; p != "" {
 		msg += " (proxy " + p + ")"
@@ -194,6 +216,8 @@ func (m *Map) SQL(expr string) string {
 	bin := "CAST(" + expr + " AS BINARY)"
 	var b strings.Builder
 	switch {
+	case m.leader != 0:
+		return fmt.Sprint(m.leader)
 	case m.list != nil:
 		b.WriteString("CASE")
 		for _, e := range m.list {

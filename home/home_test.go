@@ -94,3 +94,21 @@ func TestRefusalNamesRegionAndProxyNotKey(t *testing.T) {
 		t.Errorf("refusal %q quotes the key", msg)
 	}
 }
+
+func TestLeaderHomesEveryKey(t *testing.T) {
+	m := mustNew(t, config.Home{Leader: "eu", Elsewhere: config.HomeReject, Unknown: config.HomeReject}, deployment("us", "eu"))
+	for _, key := range []string{"1", "", "anything"} {
+		if got := m.Of(key); got != 2 {
+			t.Errorf("Of(%q) = %d, want the leader 2", key, got)
+		}
+	}
+	if m.SQL("NEW.`id`") != "2" {
+		t.Errorf("SQL = %q, want the leader's id", m.SQL("NEW.`id`"))
+	}
+	msg := m.Refusal("app", "ledger", 2)
+	for _, want := range []string{"app.ledger is a strong table", "leader region eu", "eu.example:6033"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("refusal %q does not say %q", msg, want)
+		}
+	}
+}

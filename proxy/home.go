@@ -71,14 +71,16 @@ type prepared struct {
 // again here, uncached: the classification cache is keyed by the text
 // without its literals, which are the keys.
 func (c *conn) homePlans(sql string, cl *class) []homePlan {
-	homed := false
+	homed, byKey := false, false
 	for _, t := range cl.writes {
-		if c.s.homes.Home(t.schema, t.table) != nil {
-			homed = true
-			break
+		if m := c.s.homes.Home(t.schema, t.table); m != nil {
+			homed, byKey = true, byKey || m.Leader() == 0
 		}
 	}
-	if !homed {
+	if !byKey {
+		if homed { // strong tables only: nothing to parse
+			return homePlans(c.s.homes, c.db, cl.writes, nil)
+		}
 		return nil
 	}
 	stmts, err, panics := parseShortening(c.s.cls.parseSafe, reExecComment.ReplaceAllString(sql, "/*! "))
@@ -128,6 +130,10 @@ func homePlans(homes Homes, db string, writes []tableRef, stmts []ast.StmtNode) 
 			continue
 		}
 		p := homePlan{table: t, m: m}
+		if m.Leader() != 0 {
+			plans = append(plans, p) // every key is the leader's: no key to read
+			continue
+		}
 		matched := false
 		for _, st := range stmts {
 			keys, hit, ok := stmtKeys(st, db, t, m.Column)
@@ -330,6 +336,9 @@ func (c *conn) checkHomes(plans []homePlan, params []paramValue) *class {
 		outcome := homeLocal
 		elsewhere := uint16(0)
 		unknown := p.unknown
+		if l := p.m.Leader(); l != 0 && l != c.s.cfg.RegionID {
+			elsewhere = l
+		}
 		for _, k := range p.keys {
 			text, null := k.text, k.null
 			if k.param >= 0 {

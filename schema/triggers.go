@@ -188,11 +188,11 @@ func (t *Table) ruleColumns() ([]Column, error) {
 // or its writes homed elsewhere are allowed (nothing for the triggers to
 // refuse). A column the table lacks is an error.
 func (t *Table) homeMap(st Stamping) (*home.Map, error) {
-	h := t.Rule.Home
+	h := t.Rule.Homing()
 	if h == nil || h.Elsewhere == config.HomeAllow {
 		return nil, nil
 	}
-	if _, ok := t.Column(h.Column); !ok {
+	if _, ok := t.Column(h.Column); !ok && h.Leader == "" {
 		return nil, fmt.Errorf("home.column %q is not a column of the table", h.Column)
 	}
 	if st.Deployment == nil {
@@ -208,9 +208,12 @@ func homeCheck(m *home.Map, t *Table, prefix string, region uint16) string {
 	if m == nil {
 		return ""
 	}
-	c, _ := t.Column(m.Column)
+	key := "NULL"
+	if c, ok := t.Column(m.Column); ok {
+		key = prefix + Quote(c.Name)
+	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "    SET %s = %s;\n", varHome, m.SQL(prefix+Quote(c.Name)))
+	fmt.Fprintf(&b, "    SET %s = %s;\n", varHome, m.SQL(key))
 	fmt.Fprintf(&b, "    IF %s <> 0 AND %s <> %d THEN\n", varHome, varHome, region)
 	fmt.Fprintf(&b, "      SET %s = CASE %s", varHomeMsg, varHome)
 	for _, id := range m.Regions() {

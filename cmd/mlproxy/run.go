@@ -118,11 +118,12 @@ func (r *region) homeMaps() *homeSet {
 	}
 	hs := &homeSet{cfg: cfg, maps: map[string]*home.Map{}}
 	for _, t := range cfg.Tables {
-		if t.Home == nil {
+		h := t.Homing()
+		if h == nil {
 			continue
 		}
 		label := t.Schema + "." + t.Table
-		m, err := home.New(label, *t.Home, cfg)
+		m, err := home.New(label, *h, cfg)
 		if err != nil { // Validate checked the regions: not reached
 			r.log.Error("home mapping not built; its writes are not checked by the proxy", zap.String("table", label), zap.Error(err))
 			continue
@@ -407,7 +408,7 @@ func (t replicatedTables) ReplicatedSchemas() []string {
 // Home is the home mapping of schema.table's entry, nil when it has none.
 func (t replicatedTables) Home(schema, table string) *home.Map {
 	rule, ok := t.r.current().TableRule(schema, table)
-	if !ok || rule.Home == nil {
+	if !ok || rule.Homing() == nil {
 		return nil
 	}
 	return t.r.homeMaps().maps[rule.Schema+"."+rule.Table]
