@@ -23,8 +23,11 @@
 //     warnings and errors are the backend's own bytes. Client commands are
 //     read whole (at most 1 GiB, the server's own limit) to classify them.
 //   - COM_STMT_EXECUTE and COM_STMT_SEND_LONG_DATA are relayed untouched:
-//     only the statement id is read, to find the class recorded when the
-//     statement was prepared (go-mysql's issue #915 cannot happen here).
+//     the statement id is read, to find the class recorded when the
+//     statement was prepared, and, for a statement that writes a table
+//     with a home region by key, the parameters that hold keys, with a
+//     bounds-checked reader of its own (go-mysql's issue #915 cannot happen
+//     here; its LengthEncodedString panics on a short packet).
 //   - Each client connection has its own context, cancelled when it closes;
 //     cancelling it closes both sockets.
 //   - A malformed or hostile client closes only its own connection, after
