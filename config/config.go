@@ -66,10 +66,25 @@ type Proxy struct {
 	// in every region and prepares the table's stamping. DDL let through
 	// does not replicate: run it in every region, then `schema apply`.
 	AllowDDL bool `yaml:"allow_ddl"`
+	// Forward is how this proxy reaches other regions' proxies to forward
+	// writes homed there (home.elsewhere: forward, strong tables with
+	// forward: true), under each client's own account.
+	Forward Forward `yaml:"forward"`
 	// CausalWait bounds how long a read waits for the causal token a
 	// session presented (SET @mlr_after) before it gets ERR 1969
 	// (0 = 5s).
 	CausalWait time.Duration `yaml:"causal_wait"`
+}
+
+// Forward configures the sessions a proxy opens at other regions' proxies
+// (their addresses: peers[].proxy).
+type Forward struct {
+	// TLS verifies the other proxies (their certificates, under CA);
+	// required unless Insecure.
+	TLS *TLSClient `yaml:"tls"`
+	// Insecure forwards in plaintext: the client's account's password
+	// equivalent then crosses the network readable. Tests only.
+	Insecure bool `yaml:"insecure"`
 }
 
 // Server is how to reach a MySQL/MariaDB server (the local one or a peer's).
@@ -135,6 +150,10 @@ type TableRule struct {
 	Consistency string `yaml:"consistency"`
 	// Leader is the region that writes a strong table.
 	Leader string `yaml:"leader"`
+	// Forward makes the other regions forward a strong table's writes to
+	// the leader's proxy (under the client's own account) instead of
+	// refusing them.
+	Forward bool `yaml:"forward"`
 	// Shadow names a candidate rule the applier runs beside Rule on every
 	// conflict, logging what it would have decided (see Shadow).
 	Shadow *Shadow `yaml:"shadow"`
@@ -194,7 +213,11 @@ const (
 // neither.
 func (t TableRule) Homing() *Home {
 	if t.Consistency == ConsistencyStrong {
-		return &Home{Leader: t.Leader, Elsewhere: HomeReject, Unknown: HomeReject}
+		h := &Home{Leader: t.Leader, Elsewhere: HomeReject, Unknown: HomeReject}
+		if t.Forward {
+			h.Elsewhere = HomeForward
+		}
+		return h
 	}
 	return t.Home
 }

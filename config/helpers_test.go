@@ -120,7 +120,7 @@ func TestHomeAndShadow(t *testing.T) {
 		{"from: 1, to: 1000", "from: 9, to: 1", "region.yaml:18: tables[0].home.list[0].to: range ends (1) before it starts (9)"},
 		{"from: 1, to: 1000", "from: 1", "region.yaml:18: tables[0].home.list[0]: a range needs both from and to"},
 		{"      list:\n", "      hash: [eu, us]\n      list:\n", "region.yaml:15: tables[0].home: needs exactly one of list, hash and prefixes"},
-		{"      column: user_id\n", "      column: user_id\n      elsewhere: forward\n", "region.yaml:17: tables[0].home.elsewhere: forward is not supported by this release"},
+		{"      column: user_id\n", "      column: user_id\n      elsewhere: forward\n", "region.yaml:17: proxy.forward.tls: required by tables[0].home.elsewhere: forwarded sessions carry the client's account"},
 		{"      rule: first-writer-wins\n", "      rule: max\n", "region.yaml:14: tables[0].shadow.columns: required by rule max"},
 		{"      rule: first-writer-wins\n", "      rule: counter\n      columns: [n]\n", "region.yaml:14: tables[0].shadow.rule: counter can shadow only a counter table"},
 		{"      rule: first-writer-wins\n", "      rule: newest\n", "region.yaml:14: tables[0].shadow.rule: unknown rule \"newest\""},

@@ -366,6 +366,7 @@ func (c *Config) resolveFiles(dir string) {
 		abs(&t.CA)
 	}
 	client(c.Local.TLS)
+	client(c.Proxy.Forward.TLS)
 	for i := range c.Peers {
 		client(c.Peers[i].Server.TLS)
 	}

@@ -351,7 +351,13 @@ func (k *checker) tables() {
 			if t.Leader != "" {
 				k.bad(key+".leader", "only used by consistency: strong")
 			}
+			if t.Forward {
+				k.bad(key+".forward", "only used by consistency: strong (a home mapping says elsewhere: forward)")
+			}
 		case ConsistencyStrong:
+			if t.Forward {
+				k.forwarding(key + ".forward")
+			}
 			if t.Leader == "" {
 				k.badNear(key+".leader", key+".consistency", "required by consistency: strong: the region that writes the table")
 			} else if _, ok := regions[t.Leader]; !ok {
@@ -362,6 +368,20 @@ func (k *checker) tables() {
 			}
 		default:
 			k.bad(key+".consistency", "unknown value %q (known: eventual, strong)", t.Consistency)
+		}
+	}
+}
+
+// forwarding checks what forwarding (asked for at key) needs: TLS to the
+// other proxies (or an explicit insecure) and every peer's proxy address.
+func (k *checker) forwarding(key string) {
+	f := k.c.Proxy.Forward
+	if f.TLS == nil && !f.Insecure {
+		k.badNear("proxy.forward.tls", key, "required by %s: forwarded sessions carry the client's account to the other proxies (or proxy.forward.insecure: true)", key)
+	}
+	for i, p := range k.c.Peers {
+		if p.Proxy == "" {
+			k.badNear(fmt.Sprintf("peers[%d].proxy", i), key, "required by %s: the address writes homed in region %s are forwarded to", key, p.Name)
 		}
 	}
 }
@@ -461,14 +481,14 @@ func (k *checker) home(key string, h *Home, regions map[string]uint16) {
 	switch h.Elsewhere {
 	case "", HomeReject, HomeAllow:
 	case HomeForward:
-		k.bad(key+".elsewhere", "forward is not supported by this release: use reject (the error names the home region's proxy, for the application or a load balancer to redirect) or allow")
+		k.forwarding(key + ".elsewhere")
 	default:
-		k.bad(key+".elsewhere", "unknown value %q (known: reject, allow)", h.Elsewhere)
+		k.bad(key+".elsewhere", "unknown value %q (known: reject, allow, forward)", h.Elsewhere)
 	}
 	switch h.Unknown {
 	case "", HomeAllow, HomeReject:
 	case HomeForward:
-		k.bad(key+".unknown", "forward is not supported by this release: use allow or reject")
+		k.bad(key+".unknown", "a write whose keys the statement does not show cannot be forwarded (its home is unknown): use allow or reject")
 	default:
 		k.bad(key+".unknown", "unknown value %q (known: allow, reject)", h.Unknown)
 	}

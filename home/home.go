@@ -188,6 +188,9 @@ func (m *Map) Regions() []uint16 {
 // 0 for a mapping by key.
 func (m *Map) Leader() uint16 { return m.leader }
 
+// Proxy is region id's proxy address, as the config gives it ("" if none).
+func (m *Map) Proxy(id uint16) string { return m.proxies[id] }
+
 // Name is region id's name ("" for 0).
 func (m *Map) Name(id uint16) string { return m.names[id] }
 

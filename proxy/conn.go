@@ -51,6 +51,16 @@ type conn struct {
 	// after is the causal token SET @mlr_after gave: the next read waits
 	// until the region holds what it covers (causal.go).
 	after causal.Token
+	// auth is what the client's authentication showed (forward.go);
+	// charset its character set (collation id).
+	auth    authState
+	charset byte
+	// fwds are the client's sessions at other regions' proxies, fwd the
+	// one a transaction was forwarded to (every statement goes there until
+	// it ends); txnWrote is set once the local transaction wrote.
+	fwds     map[uint16]*forwardConn
+	fwd      *forwardConn
+	txnWrote bool
 
 	mu         sync.Mutex
 	rawClient  net.Conn // closed to unblock I/O on cancel
@@ -135,6 +145,7 @@ func (c *conn) trackStatus(st uint16) {
 	c.inTrans = st&mysql.SERVER_STATUS_IN_TRANS != 0
 	if !c.inTrans {
 		c.txnStamp = false
+		c.txnWrote = false
 	}
 	c.mu.Unlock()
 }
@@ -182,6 +193,7 @@ func (c *conn) stamped(cl *class, set bool, setErr []byte) {
 // while handling the connection ends only this connection.
 func (c *conn) serve() {
 	defer c.cancel()
+	defer c.dropForwards()
 	defer c.recoverPanic()
 	c.log.Debug("proxy connection open")
 	err := c.handshake()
@@ -376,14 +388,22 @@ func (c *conn) command(p []byte, next byte) error {
 						return err
 					}
 				}
+				if c.fwd != nil {
+					return c.refuse(refused(reasonHome, fmt.Sprintf("inside a transaction forwarded to region %d's proxy only text statements run (COMMIT or ROLLBACK first)", c.fwd.region)), "", next)
+				}
 				if ps.homes != nil {
 					var vals []paramValue
 					if !ps.longData {
 						vals, ps.types = execParams(p, ps.params, ps.types)
 					}
 					ps.longData = false
-					if r := c.checkHomes(ps.homes, vals); r != nil {
-						return c.refuse(r, "", next)
+					d := c.checkHomes(ps.homes, vals, c.s.cfg.RegionID)
+					if d.forward != 0 {
+						d.refusal = refused(reasonHome, fmt.Sprintf("this prepared statement writes a key homed in another region, and forwarding takes text statements only: send it to that region's proxy %s", d.addr))
+						d.refusal.code, d.refusal.state = erSignal, "45000"
+					}
+					if d.refusal != nil {
+						return c.refuse(d.refusal, "", next)
 					}
 				}
 			}
@@ -636,9 +656,16 @@ func (c *conn) query(p []byte, next byte) error {
 	if cl.kind == kindRefused {
 		return c.refuse(cl, sql, next)
 	}
+	if c.fwd != nil {
+		return c.forwarded(cl, sql, p, next)
+	}
 	if c.s.homes != nil && cl.kind == kindWrite {
-		if r := c.checkHomes(c.homePlans(sql, cl), nil); r != nil {
-			return c.refuse(r, sql, next)
+		d := c.checkHomes(c.homePlans(sql, cl), nil, c.s.cfg.RegionID)
+		if d.refusal != nil {
+			return c.refuse(d.refusal, sql, next)
+		}
+		if d.forward != 0 {
+			return c.startForward(d, cl, sql, p, next)
 		}
 	}
 	if c.s.cfg.Causal != nil {
@@ -657,6 +684,9 @@ func (c *conn) query(p []byte, next byte) error {
 	}
 	stamp, label := c.decide(cl)
 	c.s.m.statements.WithLabelValues(label).Inc()
+	if cl.kind == kindWrite || cl.kind == kindWriteUnknown {
+		c.txnWrote = true // until the status shows no transaction
+	}
 	stamp = c.needSet(cl, stamp)
 	dst, setErr, err := c.send(p, stamp, next)
 	if err != nil {
@@ -742,6 +772,8 @@ func (c *conn) changeUser(p []byte, next byte) error {
 	if _, _, err := c.send(p, false, next); err != nil {
 		return err
 	}
+	c.auth = authState{} // the new account's answer is not kept: no forwarding
+	c.dropForwards()
 	ok, err := c.relayAuth(0, next-1)
 	if err != nil {
 		return err

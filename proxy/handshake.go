@@ -107,6 +107,10 @@ type handshakeResponse struct {
 	caps uint32
 	user string
 	db   string
+	// auth is the client's answer to the greeting's scramble, plugin the
+	// method it answered with (forward.go may reuse a native answer).
+	auth   []byte
+	plugin string
 }
 
 // sslRequestLen is the length of an SSLRequest packet; a handshake
@@ -137,11 +141,13 @@ func parseHandshakeResponse(p []byte) (handshakeResponse, error) {
 		if !ok || uint64(len(rest)-m) < n {
 			return r, fmt.Errorf("%w: bad auth response length", errMalformed)
 		}
+		r.auth = rest[m : m+int(n)]
 		rest = rest[m+int(n):]
 	case r.caps&mysql.CLIENT_SECURE_CONNECTION != 0:
 		if len(rest) < 1 || len(rest)-1 < int(rest[0]) {
 			return r, fmt.Errorf("%w: bad auth response length", errMalformed)
 		}
+		r.auth = rest[1 : 1+int(rest[0])]
 		rest = rest[1+int(rest[0]):]
 	default:
 		if _, rest, ok = cstring(rest); !ok {
@@ -149,11 +155,16 @@ func parseHandshakeResponse(p []byte) (handshakeResponse, error) {
 		}
 	}
 	if r.caps&mysql.CLIENT_CONNECT_WITH_DB != 0 && len(rest) > 0 {
-		db, _, ok := cstring(rest)
+		db, after, ok := cstring(rest)
 		if !ok {
 			return r, fmt.Errorf("%w: unterminated database name", errMalformed)
 		}
-		r.db = db
+		r.db, rest = db, after
+	}
+	if r.caps&mysql.CLIENT_PLUGIN_AUTH != 0 && len(rest) > 0 {
+		if plugin, _, ok := cstring(rest); ok {
+			r.plugin = plugin
+		}
 	}
 	return r, nil
 }
@@ -247,6 +258,7 @@ func (c *conn) handshake() error {
 		return fmt.Errorf("greeting from %s: %w", addr, err)
 	}
 	c.log = c.log.With(zap.Uint32("backend_conn_id", g.connID))
+	c.auth.scramble = greetingScramble(g0)
 	caps := g.caps&relayCaps | mysql.CLIENT_COMPRESS // zlib on the client leg, by the proxy itself
 	if c.s.cfg.ClientTLS != nil {
 		caps |= mysql.CLIENT_SSL
@@ -346,6 +358,8 @@ func (c *conn) handshake() error {
 	if err := c.backend.w.Flush(); err != nil {
 		return c.backendErr(err, cseq+1, "send handshake response")
 	}
+	c.auth.user, c.auth.plugin, c.auth.answer = hr.user, hr.plugin, bytes.Clone(hr.auth)
+	c.charset = resp[8]
 	ok, err := c.relayAuth(delta, cseq)
 	if err != nil {
 		return err
@@ -362,6 +376,22 @@ func (c *conn) handshake() error {
 	_ = c.client.nc.SetDeadline(time.Time{})
 	_ = c.backend.nc.SetDeadline(time.Time{})
 	return nil
+}
+
+// greetingScramble is the 20-byte scramble of a HandshakeV10 greeting (nil
+// when it has none of that size).
+func greetingScramble(p []byte) []byte {
+	end := bytes.IndexByte(p[1:], 0)
+	if end < 0 {
+		return nil
+	}
+	at := 1 + end + 1 + 4 // after the server version and the connection id
+	// part 1 (8), filler (1), capabilities (2), character set (1), status
+	// (2), capabilities (2), scramble length (1), reserved (10), part 2.
+	if len(p) < at+27+12 {
+		return nil
+	}
+	return append(bytes.Clone(p[at:at+8]), p[at+27:at+27+12]...)
 }
 
 // errAuthFailed ends a connection whose authentication the backend
@@ -402,6 +432,8 @@ func (c *conn) relayAuth(delta, cseq byte) (bool, error) {
 			if len(p) == 2 && p[1] == 0x03 {
 				continue
 			}
+		case mysql.EOF_HEADER: // auth switch: a method and its scramble
+			c.auth.switchTo(p)
 		}
 		r, first, last, err := c.client.readPacket(maxAuthPacket)
 		if err != nil {
@@ -412,6 +444,7 @@ func (c *conn) relayAuth(delta, cseq byte) (bool, error) {
 			return false, fmt.Errorf("%w: auth packet sequence id %d, want %d", errMalformed, first, cseq+1)
 		}
 		cseq = last
+		c.auth.answered(r)
 		if _, err := c.backend.writePacket(r, first+delta); err != nil {
 			return false, c.backendErr(err, cseq+1, "send authentication data")
 		}

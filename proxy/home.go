@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"fmt"
 	"slices"
 	"strconv"
 
@@ -28,6 +29,7 @@ const (
 	homeMisrouted      = "misrouted"       // a key is homed elsewhere: written here (elsewhere: allow)
 	homeUnknown        = "unknown"         // keys not in the statement: sent on, the triggers check each row
 	homeUnknownRefused = "unknown_refused" // keys not in the statement: refused (unknown: reject)
+	homeForwarded      = "forwarded"       // a key is homed elsewhere: sent to its home's proxy (elsewhere: forward)
 )
 
 // reasonHome is the refusal reason (refused_total{reason}) of a write for
@@ -326,17 +328,34 @@ func keyOf(e ast.ExprNode) (keySource, bool) {
 	return keySource{}, false
 }
 
+// homeDecision is what the home policies say about one statement: go on
+// here, be refused, or be forwarded to region forward's proxy.
+type homeDecision struct {
+	refusal *class
+	forward uint16
+	addr    string
+	label   string // the table entry that forwards (metrics)
+}
+
 // checkHomes applies the tables' home policies to the keys plans show,
 // with params the values of a prepared statement's parameters (nil for a
-// text statement; a parameter it lacks makes the keys unknown). It counts
-// each table's outcome and returns the refusal, or nil.
-func (c *conn) checkHomes(plans []homePlan, params []paramValue) *class {
-	var refusal *class
+// text statement; a parameter it lacks makes the keys unknown), for a
+// statement that runs in region here (this one, or the home a forwarded
+// transaction runs in). It counts each table's outcome.
+func (c *conn) checkHomes(plans []homePlan, params []paramValue, here uint16) homeDecision {
+	var d homeDecision
+	refuse := func(msg string) {
+		if d.refusal == nil {
+			d.refusal = refused(reasonHome, msg)
+			d.refusal.code = erSignal
+			d.refusal.state = "45000"
+		}
+	}
 	for _, p := range plans {
 		outcome := homeLocal
 		elsewhere := uint16(0)
 		unknown := p.unknown
-		if l := p.m.Leader(); l != 0 && l != c.s.cfg.RegionID {
+		if l := p.m.Leader(); l != 0 && l != here {
 			elsewhere = l
 		}
 		for _, k := range p.keys {
@@ -351,33 +370,49 @@ func (c *conn) checkHomes(plans []homePlan, params []paramValue) *class {
 			if null {
 				continue
 			}
-			if h := p.m.Of(text); h != 0 && h != c.s.cfg.RegionID && elsewhere == 0 {
+			if h := p.m.Of(text); h != 0 && h != here {
+				if elsewhere != 0 && h != elsewhere {
+					elsewhere = 0xFFFF // homes in two other regions
+					break
+				}
 				elsewhere = h
 			}
 		}
+		table := p.table.schema + "." + p.table.table
 		switch {
+		case elsewhere == 0xFFFF:
+			outcome = homeRefused
+			refuse("this statement writes keys of " + table + " homed in more than one other region: write each region's keys there")
+		case elsewhere != 0 && here != c.s.cfg.RegionID:
+			outcome = homeRefused
+			refuse(fmt.Sprintf("this transaction was forwarded to region %s, and writes %s for a key homed elsewhere: a transaction writes the keys of one home region",
+				p.m.Name(here), table))
 		case elsewhere != 0 && p.m.Elsewhere == config.HomeAllow:
 			outcome = homeMisrouted
+		case elsewhere != 0 && p.m.Elsewhere == config.HomeForward && c.s.cfg.Accounts != nil:
+			switch {
+			case d.forward != 0 && d.forward != elsewhere:
+				outcome = homeRefused
+				refuse("this statement writes rows homed in two other regions: write each region's rows there")
+			default:
+				outcome = homeForwarded
+				d.forward, d.addr, d.label = elsewhere, p.m.Proxy(elsewhere), p.m.Label
+			}
 		case elsewhere != 0:
 			outcome = homeRefused
-			if refusal == nil {
-				refusal = refused(reasonHome, p.m.Refusal(p.table.schema, p.table.table, elsewhere))
-				refusal.code = erSignal
-				refusal.state = "45000"
-			}
+			refuse(p.m.Refusal(p.table.schema, p.table.table, elsewhere))
 		case unknown && p.m.Unknown == config.HomeReject:
 			outcome = homeUnknownRefused
-			if refusal == nil {
-				refusal = refused(reasonHome, "this statement does not show which region homes the rows it writes in "+
-					p.table.schema+"."+p.table.table+" (its home.unknown is reject): name the rows by their "+p.m.Column+
-					" (= or IN with values or parameters; an INSERT with a column list)")
-				refusal.code = erSignal
-				refusal.state = "45000"
-			}
+			refuse("this statement does not show which region homes the rows it writes in " + table +
+				" (its home.unknown is reject): name the rows by their " + p.m.Column +
+				" (= or IN with values or parameters; an INSERT with a column list)")
 		case unknown:
 			outcome = homeUnknown
 		}
 		c.s.m.homed.WithLabelValues(p.m.Label, outcome).Inc()
 	}
-	return refusal
+	if d.refusal != nil {
+		d.forward = 0
+	}
+	return d
 }

@@ -19,6 +19,8 @@ type metrics struct {
 	cacheMisses       prometheus.Counter
 	panics            *prometheus.CounterVec // {where}: connection, parser
 	homed             *prometheus.CounterVec // {table, outcome}
+	forwarded         prometheus.Counter
+	forwardSeconds    prometheus.Histogram
 }
 
 // Statement kinds (statements_total{kind}).
@@ -63,10 +65,15 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			"Writes to tables with a home region by key, by table entry (as the config names it) and outcome: local (every key homed here or nowhere), "+
 				"refused or misrouted (a key homed elsewhere: refused, or written here under elsewhere: allow), "+
 				"unknown or unknown_refused (the statement does not show its keys: sent on for the triggers to check, or refused).")), []string{"table", "outcome"}),
+		forwarded: prometheus.NewCounter(prometheus.CounterOpts(opts("forwarded_total",
+			"Statements sent to another region's proxy: writes homed there (elsewhere: forward, strong tables with forward: true) and the rest of their transactions."))),
+		forwardSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "mlproxy", Subsystem: "proxy", Name: "forward_seconds",
+			Help:    "Latency of forwarded statements, from sending to the home region's proxy to the end of its response.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
 	}
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.connections, m.connectionsTotal, m.statements,
-			m.stamped, m.refused, m.backendErrors, m.backendIdleClosed, m.compressed, m.stampReused, m.cacheHits, m.cacheMisses, m.panics, m.homed} {
+			m.stamped, m.refused, m.backendErrors, m.backendIdleClosed, m.compressed, m.stampReused, m.cacheHits, m.cacheMisses, m.panics, m.homed, m.forwarded, m.forwardSeconds} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}

@@ -104,6 +104,11 @@ type Config struct {
 	// Causal, when set, answers SELECT mlr_token() and makes a read wait
 	// for the token SET @mlr_after gave (causal.go).
 	Causal Causal
+	// Accounts, when set, lets writes homed elsewhere be forwarded to
+	// their home's proxy under the client's own account (forward.go);
+	// ForwardTLS, when set, is the TLS of those sessions.
+	Accounts   Accounts
+	ForwardTLS *tls.Config
 }
 
 // Defaults for zero Config fields.

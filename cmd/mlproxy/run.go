@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"database/sql"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -193,6 +194,10 @@ func runRegion(ctx context.Context, cfg *config.Config, log *zap.Logger, reload 
 	if err != nil {
 		return err
 	}
+	forwardTLS, err := config.Server{TLS: cfg.Proxy.Forward.TLS}.TLSConfig()
+	if err != nil {
+		return fmt.Errorf("proxy.forward: %w", err)
+	}
 	r.proxy, err = proxy.New(proxy.Config{
 		Listen:          cfg.Proxy.Listen,
 		Backend:         cfg.Local,
@@ -206,6 +211,8 @@ func runRegion(ctx context.Context, cfg *config.Config, log *zap.Logger, reload 
 		AllowDDL:        cfg.Proxy.AllowDDL,
 		Fence:           r.skew,
 		Causal:          causalTokens{r},
+		Accounts:        accounts{r},
+		ForwardTLS:      forwardTLS,
 	}, r.clock, replicatedTables{r, r.guard}, log.Named("proxy"), r.reg)
 	if err != nil {
 		return err
@@ -327,6 +334,31 @@ func (r *region) reloadOnHUP(ctx context.Context, reload <-chan struct{}) {
 		r.log.Info("config reloaded", zap.String("config", next.Path), zap.Int("tables", len(next.Tables)),
 			zap.Int("sources", len(next.Sources())), zap.Strings("links", did))
 	}
+}
+
+// accounts reads, for forwarding, the mysql_native_password hashes of an
+// account from the local server (mlproxy's account needs SELECT on
+// mysql.global_priv: the hashes of every account; see the README).
+type accounts struct{ r *region }
+
+func (a accounts) NativeHashes(ctx context.Context, user string) ([][]byte, error) {
+	rows, err := a.r.db.QueryContext(ctx, "SELECT JSON_VALUE(Priv, '$.authentication_string') FROM mysql.global_priv "+
+		"WHERE User = ? AND JSON_VALUE(Priv, '$.plugin') IN ('mysql_native_password', '')", user)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out [][]byte
+	for rows.Next() {
+		var s sql.NullString
+		if err := rows.Scan(&s); err != nil {
+			return nil, err
+		}
+		if h, err := hex.DecodeString(strings.TrimPrefix(s.String, "*")); err == nil && len(h) == 20 {
+			out = append(out, h)
+		}
+	}
+	return out, rows.Err()
 }
 
 // causalTokens serves the proxy's causal tokens from the region's server

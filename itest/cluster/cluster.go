@@ -44,6 +44,9 @@ type Options struct {
 	Dir string
 	// Extra YAML appended to each region's config (e.g. apply tuning).
 	Extra string
+	// Forward lets each region's proxy forward writes to the others'
+	// (proxy.forward over TLS, verified with the cluster's CA).
+	Forward bool
 	// ServerArgs are extra mariadbd arguments for every region.
 	ServerArgs []string
 	// Pprof serves Go's profiler on each region's metrics listener.
@@ -365,6 +368,9 @@ proxy:
   listen: "{{.R.ProxyAddr}}"
   shutdown_timeout: 5s
   tls: {cert: "{{.R.ProxyCert.Cert}}", key: "{{.R.ProxyCert.Key}}"}
+{{- if .C.Opts.Forward}}
+  forward: {tls: {ca: "{{.C.CAFile}}"}}
+{{- end}}
 local:
   addr: "{{.R.LocalAddr}}"
   user: root

@@ -1,0 +1,119 @@
+package itest
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-sql-driver/mysql"
+
+	"github.com/mlproxy/mlproxy/itest/cluster"
+)
+
+// TestForwardHomedWrites: users homed by id range with elsewhere:
+// forward. A write for a user homed in us, sent to eu's proxy as an
+// application account, succeeds: eu's proxy runs it at us's proxy under
+// the same account, us stamps it, every region ends with it. A
+// transaction moves to the home of its first write and runs there whole;
+// a write in it for another home is refused, and the rest commits. A
+// prepared statement homed elsewhere is refused, naming the home's proxy.
+func TestForwardHomedWrites(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	tables := strings.Replace(homeTables, "        - {region: ap, from: 2001, to: 3000}",
+		"        - {region: ap, from: 2001, to: 3000}\n      elsewhere: forward", 1)
+	c := startCluster(t, cluster.Options{
+		Setup:   homeSetup + "CREATE USER app@'%' IDENTIFIED BY 'app-secret'; GRANT ALL ON app.* TO app@'%';",
+		Tables:  tables,
+		Forward: true,
+	})
+	eu, us := c.Regions[0], c.Regions[1]
+	asApp := func(r *cluster.Region) *sql.DB {
+		mc, err := mysql.ParseDSN(r.DSN("app"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		mc.User, mc.Passwd = "app", "app-secret"
+		db, err := sql.Open("mysql", mc.FormatDSN())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { db.Close() })
+		return db
+	}
+	euApp := asApp(eu)
+
+	if _, err := euApp.ExecContext(ctx, "INSERT INTO users (user_id, name) VALUES (1500, 'sent to eu')"); err != nil {
+		t.Fatalf("a write homed in us, through eu's proxy: %v", err)
+	}
+	var origin int
+	if err := openDirect(t, us).QueryRowContext(ctx, "SELECT _mlr_origin & 0xFFFF FROM app.users WHERE user_id = 1500").Scan(&origin); err != nil {
+		t.Fatalf("the forwarded write is not in us: %v", err)
+	}
+	if origin != int(us.ID) {
+		t.Errorf("the forwarded write was stamped by region %d, want us (%d)", origin, us.ID)
+	}
+
+	conn, err := euApp.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	steps := []struct {
+		sql     string
+		refused string
+	}{
+		{"BEGIN", ""},
+		{"SELECT COUNT(*) FROM users", ""},
+		{"UPDATE users SET name = 'moved with its transaction' WHERE user_id = 1500", ""},
+		{"INSERT INTO users (user_id, name) VALUES (1600, 'same home')", ""},
+		{"INSERT INTO users (user_id, name) VALUES (5, 'eu home')", "a transaction writes the keys of one home region"},
+		{"COMMIT", ""},
+	}
+	for _, s := range steps {
+		_, err := conn.ExecContext(ctx, s.sql)
+		switch {
+		case s.refused == "" && err != nil:
+			t.Fatalf("%s: %v", s.sql, err)
+		case s.refused != "" && (err == nil || !strings.Contains(err.Error(), s.refused)):
+			t.Fatalf("%s: %v; want it refused: %s", s.sql, err, s.refused)
+		}
+	}
+	_, err = euApp.ExecContext(ctx, "UPDATE users SET name = ? WHERE user_id = ?", "prepared", 1600)
+	var me *mysql.MySQLError
+	if !errors.As(err, &me) || me.Number != 1644 || !strings.Contains(me.Message, us.ProxyAddr) {
+		t.Fatalf("a prepared write homed in us through eu: %v; want ERR 1644 naming us's proxy", err)
+	}
+
+	wctx, wcancel := context.WithTimeout(ctx, time.Minute)
+	defer wcancel()
+	if err := c.WaitApplied(wctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WaitConverged(wctx, map[string]string{"app.users": "user_id"}, "user_id, name, _mlr_origin"); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range c.Regions {
+		rows, err := openDirect(t, r).QueryContext(ctx, "SELECT user_id, name FROM app.users ORDER BY user_id")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for rows.Next() {
+			var id int
+			var name string
+			if err := rows.Scan(&id, &name); err != nil {
+				t.Fatal(err)
+			}
+			got = append(got, itoa(id)+"="+name)
+		}
+		rows.Close()
+		want := "1500=moved with its transaction 1600=same home"
+		if strings.Join(got, " ") != want {
+			t.Errorf("region %s holds %v, want %s", r.Name, got, want)
+		}
+	}
+}

@@ -1,0 +1,449 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha1" //nolint:gosec // mysql_native_password is SHA-1 by definition
+	"crypto/tls"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/go-mysql-org/go-mysql/mysql"
+	"go.uber.org/zap"
+)
+
+// Forwarding (home.elsewhere: forward, and strong tables with forward:
+// true) sends a write homed in another region to that region's proxy, as
+// the client itself: the same account, never a broader one.
+//
+// The proxy stores no passwords, and a client answers only one scramble,
+// the local server's. For mysql_native_password that answer and the
+// account's stored hash (SHA1(SHA1(password)), read from the local
+// server's mysql.user) give back SHA1(password), the password's
+// equivalent for this method, which answers the home region's scramble.
+// It is kept in memory for the connection only, checked against the stored
+// hash, and used for nothing but the forwarding connection. Accounts
+// authenticated another way (ed25519, caching_sha2_password) cannot be
+// forwarded: their writes homed elsewhere are refused instead, naming the
+// home's proxy.
+
+// Accounts, when set in Config, reads the stored hash of an account, for
+// forwarding.
+type Accounts interface {
+	// NativeHashes are the mysql_native_password hashes (the 20 bytes of
+	// SHA1(SHA1(password))) of every account named user.
+	NativeHashes(ctx context.Context, user string) ([][]byte, error)
+}
+
+const nativePassword = "mysql_native_password"
+
+// authState is what the proxy saw of the client's authentication: the
+// scramble it answered last, its answer and the method.
+type authState struct {
+	user     string
+	plugin   string
+	scramble []byte
+	answer   []byte
+}
+
+// switchTo records an auth switch request (0xfe, method, scramble).
+func (a *authState) switchTo(p []byte) {
+	plugin, rest, ok := cstring(p[1:])
+	if !ok {
+		a.plugin, a.scramble = "", nil
+		return
+	}
+	a.plugin, a.scramble = plugin, bytes.TrimSuffix(bytes.Clone(rest), []byte{0})
+	a.answer = nil
+}
+
+// answered records the client's answer to a switch.
+func (a *authState) answered(r []byte) {
+	if a.answer == nil {
+		a.answer = bytes.Clone(r)
+	}
+}
+
+// passwordHash recovers SHA1(password) from a native answer and the
+// account's stored hashes; ok is false when the client did not answer
+// natively or no stored hash matches.
+func (a authState) passwordHash(stored [][]byte) ([]byte, bool) {
+	if a.user == "" || (a.plugin != nativePassword && a.plugin != "") || len(a.scramble) != 20 || len(a.answer) != 20 {
+		return nil, false
+	}
+	for _, h := range stored {
+		if len(h) != 20 {
+			continue
+		}
+		mix := sha1.Sum(append(bytes.Clone(a.scramble), h...)) //nolint:gosec
+		x := make([]byte, 20)
+		for i := range x {
+			x[i] = a.answer[i] ^ mix[i]
+		}
+		if check := sha1.Sum(x); bytes.Equal(check[:], h) { //nolint:gosec
+			return x, true
+		}
+	}
+	return nil, false
+}
+
+// nativeAnswer answers scramble for a password whose SHA1 is pwHash.
+func nativeAnswer(scramble, pwHash []byte) []byte {
+	stored := sha1.Sum(pwHash)                                        //nolint:gosec
+	mix := sha1.Sum(append(bytes.Clone(scramble[:20]), stored[:]...)) //nolint:gosec
+	out := make([]byte, 20)
+	for i := range out {
+		out[i] = pwHash[i] ^ mix[i]
+	}
+	return out
+}
+
+// forwardConn is this client's session at another region's proxy.
+type forwardConn struct {
+	region uint16
+	addr   string
+	db     string // the database it is in
+	w      *wire
+	nc     net.Conn
+	status uint16 // the last status it sent
+}
+
+func (f *forwardConn) inTrans() bool { return f.status&mysql.SERVER_STATUS_IN_TRANS != 0 }
+
+func (f *forwardConn) close() {
+	if f.nc != nil {
+		_ = f.nc.Close()
+	}
+}
+
+// errNoForward is forwarding that cannot be: the account did not
+// authenticate natively, no proxy address, ...
+var errNoForward = errors.New("cannot forward")
+
+// dialForward opens the client's session at region's proxy addr.
+func (c *conn) dialForward(ctx context.Context, region uint16, addr string) (*forwardConn, error) {
+	if addr == "" {
+		return nil, fmt.Errorf("%w: the configuration gives no proxy address for region %d (peers[].proxy)", errNoForward, region)
+	}
+	if c.s.cfg.Accounts == nil {
+		return nil, fmt.Errorf("%w: forwarding is not configured", errNoForward)
+	}
+	hashes, err := c.s.cfg.Accounts.NativeHashes(ctx, c.auth.user)
+	if err != nil {
+		return nil, fmt.Errorf("%w: read the account's stored hash: %v", errNoForward, err)
+	}
+	pw, ok := c.auth.passwordHash(hashes)
+	if !ok {
+		return nil, fmt.Errorf("%w: only accounts that authenticate with mysql_native_password can be forwarded as themselves", errNoForward)
+	}
+	d := net.Dialer{Timeout: dialTimeout}
+	nc, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("dial region %d's proxy %s: %w", region, addr, err)
+	}
+	f := &forwardConn{region: region, addr: addr, w: newWire(nc), nc: nc, db: c.db}
+	_ = nc.SetDeadline(time.Now().Add(handshakeTimeout))
+	if err := c.forwardHandshake(ctx, f, pw); err != nil {
+		f.close()
+		return nil, fmt.Errorf("log in to region %d's proxy %s as %s: %w", region, addr, c.auth.user, err)
+	}
+	_ = nc.SetDeadline(time.Time{})
+	return f, nil
+}
+
+// forwardHandshake logs f in as the client's account, over TLS when the
+// proxy is configured for it.
+func (c *conn) forwardHandshake(ctx context.Context, f *forwardConn, pw []byte) error {
+	g0, _, _, err := f.w.readPacket(maxAuthPacket)
+	if err != nil {
+		return err
+	}
+	if len(g0) > 0 && g0[0] == mysql.ERR_HEADER {
+		return errors.New(errText(g0))
+	}
+	g, err := parseGreeting(g0)
+	if err != nil {
+		return err
+	}
+	scramble := greetingScramble(g0)
+	if len(scramble) != 20 {
+		return errors.New("the greeting has no 20-byte scramble")
+	}
+	caps := (c.caps | mysql.CLIENT_PROTOCOL_41 | mysql.CLIENT_SECURE_CONNECTION | mysql.CLIENT_PLUGIN_AUTH) &^
+		(mysql.CLIENT_CONNECT_ATTRS | mysql.CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA | mysql.CLIENT_CONNECT_WITH_DB)
+	if c.db != "" {
+		caps |= mysql.CLIENT_CONNECT_WITH_DB
+	}
+	caps &= g.caps | mysql.CLIENT_CONNECT_WITH_DB
+	seq := byte(1)
+	if tc := c.s.cfg.ForwardTLS; tc != nil {
+		if g.caps&mysql.CLIENT_SSL == 0 {
+			return errors.New("the proxy does not offer TLS, which forwarding is configured to use")
+		}
+		ssl := make([]byte, sslRequestLen)
+		binary.LittleEndian.PutUint32(ssl, caps|mysql.CLIENT_SSL)
+		binary.LittleEndian.PutUint32(ssl[4:], 1<<24)
+		ssl[8] = c.charset
+		if _, err := f.w.writePacket(ssl, seq); err != nil {
+			return err
+		}
+		if err := f.w.w.Flush(); err != nil {
+			return err
+		}
+		cfg := tc.Clone()
+		if cfg.ServerName == "" && !cfg.InsecureSkipVerify {
+			if host, _, err := net.SplitHostPort(f.addr); err == nil {
+				cfg.ServerName = host
+			}
+		}
+		tlsc := tls.Client(f.w.raw(), cfg)
+		if err := tlsc.HandshakeContext(ctx); err != nil {
+			return fmt.Errorf("TLS: %w", err)
+		}
+		f.w.upgrade(tlsc)
+		f.nc = tlsc
+		seq++
+		caps |= mysql.CLIENT_SSL
+	}
+	resp := make([]byte, sslRequestLen, sslRequestLen+64)
+	binary.LittleEndian.PutUint32(resp, caps)
+	binary.LittleEndian.PutUint32(resp[4:], 1<<24)
+	resp[8] = c.charset
+	resp = append(resp, c.auth.user...)
+	resp = append(resp, 0, 20)
+	resp = append(resp, nativeAnswer(scramble, pw)...)
+	if c.db != "" {
+		resp = append(append(resp, c.db...), 0)
+	}
+	resp = append(append(resp, nativePassword...), 0)
+	for {
+		if _, err := f.w.writePacket(resp, seq); err != nil {
+			return err
+		}
+		if err := f.w.w.Flush(); err != nil {
+			return err
+		}
+		p, _, last, err := f.w.readPacket(maxAuthPacket)
+		if err != nil {
+			return err
+		}
+		switch {
+		case len(p) == 0:
+			return errors.New("empty authentication reply")
+		case p[0] == mysql.OK_HEADER:
+			if st, ok := okStatus(p); ok {
+				f.status = st
+			}
+			return nil
+		case p[0] == mysql.ERR_HEADER:
+			return errors.New(errText(p))
+		case p[0] == mysql.EOF_HEADER: // auth switch
+			var a authState
+			a.switchTo(p)
+			if a.plugin != nativePassword || len(a.scramble) < 20 {
+				return fmt.Errorf("the home region asks for %q, not %s", a.plugin, nativePassword)
+			}
+			resp, seq = nativeAnswer(a.scramble, pw), last+1
+		default:
+			return fmt.Errorf("unexpected authentication reply 0x%02x", p[0])
+		}
+	}
+}
+
+// errText is an ERR packet's message.
+func errText(p []byte) string {
+	if len(p) > 9 && p[3] == '#' {
+		return string(p[9:])
+	}
+	if len(p) > 3 {
+		return string(p[3:])
+	}
+	return "error"
+}
+
+// dropForwards closes the client's forwarding sessions.
+func (c *conn) dropForwards() {
+	for id, f := range c.fwds {
+		f.close()
+		delete(c.fwds, id)
+	}
+	c.fwd = nil
+}
+
+// forwardTo returns the client's session at region's proxy, opening it
+// on first use.
+func (c *conn) forwardTo(region uint16, addr string) (*forwardConn, error) {
+	if f := c.fwds[region]; f != nil {
+		return f, nil
+	}
+	f, err := c.dialForward(c.ctx, region, addr)
+	if err != nil {
+		return nil, err
+	}
+	if c.fwds == nil {
+		c.fwds = map[uint16]*forwardConn{}
+	}
+	c.fwds[region] = f
+	return f, nil
+}
+
+// relayForward sends the command p to f and relays its whole response to
+// the client. A session that breaks is dropped (the client gets an error
+// and may retry; the statement may or may not have run there).
+func (c *conn) relayForward(f *forwardConn, p []byte, next byte) error {
+	send := func() error {
+		if _, err := f.w.writePacket(p, 0); err != nil {
+			return err
+		}
+		return f.w.w.Flush()
+	}
+	if err := send(); err != nil {
+		c.dropForward(f)
+		return c.sendRaw(errPacket(erBackendLost, "08S01", fmt.Sprintf("mlproxy: lost the forwarding session to region %d's proxy %s: %v", f.region, f.addr, err)), next)
+	}
+	saved, savedStatus := c.backend, c.status
+	c.backend = f.w
+	err := c.results(c.client.w, next, nil)
+	c.backend = saved
+	f.status = c.status
+	c.trackStatus(savedStatus) // the local session's own state is unchanged
+	if err != nil {
+		c.dropForward(f)
+		return err
+	}
+	c.s.m.forwarded.Inc()
+	return nil
+}
+
+func (c *conn) dropForward(f *forwardConn) {
+	f.close()
+	delete(c.fwds, f.region)
+	if c.fwd == f {
+		c.fwd = nil
+	}
+}
+
+// startForward sends a statement whose keys are homed in region d.forward
+// to that region's proxy. The home is decided at a transaction's first
+// write: inside a transaction that has not written here yet, the
+// transaction moves there (its reads so far were local; the local one is
+// rolled back) and every statement goes there until it ends.
+func (c *conn) startForward(d homeDecision, cl *class, sql string, p []byte, next byte) error {
+	refuse := func(msg string) error {
+		r := refused(reasonHome, msg)
+		r.code, r.state = erSignal, "45000"
+		return c.refuse(r, sql, next)
+	}
+	if cl.multi {
+		return refuse(fmt.Sprintf("a packet of several statements is not forwarded: send its write homed in another region alone, or to that region's proxy %s", d.addr))
+	}
+	c.mu.Lock()
+	inTrans, status := c.inTrans, c.status
+	c.mu.Unlock()
+	if inTrans && c.txnWrote {
+		return refuse(fmt.Sprintf("this transaction already wrote here, and this write is for a key homed in another region (proxy %s): a transaction writes the keys of one home region", d.addr))
+	}
+	f, err := c.forwardTo(d.forward, d.addr)
+	if err != nil {
+		c.log.Warn("write not forwarded", zap.Uint16("home", d.forward), zap.String("proxy", d.addr), zap.Error(err))
+		return refuse(fmt.Sprintf("this write is for a key homed in another region, and forwarding it to that region's proxy %s failed: %v", d.addr, err))
+	}
+	if err := c.syncForward(f); err != nil {
+		c.dropForward(f)
+		return refuse(fmt.Sprintf("forwarding to %s failed: %v", d.addr, err))
+	}
+	explicit := inTrans || status&mysql.SERVER_STATUS_AUTOCOMMIT == 0
+	if explicit {
+		if err := simpleCommand(f.w, "START TRANSACTION"); err != nil {
+			c.dropForward(f)
+			return refuse(fmt.Sprintf("forwarding to %s failed: %v", d.addr, err))
+		}
+		f.status |= mysql.SERVER_STATUS_IN_TRANS
+		if inTrans {
+			if err := simpleCommand(c.backend, "ROLLBACK"); err != nil {
+				return c.backendErr(err, next, "end the local transaction")
+			}
+			c.trackStatus(status &^ mysql.SERVER_STATUS_IN_TRANS)
+		}
+	}
+	start := time.Now()
+	if err := c.relayForward(f, p, next); err != nil {
+		return err
+	}
+	c.s.m.forwardSeconds.Observe(time.Since(start).Seconds())
+	if f.inTrans() && c.fwds[f.region] == f {
+		c.fwd = f
+	}
+	return nil
+}
+
+// forwarded runs a statement of a transaction forwarded to c.fwd there;
+// a write for a key homed in a third region (or here) is refused.
+func (c *conn) forwarded(cl *class, sql string, p []byte, next byte) error {
+	f := c.fwd
+	if err := c.syncForward(f); err != nil {
+		c.dropForward(f)
+		return c.sendRaw(errPacket(erBackendLost, "08S01", fmt.Sprintf("mlproxy: lost the forwarding session to region %d's proxy %s: %v", f.region, f.addr, err)), next)
+	}
+	if c.s.homes != nil && cl.kind == kindWrite {
+		if d := c.checkHomes(c.homePlans(sql, cl), nil, f.region); d.refusal != nil {
+			return c.refuse(d.refusal, sql, next)
+		}
+	}
+	if cl.multi {
+		r := refused(reasonHome, fmt.Sprintf("inside a transaction forwarded to region %d's proxy, send one statement at a time", f.region))
+		return c.refuse(r, sql, next)
+	}
+	start := time.Now()
+	err := c.relayForward(f, p, next)
+	if err == nil {
+		c.s.m.forwardSeconds.Observe(time.Since(start).Seconds())
+	}
+	if c.fwd != nil && !c.fwd.inTrans() {
+		c.fwd = nil // the transaction ended there
+	}
+	return err
+}
+
+// syncForward gives f the client's current database.
+func (c *conn) syncForward(f *forwardConn) error {
+	if f.db == c.db || c.db == "" {
+		return nil
+	}
+	if _, err := f.w.writePacket(append([]byte{mysql.COM_INIT_DB}, c.db...), 0); err != nil {
+		return err
+	}
+	if err := f.w.w.Flush(); err != nil {
+		return err
+	}
+	r, _, _, err := f.w.readPacket(maxAuthPacket)
+	if err != nil {
+		return err
+	}
+	if len(r) == 0 || r[0] != mysql.OK_HEADER {
+		return errors.New(errText(r))
+	}
+	f.db = c.db
+	return nil
+}
+
+// simpleCommand runs a statement that answers OK or ERR on w.
+func simpleCommand(w *wire, sql string) error {
+	if _, err := w.writePacket(append([]byte{mysql.COM_QUERY}, sql...), 0); err != nil {
+		return err
+	}
+	if err := w.w.Flush(); err != nil {
+		return err
+	}
+	r, _, _, err := w.readPacket(maxAuthPacket)
+	if err != nil {
+		return err
+	}
+	if len(r) == 0 || r[0] != mysql.OK_HEADER {
+		return fmt.Errorf("%s: %s", sql, errText(r))
+	}
+	return nil
+}
