@@ -51,8 +51,12 @@ func TestOperations(t *testing.T) {
 	if err != nil {
 		t.Fatalf("mlproxy status: %v\n%s", err, out)
 	}
-	// The links table, then (after a blank line) the clock against peers.
+	// The links table, then (after a blank line) the instance running the
+	// replicator, and the clock against peers.
 	links, clock, _ := strings.Cut(strings.TrimSpace(string(out)), "\n\n")
+	if !strings.Contains(clock, "replicator: active on ") || !strings.Contains(clock, us.ProxyAddr) || !strings.Contains(clock, "this instance: active") {
+		t.Errorf("mlproxy status on us: want the replicator line naming us's instance, got:\n%s", out)
+	}
 	lines := strings.Split(links, "\n")
 	if !strings.Contains(clock, "clock fenced (max_offset 500ms): no") || !regexp.MustCompile(`(?m)^eu\s+[+-]\d+\.\d`).MatchString(clock) {
 		t.Errorf("mlproxy status on us: want the clock section with eu's offset and no fence, got:\n%s", out)

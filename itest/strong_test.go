@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"regexp"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -111,16 +112,27 @@ func (c *transferClient) run(ctx context.Context, stop *atomic.Bool, rng *rand.R
 }
 
 // TestStrongLedger: accounts and transfers are strong tables led by eu,
-// written concurrently from every region (refused outside eu with the
-// leader's proxy, and redirected there). Every region ends with balances
-// that are exactly the acknowledged transfers applied to the opening
-// balances, none negative although clients kept trying to overdraw. While
-// eu's proxy is down, writes elsewhere are refused, never taken and
-// merged later.
+// written concurrently from every region: refused outside eu with the
+// leader's proxy and redirected there by the client, or (forward: true)
+// forwarded there whole by the region's proxy, as the client's account.
+// Every region ends with balances that are exactly the acknowledged
+// transfers applied to the opening balances, none negative although
+// clients kept trying to overdraw. While eu's proxy is down, writes
+// elsewhere are refused, never taken and merged later.
 func TestStrongLedger(t *testing.T) {
+	t.Run("redirect", func(t *testing.T) { strongLedger(t, false) })
+	t.Run("forward", func(t *testing.T) { strongLedger(t, true) })
+}
+
+func strongLedger(t *testing.T, forward bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	c := startCluster(t, cluster.Options{Setup: ledgerSetup, Tables: ledgerTables})
+	tables := ledgerTables
+	if forward {
+		tables = strings.ReplaceAll(tables, "    leader: eu", "    leader: eu\n    forward: true")
+	}
+	c := startCluster(t, cluster.Options{Setup: ledgerSetup + "CREATE USER app@'%' IDENTIFIED BY 'app-secret'; GRANT ALL ON app.* TO app@'%';",
+		Tables: tables, Forward: forward})
 	eu, us := c.Regions[0], c.Regions[1]
 	const accounts, opening = 5, 100
 	for i := 1; i <= accounts; i++ {
@@ -128,10 +140,12 @@ func TestStrongLedger(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	_, err := openProxy(t, us, 1).ExecContext(ctx, "INSERT INTO accounts VALUES (99, 1000000)")
 	var me *mysql.MySQLError
-	if !errors.As(err, &me) || me.Number != 1644 {
-		t.Fatalf("insert into a strong table outside its leader: %v; want ERR 1644 naming the leader", err)
+	if !forward {
+		_, err := openProxy(t, us, 1).ExecContext(ctx, "INSERT INTO accounts VALUES (99, 1000000)")
+		if !errors.As(err, &me) || me.Number != 1644 {
+			t.Fatalf("insert into a strong table outside its leader: %v; want ERR 1644 naming the leader", err)
+		}
 	}
 
 	var stop atomic.Bool
@@ -140,12 +154,21 @@ func TestStrongLedger(t *testing.T) {
 	errs := make(chan error, 16)
 	for i, r := range c.Regions {
 		for w := range 2 {
-			cl := &transferClient{name: fmt.Sprintf("%s-%d", r.Name, w), home: openProxy(t, r, 2), base: int64(i*10+w+1) * 1_000_000,
-				dsn: func(addr string) string {
-					mc, _ := mysql.ParseDSN(r.DSN("app"))
+			dsn := func(addr string) string {
+				mc, _ := mysql.ParseDSN(r.DSN("app"))
+				mc.User, mc.Passwd = "app", "app-secret" // forwarding needs a native password
+				if addr != "" {
 					mc.Addr = addr
-					return mc.FormatDSN()
-				}, leaders: map[string]*sql.DB{}, acked: map[int64][3]int{}}
+				}
+				return mc.FormatDSN()
+			}
+			home, err := sql.Open("mysql", dsn(""))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { home.Close() })
+			cl := &transferClient{name: fmt.Sprintf("%s-%d", r.Name, w), home: home, base: int64(i*10+w+1) * 1_000_000,
+				dsn: dsn, leaders: map[string]*sql.DB{}, acked: map[int64][3]int{}}
 			clients = append(clients, cl)
 			wg.Add(1)
 			go func() {
@@ -173,7 +196,7 @@ func TestStrongLedger(t *testing.T) {
 	if err := c.StopProxy(eu, false); err != nil {
 		t.Fatal(err)
 	}
-	_, err = openProxy(t, us, 1).ExecContext(ctx, "UPDATE accounts SET balance = balance + 1000 WHERE id = 1")
+	_, err := clients[2].home.ExecContext(ctx, "UPDATE accounts SET balance = balance + 1000 WHERE id = 1")
 	if !errors.As(err, &me) || me.Number != 1644 {
 		t.Fatalf("write to a strong table with the leader down: %v; want ERR 1644", err)
 	}
@@ -196,9 +219,14 @@ func TestStrongLedger(t *testing.T) {
 		}
 		acked, refused, overdrawn = acked+len(cl.acked), refused+cl.refused, overdrawn+cl.overdrawn
 	}
-	t.Logf("%d transfers acknowledged, %d redirected to the leader, %d refused by the CHECK", acked, refused, overdrawn)
-	if acked == 0 || overdrawn == 0 || refused == 0 {
-		t.Fatalf("the load did not exercise the ledger: %d acknowledged, %d redirected, %d overdrafts refused", acked, refused, overdrawn)
+	t.Logf("%d transfers acknowledged, %d redirected to the leader by clients, %d refused by the CHECK", acked, refused, overdrawn)
+	if acked == 0 || overdrawn == 0 || (refused == 0) == !forward {
+		t.Fatalf("the load did not exercise the ledger: %d acknowledged, %d redirected by clients (forwarding %v), %d overdrafts refused", acked, refused, forward, overdrawn)
+	}
+	for _, cl := range clients[2:] { // us and ap
+		if len(cl.acked) == 0 {
+			t.Errorf("client %s outside the leader had no transfer acknowledged", cl.name)
+		}
 	}
 	wctx, wcancel := context.WithTimeout(ctx, time.Minute)
 	defer wcancel()

@@ -101,7 +101,9 @@ func (l *Leader) Run(ctx context.Context, lead func(ctx context.Context, epoch u
 		l.active.Set(0)
 		l.release(conn)
 		if ctx.Err() == nil {
-			l.log.Error("replicator lock lost: the replicator stopped here; another instance may take over", zap.Uint64("epoch", epoch), zap.Error(err))
+			// A warning: the usual cause is the server restarting or a
+			// standby's takeover, which the instance recovers from itself.
+			l.log.Warn("replicator lock lost: the replicator stopped here; this or another instance takes over", zap.Uint64("epoch", epoch), zap.Error(err))
 			sleep(ctx, jitter(LeaderCheck)) // compete again as a standby does
 		}
 	}

@@ -42,6 +42,7 @@ func statusCmd() *cobra.Command {
 			if err := w.Flush(); err != nil {
 				return err
 			}
+			fmt.Fprintln(cmd.OutOrStdout())
 			fmt.Fprintln(cmd.OutOrStdout(), replicatorLine(ctx, local, cfg, page))
 			if page == nil || len(page.Clock.Peers) == 0 {
 				return nil
