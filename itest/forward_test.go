@@ -18,8 +18,8 @@ import (
 // application account, succeeds: eu's proxy runs it at us's proxy under
 // the same account, us stamps it, every region ends with it. A
 // transaction moves to the home of its first write and runs there whole;
-// a write in it for another home is refused, and the rest commits. A
-// prepared statement homed elsewhere is refused, naming the home's proxy.
+// a write in it for another home is refused, and the rest commits.
+// Prepared statements are forwarded the same way.
 func TestForwardHomedWrites(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -82,10 +82,40 @@ func TestForwardHomedWrites(t *testing.T) {
 			t.Fatalf("%s: %v; want it refused: %s", s.sql, err, s.refused)
 		}
 	}
-	_, err = euApp.ExecContext(ctx, "UPDATE users SET name = ? WHERE user_id = ?", "prepared", 1600)
+	// Prepared statements are forwarded too (prepared again there), in a
+	// transaction as well; the parameter types the driver sends once hold.
+	tx, err := euApp.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := tx.PrepareContext(ctx, "UPDATE users SET name = ? WHERE user_id = ?")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"prepared once", "prepared twice"} {
+		if _, err := st.ExecContext(ctx, name, 1600); err != nil {
+			t.Fatalf("a prepared write homed in us through eu: %v", err)
+		}
+	}
+	st.Close()
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	// A write homed here inside a transaction forwarded to us is refused.
+	tx, err = euApp.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.ExecContext(ctx, "DELETE FROM users WHERE user_id = ?", 1500); err != nil {
+		t.Fatal(err)
+	}
+	_, err = tx.ExecContext(ctx, "INSERT INTO users (user_id, name) VALUES (?, 'eu home')", 6)
 	var me *mysql.MySQLError
-	if !errors.As(err, &me) || me.Number != 1644 || !strings.Contains(me.Message, us.ProxyAddr) {
-		t.Fatalf("a prepared write homed in us through eu: %v; want ERR 1644 naming us's proxy", err)
+	if !errors.As(err, &me) || me.Number != 1644 || !strings.Contains(me.Message, "one home region") {
+		t.Fatalf("a write homed in eu inside a transaction forwarded to us: %v; want ERR 1644", err)
+	}
+	if err := tx.Rollback(); err != nil {
+		t.Fatal(err)
 	}
 
 	wctx, wcancel := context.WithTimeout(ctx, time.Minute)
@@ -111,7 +141,7 @@ func TestForwardHomedWrites(t *testing.T) {
 			got = append(got, itoa(id)+"="+name)
 		}
 		rows.Close()
-		want := "1500=moved with its transaction 1600=same home"
+		want := "1500=moved with its transaction 1600=prepared twice"
 		if strings.Join(got, " ") != want {
 			t.Errorf("region %s holds %v, want %s", r.Name, got, want)
 		}

@@ -50,6 +50,7 @@ type transferClient struct {
 	acked     map[int64][3]int // transfer id -> src, dst, amount
 	refused   int              // refused locally, then redirected
 	overdrawn int              // the CHECK refused it at the leader
+	lockWaits int              // lock wait timeouts (50 s: a transaction left open)
 }
 
 func (c *transferClient) transfer(ctx context.Context, db *sql.DB, id int64, src, dst, amount int) error {
@@ -103,7 +104,9 @@ func (c *transferClient) run(ctx context.Context, stop *atomic.Bool, rng *rand.R
 			c.acked[id] = [3]int{src, dst, amount}
 		case errors.As(err, &me) && me.Number == 4025: // CONSTRAINT_FAILED: would go negative
 			c.overdrawn++
-		case errors.As(err, &me) && (me.Number == 1213 || me.Number == 1205):
+		case errors.As(err, &me) && me.Number == 1205:
+			c.lockWaits++
+		case errors.As(err, &me) && me.Number == 1213:
 		default:
 			return fmt.Errorf("%s: transfer %d: %w", c.name, id, err)
 		}
@@ -181,7 +184,9 @@ func strongLedger(t *testing.T, forward bool) {
 	}
 	time.Sleep(soak(8 * time.Second))
 	stop.Store(true)
+	stopped := time.Now()
 	wg.Wait()
+	t.Logf("clients done %s after the stop", time.Since(stopped).Round(time.Millisecond))
 	close(errs)
 	for err := range errs {
 		t.Error(err)
@@ -193,9 +198,11 @@ func strongLedger(t *testing.T, forward bool) {
 	}
 
 	// eu's proxy down: the others still refuse, nothing is taken.
+	downAt := time.Now()
 	if err := c.StopProxy(eu, false); err != nil {
 		t.Fatal(err)
 	}
+	t.Logf("eu's proxy stopped in %s", time.Since(downAt).Round(time.Millisecond))
 	_, err := clients[2].home.ExecContext(ctx, "UPDATE accounts SET balance = balance + 1000 WHERE id = 1")
 	if !errors.As(err, &me) || me.Number != 1644 {
 		t.Fatalf("write to a strong table with the leader down: %v; want ERR 1644", err)
@@ -222,6 +229,11 @@ func strongLedger(t *testing.T, forward bool) {
 	t.Logf("%d transfers acknowledged, %d redirected to the leader by clients, %d refused by the CHECK", acked, refused, overdrawn)
 	if acked == 0 || overdrawn == 0 || (refused == 0) == !forward {
 		t.Fatalf("the load did not exercise the ledger: %d acknowledged, %d redirected by clients (forwarding %v), %d overdrafts refused", acked, refused, forward, overdrawn)
+	}
+	for _, cl := range clients {
+		if cl.lockWaits > 0 {
+			t.Errorf("client %s waited out the lock wait timeout %d times: a transaction was left open at the leader", cl.name, cl.lockWaits)
+		}
 	}
 	for _, cl := range clients[2:] { // us and ap
 		if len(cl.acked) == 0 {

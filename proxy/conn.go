@@ -61,6 +61,9 @@ type conn struct {
 	fwds     map[uint16]*forwardConn
 	fwd      *forwardConn
 	txnWrote bool
+	// relaying is the forwarding session a response is relayed from (nil:
+	// the local server).
+	relaying *forwardConn
 
 	mu         sync.Mutex
 	rawClient  net.Conn // closed to unblock I/O on cancel
@@ -316,7 +319,7 @@ func (c *conn) backendErr(err error, seq byte, what string) error {
 	}
 	c.s.m.backendErrors.Inc()
 	c.sendErr(seq, &sqlError{erBackendLost, "08S01",
-		fmt.Sprintf("mlproxy: lost connection to the MySQL server at '%s' during the command", c.s.cfg.Backend.Addr)})
+		fmt.Sprintf("mlproxy: lost connection to %s during the command", c.relayingFrom())})
 	return fmt.Errorf("%s: backend: %w", what, err)
 }
 
@@ -388,23 +391,37 @@ func (c *conn) command(p []byte, next byte) error {
 						return err
 					}
 				}
-				if c.fwd != nil {
-					return c.refuse(refused(reasonHome, fmt.Sprintf("inside a transaction forwarded to region %d's proxy only text statements run (COMMIT or ROLLBACK first)", c.fwd.region)), "", next)
+				var vals []paramValue
+				if ps.params > 0 && !ps.longData {
+					// Read for the home check and kept for forwarding:
+					// a client sends the types only when they change.
+					vals, ps.types = execParams(p, ps.params, ps.types)
+				}
+				if f := c.fwd; f != nil { // inside a forwarded transaction
+					if ps.homes != nil {
+						if d := c.checkHomes(ps.homes, vals, f.region); d.refusal != nil {
+							return c.refuse(d.refusal, "", next)
+						}
+					}
+					err := c.forwardExecute(f, id, ps, p, next)
+					if c.fwd != nil && !c.fwd.inTrans() {
+						c.fwd = nil
+					}
+					return err
 				}
 				if ps.homes != nil {
-					var vals []paramValue
-					if !ps.longData {
-						vals, ps.types = execParams(p, ps.params, ps.types)
+					if ps.longData {
+						vals = nil // the keys are unknown
 					}
-					ps.longData = false
 					d := c.checkHomes(ps.homes, vals, c.s.cfg.RegionID)
-					if d.forward != 0 {
-						d.refusal = refused(reasonHome, fmt.Sprintf("this prepared statement writes a key homed in another region, and forwarding takes text statements only: send it to that region's proxy %s", d.addr))
-						d.refusal.code, d.refusal.state = erSignal, "45000"
-					}
 					if d.refusal != nil {
+						ps.longData = false
 						return c.refuse(d.refusal, "", next)
 					}
+					if d.forward != 0 {
+						return c.startForward(d, cl, "", next, func(f *forwardConn) error { return c.forwardExecute(f, id, ps, p, next) })
+					}
+					ps.longData = false
 				}
 			}
 		}
@@ -432,7 +449,9 @@ func (c *conn) command(p []byte, next byte) error {
 		return err
 	case mysql.COM_STMT_CLOSE:
 		if len(p) >= 5 {
-			delete(c.stmts, binary.LittleEndian.Uint32(p[1:]))
+			id := binary.LittleEndian.Uint32(p[1:])
+			delete(c.stmts, id)
+			c.closeForwarded(id)
 		}
 		_, _, err := c.send(p, false, next)
 		return err
@@ -460,6 +479,7 @@ func (c *conn) command(p []byte, next byte) error {
 		} else if len(h) > 0 && h[0] == mysql.OK_HEADER {
 			clear(c.stmts)
 			c.after = nil
+			c.dropForwards() // their prepared statements and state went with it
 		}
 		return nil
 	case mysql.COM_PING, mysql.COM_STMT_RESET, mysql.COM_SET_OPTION, mysql.COM_PROCESS_KILL,
@@ -665,7 +685,7 @@ func (c *conn) query(p []byte, next byte) error {
 			return c.refuse(d.refusal, sql, next)
 		}
 		if d.forward != 0 {
-			return c.startForward(d, cl, sql, p, next)
+			return c.startForward(d, cl, sql, next, func(f *forwardConn) error { return c.relayForward(f, p, next) })
 		}
 	}
 	if c.s.cfg.Causal != nil {
@@ -744,7 +764,7 @@ func (c *conn) prepare(p []byte, next byte) error {
 	id := binary.LittleEndian.Uint32(h[1:])
 	cols := int(binary.LittleEndian.Uint16(h[5:]))
 	params := int(binary.LittleEndian.Uint16(h[7:]))
-	ps := &prepared{cl: cl, params: params}
+	ps := &prepared{cl: cl, params: params, sql: sql}
 	if c.s.homes != nil && cl.kind == kindWrite {
 		ps.homes = c.homePlans(sql, cl)
 	}

@@ -105,7 +105,8 @@ func nativeAnswer(scramble, pwHash []byte) []byte {
 type forwardConn struct {
 	region uint16
 	addr   string
-	db     string // the database it is in
+	db     string            // the database it is in
+	stmts  map[uint32]uint32 // the client's prepared statement ids -> this session's
 	w      *wire
 	nc     net.Conn
 	status uint16 // the last status it sent
@@ -277,7 +278,10 @@ func (c *conn) dropForwards() {
 // on first use.
 func (c *conn) forwardTo(region uint16, addr string) (*forwardConn, error) {
 	if f := c.fwds[region]; f != nil {
-		return f, nil
+		if f.alive() {
+			return f, nil
+		}
+		c.dropForward(f) // the home's proxy went away meanwhile
 	}
 	f, err := c.dialForward(c.ctx, region, addr)
 	if err != nil {
@@ -304,18 +308,51 @@ func (c *conn) relayForward(f *forwardConn, p []byte, next byte) error {
 		c.dropForward(f)
 		return c.sendRaw(errPacket(erBackendLost, "08S01", fmt.Sprintf("mlproxy: lost the forwarding session to region %d's proxy %s: %v", f.region, f.addr, err)), next)
 	}
+	// While relaying, the status is the forwarding session's (an ERR
+	// carries none and leaves it); then the local session's again.
+	c.mu.Lock()
 	saved, savedStatus := c.backend, c.status
-	c.backend = f.w
+	c.status = f.status
+	c.mu.Unlock()
+	c.backend, c.relaying = f.w, f
 	err := c.results(c.client.w, next, nil)
-	c.backend = saved
+	c.backend, c.relaying = saved, nil
+	c.mu.Lock()
 	f.status = c.status
-	c.trackStatus(savedStatus) // the local session's own state is unchanged
+	c.mu.Unlock()
+	c.trackStatus(savedStatus)
 	if err != nil {
 		c.dropForward(f)
-		return err
+		if errors.Is(err, errClientGone) || c.ctx.Err() != nil {
+			return err
+		}
+		// The client has the ERR; its own connection goes on.
+		c.log.Warn("forwarding session lost", zap.Uint16("home", f.region), zap.String("proxy", f.addr), zap.Error(err))
+		return nil
 	}
 	c.s.m.forwarded.Inc()
 	return nil
+}
+
+// relayingFrom names where the response being relayed comes from.
+func (c *conn) relayingFrom() string {
+	if f := c.relaying; f != nil {
+		return fmt.Sprintf("region %d's proxy at '%s' (a forwarded statement: it may or may not have run there)", f.region, f.addr)
+	}
+	return fmt.Sprintf("the MySQL server at '%s'", c.s.cfg.Backend.Addr)
+}
+
+// alive reports whether f's peer has not closed it: an idle session has
+// nothing to read, so a read that times out at once means alive.
+func (f *forwardConn) alive() bool {
+	if f.w.r.Buffered() > 0 {
+		return false // an idle session has nothing to say
+	}
+	_ = f.nc.SetReadDeadline(time.Now().Add(time.Millisecond))
+	_, err := f.w.r.Peek(1)
+	_ = f.nc.SetReadDeadline(time.Time{})
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 func (c *conn) dropForward(f *forwardConn) {
@@ -331,7 +368,7 @@ func (c *conn) dropForward(f *forwardConn) {
 // write: inside a transaction that has not written here yet, the
 // transaction moves there (its reads so far were local; the local one is
 // rolled back) and every statement goes there until it ends.
-func (c *conn) startForward(d homeDecision, cl *class, sql string, p []byte, next byte) error {
+func (c *conn) startForward(d homeDecision, cl *class, sql string, next byte, run func(*forwardConn) error) error {
 	refuse := func(msg string) error {
 		r := refused(reasonHome, msg)
 		r.code, r.state = erSignal, "45000"
@@ -370,7 +407,7 @@ func (c *conn) startForward(d homeDecision, cl *class, sql string, p []byte, nex
 		}
 	}
 	start := time.Now()
-	if err := c.relayForward(f, p, next); err != nil {
+	if err := run(f); err != nil {
 		return err
 	}
 	c.s.m.forwardSeconds.Observe(time.Since(start).Seconds())
@@ -446,4 +483,103 @@ func simpleCommand(w *wire, sql string) error {
 		return fmt.Errorf("%s: %s", sql, errText(r))
 	}
 	return nil
+}
+
+// forwardExecute runs the client's COM_STMT_EXECUTE p of statement ps
+// (the client's id) on f: the statement is prepared there on first use
+// (its text), and the packet names that id and always carries the
+// parameter types (the client sends them only when they change).
+func (c *conn) forwardExecute(f *forwardConn, id uint32, ps *prepared, p []byte, next byte) error {
+	fail := func(msg string) error {
+		r := refused(reasonHome, msg)
+		r.code, r.state = erSignal, "45000"
+		return c.refuse(r, "", next)
+	}
+	if ps.longData {
+		ps.longData = false
+		return fail(fmt.Sprintf("a prepared statement with data sent apart (COM_STMT_SEND_LONG_DATA) is not forwarded: send it to region %d's proxy %s", f.region, f.addr))
+	}
+	if len(p) < 10 || p[5] != 0 {
+		return fail(fmt.Sprintf("a prepared statement executed with a cursor is not forwarded: send it to region %d's proxy %s", f.region, f.addr))
+	}
+	remote, ok := f.stmts[id]
+	if !ok {
+		var err error
+		if remote, err = c.forwardPrepare(f, ps.sql); err != nil {
+			var se *sqlError
+			if errors.As(err, &se) {
+				return c.sendRaw(se.packet(), next)
+			}
+			c.dropForward(f)
+			return c.sendRaw(errPacket(erBackendLost, "08S01", fmt.Sprintf("mlproxy: lost the forwarding session to region %d's proxy %s: %v", f.region, f.addr, err)), next)
+		}
+		if f.stmts == nil {
+			f.stmts = map[uint32]uint32{}
+		}
+		f.stmts[id] = remote
+	}
+	q := bytes.Clone(p)
+	binary.LittleEndian.PutUint32(q[1:], remote)
+	if n := ps.params; n > 0 {
+		at := 10 + (n+7)/8 // the new-parameters-bound flag
+		if len(q) <= at || len(ps.types) != 2*n {
+			return fail("a prepared statement's parameters could not be read for forwarding")
+		}
+		if q[at] == 0 {
+			q = append(append(append(q[:at:at], 1), ps.types...), p[at+1:]...)
+		}
+	}
+	return c.relayForward(f, q, next)
+}
+
+// forwardPrepare prepares sql on f and returns its statement id there; an
+// ERR from there is a *sqlError for the client.
+func (c *conn) forwardPrepare(f *forwardConn, sql string) (uint32, error) {
+	if _, err := f.w.writePacket(append([]byte{mysql.COM_STMT_PREPARE}, sql...), 0); err != nil {
+		return 0, err
+	}
+	if err := f.w.w.Flush(); err != nil {
+		return 0, err
+	}
+	h, _, _, err := f.w.readPacket(maxAuthPacket)
+	if err != nil {
+		return 0, err
+	}
+	if len(h) > 0 && h[0] == mysql.ERR_HEADER && len(h) >= 9 {
+		return 0, &sqlError{code: binary.LittleEndian.Uint16(h[1:]), state: string(h[4:9]), msg: errText(h)}
+	}
+	if len(h) < 9 || h[0] != mysql.OK_HEADER {
+		return 0, fmt.Errorf("%w: prepare response", errMalformed)
+	}
+	id := binary.LittleEndian.Uint32(h[1:])
+	cols := int(binary.LittleEndian.Uint16(h[5:]))
+	params := int(binary.LittleEndian.Uint16(h[7:]))
+	for _, n := range []int{params, cols} {
+		if n == 0 {
+			continue
+		}
+		for range n + 1 { // definitions, then EOF
+			if _, _, _, err := f.w.readPacket(maxAuthPacket); err != nil {
+				return 0, err
+			}
+		}
+	}
+	return id, nil
+}
+
+// closeForwarded closes, in every forwarding session, the statement the
+// client's id was prepared as (COM_STMT_CLOSE has no answer).
+func (c *conn) closeForwarded(id uint32) {
+	for _, f := range c.fwds {
+		remote, ok := f.stmts[id]
+		if !ok {
+			continue
+		}
+		delete(f.stmts, id)
+		q := binary.LittleEndian.AppendUint32([]byte{mysql.COM_STMT_CLOSE}, remote)
+		// A broken session shows at its next use.
+		if _, err := f.w.writePacket(q, 0); err == nil {
+			_ = f.w.w.Flush()
+		}
+	}
 }

@@ -59,6 +59,7 @@ type homePlan struct {
 // prepared is what the proxy keeps of a prepared statement.
 type prepared struct {
 	cl     *class
+	sql    string // its text, to prepare it again where it is forwarded
 	params int
 	// homes are the keys it writes in homed tables (nil: none homed);
 	// types the parameter types it was last executed with; longData is
