@@ -107,6 +107,7 @@ type forwardConn struct {
 	addr   string
 	db     string            // the database it is in
 	stmts  map[uint32]uint32 // the client's prepared statement ids -> this session's
+	used   time.Time         // the end of its last command
 	w      *wire
 	nc     net.Conn
 	status uint16 // the last status it sent
@@ -278,7 +279,9 @@ func (c *conn) dropForwards() {
 // on first use.
 func (c *conn) forwardTo(region uint16, addr string) (*forwardConn, error) {
 	if f := c.fwds[region]; f != nil {
-		if f.alive() {
+		// A session used within the last second is taken as alive (the
+		// probe costs up to a millisecond); an older one is probed.
+		if time.Since(f.used) < time.Second || f.alive() {
 			return f, nil
 		}
 		c.dropForward(f) // the home's proxy went away meanwhile
@@ -321,6 +324,7 @@ func (c *conn) relayForward(f *forwardConn, p []byte, next byte) error {
 	f.status = c.status
 	c.mu.Unlock()
 	c.trackStatus(savedStatus)
+	f.used = time.Now()
 	if err != nil {
 		c.dropForward(f)
 		if errors.Is(err, errClientGone) || c.ctx.Err() != nil {
