@@ -34,7 +34,8 @@ type Map struct {
 	// Elsewhere and Unknown are the policies (config.HomeReject, ...).
 	Elsewhere, Unknown string
 
-	leader   uint16  // set: every key is homed there (a strong table)
+	strong   bool    // a strong table: every key is homed at leader
+	leader   uint16  // a strong table's leader; 0 while it moves (no region writes)
 	list     []entry // in order; the first covering entry wins
 	ring     []point // sorted by hash
 	prefixes []entry // longest first
@@ -80,7 +81,7 @@ func New(label string, h config.Home, cfg *config.Config) (*Map, error) {
 		if err != nil {
 			return nil, err
 		}
-		m.leader = r
+		m.strong, m.leader = true, r
 		return m, nil
 	}
 	for _, e := range h.List {
@@ -127,7 +128,7 @@ func New(label string, h config.Home, cfg *config.Config) (*Map, error) {
 // does not cover it.
 func (m *Map) Of(key string) uint16 {
 	switch {
-	case m.leader != 0:
+	case m.strong:
 		return m.leader
 	case m.list != nil:
 		n, isInt := integer(key)
@@ -184,9 +185,20 @@ func (m *Map) Regions() []uint16 {
 	return ids
 }
 
-// Leader is the region every key is homed in (a strong table's leader),
-// 0 for a mapping by key.
+// Strong reports whether m is a strong table's: every key homed at Leader.
+func (m *Map) Strong() bool { return m.strong }
+
+// Leader is a strong table's leader (0 while it moves: no region writes
+// it).
 func (m *Map) Leader() uint16 { return m.leader }
+
+// WithLeader is a strong table's mapping with another leader (0: none,
+// while `mlproxy strong move` moves it).
+func (m *Map) WithLeader(id uint16) *Map {
+	c := *m
+	c.leader = id
+	return &c
+}
 
 // Proxy is region id's proxy address, as the config gives it ("" if none).
 func (m *Map) Proxy(id uint16) string { return m.proxies[id] }
@@ -199,7 +211,10 @@ func (m *Map) Name(id uint16) string { return m.names[id] }
 // it, that region's proxy, so an application or a load balancer can send
 // the write there. It never quotes the key.
 func (m *Map) Refusal(schema, table string, id uint16) string {
-	if m.leader != 0 {
+	if m.strong && id == 0 {
+		return fmt.Sprintf("%s.%s is a strong table whose leader is moving (mlproxy strong move): no region writes it until the move ends; retry", schema, table)
+	}
+	if m.strong {
 		msg := fmt.Sprintf("%s.%s is a strong table: only its leader region %s writes it", schema, table, m.names[id])
 		if p := m.proxies[id]; p != "" {
 			msg += " (proxy " + p + ")"
@@ -219,7 +234,7 @@ func (m *Map) SQL(expr string) string {
 	bin := "CAST(" + expr + " AS BINARY)"
 	var b strings.Builder
 	switch {
-	case m.leader != 0:
+	case m.strong:
 		return fmt.Sprint(m.leader)
 	case m.list != nil:
 		b.WriteString("CASE")

@@ -275,3 +275,71 @@ func strongLedger(t *testing.T, forward bool) {
 		}
 	}
 }
+
+// TestStrongLeaderMove: `mlproxy strong move` hands a strong table from eu
+// to us while clients keep writing at eu: once it returns, us writes the
+// table and eu refuses naming us; every write eu acknowledged reached
+// every region, and the table converges.
+func TestStrongLeaderMove(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	c := startCluster(t, cluster.Options{Setup: ledgerSetup, Tables: ledgerTables})
+	eu, us, ap := c.Regions[0], c.Regions[1], c.Regions[2]
+	euDB := openProxy(t, eu, 2)
+	if _, err := euDB.ExecContext(ctx, "INSERT INTO accounts VALUES (1, 0)"); err != nil {
+		t.Fatal(err)
+	}
+	// A client at eu adds 1 until refused, counting what was acknowledged.
+	var acked atomic.Int64
+	done := make(chan error, 1)
+	go func() {
+		for {
+			_, err := euDB.ExecContext(ctx, "UPDATE accounts SET balance = balance + 1 WHERE id = 1")
+			if err != nil {
+				var me *mysql.MySQLError
+				if errors.As(err, &me) && me.Number == 1644 {
+					done <- nil
+				} else {
+					done <- err
+				}
+				return
+			}
+			acked.Add(1)
+		}
+	}()
+	time.Sleep(time.Second)
+	out, err := c.Command(ctx, "strong", "move", "app.accounts", "--to", "us", "-c", eu.ConfigPath, "-c", us.ConfigPath, "-c", ap.ConfigPath)
+	t.Logf("%s", out)
+	if err != nil {
+		t.Fatalf("strong move: %v", err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("the writer at eu: %v; want it refused once the move began", err)
+	}
+	if !strings.Contains(string(out), "region us leads it") {
+		t.Fatalf("strong move printed:\n%s", out)
+	}
+	if _, err := openProxy(t, us, 1).ExecContext(ctx, "UPDATE accounts SET balance = balance + 1000 WHERE id = 1"); err != nil {
+		t.Fatalf("a write at the new leader us: %v", err)
+	}
+	_, err = euDB.ExecContext(ctx, "UPDATE accounts SET balance = balance + 1 WHERE id = 1")
+	var me *mysql.MySQLError
+	if !errors.As(err, &me) || me.Number != 1644 || !strings.Contains(me.Message, "leader region us") {
+		t.Fatalf("a write at the old leader eu after the move: %v; want ERR 1644 naming us", err)
+	}
+	wctx, wcancel := context.WithTimeout(ctx, time.Minute)
+	defer wcancel()
+	if err := c.WaitApplied(wctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WaitConverged(wctx, map[string]string{"app.accounts": "id"}, "*"); err != nil {
+		t.Fatal(err)
+	}
+	var bal int64
+	if err := openDirect(t, ap).QueryRowContext(ctx, "SELECT balance FROM app.accounts WHERE id = 1").Scan(&bal); err != nil {
+		t.Fatal(err)
+	}
+	if bal != acked.Load()+1000 {
+		t.Errorf("balance %d in ap; the acknowledged writes give %d", bal, acked.Load()+1000)
+	}
+}

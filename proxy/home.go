@@ -77,7 +77,7 @@ func (c *conn) homePlans(sql string, cl *class) []homePlan {
 	homed, byKey := false, false
 	for _, t := range cl.writes {
 		if m := c.s.homes.Home(t.schema, t.table); m != nil {
-			homed, byKey = true, byKey || m.Leader() == 0
+			homed, byKey = true, byKey || !m.Strong()
 		}
 	}
 	if !byKey {
@@ -133,7 +133,7 @@ func homePlans(homes Homes, db string, writes []tableRef, stmts []ast.StmtNode) 
 			continue
 		}
 		p := homePlan{table: t, m: m}
-		if m.Leader() != 0 {
+		if m.Strong() {
 			plans = append(plans, p) // every key is the leader's: no key to read
 			continue
 		}
@@ -356,8 +356,14 @@ func (c *conn) checkHomes(plans []homePlan, params []paramValue, here uint16) ho
 		outcome := homeLocal
 		elsewhere := uint16(0)
 		unknown := p.unknown
-		if l := p.m.Leader(); l != 0 && l != here {
-			elsewhere = l
+		if p.m.Strong() && p.m.Leader() != here {
+			if p.m.Leader() == 0 { // moving: nobody writes it
+				outcome = homeRefused
+				refuse(p.m.Refusal(p.table.schema, p.table.table, 0))
+				c.s.m.homed.WithLabelValues(p.m.Label, outcome).Inc()
+				continue
+			}
+			elsewhere = p.m.Leader()
 		}
 		for _, k := range p.keys {
 			text, null := k.text, k.null

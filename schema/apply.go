@@ -47,6 +47,15 @@ var InternalTables = map[string]string{
 		"  KEY (db, tbl), KEY (outcome)\n" +
 		") ENGINE=InnoDB",
 	"hlc": "CREATE TABLE `" + Internal + "`.`hlc` (id TINYINT UNSIGNED PRIMARY KEY, high_water BIGINT UNSIGNED NOT NULL) ENGINE=InnoDB",
+	// strong_leaders holds the leader `mlproxy strong move` gave a strong
+	// table (0 while it moves), over the configured one.
+	"strong_leaders": "CREATE TABLE `" + Internal + "`.`strong_leaders` (\n" +
+		"  db VARCHAR(64) NOT NULL, tbl VARCHAR(64) NOT NULL,\n" +
+		"  leader SMALLINT UNSIGNED NOT NULL,\n" +
+		"  moved_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),\n" +
+		"  moved_by VARCHAR(128) NOT NULL DEFAULT '',\n" +
+		"  PRIMARY KEY (db, tbl)\n" +
+		") ENGINE=InnoDB",
 	// replicator names the instance of this region that runs the
 	// replicator (the holder of its GET_LOCK) and the epoch it took over
 	// at; appliers commit only under their own epoch.
@@ -114,7 +123,7 @@ var InternalTables = map[string]string{
 }
 
 // internalOrder fixes the order InternalTables are created and reported in.
-var internalOrder = []string{"checkpoints", "conflicts", "held", "hlc", "link_requests", "link_stops", "markers", "replicator", "table_stops"}
+var internalOrder = []string{"checkpoints", "conflicts", "held", "hlc", "link_requests", "link_stops", "markers", "replicator", "strong_leaders", "table_stops"}
 
 // internalColumn is a column an Internal table gained after its first
 // release: schema apply adds it to an existing table that lacks it.

@@ -208,14 +208,23 @@ func homeCheck(m *home.Map, t *Table, prefix string, region uint16) string {
 	if m == nil {
 		return ""
 	}
-	key := "NULL"
-	if c, ok := t.Column(m.Column); ok {
-		key = prefix + Quote(c.Name)
-	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "    SET %s = %s;\n", varHome, m.SQL(key))
-	fmt.Fprintf(&b, "    IF %s <> 0 AND %s <> %d THEN\n", varHome, varHome, region)
-	fmt.Fprintf(&b, "      SET %s = CASE %s", varHomeMsg, varHome)
+	if m.Strong() {
+		// The leader `mlproxy strong move` set, else the configured one;
+		// 0 while it moves: nobody writes the table.
+		fmt.Fprintf(&b, "    SET %s = COALESCE((SELECT leader FROM %s.strong_leaders WHERE db = %s AND tbl = %s), %d);\n",
+			varHome, Quote(Internal), sqlString(t.Schema), sqlString(t.Name), m.Leader())
+		fmt.Fprintf(&b, "    IF %s <> %d THEN\n", varHome, region)
+		fmt.Fprintf(&b, "      SET %s = CASE %s WHEN 0 THEN %s", varHomeMsg, varHome, sqlString("mlproxy: "+m.Refusal(t.Schema, t.Name, 0)))
+	} else {
+		key := "NULL"
+		if c, ok := t.Column(m.Column); ok {
+			key = prefix + Quote(c.Name)
+		}
+		fmt.Fprintf(&b, "    SET %s = %s;\n", varHome, m.SQL(key))
+		fmt.Fprintf(&b, "    IF %s <> 0 AND %s <> %d THEN\n", varHome, varHome, region)
+		fmt.Fprintf(&b, "      SET %s = CASE %s", varHomeMsg, varHome)
+	}
 	for _, id := range m.Regions() {
 		if id != region {
 			fmt.Fprintf(&b, " WHEN %d THEN %s", id, sqlString("mlproxy: "+m.Refusal(t.Schema, t.Name, id)))

@@ -15,6 +15,33 @@ import (
 	"github.com/mlproxy/mlproxy/schema"
 )
 
+// everyRegion loads one configuration file per region, refusing a region
+// given twice or left out (what needs every region says so).
+func everyRegion(paths []string, what string) ([]*config.Config, error) {
+	if len(paths) == 0 {
+		return nil, errors.New("name every region's configuration with -c (one per region)")
+	}
+	var cfgs []*config.Config
+	seen := map[string]string{}
+	for _, p := range paths {
+		cfg, err := config.Load(p)
+		if err != nil {
+			return nil, err
+		}
+		if other, dup := seen[cfg.Region.Name]; dup {
+			return nil, fmt.Errorf("%s and %s are both region %s", other, p, cfg.Region.Name)
+		}
+		seen[cfg.Region.Name] = p
+		cfgs = append(cfgs, cfg)
+	}
+	for name := range cfgs[0].RegionIDs() {
+		if _, ok := seen[name]; !ok {
+			return nil, fmt.Errorf("region %s (in %s) has no -c file: %s must run in every region", name, cfgs[0].Path, what)
+		}
+	}
+	return cfgs, nil
+}
+
 // schema ddl runs one DDL statement on a replicated table in every region
 // and prepares the table's stamping there: DDL does not replicate through
 // the binlog (mlproxy replicates rows), and the proxy refuses it on
@@ -41,28 +68,10 @@ func schemaDDLCmd() *cobra.Command {
 			if err := checkDDL(stmt); err != nil {
 				return err
 			}
-			if len(paths) == 0 {
-				return errors.New("name every region's configuration with -c (one per region)")
-			}
-			var cfgs []*config.Config
-			seen := map[string]string{}
-			for _, p := range paths {
-				cfg, err := config.Load(p)
-				if err != nil {
-					return err
-				}
-				if other, dup := seen[cfg.Region.Name]; dup {
-					return fmt.Errorf("%s and %s are both region %s", other, p, cfg.Region.Name)
-				}
-				seen[cfg.Region.Name] = p
-				cfgs = append(cfgs, cfg)
-			}
-			// Every region the first file knows must be given: a region left
-			// out would hold rows it cannot apply.
-			for name := range cfgs[0].RegionIDs() {
-				if _, ok := seen[name]; !ok {
-					return fmt.Errorf("region %s (in %s) has no -c file: schema ddl must run in every region", name, cfgs[0].Path)
-				}
+			// Every region: a region left out would hold rows it cannot apply.
+			cfgs, err := everyRegion(paths, "schema ddl")
+			if err != nil {
+				return err
 			}
 			var done []string
 			for _, cfg := range cfgs {

@@ -39,7 +39,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(runCmd(), schemaCmd(), statusCmd(), conflictsCmd(), checksumCmd(), linkCmd(), versionCmd())
+	root.AddCommand(runCmd(), schemaCmd(), statusCmd(), conflictsCmd(), checksumCmd(), linkCmd(), strongCmd(), versionCmd())
 	if err := root.ExecuteContext(ctx); err != nil {
 		if !errors.Is(err, errProblems) {
 			fmt.Fprintln(os.Stderr, "mlproxy:", err)

@@ -102,6 +102,56 @@ type region struct {
 	// homes are the home mappings of the configuration in force, built
 	// once per configuration loaded.
 	homes atomic.Pointer[homeSet]
+	// leaders are the strong tables' leaders `mlproxy strong move` set
+	// (mlr.strong_leaders, read every second), by "schema.table".
+	leaders atomic.Pointer[map[string]uint16]
+}
+
+// leaderLoop keeps r.leaders current while the configuration has strong
+// tables. The triggers read the table themselves; the proxy's copy may
+// lag by a second, and a write it lets through then is refused by the
+// triggers (or by the old leader's, when forwarded there).
+func (r *region) leaderLoop(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		strong := false
+		for _, tr := range r.current().Tables {
+			strong = strong || tr.Consistency == config.ConsistencyStrong
+		}
+		if strong {
+			if m, err := readLeaders(ctx, r.db); err != nil {
+				if ctx.Err() == nil {
+					r.log.Warn("strong tables' leaders not read; the proxy keeps the last ones (the triggers read them themselves)", zap.Error(err))
+				}
+			} else {
+				r.leaders.Store(&m)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func readLeaders(ctx context.Context, db *sql.DB) (map[string]uint16, error) {
+	rows, err := db.QueryContext(ctx, "SELECT db, tbl, leader FROM mlr.strong_leaders")
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	m := map[string]uint16{}
+	for rows.Next() {
+		var d, t string
+		var l uint16
+		if err := rows.Scan(&d, &t, &l); err != nil {
+			return nil, err
+		}
+		m[d+"."+t] = l
+	}
+	return m, rows.Err()
 }
 
 // homeSet is one configuration's home mappings, by table entry
@@ -268,6 +318,8 @@ func runRegion(ctx context.Context, cfg *config.Config, log *zap.Logger, reload 
 	go func() { defer wg.Done(); r.ddlWatch(ctx) }()
 	wg.Add(1)
 	go func() { defer wg.Done(); r.skew.Run(ctx) }()
+	wg.Add(1)
+	go func() { defer wg.Done(); r.leaderLoop(ctx) }()
 
 	perr := r.proxy.Run(ctx) // returns once ctx ends and clients drained
 	wg.Wait()                // links stopped (a batch in flight rolled back), loops done
@@ -443,7 +495,15 @@ func (t replicatedTables) Home(schema, table string) *home.Map {
 	if !ok || rule.Homing() == nil {
 		return nil
 	}
-	return t.r.homeMaps().maps[rule.Schema+"."+rule.Table]
+	m := t.r.homeMaps().maps[rule.Schema+"."+rule.Table]
+	if m != nil && m.Strong() {
+		if ls := t.r.leaders.Load(); ls != nil {
+			if l, moved := (*ls)[schema+"."+table]; moved && l != m.Leader() {
+				return m.WithLeader(l)
+			}
+		}
+	}
+	return m
 }
 
 var _ proxy.Homes = replicatedTables{}
