@@ -31,8 +31,13 @@ import (
 )
 
 // Token is, per origin region id, a position in that region's binlog: the
-// highest sequence number per GTID domain.
+// highest sequence number per GTID domain. Entry ByDomain names positions
+// by domain alone (a bare GTID such as @@last_gtid): covered once any of
+// the region's binlog positions (its own, its checkpoints) reaches them.
 type Token map[uint16]Position
+
+// ByDomain is the Token entry of positions given without their region.
+const ByDomain uint16 = 0
 
 // Position is a MariaDB GTID position as sequence numbers by domain.
 type Position map[uint32]uint64
@@ -109,7 +114,12 @@ func (t Token) String() string {
 func Parse(s string) (Token, error) {
 	rest, ok := strings.CutPrefix(strings.TrimSpace(s), prefix)
 	if !ok {
-		return nil, fmt.Errorf("not an mlproxy causal token (they start with %q; take one with SELECT mlr_token())", prefix)
+		// A bare GTID position: what the server puts in the OK packet
+		// (session_track_system_variables = 'last_gtid') or @@last_gtid.
+		if p, err := ParsePosition(s); err == nil && len(p) > 0 {
+			return Token{ByDomain: p}, nil
+		}
+		return nil, fmt.Errorf("not an mlproxy causal token (SELECT mlr_token() gives one, starting %q) nor a GTID position such as @@last_gtid", prefix)
 	}
 	t := Token{}
 	for _, part := range strings.Split(rest, ";") {
@@ -142,16 +152,11 @@ func Parse(s string) (Token, error) {
 // Take reads the token of the region whose server db is: self's own binlog
 // position, and its checkpoint of every peer (mlr.checkpoints).
 func Take(ctx context.Context, db *sql.DB, self uint16) (Token, error) {
-	var own string
-	if err := db.QueryRowContext(ctx, "SELECT @@global.gtid_binlog_pos").Scan(&own); err != nil {
-		return nil, fmt.Errorf("read this region's binlog position: %w", err)
-	}
-	t := Token{}
-	p, err := ParsePosition(own)
+	p, err := ownPosition(ctx, db)
 	if err != nil {
-		return nil, fmt.Errorf("this region's binlog position: %w", err)
+		return nil, err
 	}
-	t[self] = p
+	t := Token{self: p}
 	applied, err := checkpoints(ctx, db)
 	if err != nil {
 		return nil, err
@@ -192,12 +197,16 @@ type Behind struct {
 	// this region applied its binlog, Want the token's position.
 	Origin     uint16
 	OriginName string // the origin's name, when the caller knows it
+	Domain     bool   // a bare GTID position: Have and Want name a domain
 	Have, Want Position
 	Waited     time.Duration
 	Err        error // the context's, or reading the checkpoints'
 }
 
 func (b *Behind) Error() string {
+	if b.Domain {
+		return fmt.Sprintf("waited %s for GTID domain changes up to %s (applied here: %s)", b.Waited.Round(time.Millisecond), b.Want, orNone(b.Have))
+	}
 	if b.Origin == 0 {
 		return fmt.Sprintf("waited %s without reading this region's checkpoints: %v", b.Waited.Round(time.Millisecond), b.Err)
 	}
@@ -231,9 +240,19 @@ func Wait(ctx context.Context, db *sql.DB, self uint16, t Token) error {
 	var lastErr error
 	for {
 		applied, err := checkpoints(ctx, db)
+		if err == nil && len(t[ByDomain]) > 0 {
+			applied[self], err = ownPosition(ctx, db)
+		}
 		if err == nil {
 			last = nil
 			for _, id := range sortedIDs(t) {
+				if id == ByDomain {
+					if d, ok := uncovered(applied, t[id]); !ok {
+						last = &Behind{Have: d.have, Want: d.want, Domain: true}
+						break
+					}
+					continue
+				}
 				if id != self && !applied[id].Covers(t[id]) {
 					last = &Behind{Origin: id, Have: applied[id], Want: t[id]}
 					break
@@ -258,6 +277,32 @@ func Wait(ctx context.Context, db *sql.DB, self uint16, t Token) error {
 		case <-tick.C:
 		}
 	}
+}
+
+// ownPosition is the region's own binlog position.
+func ownPosition(ctx context.Context, db *sql.DB) (Position, error) {
+	var own string
+	if err := db.QueryRowContext(ctx, "SELECT @@global.gtid_binlog_pos").Scan(&own); err != nil {
+		return nil, fmt.Errorf("read this region's binlog position: %w", err)
+	}
+	return ParsePosition(own)
+}
+
+type domainGap struct{ have, want Position }
+
+// uncovered checks positions by domain against every position applied
+// holds: ok when each domain's sequence is reached by one of them.
+func uncovered(applied map[uint16]Position, want Position) (domainGap, bool) {
+	for d, n := range want {
+		best := uint64(0)
+		for _, p := range applied {
+			best = max(best, p[d])
+		}
+		if best < n {
+			return domainGap{have: Position{d: best}, want: Position{d: n}}, false
+		}
+	}
+	return domainGap{}, true
 }
 
 func sortedIDs(t Token) []uint16 {

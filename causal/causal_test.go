@@ -39,6 +39,16 @@ func TestCovers(t *testing.T) {
 	assert.False(t, Position(nil).Covers(Position{1: 1}))
 }
 
+func TestParseBareGTID(t *testing.T) {
+	tok, err := Parse("1-1-4711,2-2-9")
+	require.NoError(t, err)
+	assert.Equal(t, Token{ByDomain: {1: 4711, 2: 9}}, tok, "@@last_gtid, or the OK packet's tracked last_gtid, is a token by domain")
+	_, gap := uncovered(map[uint16]Position{1: {1: 4711}, 2: {2: 8}}, tok[ByDomain])
+	assert.False(t, gap, "domain 2 is not reached")
+	_, ok := uncovered(map[uint16]Position{1: {1: 5000}, 3: {2: 9}}, tok[ByDomain])
+	assert.True(t, ok, "any region's position may reach a domain")
+}
+
 func TestParseRefusesWhatIsNotAToken(t *testing.T) {
 	for _, bad := range []string{"", "1=1-5", "mlr1:x=1-5", "mlr1:1=1-y", "mlr1:1", "mlr1:70000=1-1", "mlr1:1=1-5-6"} {
 		_, err := Parse(bad)

@@ -65,6 +65,21 @@ func TestReadYourWritesAcrossRegions(t *testing.T) {
 		}
 	}
 
+	// The server's own last GTID (what it puts in the OK packet for a
+	// session tracking last_gtid) is a token too.
+	for i := 21; i <= 30; i++ {
+		if _, err := euConn.ExecContext(ctx, "INSERT INTO events (id, region, seq, body) VALUES (?, 'eu', ?, 'by gtid')", i, i); err != nil {
+			t.Fatal(err)
+		}
+		var gtid string
+		if err := euConn.QueryRowContext(ctx, "SELECT @@last_gtid").Scan(&gtid); err != nil {
+			t.Fatal(err)
+		}
+		if body, err := readAfter(gtid, i); err != nil || body != "by gtid" {
+			t.Fatalf("read %d in us after eu's last GTID %s: %q, %v; want the write", i, gtid, body, err)
+		}
+	}
+
 	// Hold us's apply of eu's changes: they wait on a table lock.
 	lock, err := openDirect(t, us).Conn(ctx)
 	if err != nil {

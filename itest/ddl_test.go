@@ -74,7 +74,7 @@ func TestDDL(t *testing.T) {
 	// whether other tables' replication stopped meanwhile.
 	octx, ostop := context.WithCancel(ctx)
 	var owg sync.WaitGroup
-	var orderWrites atomic.Int64
+	var orderWrites, inDoubt atomic.Int64
 	var maxKVLag atomic.Int64
 	var lost atomic.Value
 	owg.Add(2)
@@ -84,6 +84,8 @@ func TestDDL(t *testing.T) {
 		for n := 1000; octx.Err() == nil; n++ {
 			if _, err := db.ExecContext(octx, "INSERT INTO orders (id, total) VALUES (?, ?)", n, n); err == nil {
 				orderWrites.Add(1)
+			} else if octx.Err() != nil {
+				inDoubt.Add(1) // cancelled in flight: it may have committed
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
@@ -147,8 +149,8 @@ func TestDDL(t *testing.T) {
 	if len(rows) < 2 || strings.Join(rows[:2], ",") != "1|10|from ap,2|20|from us" {
 		t.Errorf("app.orders everywhere starts %v; want 1|10|from ap,2|20|from us", rows[:min(2, len(rows))])
 	}
-	if want := 2 + int(orderWrites.Load()); len(rows) != want {
-		t.Errorf("app.orders has %d rows everywhere; want %d (2 + every row written during the ALTER)", len(rows), want)
+	if want := 2 + int(orderWrites.Load()); len(rows) < want || len(rows) > want+int(inDoubt.Load()) {
+		t.Errorf("app.orders has %d rows everywhere; want %d (2 + every row written during the ALTER), plus at most %d cancelled in flight", len(rows), want, inDoubt.Load())
 	}
 	if failures.Load() > 0 || writes.Load() == 0 {
 		t.Errorf("writes to app.kv during the DDL: %d succeeded, %d failed (%v); want none to fail", writes.Load(), failures.Load(), firstErr.Load())

@@ -82,6 +82,26 @@ func TestForwardHomedWrites(t *testing.T) {
 			t.Fatalf("%s: %v; want it refused: %s", s.sql, err, s.refused)
 		}
 	}
+	// A statement with keys homed here and there is refused, not sent to
+	// and fro; so is a move of a transaction that already wrote here (a
+	// prepared write counts).
+	if _, err := euApp.ExecContext(ctx, "INSERT INTO users (user_id, name) VALUES (1700, 'us'), (7, 'eu')"); err == nil || !strings.Contains(err.Error(), "homed here and in another region") {
+		t.Fatalf("a statement with keys homed in eu and us, through eu: %v; want it refused", err)
+	}
+	wrote, err := euApp.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := wrote.ExecContext(ctx, "INSERT INTO users (user_id, name) VALUES (?, 'eu first')", 8); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := wrote.ExecContext(ctx, "INSERT INTO users (user_id, name) VALUES (?, 'us second')", 1800); err == nil || !strings.Contains(err.Error(), "already wrote here") {
+		t.Fatalf("a write homed in us after a prepared write homed in eu, in one transaction: %v; want it refused", err)
+	}
+	if err := wrote.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+
 	// Prepared statements are forwarded too (prepared again there), in a
 	// transaction as well; the parameter types the driver sends once hold.
 	tx, err := euApp.BeginTx(ctx, nil)

@@ -64,14 +64,19 @@ type conn struct {
 	// relaying is the forwarding session a response is relayed from (nil:
 	// the local server).
 	relaying *forwardConn
+	// noForward marks a session another proxy opened to forward: nothing
+	// it sends is forwarded again (proxies never bounce a statement).
+	noForward bool
 
 	mu         sync.Mutex
 	rawClient  net.Conn // closed to unblock I/O on cancel
 	rawBackend net.Conn
 	closed     bool
-	idle       bool   // waiting for the client's next command
-	inTrans    bool   // last status the server sent had SERVER_STATUS_IN_TRANS
-	status     uint16 // the last status flags the server sent
+	idle       bool                  // waiting for the client's next command
+	inTrans    bool                  // last status the server sent had SERVER_STATUS_IN_TRANS
+	fwdTrans   bool                  // a transaction runs at another region's proxy (c.fwd)
+	rawFwds    map[net.Conn]struct{} // forwarding sessions' sockets, closed with the others
+	status     uint16                // the last status flags the server sent
 	// txnStamp is set once a write inside the current transaction was
 	// stamped: the session's @_mlr_hlc then serves the transaction's later
 	// writes (see needSet). The connection's goroutine alone uses it.
@@ -102,6 +107,9 @@ func (c *conn) closeSockets() {
 	if c.rawBackend != nil {
 		_ = c.rawBackend.Close()
 	}
+	for nc := range c.rawFwds {
+		_ = nc.Close()
+	}
 }
 
 // setBackend records the dialled backend; false if the connection was
@@ -123,7 +131,7 @@ func (c *conn) setBackend(nc net.Conn) bool {
 func (c *conn) drain() {
 	c.mu.Lock()
 	c.draining = true
-	now := c.idle && !c.inTrans
+	now := c.idle && !c.inTrans && !c.fwdTrans
 	c.mu.Unlock()
 	if now {
 		c.cancel()
@@ -135,7 +143,7 @@ func (c *conn) drain() {
 func (c *conn) setIdle(idle bool) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if idle && c.draining && !c.inTrans {
+	if idle && c.draining && !c.inTrans && !c.fwdTrans {
 		return false
 	}
 	c.idle = idle
@@ -392,7 +400,7 @@ func (c *conn) command(p []byte, next byte) error {
 					}
 				}
 				var vals []paramValue
-				if ps.params > 0 && !ps.longData {
+				if ps.params > 0 && !ps.longData && (ps.homes != nil || c.fwd != nil) {
 					// Read for the home check and kept for forwarding:
 					// a client sends the types only when they change.
 					vals, ps.types = execParams(p, ps.params, ps.types)
@@ -405,7 +413,7 @@ func (c *conn) command(p []byte, next byte) error {
 					}
 					err := c.forwardExecute(f, id, ps, p, next)
 					if c.fwd != nil && !c.fwd.inTrans() {
-						c.fwd = nil
+						c.setFwd(nil)
 					}
 					return err
 				}
@@ -415,13 +423,21 @@ func (c *conn) command(p []byte, next byte) error {
 					}
 					d := c.checkHomes(ps.homes, vals, c.s.cfg.RegionID)
 					if d.refusal != nil {
-						ps.longData = false
+						if err := c.resetLongData(id, ps); err != nil {
+							return err
+						}
 						return c.refuse(d.refusal, "", next)
 					}
 					if d.forward != 0 {
 						return c.startForward(d, cl, "", next, func(f *forwardConn) error { return c.forwardExecute(f, id, ps, p, next) })
 					}
 					ps.longData = false
+					// The server last saw the types of the executes it ran:
+					// those forwarded or refused carried newer ones.
+					p = ps.withLocalTypes(p)
+				}
+				if ps.cl.kind == kindWrite || ps.cl.kind == kindWriteUnknown {
+					c.txnWrote = true // until the status shows no transaction
 				}
 			}
 		}
@@ -668,6 +684,10 @@ func (c *conn) query(p []byte, next byte) error {
 	sql := string(p[1:])
 	if c.s.cfg.Causal != nil && isTokenQuery(sql) {
 		return c.answerToken(next)
+	}
+	if sql == forwardedMarker {
+		c.noForward = true
+		return c.sendRaw(okPacket(c.status), next)
 	}
 	cl := c.s.cls.classify(c.db, sql)
 	if g := c.guarded(cl); g != nil {

@@ -221,13 +221,7 @@ func (c *conn) forwardHandshake(ctx context.Context, f *forwardConn, pw []byte) 
 	}
 	resp = append(append(resp, nativePassword...), 0)
 	for {
-		if _, err := f.w.writePacket(resp, seq); err != nil {
-			return err
-		}
-		if err := f.w.w.Flush(); err != nil {
-			return err
-		}
-		p, _, last, err := f.w.readPacket(maxAuthPacket)
+		p, last, err := roundTrip(f.w, resp, seq)
 		if err != nil {
 			return err
 		}
@@ -238,7 +232,7 @@ func (c *conn) forwardHandshake(ctx context.Context, f *forwardConn, pw []byte) 
 			if st, ok := okStatus(p); ok {
 				f.status = st
 			}
-			return nil
+			return simpleCommand(f.w, forwardedMarker)
 		case p[0] == mysql.ERR_HEADER:
 			return errors.New(errText(p))
 		case p[0] == mysql.EOF_HEADER: // auth switch
@@ -254,6 +248,16 @@ func (c *conn) forwardHandshake(ctx context.Context, f *forwardConn, pw []byte) 
 	}
 }
 
+// forwardedMarker is the statement a forwarding session sends first: the
+// home's proxy then never forwards what arrives on it (a client sending
+// it only keeps its own writes from being forwarded).
+const forwardedMarker = "/* mlproxy: forwarded session */ DO 0"
+
+// okPacket is an OK packet with status flags st.
+func okPacket(st uint16) []byte {
+	return []byte{mysql.OK_HEADER, 0, 0, byte(st), byte(st >> 8), 0, 0}
+}
+
 // errText is an ERR packet's message.
 func errText(p []byte) string {
 	if len(p) > 9 && p[3] == '#' {
@@ -267,11 +271,10 @@ func errText(p []byte) string {
 
 // dropForwards closes the client's forwarding sessions.
 func (c *conn) dropForwards() {
-	for id, f := range c.fwds {
-		f.close()
-		delete(c.fwds, id)
+	for _, f := range c.fwds {
+		c.dropForward(f)
 	}
-	c.fwd = nil
+	c.setFwd(nil)
 }
 
 // forwardTo returns the client's session at region's proxy, opening it
@@ -291,6 +294,17 @@ func (c *conn) forwardTo(region uint16, addr string) (*forwardConn, error) {
 		c.fwds = map[uint16]*forwardConn{}
 	}
 	c.fwds[region] = f
+	c.mu.Lock()
+	if c.rawFwds == nil {
+		c.rawFwds = map[net.Conn]struct{}{}
+	}
+	c.rawFwds[f.nc] = struct{}{}
+	closed := c.closed
+	c.mu.Unlock()
+	if closed {
+		f.close()
+		return nil, c.ctx.Err()
+	}
 	return f, nil
 }
 
@@ -360,9 +374,20 @@ func (f *forwardConn) alive() bool {
 func (c *conn) dropForward(f *forwardConn) {
 	f.close()
 	delete(c.fwds, f.region)
+	c.mu.Lock()
+	delete(c.rawFwds, f.nc)
+	c.mu.Unlock()
 	if c.fwd == f {
-		c.fwd = nil
+		c.setFwd(nil)
 	}
+}
+
+// setFwd makes f (nil: none) the session the current transaction runs in.
+func (c *conn) setFwd(f *forwardConn) {
+	c.fwd = f
+	c.mu.Lock()
+	c.fwdTrans = f != nil
+	c.mu.Unlock()
 }
 
 // startForward sends a statement whose keys are homed in region d.forward
@@ -414,7 +439,7 @@ func (c *conn) startForward(d homeDecision, cl *class, sql string, next byte, ru
 	}
 	c.s.m.forwardSeconds.Observe(time.Since(start).Seconds())
 	if f.inTrans() && c.fwds[f.region] == f {
-		c.fwd = f
+		c.setFwd(f)
 	}
 	return nil
 }
@@ -432,8 +457,8 @@ func (c *conn) forwarded(cl *class, sql string, p []byte, next byte) error {
 			return c.refuse(d.refusal, sql, next)
 		}
 	}
-	if cl.multi {
-		r := refused(reasonHome, fmt.Sprintf("inside a transaction forwarded to region %d's proxy, send one statement at a time", f.region))
+	if cl.multi || cl.uses != nil {
+		r := refused(reasonHome, fmt.Sprintf("inside a transaction forwarded to region %d's proxy, send one statement at a time, and no USE", f.region))
 		return c.refuse(r, sql, next)
 	}
 	start := time.Now()
@@ -442,7 +467,7 @@ func (c *conn) forwarded(cl *class, sql string, p []byte, next byte) error {
 		c.s.m.forwardSeconds.Observe(time.Since(start).Seconds())
 	}
 	if c.fwd != nil && !c.fwd.inTrans() {
-		c.fwd = nil // the transaction ended there
+		c.setFwd(nil) // the transaction ended there
 	}
 	return err
 }
@@ -452,13 +477,7 @@ func (c *conn) syncForward(f *forwardConn) error {
 	if f.db == c.db || c.db == "" {
 		return nil
 	}
-	if _, err := f.w.writePacket(append([]byte{mysql.COM_INIT_DB}, c.db...), 0); err != nil {
-		return err
-	}
-	if err := f.w.w.Flush(); err != nil {
-		return err
-	}
-	r, _, _, err := f.w.readPacket(maxAuthPacket)
+	r, _, err := roundTrip(f.w, append([]byte{mysql.COM_INIT_DB}, c.db...), 0)
 	if err != nil {
 		return err
 	}
@@ -469,15 +488,22 @@ func (c *conn) syncForward(f *forwardConn) error {
 	return nil
 }
 
-// simpleCommand runs a statement that answers OK or ERR on w.
-func simpleCommand(w *wire, sql string) error {
-	if _, err := w.writePacket(append([]byte{mysql.COM_QUERY}, sql...), 0); err != nil {
-		return err
+// roundTrip sends one packet on w and reads the first packet of the
+// answer, and its sequence id.
+func roundTrip(w *wire, p []byte, seq byte) ([]byte, byte, error) {
+	if _, err := w.writePacket(p, seq); err != nil {
+		return nil, 0, err
 	}
 	if err := w.w.Flush(); err != nil {
-		return err
+		return nil, 0, err
 	}
-	r, _, _, err := w.readPacket(maxAuthPacket)
+	r, _, last, err := w.readPacket(maxAuthPacket)
+	return r, last, err
+}
+
+// simpleCommand runs a statement that answers OK or ERR on w.
+func simpleCommand(w *wire, sql string) error {
+	r, _, err := roundTrip(w, append([]byte{mysql.COM_QUERY}, sql...), 0)
 	if err != nil {
 		return err
 	}
@@ -498,7 +524,9 @@ func (c *conn) forwardExecute(f *forwardConn, id uint32, ps *prepared, p []byte,
 		return c.refuse(r, "", next)
 	}
 	if ps.longData {
-		ps.longData = false
+		if err := c.resetLongData(id, ps); err != nil {
+			return err
+		}
 		return fail(fmt.Sprintf("a prepared statement with data sent apart (COM_STMT_SEND_LONG_DATA) is not forwarded: send it to region %d's proxy %s", f.region, f.addr))
 	}
 	if len(p) < 10 || p[5] != 0 {
@@ -537,13 +565,7 @@ func (c *conn) forwardExecute(f *forwardConn, id uint32, ps *prepared, p []byte,
 // forwardPrepare prepares sql on f and returns its statement id there; an
 // ERR from there is a *sqlError for the client.
 func (c *conn) forwardPrepare(f *forwardConn, sql string) (uint32, error) {
-	if _, err := f.w.writePacket(append([]byte{mysql.COM_STMT_PREPARE}, sql...), 0); err != nil {
-		return 0, err
-	}
-	if err := f.w.w.Flush(); err != nil {
-		return 0, err
-	}
-	h, _, _, err := f.w.readPacket(maxAuthPacket)
+	h, _, err := roundTrip(f.w, append([]byte{mysql.COM_STMT_PREPARE}, sql...), 0)
 	if err != nil {
 		return 0, err
 	}
@@ -584,4 +606,45 @@ func (c *conn) closeForwarded(id uint32) {
 			_ = f.w.w.Flush()
 		}
 	}
+}
+
+// resetLongData drops, on the local server, the data a client sent apart
+// for statement id when its execute is refused or not run there (the next
+// execute would use it).
+func (c *conn) resetLongData(id uint32, ps *prepared) error {
+	if !ps.longData {
+		return nil
+	}
+	ps.longData = false
+	r, _, err := roundTrip(c.backend, binary.LittleEndian.AppendUint32([]byte{mysql.COM_STMT_RESET}, id), 0)
+	if err != nil {
+		return c.backendErr(err, 1, "reset a statement's long data")
+	}
+	if len(r) == 0 || r[0] != mysql.OK_HEADER {
+		c.log.Warn("statement reset refused", zap.String("error", errText(r)))
+	}
+	return nil
+}
+
+// withLocalTypes returns the EXECUTE packet p for the local server: with
+// the parameter types added when the client sent none and the server last
+// saw others (an execute forwarded or refused carried them).
+func (ps *prepared) withLocalTypes(p []byte) []byte {
+	n := ps.params
+	if n == 0 || len(ps.types) != 2*n {
+		return p
+	}
+	at := 10 + (n+7)/8 // the new-parameters-bound flag
+	if len(p) <= at {
+		return p
+	}
+	if p[at] != 0 {
+		ps.localTypes = append(ps.localTypes[:0], ps.types...)
+		return p
+	}
+	if bytes.Equal(ps.localTypes, ps.types) {
+		return p
+	}
+	ps.localTypes = append(ps.localTypes[:0], ps.types...)
+	return append(append(append(bytes.Clone(p[:at]), 1), ps.types...), p[at+1:]...)
 }

@@ -64,9 +64,10 @@ type prepared struct {
 	// homes are the keys it writes in homed tables (nil: none homed);
 	// types the parameter types it was last executed with; longData is
 	// set when a parameter was sent with COM_STMT_SEND_LONG_DATA since.
-	homes    []homePlan
-	types    []byte
-	longData bool
+	homes      []homePlan
+	types      []byte
+	localTypes []byte // the types the local server last saw
+	longData   bool
 }
 
 // homePlans parses sql (a write of cl.writes) for the keys it writes in
@@ -345,6 +346,7 @@ type homeDecision struct {
 // transaction runs in). It counts each table's outcome.
 func (c *conn) checkHomes(plans []homePlan, params []paramValue, here uint16) homeDecision {
 	var d homeDecision
+	localKeys := false // some key is homed in here
 	refuse := func(msg string) {
 		if d.refusal == nil {
 			d.refusal = refused(reasonHome, msg)
@@ -377,7 +379,11 @@ func (c *conn) checkHomes(plans []homePlan, params []paramValue, here uint16) ho
 			if null {
 				continue
 			}
-			if h := p.m.Of(text); h != 0 && h != here {
+			h := p.m.Of(text)
+			if h == here {
+				localKeys = true
+			}
+			if h != 0 && h != here {
 				if elsewhere != 0 && h != elsewhere {
 					elsewhere = 0xFFFF // homes in two other regions
 					break
@@ -396,7 +402,7 @@ func (c *conn) checkHomes(plans []homePlan, params []paramValue, here uint16) ho
 				p.m.Name(here), table))
 		case elsewhere != 0 && p.m.Elsewhere == config.HomeAllow:
 			outcome = homeMisrouted
-		case elsewhere != 0 && p.m.Elsewhere == config.HomeForward && c.s.cfg.Accounts != nil:
+		case elsewhere != 0 && p.m.Elsewhere == config.HomeForward && c.s.cfg.Accounts != nil && !c.noForward:
 			switch {
 			case d.forward != 0 && d.forward != elsewhere:
 				outcome = homeRefused
@@ -417,6 +423,10 @@ func (c *conn) checkHomes(plans []homePlan, params []paramValue, here uint16) ho
 			outcome = homeUnknown
 		}
 		c.s.m.homed.WithLabelValues(p.m.Label, outcome).Inc()
+	}
+	if d.forward != 0 && localKeys && d.refusal == nil {
+		// Sent there whole, its keys homed here would come back: refused.
+		refuse(fmt.Sprintf("this statement writes keys homed here and in another region (proxy %s): write each region's keys there", d.addr))
 	}
 	if d.refusal != nil {
 		d.forward = 0

@@ -36,7 +36,7 @@ func execParams(p []byte, n int, types []byte) ([]paramValue, []byte) {
 	}
 	nulls := p[pos : pos+nullMap]
 	pos += nullMap
-	if p[pos] == 1 { // new parameters bound: their types follow
+	if p[pos] != 0 { // new parameters bound: their types follow
 		pos++
 		if len(p) < pos+2*n {
 			return nil, types

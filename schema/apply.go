@@ -52,6 +52,7 @@ var InternalTables = map[string]string{
 	"strong_leaders": "CREATE TABLE `" + Internal + "`.`strong_leaders` (\n" +
 		"  db VARCHAR(64) NOT NULL, tbl VARCHAR(64) NOT NULL,\n" +
 		"  leader SMALLINT UNSIGNED NOT NULL,\n" +
+		"  previous SMALLINT UNSIGNED NOT NULL DEFAULT 0,  -- the leader before a move (its writes are waited for)\n" +
 		"  moved_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),\n" +
 		"  moved_by VARCHAR(128) NOT NULL DEFAULT '',\n" +
 		"  PRIMARY KEY (db, tbl)\n" +

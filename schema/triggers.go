@@ -212,7 +212,10 @@ func homeCheck(m *home.Map, t *Table, prefix string, region uint16) string {
 	if m.Strong() {
 		// The leader `mlproxy strong move` set, else the configured one;
 		// 0 while it moves: nobody writes the table.
-		fmt.Fprintf(&b, "    SET %s = COALESCE((SELECT leader FROM %s.strong_leaders WHERE db = %s AND tbl = %s), %d);\n",
+		// Read under a shared lock: `strong move` changing it waits for
+		// the transactions that wrote under the old leader to end, so the
+		// old leader's position it then reads covers all of them.
+		fmt.Fprintf(&b, "    SET %s = COALESCE((SELECT leader FROM %s.strong_leaders WHERE db = %s AND tbl = %s LOCK IN SHARE MODE), %d);\n",
 			varHome, Quote(Internal), sqlString(t.Schema), sqlString(t.Name), m.Leader())
 		fmt.Fprintf(&b, "    IF %s <> %d THEN\n", varHome, region)
 		fmt.Fprintf(&b, "      SET %s = CASE %s WHEN 0 THEN %s", varHomeMsg, varHome, sqlString("mlproxy: "+m.Refusal(t.Schema, t.Name, 0)))

@@ -94,14 +94,18 @@ func moveLeader(ctx context.Context, out io.Writer, cfgs []*config.Config, db, t
 		}
 		regions = append(regions, strongRegion{cfg, conn})
 		leader := ids[rule.Leader]
-		var moved sql.NullInt64
-		err = conn.QueryRowContext(ctx, "SELECT leader FROM mlr.strong_leaders WHERE db = ? AND tbl = ?", db, tbl).Scan(&moved)
+		var moved, previous uint16
+		err = conn.QueryRowContext(ctx, "SELECT leader, previous FROM mlr.strong_leaders WHERE db = ? AND tbl = ?", db, tbl).Scan(&moved, &previous)
 		switch {
 		case errors.Is(err, sql.ErrNoRows):
 		case err != nil:
 			return fmt.Errorf("region %s: read mlr.strong_leaders: %w (did `mlproxy schema apply` of this release run?)", cfg.Region.Name, err)
+		case moved == 0:
+			// A move was interrupted after step 1 here: the leader before
+			// it may still have writes on their way.
+			leader = previous
 		default:
-			leader = uint16(moved.Int64)
+			leader = moved
 		}
 		if leader != 0 {
 			if oldID != 0 && oldID != leader {
@@ -112,23 +116,23 @@ func moveLeader(ctx context.Context, out io.Writer, cfgs []*config.Config, db, t
 	}
 	if oldID == newID {
 		fmt.Fprintf(out, "%s.%s: region %s already leads it\n", db, tbl, to)
-		return setLeader(ctx, regions, db, tbl, newID)
+		return setLeader(ctx, regions, db, tbl, newID, oldID)
 	}
-	if err := setLeader(ctx, regions, db, tbl, 0); err != nil {
+	if err := setLeader(ctx, regions, db, tbl, 0, oldID); err != nil {
 		return fmt.Errorf("step 1, no leader: %w (some regions may have none: run the command again)", err)
 	}
 	fmt.Fprintf(out, "%s.%s: no region writes it now\n", db, tbl)
 	start := time.Now()
 	if oldID != 0 {
 		if err := waitForLeader(ctx, out, regions, oldID, timeout); err != nil {
-			if rerr := setLeader(context.WithoutCancel(ctx), regions, db, tbl, oldID); rerr != nil {
+			if rerr := setLeader(context.WithoutCancel(ctx), regions, db, tbl, oldID, oldID); rerr != nil {
 				return fmt.Errorf("%w; giving the old leader back failed too: %v (no region writes the table: run the command again)", err, rerr)
 			}
 			return fmt.Errorf("%w: the old leader has the table back", err)
 		}
 	}
 	caughtUp := time.Since(start)
-	if err := setLeader(ctx, regions, db, tbl, newID); err != nil {
+	if err := setLeader(ctx, regions, db, tbl, newID, oldID); err != nil {
 		return fmt.Errorf("step 3, the new leader: %w (regions that did not take it have no leader: run the command again)", err)
 	}
 	// The proxies read mlr.strong_leaders every second; the triggers at
@@ -139,12 +143,14 @@ func moveLeader(ctx context.Context, out io.Writer, cfgs []*config.Config, db, t
 	return nil
 }
 
-func setLeader(ctx context.Context, regions []strongRegion, db, tbl string, leader uint16) error {
+// setLeader records leader (0: none, while moving from previous) in every
+// region.
+func setLeader(ctx context.Context, regions []strongRegion, db, tbl string, leader, previous uint16) error {
 	host, _ := os.Hostname()
 	for _, r := range regions {
-		if _, err := r.db.ExecContext(ctx, "INSERT INTO mlr.strong_leaders (db, tbl, leader, moved_at, moved_by) VALUES (?, ?, ?, NOW(6), ?) "+
-			"ON DUPLICATE KEY UPDATE leader = VALUES(leader), moved_at = VALUES(moved_at), moved_by = VALUES(moved_by)",
-			db, tbl, leader, "mlproxy strong move on "+host); err != nil {
+		if _, err := r.db.ExecContext(ctx, "INSERT INTO mlr.strong_leaders (db, tbl, leader, previous, moved_at, moved_by) VALUES (?, ?, ?, ?, NOW(6), ?) "+
+			"ON DUPLICATE KEY UPDATE leader = VALUES(leader), previous = VALUES(previous), moved_at = VALUES(moved_at), moved_by = VALUES(moved_by)",
+			db, tbl, leader, previous, "mlproxy strong move on "+host); err != nil {
 			return fmt.Errorf("region %s: %w", r.cfg.Region.Name, err)
 		}
 	}
