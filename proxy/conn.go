@@ -64,6 +64,9 @@ type conn struct {
 	// relaying is the forwarding session a response is relayed from (nil:
 	// the local server).
 	relaying *forwardConn
+	// account is the client's account here (CURRENT_USER()), read when
+	// it is first forwarded.
+	account string
 	// noForward marks a session another proxy opened to forward: nothing
 	// it sends is forwarded again (proxies never bounce a statement).
 	noForward bool
@@ -813,6 +816,7 @@ func (c *conn) changeUser(p []byte, next byte) error {
 		return err
 	}
 	c.auth = authState{} // the new account's answer is not kept: no forwarding
+	c.account = ""
 	c.dropForwards()
 	ok, err := c.relayAuth(0, next-1)
 	if err != nil {

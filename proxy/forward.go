@@ -151,8 +151,68 @@ func (c *conn) dialForward(ctx context.Context, region uint16, addr string) (*fo
 		f.close()
 		return nil, fmt.Errorf("log in to region %d's proxy %s as %s: %w", region, addr, c.auth.user, err)
 	}
+	// The home picks the account by the proxy's host: it must be the one
+	// the client logged in as here, never another (broader) one that
+	// shares the name and the password.
+	if err := c.sameAccount(f); err != nil {
+		f.close()
+		return nil, fmt.Errorf("%w: %v", errNoForward, err)
+	}
 	_ = nc.SetDeadline(time.Time{})
 	return f, nil
+}
+
+// sameAccount checks that f's session at the home runs as the account the
+// client's session here does (CURRENT_USER(), user and host pattern).
+func (c *conn) sameAccount(f *forwardConn) error {
+	if c.account == "" {
+		a, err := queryOne(c.backend, "SELECT CURRENT_USER()")
+		if err != nil {
+			return fmt.Errorf("read this session's account: %w", err)
+		}
+		c.account = a
+	}
+	there, err := queryOne(f.w, "SELECT CURRENT_USER()")
+	if err != nil {
+		return fmt.Errorf("read the forwarding session's account: %w", err)
+	}
+	if there != c.account {
+		return fmt.Errorf("region %d's server logged the proxy in as %s, not %s as here: give the account one host pattern, or one password per host", f.region, there, c.account)
+	}
+	return nil
+}
+
+// queryOne runs a statement whose answer is one row of one text column
+// on w and returns the value.
+func queryOne(w *wire, sql string) (string, error) {
+	p, _, err := roundTrip(w, append([]byte{mysql.COM_QUERY}, sql...), 0)
+	if err != nil {
+		return "", err
+	}
+	if len(p) == 0 || p[0] == mysql.ERR_HEADER || p[0] == mysql.OK_HEADER {
+		return "", fmt.Errorf("%s: %s", sql, errText(p))
+	}
+	var row []byte
+	for i := 0; ; i++ { // column definition, EOF, row, EOF
+		q, _, _, err := w.readPacket(maxAuthPacket)
+		if err != nil {
+			return "", err
+		}
+		if i == 2 {
+			row = bytes.Clone(q) // the wire reuses its buffer
+		}
+		if len(q) > 0 && q[0] == mysql.EOF_HEADER && len(q) < 9 && i >= 2 {
+			break
+		}
+		if i > 3 {
+			return "", fmt.Errorf("%s: more than one row", sql)
+		}
+	}
+	v, null, _, ok := lenencString(row)
+	if !ok || null {
+		return "", fmt.Errorf("%s: no value", sql)
+	}
+	return string(v), nil
 }
 
 // forwardHandshake logs f in as the client's account, over TLS when the
