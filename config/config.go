@@ -150,6 +150,9 @@ type TableRule struct {
 	Consistency string `yaml:"consistency"`
 	// Leader is the region that writes a strong table.
 	Leader string `yaml:"leader"`
+	// Standby orders the regions that take a strong table over, first
+	// one first, when `mlproxy strong move` is not told where to.
+	Standby []string `yaml:"standby"`
 	// Forward makes the other regions forward a strong table's writes to
 	// the leader's proxy (under the client's own account) instead of
 	// refusing them.

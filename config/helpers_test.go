@@ -128,12 +128,17 @@ func TestHomeAndShadow(t *testing.T) {
 	strong := "    table: \"*\"\n    consistency: strong\n    leader: us\n"
 	c, err = Parse("region.yaml", []byte(edit("    table: \"*\"\n", strong)))
 	require.NoError(t, err)
+	_, err = Parse("region.yaml", []byte(edit("    table: \"*\"\n", strong+"    standby: [eu, us, mars]\n")))
+	require.Error(t, err)
+	assert.Equal(t, "region.yaml:15: tables[0].standby[1]: \"us\" is the leader\n"+
+		"region.yaml:15: tables[0].standby[2]: unknown region \"mars\" (known: eu, us)", err.Error())
 	require.Equal(t, &Home{Leader: "us", Elsewhere: HomeReject, Unknown: HomeReject}, c.Tables[0].Homing())
 	cases = append(cases,
 		struct{ old, new, want string }{"    shadow:\n", "    consistency: strong\n    shadow:\n", "region.yaml:13: tables[0].leader: required by consistency: strong"},
 		struct{ old, new, want string }{"    shadow:\n", "    consistency: strong\n    leader: mars\n    shadow:\n", "region.yaml:14: tables[0].leader: unknown region \"mars\""},
 		struct{ old, new, want string }{"    shadow:\n", "    consistency: linearizable\n    shadow:\n", "region.yaml:13: tables[0].consistency: unknown value"},
 		struct{ old, new, want string }{"    shadow:\n", "    leader: us\n    shadow:\n", "region.yaml:13: tables[0].leader: only used by consistency: strong"},
+		struct{ old, new, want string }{"    shadow:\n", "    standby: [us]\n    shadow:\n", "region.yaml:13: tables[0].standby: only used by consistency: strong"},
 	)
 	for _, tc := range cases {
 		if !strings.Contains(doc, tc.old) {

@@ -354,6 +354,9 @@ func (k *checker) tables() {
 			if t.Forward {
 				k.bad(key+".forward", "only used by consistency: strong (a home mapping says elsewhere: forward)")
 			}
+			if len(t.Standby) > 0 {
+				k.bad(key+".standby", "only used by consistency: strong")
+			}
 		case ConsistencyStrong:
 			if t.Forward {
 				k.forwarding(key + ".forward")
@@ -365,6 +368,21 @@ func (k *checker) tables() {
 			}
 			if t.Home != nil {
 				k.bad(key+".home", "a strong table has one home, its leader: drop home or consistency: strong")
+			}
+			seen := map[string]int{}
+			for j, name := range t.Standby {
+				sk := fmt.Sprintf("%s.standby[%d]", key, j)
+				switch _, known := regions[name]; {
+				case !known:
+					k.bad(sk, "unknown region %q (known: %s)", name, strings.Join(sortedNames(regions), ", "))
+				case name == t.Leader:
+					k.bad(sk, "%q is the leader", name)
+				default:
+					if prev, dup := seen[name]; dup {
+						k.bad(sk, "region %q listed twice (also standby[%d])", name, prev)
+					}
+				}
+				seen[name] = j
 			}
 		default:
 			k.bad(key+".consistency", "unknown value %q (known: eventual, strong)", t.Consistency)

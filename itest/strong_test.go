@@ -28,6 +28,7 @@ const ledgerTables = appTables + `
     table: accounts
     consistency: strong
     leader: eu
+    standby: [us, ap]
   - schema: app
     table: transfers
     consistency: strong
@@ -308,7 +309,8 @@ func TestStrongLeaderMove(t *testing.T) {
 		}
 	}()
 	time.Sleep(time.Second)
-	out, err := c.Command(ctx, "strong", "move", "app.accounts", "--to", "us", "-c", eu.ConfigPath, "-c", us.ConfigPath, "-c", ap.ConfigPath)
+	// No --to: the first of its standby list, us.
+	out, err := c.Command(ctx, "strong", "move", "app.accounts", "-c", eu.ConfigPath, "-c", us.ConfigPath, "-c", ap.ConfigPath)
 	t.Logf("%s", out)
 	if err != nil {
 		t.Fatalf("strong move: %v", err)
@@ -316,7 +318,7 @@ func TestStrongLeaderMove(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatalf("the writer at eu: %v; want it refused once the move began", err)
 	}
-	if !strings.Contains(string(out), "region us leads it") {
+	if !strings.Contains(string(out), "moving to us, its first standby") || !strings.Contains(string(out), "region us leads it") {
 		t.Fatalf("strong move printed:\n%s", out)
 	}
 	if _, err := openProxy(t, us, 1).ExecContext(ctx, "UPDATE accounts SET balance = balance + 1000 WHERE id = 1"); err != nil {

@@ -34,7 +34,7 @@ func strongCmd() *cobra.Command {
 	var to string
 	var timeout time.Duration
 	move := &cobra.Command{
-		Use:   "move SCHEMA.TABLE --to REGION -c REGION.yaml [-c REGION.yaml ...]",
+		Use:   "move SCHEMA.TABLE [--to REGION] -c REGION.yaml [-c REGION.yaml ...]",
 		Short: "Move a strong table's leader: no region writes it while every region catches up with the old leader",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -51,9 +51,8 @@ func strongCmd() *cobra.Command {
 	}
 	fl := move.Flags()
 	fl.StringArrayVarP(&paths, "config", "c", nil, "every region's configuration file (repeat -c)")
-	fl.StringVar(&to, "to", "", "the new leader region (required)")
+	fl.StringVar(&to, "to", "", "the new leader region (default: the first of the table's standby list that is not the leader now)")
 	fl.DurationVar(&timeout, "timeout", 5*time.Minute, "how long the regions may take to apply the old leader's writes; past it the old leader is given back")
-	_ = move.MarkFlagRequired("to")
 	cmd.AddCommand(move)
 	return cmd
 }
@@ -69,9 +68,13 @@ type strongRegion struct {
 
 func moveLeader(ctx context.Context, out io.Writer, cfgs []*config.Config, db, tbl, to string, timeout time.Duration) error {
 	ids := cfgs[0].RegionIDs()
-	newID, ok := ids[to]
-	if !ok {
-		return fmt.Errorf("--to %q: not a region of %s", to, cfgs[0].Path)
+	var newID uint16
+	if to != "" {
+		id, ok := ids[to]
+		if !ok {
+			return fmt.Errorf("--to %q: not a region of %s", to, cfgs[0].Path)
+		}
+		newID = id
 	}
 	var regions []strongRegion
 	defer func() {
@@ -113,6 +116,19 @@ func moveLeader(ctx context.Context, out io.Writer, cfgs []*config.Config, db, t
 			}
 			oldID = leader
 		}
+	}
+	if newID == 0 { // the first standby that does not lead now
+		rule, _ := cfgs[0].TableRule(db, tbl)
+		for _, name := range rule.Standby {
+			if ids[name] != oldID {
+				to, newID = name, ids[name]
+				break
+			}
+		}
+		if newID == 0 {
+			return fmt.Errorf("%s.%s has no standby list in %s besides its leader: name the new leader with --to", db, tbl, cfgs[0].Path)
+		}
+		fmt.Fprintf(out, "%s.%s: moving to %s, its first standby\n", db, tbl, to)
 	}
 	if oldID == newID {
 		fmt.Fprintf(out, "%s.%s: region %s already leads it\n", db, tbl, to)
