@@ -211,6 +211,10 @@ const (
 	ConsistencyStrong   = "strong"
 )
 
+// Homed reports whether the table's writes are checked against a home
+// mapping (Homing), without building it.
+func (t TableRule) Homed() bool { return t.Home != nil || t.Consistency == ConsistencyStrong }
+
 // Homing is the home mapping the table's writes are checked against: its
 // Home, or for a strong table every key homed at its Leader; nil for
 // neither.

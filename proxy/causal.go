@@ -45,7 +45,8 @@ func isTokenQuery(sql string) bool {
 // the refusal of a statement that names @mlr_after otherwise; hit is false
 // for statements that do not name it.
 func afterRefusal(sql string) (t causal.Token, hit bool, refusal *class) {
-	if !strings.Contains(strings.ToLower(sql), "@mlr_after") {
+	// Every BEGIN and COMMIT comes here: no copy unless it names a variable.
+	if strings.IndexByte(sql, '@') < 0 || !strings.Contains(strings.ToLower(sql), "@mlr_after") {
 		return nil, false, nil
 	}
 	m := reSetAfter.FindStringSubmatch(sql)

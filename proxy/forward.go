@@ -229,7 +229,7 @@ func (c *conn) forwardHandshake(ctx context.Context, f *forwardConn, pw []byte) 
 	if err != nil {
 		return err
 	}
-	scramble := greetingScramble(g0)
+	scramble := g.scramble
 	if len(scramble) != 20 {
 		return errors.New("the greeting has no 20-byte scramble")
 	}

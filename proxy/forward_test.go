@@ -48,6 +48,9 @@ func TestGreetingScramble(t *testing.T) {
 	g = append(g, make([]byte, 10)...)     // reserved
 	g = append(g, "ijklmnopqrst\x00"...)   // part 2
 	g = append(g, "mysql_native_password\x00"...)
-	assert.Equal(t, []byte("abcdefghijklmnopqrst"), greetingScramble(g))
-	assert.Nil(t, greetingScramble(g[:30]))
+	parsed, err := parseGreeting(g)
+	require.NoError(t, err)
+	assert.Equal(t, []byte("abcdefghijklmnopqrst"), parsed.scramble)
+	short, _ := parseGreeting(g[:30])
+	assert.Nil(t, short.scramble)
 }

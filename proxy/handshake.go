@@ -50,6 +50,9 @@ type greeting struct {
 	capsLowAt  int // offset of the lower two capability bytes
 	capsHighAt int // offset of the upper two (0 if absent)
 	extCapsAt  int // offset of MariaDB's extended capabilities (0 if absent)
+	// scramble is the 20-byte scramble (nil when it has none of that
+	// size): forwarding answers it, or reuses the client's answer to it.
+	scramble []byte
 }
 
 func parseGreeting(p []byte) (greeting, error) {
@@ -66,6 +69,11 @@ func parseGreeting(p []byte) (greeting, error) {
 		return g, fmt.Errorf("%w: short greeting", errMalformed)
 	}
 	g.connID = binary.LittleEndian.Uint32(p[pos:])
+	// Part 1 (8), filler (1), capabilities (2), character set (1), status
+	// (2), capabilities (2), scramble length (1), reserved (10), part 2.
+	if at := pos + 4; len(p) >= at+27+12 {
+		g.scramble = append(bytes.Clone(p[at:at+8]), p[at+27:at+27+12]...)
+	}
 	pos += 4 + 8 + 1
 	g.capsLowAt = pos
 	g.caps = uint32(binary.LittleEndian.Uint16(p[pos:]))
@@ -258,7 +266,7 @@ func (c *conn) handshake() error {
 		return fmt.Errorf("greeting from %s: %w", addr, err)
 	}
 	c.log = c.log.With(zap.Uint32("backend_conn_id", g.connID))
-	c.auth.scramble = greetingScramble(g0)
+	c.auth.scramble = g.scramble
 	caps := g.caps&relayCaps | mysql.CLIENT_COMPRESS // zlib on the client leg, by the proxy itself
 	if c.s.cfg.ClientTLS != nil {
 		caps |= mysql.CLIENT_SSL
@@ -376,22 +384,6 @@ func (c *conn) handshake() error {
 	_ = c.client.nc.SetDeadline(time.Time{})
 	_ = c.backend.nc.SetDeadline(time.Time{})
 	return nil
-}
-
-// greetingScramble is the 20-byte scramble of a HandshakeV10 greeting (nil
-// when it has none of that size).
-func greetingScramble(p []byte) []byte {
-	end := bytes.IndexByte(p[1:], 0)
-	if end < 0 {
-		return nil
-	}
-	at := 1 + end + 1 + 4 // after the server version and the connection id
-	// part 1 (8), filler (1), capabilities (2), character set (1), status
-	// (2), capabilities (2), scramble length (1), reserved (10), part 2.
-	if len(p) < at+27+12 {
-		return nil
-	}
-	return append(bytes.Clone(p[at:at+8]), p[at+27:at+27+12]...)
 }
 
 // errAuthFailed ends a connection whose authentication the backend

@@ -140,7 +140,7 @@ func homePlans(homes Homes, db string, writes []tableRef, stmts []ast.StmtNode) 
 		}
 		matched := false
 		for _, st := range stmts {
-			keys, hit, ok := stmtKeys(st, db, t, m.Column)
+			keys, hit, ok := stmtKeys(st, db, t, lower(m.Column))
 			if !hit {
 				continue
 			}
@@ -156,7 +156,7 @@ func homePlans(homes Homes, db string, writes []tableRef, stmts []ast.StmtNode) 
 	return plans
 }
 
-// stmtKeys returns the keys st writes in table t (column col): hit says st
+// stmtKeys returns the keys st writes in table t (column col, lower-case): hit says st
 // writes t, ok that every key it writes there is among keys.
 func stmtKeys(st ast.StmtNode, db string, t tableRef, col string) (keys []keySource, hit, ok bool) {
 	switch n := st.(type) {
@@ -169,7 +169,7 @@ func stmtKeys(st ast.StmtNode, db string, t tableRef, col string) (keys []keySou
 		}
 		idx := -1
 		for i, c := range n.Columns {
-			if c.Name.L == lower(col) {
+			if c.Name.L == col {
 				idx = i
 			}
 		}
@@ -197,7 +197,7 @@ func stmtKeys(st ast.StmtNode, db string, t tableRef, col string) (keys []keySou
 			return nil, false, false
 		}
 		for _, a := range n.List {
-			if a.Column != nil && a.Column.Name.L == lower(col) {
+			if a.Column != nil && a.Column.Name.L == col {
 				k, isKey := keyOf(a.Expr)
 				if !isKey {
 					return nil, true, false
@@ -248,7 +248,7 @@ func writesTable(db string, j *ast.Join, t tableRef) bool {
 // assigns reports whether the assignments set column col.
 func assigns(as []*ast.Assignment, col string) bool {
 	for _, a := range as {
-		if a.Column != nil && a.Column.Name.L == lower(col) {
+		if a.Column != nil && a.Column.Name.L == col {
 			return true
 		}
 	}
@@ -296,7 +296,7 @@ func whereKeys(e ast.ExprNode, col string) (keys []keySource, ok bool) {
 
 func isColumn(e ast.ExprNode, col string) bool {
 	c, ok := e.(*ast.ColumnNameExpr)
-	return ok && c.Name != nil && c.Name.Name.L == lower(col)
+	return ok && c.Name != nil && c.Name.Name.L == col
 }
 
 // keyOf reads a key from a literal (an integer, a string, NULL; a negative
@@ -336,7 +336,6 @@ type homeDecision struct {
 	refusal *class
 	forward uint16
 	addr    string
-	label   string // the table entry that forwards (metrics)
 }
 
 // checkHomes applies the tables' home policies to the keys plans show,
@@ -358,13 +357,8 @@ func (c *conn) checkHomes(plans []homePlan, params []paramValue, here uint16) ho
 		outcome := homeLocal
 		elsewhere := uint16(0)
 		unknown := p.unknown
+		moving := p.m.Strong() && p.m.Leader() == 0 // nobody writes it
 		if p.m.Strong() && p.m.Leader() != here {
-			if p.m.Leader() == 0 { // moving: nobody writes it
-				outcome = homeRefused
-				refuse(p.m.Refusal(p.table.schema, p.table.table, 0))
-				c.s.m.homed.WithLabelValues(p.m.Label, outcome).Inc()
-				continue
-			}
 			elsewhere = p.m.Leader()
 		}
 		for _, k := range p.keys {
@@ -391,15 +385,18 @@ func (c *conn) checkHomes(plans []homePlan, params []paramValue, here uint16) ho
 				elsewhere = h
 			}
 		}
-		table := p.table.schema + "." + p.table.table
+		table := func() string { return p.table.schema + "." + p.table.table }
 		switch {
+		case moving:
+			outcome = homeRefused
+			refuse(p.m.Refusal(p.table.schema, p.table.table, 0))
 		case elsewhere == 0xFFFF:
 			outcome = homeRefused
-			refuse("this statement writes keys of " + table + " homed in more than one other region: write each region's keys there")
+			refuse("this statement writes keys of " + table() + " homed in more than one other region: write each region's keys there")
 		case elsewhere != 0 && here != c.s.cfg.RegionID:
 			outcome = homeRefused
 			refuse(fmt.Sprintf("this transaction was forwarded to region %s, and writes %s for a key homed elsewhere: a transaction writes the keys of one home region",
-				p.m.Name(here), table))
+				p.m.Name(here), table()))
 		case elsewhere != 0 && p.m.Elsewhere == config.HomeAllow:
 			outcome = homeMisrouted
 		case elsewhere != 0 && p.m.Elsewhere == config.HomeForward && c.s.cfg.Accounts != nil && !c.noForward:
@@ -409,14 +406,14 @@ func (c *conn) checkHomes(plans []homePlan, params []paramValue, here uint16) ho
 				refuse("this statement writes rows homed in two other regions: write each region's rows there")
 			default:
 				outcome = homeForwarded
-				d.forward, d.addr, d.label = elsewhere, p.m.Proxy(elsewhere), p.m.Label
+				d.forward, d.addr = elsewhere, p.m.Proxy(elsewhere)
 			}
 		case elsewhere != 0:
 			outcome = homeRefused
 			refuse(p.m.Refusal(p.table.schema, p.table.table, elsewhere))
 		case unknown && p.m.Unknown == config.HomeReject:
 			outcome = homeUnknownRefused
-			refuse("this statement does not show which region homes the rows it writes in " + table +
+			refuse("this statement does not show which region homes the rows it writes in " + table() +
 				" (its home.unknown is reject): name the rows by their " + p.m.Column +
 				" (= or IN with values or parameters; an INSERT with a column list)")
 		case unknown:

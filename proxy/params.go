@@ -144,34 +144,14 @@ func intParam(t byte, b []byte, unsigned bool) paramValue {
 // lenencString reads a length-encoded string from the start of b (go-mysql's
 // LengthEncodedString indexes past the end of a short packet): the bytes,
 // whether it is the NULL marker, and how many bytes it took; ok is false
-// when b is too short.
+// when b is too short. The length is lenenc's.
 func lenencString(b []byte) (s []byte, null bool, n int, ok bool) {
-	if len(b) == 0 {
-		return nil, false, 0, false
-	}
-	var size uint64
-	switch b[0] {
-	case 0xfb:
+	if len(b) > 0 && b[0] == 0xfb {
 		return nil, true, 1, true
-	case 0xfc:
-		n = 3
-	case 0xfd:
-		n = 4
-	case 0xfe:
-		n = 9
-	case 0xff:
-		return nil, false, 0, false
-	default:
-		size, n = uint64(b[0]), 1
 	}
-	if len(b) < n {
+	size, m, ok := lenenc(b)
+	if !ok || size > uint64(len(b)-m) {
 		return nil, false, 0, false
 	}
-	for i := n - 1; i >= 1; i-- {
-		size = size<<8 | uint64(b[i])
-	}
-	if size > uint64(len(b)-n) {
-		return nil, false, 0, false
-	}
-	return b[n : n+int(size)], false, n + int(size), true
+	return b[m : m+int(size)], false, m + int(size), true
 }

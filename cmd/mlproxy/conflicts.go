@@ -325,9 +325,12 @@ func printShadow(w io.Writer, rows []conflictRow, output string) error {
 	total := map[string]int{}
 	var order []string
 	for _, c := range rows {
-		d := c.ShadowDiffers != nil && *c.ShadowDiffers
+		d, differs := c.ShadowDiffers != nil && *c.ShadowDiffers, "no"
+		if d {
+			differs = "yes"
+		}
 		fmt.Fprintf(tw, "%d\t%s\t%s.%s\t%s\t%s\t%s\t%s\t%s\t%s\n", c.ID, c.DetectedAt.UTC().Format("2006-01-02 15:04:05.000"),
-			c.Schema, c.Table, c.PK, c.Rule, c.Outcome, c.ShadowRule, c.ShadowOutcome, map[bool]string{true: "yes", false: "no"}[d])
+			c.Schema, c.Table, c.PK, c.Rule, c.Outcome, c.ShadowRule, c.ShadowOutcome, differs)
 		k := c.Schema + "." + c.Table + ": " + c.Rule + " -> " + c.ShadowRule
 		if total[k] == 0 {
 			order = append(order, k)

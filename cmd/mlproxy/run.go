@@ -169,10 +169,10 @@ func (r *region) homeMaps() *homeSet {
 	}
 	hs := &homeSet{cfg: cfg, maps: map[string]*home.Map{}}
 	for _, t := range cfg.Tables {
-		h := t.Homing()
-		if h == nil {
+		if !t.Homed() {
 			continue
 		}
+		h := t.Homing()
 		label := t.Schema + "." + t.Table
 		m, err := home.New(label, *h, cfg)
 		if err != nil { // Validate checked the regions: not reached
@@ -491,11 +491,15 @@ func (t replicatedTables) ReplicatedSchemas() []string {
 
 // Home is the home mapping of schema.table's entry, nil when it has none.
 func (t replicatedTables) Home(schema, table string) *home.Map {
-	rule, ok := t.r.current().TableRule(schema, table)
-	if !ok || rule.Homing() == nil {
+	hs := t.r.homeMaps()
+	if len(hs.maps) == 0 { // every write asks: most configurations have none
 		return nil
 	}
-	m := t.r.homeMaps().maps[rule.Schema+"."+rule.Table]
+	rule, ok := hs.cfg.TableRule(schema, table)
+	if !ok || !rule.Homed() {
+		return nil
+	}
+	m := hs.maps[rule.Schema+"."+rule.Table]
 	if m != nil && m.Strong() {
 		if ls := t.r.leaders.Load(); ls != nil {
 			if l, moved := (*ls)[schema+"."+table]; moved && l != m.Leader() {
