@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/cenkalti/backoff/v5"
+	"github.com/go-sql-driver/mysql"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
@@ -577,7 +578,32 @@ func (l *Link) once(ctx context.Context) error {
 // apply` there, before its first stamped write could happen. Starting at
 // the peer's current position instead would lose writes made between the
 // peer's start and this region's first connection.
+//
+// A peer that cannot be reached is waited for at the tailer's probe cadence
+// (at most about a second between tries), not the link's long backoff: a
+// region down since before its first contact is tailed within a second or
+// two of coming back. A peer that answers with an error (no mlr schema) is
+// reported at once.
 func (l *Link) startPosition(ctx context.Context) (binlog.Checkpoint, error) {
+	bo := backoff.NewExponentialBackOff()
+	bo.InitialInterval = 100 * time.Millisecond
+	bo.MaxInterval = time.Second
+	for {
+		cp, err := l.readStartPosition(ctx)
+		var merr *mysql.MySQLError
+		if err == nil || errors.As(err, &merr) || ctx.Err() != nil {
+			return cp, err
+		}
+		l.set("connecting", err)
+		select {
+		case <-ctx.Done():
+			return cp, err
+		case <-time.After(bo.NextBackOff()):
+		}
+	}
+}
+
+func (l *Link) readStartPosition(ctx context.Context) (binlog.Checkpoint, error) {
 	db, err := l.r.open(ctx, "peer "+l.peer.Name, l.peer.Server)
 	if err != nil {
 		return binlog.Checkpoint{}, err
