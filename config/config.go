@@ -331,6 +331,12 @@ type Log struct {
 	// duplicate key's text) appear unredacted in logs and /status. Off by
 	// default; for debugging only.
 	Values bool `yaml:"values"`
+	// RepeatWindow: a warning or error line repeated within this window is
+	// counted, not written, and the count is written as one line (the last
+	// repeat's fields plus "repeated" and "window") when the window ends
+	// (0 = 10s). Lines are the same when their level, message and region,
+	// peer, schema, table and error fields are (internal/logx).
+	RepeatWindow time.Duration `yaml:"repeat_window"`
 }
 
 // Conflict rules a TableRule may name.
@@ -370,6 +376,7 @@ const (
 	DefaultConflictRetention   = 30 * 24 * time.Hour
 	DefaultStuckAfter          = 5 * time.Minute
 	DefaultLogLevel            = "info"
+	DefaultLogRepeatWindow     = 10 * time.Second
 )
 
 // What the applier does when a key refuses a remote change
@@ -440,6 +447,9 @@ func (c *Config) Default() {
 	}
 	if c.Log.Level == "" {
 		c.Log.Level = DefaultLogLevel
+	}
+	if c.Log.RepeatWindow == 0 {
+		c.Log.RepeatWindow = DefaultLogRepeatWindow
 	}
 }
 

@@ -53,6 +53,7 @@ func TestParseMinimalAppliesDefaults(t *testing.T) {
 	assert.Equal(t, TopologyAllToAll, c.Topology.Mode)
 	assert.Equal(t, RuleLWW, c.Tables[0].Rule)
 	assert.Equal(t, "info", c.Log.Level)
+	assert.Equal(t, 10*time.Second, c.Log.RepeatWindow)
 	assert.Equal(t, "", c.Metrics.Listen, "metrics stay off unless asked for")
 	assert.Equal(t, 11, c.Tables[0].Line)
 	assert.Equal(t, 14, c.Peers[0].Line)

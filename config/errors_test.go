@@ -157,11 +157,12 @@ func TestParseErrors(t *testing.T) {
 				`region.yaml:19: peers[0].server.tls: cert and key go together`,
 				`region.yaml:20: peers[0].server.tls.cert: cannot use file`,
 			}},
-		{"negative values", base + "apply:\n  workers: -2\n  relay_bytes: -1\nlog:\n  level: loud\n",
+		{"negative values", base + "apply:\n  workers: -2\n  relay_bytes: -1\nlog:\n  level: loud\n  repeat_window: -1s\n",
 			[]string{
 				`region.yaml:21: apply.workers: must be positive, got -2`,
 				`region.yaml:22: apply.relay_bytes: must be positive, got -1`,
 				`region.yaml:24: log.level: unknown level "loud"`,
+				`region.yaml:25: log.repeat_window: must be at least 1s, got -1s`,
 			}},
 		{"unset env var", edit("  user: mlproxy\n", "  user: mlproxy\n  password: ${MLPX_TEST_SURELY_UNSET}\n"),
 			[]string{`region.yaml:10: local.password: environment variable MLPX_TEST_SURELY_UNSET is not set`}},

@@ -602,4 +602,7 @@ func (k *checker) tuning() {
 	default:
 		k.bad("log.level", "unknown level %q (known: debug, info, warn, error)", c.Log.Level)
 	}
+	if c.Log.RepeatWindow < time.Second {
+		k.bad("log.repeat_window", "must be at least 1s, got %s", c.Log.RepeatWindow)
+	}
 }

@@ -17,6 +17,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/mlproxy/mlproxy/config"
+	"github.com/mlproxy/mlproxy/internal/logx"
 	"github.com/mlproxy/mlproxy/redact"
 )
 
@@ -62,7 +63,9 @@ func configFlag(cmd *cobra.Command, path *string) {
 }
 
 // newLogger logs JSON lines to stderr at the configured level, every line
-// carrying the region.
+// carrying the region; a warning or error repeated within log.repeat_window
+// is counted and written once as a count (logx.LimitRepeats; Sync writes
+// the pending counts).
 func newLogger(cfg *config.Config) (*zap.Logger, error) {
 	level, err := zapcore.ParseLevel(cfg.Log.Level)
 	if err != nil {
@@ -73,7 +76,9 @@ func newLogger(cfg *config.Config) (*zap.Logger, error) {
 	zc.Sampling = nil
 	zc.EncoderConfig.TimeKey = "ts"
 	zc.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
-	log, err := zc.Build()
+	log, err := zc.Build(zap.WrapCore(func(c zapcore.Core) zapcore.Core {
+		return logx.LimitRepeats(c, logx.Options{Window: cfg.Log.RepeatWindow})
+	}))
 	if err != nil {
 		return nil, err
 	}
