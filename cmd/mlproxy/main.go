@@ -21,7 +21,8 @@ import (
 	"github.com/mlproxy/mlproxy/redact"
 )
 
-// version is set at build time with -ldflags "-X main.version=...".
+// version is set at build time with -ldflags "-X main.version=..." (see
+// version.go for commit, date and the fallback to Go's build info).
 var version = "dev"
 
 // errProblems makes the process exit 1 after a command already printed what
@@ -46,14 +47,6 @@ func main() {
 			fmt.Fprintln(os.Stderr, "mlproxy:", err)
 		}
 		os.Exit(1)
-	}
-}
-
-func versionCmd() *cobra.Command {
-	return &cobra.Command{
-		Use:   "version",
-		Short: "Print the version",
-		Run:   func(cmd *cobra.Command, _ []string) { fmt.Fprintln(cmd.OutOrStdout(), "mlproxy", version) },
 	}
 }
 
