@@ -344,7 +344,7 @@ func (a *Applier) Run(ctx context.Context, in <-chan *binlog.Txn) error {
 	if ck.HLC != 0 {
 		if err := a.clock.Update(ck.HLC); err != nil {
 			a.m.clockAhead.WithLabelValues(a.peer).Inc()
-			a.log.Warn("checkpoint stamp too far ahead of local time", zap.Error(err))
+			a.log.Warn("checkpoint stamp too far ahead of local time", zap.String("gtid", ck.Pos.GTID), zap.Error(err))
 		}
 	}
 	a.mu.Lock()
@@ -864,7 +864,7 @@ func (a *Applier) afterCommit(st *batchState, appliedAt time.Time) {
 	rows := a.countRows(st)
 	if st.ahead > 0 {
 		a.m.clockAhead.WithLabelValues(a.peer).Add(float64(st.ahead))
-		a.log.Warn("applied stamps too far ahead of local time", zap.Uint64("rows", st.ahead), zap.Error(st.aheadErr))
+		a.log.Warn("applied stamps too far ahead of local time", zap.String("gtid", st.gtid), zap.Uint64("rows", st.ahead), zap.Error(st.aheadErr))
 	}
 	for tk, n := range st.held {
 		if s := a.stops[tk]; s != nil {

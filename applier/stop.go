@@ -201,7 +201,7 @@ func (a *Applier) stopped(ctx context.Context, txns []*binlog.Txn, ce *constrain
 				zap.String("table", s.Table), zap.String("key_hash", s.KeyHash), zap.String("gtid", s.GTID), redact.Err(ce.err))
 			pkJSON, _ := jsonText(ce.it.pk)
 			if _, err := a.db.ExecContext(ctx, stopUpsertSQL, a.cfg.Peer.ID, s.GTID, ce.it.rc.Schema, ce.it.rc.Table, pkJSON, truncate(s.Error, 1024)); err != nil {
-				a.log.Warn("could not record the stop in mlr.link_stops", redact.Err(err))
+				a.log.Warn("could not record the stop in mlr.link_stops", zap.String("table", s.Table), zap.String("gtid", s.GTID), redact.Err(err))
 			}
 		} else {
 			a.mu.Unlock()
@@ -214,7 +214,7 @@ func (a *Applier) stopped(ctx context.Context, txns []*binlog.Txn, ce *constrain
 		switch {
 		case err == nil:
 			if _, derr := a.db.ExecContext(ctx, stopDeleteSQL, a.cfg.Peer.ID); derr != nil {
-				a.log.Warn("could not clear mlr.link_stops", redact.Err(derr))
+				a.log.Warn("could not clear mlr.link_stops", zap.String("gtid", s.GTID), redact.Err(derr))
 			}
 			a.log.Info("stopped link resumed", zap.String("gtid", s.GTID), zap.Bool("skipped", a.skipGTID != ""))
 			return nil

@@ -198,7 +198,7 @@ func (a *Applier) scopeStop(ctx context.Context, err error) (ok bool) {
 	}
 	if serr := a.stopTable(ctx, kind, it, cause); serr != nil {
 		if ctx.Err() == nil {
-			a.log.Warn("could not stop only the table; the whole link waits", zap.String("table", it.tk.String()), redact.Err(serr))
+			a.log.Warn("could not stop only the table; the whole link waits", zap.String("table", it.tk.String()), zap.String("gtid", it.txn.Pos.GTID), redact.Err(serr))
 		}
 		return false
 	}
@@ -448,7 +448,7 @@ func (a *Applier) resumeTable(ctx context.Context, s *tableStop, skip bool, by s
 		case errors.As(err, &de):
 			return a.restopTable(ctx, s, StopDDL, de.it, de.err)
 		case retryable(err) || ctx.Err() != nil:
-			a.log.Warn("resuming a stopped table failed; trying again later", zap.String("table", s.Table), redact.Err(err))
+			a.log.Warn("resuming a stopped table failed; trying again later", zap.String("table", s.Table), zap.String("gtid", s.GTID), redact.Err(err))
 			return ctx.Err()
 		default:
 			return fmt.Errorf("resume stopped table %s from peer %s: %w", s.Table, a.peer, err)
@@ -565,7 +565,7 @@ func (a *Applier) restopTable(ctx context.Context, s *tableStop, kind string, it
 	moved := kh != s.KeyHash || gtid != s.GTID || kind != s.Kind
 	s.Kind, s.KeyHash, s.GTID, s.Error = kind, kh, gtid, redact.Error(cause)
 	if err := a.recordStop(ctx, s, it.pk); err != nil {
-		a.log.Warn("could not update mlr.table_stops", zap.String("table", s.Table), redact.Err(err))
+		a.log.Warn("could not update mlr.table_stops", zap.String("table", s.Table), zap.String("gtid", gtid), redact.Err(err))
 	}
 	if moved {
 		s.Since = time.Now()

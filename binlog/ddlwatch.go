@@ -203,7 +203,7 @@ func watchOnce(ctx context.Context, local config.Server, flavor string, serverID
 			continue
 		case *replication.FormatDescriptionEvent:
 			if _, err := full.Parse(ev.RawData); err != nil {
-				log.Warn("own-binlog DDL watch: unreadable format description event", zap.String("file", *file), zap.Error(err))
+				log.Warn("own-binlog DDL watch: unreadable format description event", zap.String("file", *file), zap.Uint32("pos", ev.Header.LogPos), zap.Error(err))
 			}
 		case *replication.GenericEvent:
 			var qe *replication.QueryEvent

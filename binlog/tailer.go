@@ -255,7 +255,8 @@ func (t *Tailer) Run(ctx context.Context, from Checkpoint, out chan<- *Txn) erro
 		}
 		t.setDisconnected(streamErr)
 		if isFatal(streamErr) {
-			t.log.Error("binlog tailer stopped", redact.Err(streamErr))
+			t.log.Error("binlog tailer stopped", zap.String("resume_gtid", st.resume.GTID),
+				zap.String("resume_file", st.resume.File), zap.Uint32("resume_pos", st.resume.Pos), redact.Err(streamErr))
 			return streamErr
 		}
 		if connected {
