@@ -69,6 +69,7 @@ import (
 	"github.com/cenkalti/backoff/v5"
 	"github.com/go-sql-driver/mysql"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 
 	"github.com/mlproxy/mlproxy/binlog"
@@ -82,8 +83,12 @@ import (
 // Config is one applier's part of the region's configuration.
 type Config struct {
 	// Self is this region's id: changes whose origin is Self are never
-	// applied.
-	Self uint16
+	// applied. Region is its name, for spans.
+	Self   uint16
+	Region string
+	// Tracer, when set, makes a span per applied transaction that carried
+	// a trace context (package tracing); nil is off.
+	Tracer trace.Tracer
 	// Peer is the region whose binlog this applier applies.
 	Peer config.Peer
 	// RegionIDs maps region names to ids. Rules are compiled by the
@@ -619,6 +624,12 @@ type batchState struct {
 	// held counts them by table.
 	park bool
 	held map[tableKey]int
+	// started is when the batch began applying; stamps the newest stamp of
+	// each source transaction completed (for the lag histogram) and traced
+	// those that carry a trace context.
+	started time.Time
+	stamps  []hlc.Timestamp
+	traced  []*binlog.Txn
 }
 
 type conflictKey struct {
@@ -872,6 +883,8 @@ func (a *Applier) afterCommit(st *batchState, appliedAt time.Time) {
 			a.m.parked.WithLabelValues(a.peer, tk.db, tk.table).Set(float64(s.parked))
 		}
 	}
+	a.observeLag(st, appliedAt)
+	a.traceApplied(st, appliedAt)
 	a.m.txns.WithLabelValues(a.peer).Add(float64(st.txns))
 	a.m.batches.WithLabelValues(a.peer).Inc()
 	a.m.batchTxns.WithLabelValues(a.peer).Observe(float64(st.txns))

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/go-sql-driver/mysql"
 
@@ -137,6 +138,9 @@ type segResult struct {
 // inside the open local transaction. serial applies one change per
 // segment. Errors name the peer, schema.table and position.
 func (a *Applier) applyTxns(ctx context.Context, conn *sql.Conn, st *batchState, txns []*binlog.Txn, serial bool) error {
+	if st.started.IsZero() {
+		st.started = time.Now()
+	}
 	var seg []*item
 	var held []heldChange
 	flush := func() error {
@@ -187,6 +191,7 @@ func (a *Applier) applyTxns(ctx context.Context, conn *sql.Conn, st *batchState,
 		st.last = t
 		if t.Last {
 			st.txns++
+			st.completed(t)
 		}
 	}
 	return nil

@@ -26,7 +26,8 @@ type metrics struct {
 	parked      *prometheus.GaugeVec     // peer, schema, table: changes waiting in mlr.held
 	workersBusy *prometheus.GaugeVec     // peer: parallel workers holding a batch
 	batchLimit  *prometheus.GaugeVec
-	depWaits    *prometheus.CounterVec // peer: batches that waited for a batch they depend on
+	depWaits    *prometheus.CounterVec   // peer: batches that waited for a batch they depend on
+	lagStamps   *prometheus.HistogramVec // peer: stamp to local commit, per source transaction
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -84,6 +85,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "mlproxy_applier_dependency_waits_total", Help: "Batches that waited before dispatch because they share keys with batches of more than one worker (or a full worker).",
 		}, []string{"peer"}),
 	}
+	m.lagStamps = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "mlproxy_replication_lag_seconds",
+		Help: "Per source transaction, from its stamp (taken by the origin region's proxy as it wrote) to its local commit here: end-to-end replication lag, by peer. " +
+			"Includes clock offset between the regions; a transaction's stamp is its newest row's.",
+		Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600},
+	}, []string{"peer"})
 	if reg == nil {
 		return m
 	}
@@ -104,6 +111,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.workersBusy = register(reg, m.workersBusy)
 	m.batchLimit = register(reg, m.batchLimit)
 	m.depWaits = register(reg, m.depWaits)
+	m.lagStamps = register(reg, m.lagStamps)
 	return m
 }
 

@@ -22,6 +22,7 @@ import (
 const (
 	checkpointsTable = "checkpoints"
 	markersTable     = "markers"
+	tracesTable      = "traces"
 )
 
 // rowsEvent is one decoded rows event, free of go-mysql types so that the
@@ -118,7 +119,8 @@ type assembler struct {
 	began         time.Time
 	applied       bool
 	forwardedFrom uint16
-	piece         int // next piece number
+	trace         string // the first mlr.traces row of the transaction
+	piece         int    // next piece number
 	buf           []entry
 	bufBytes      int64
 	base          int // absolute index of buf[0]
@@ -151,6 +153,7 @@ func (a *assembler) begin(id string, when time.Time) error {
 	a.began = when
 	a.applied = false
 	a.forwardedFrom = 0
+	a.trace = ""
 	a.piece = 0
 	a.buf = nil
 	a.bufBytes = 0
@@ -209,6 +212,13 @@ func (a *assembler) rows(ctx context.Context, ev *rowsEvent, at Position) error 
 func (a *assembler) internal(ev *rowsEvent) {
 	if ev.op == Delete {
 		return // tombstone GC, checkpoint cleanup: region-local
+	}
+	if ev.table == tracesTable {
+		// A traced write's context (package tracing): the first wins.
+		if a.trace == "" && ev.op == Insert && len(ev.rows) > 0 {
+			a.trace = traceparent(ev.rows[0]["traceparent"])
+		}
+		return
 	}
 	if ev.table == checkpointsTable || ev.table == markersTable {
 		for i, r := range ev.rows {
@@ -531,6 +541,7 @@ func (a *assembler) emit(ctx context.Context, n int, last bool, pos Position, wh
 		Source:        a.peer,
 		Applied:       a.applied,
 		ForwardedFrom: a.forwardedFrom,
+		Trace:         a.trace,
 		Pos:           pos,
 		Timestamp:     when,
 		Seq:           a.seq,
@@ -632,4 +643,20 @@ func toOrigin(v any) change.Origin {
 		return change.Origin(u)
 	}
 	return 0
+}
+
+// traceparent is a mlr.traces value as text, "" unless it has a
+// traceparent's length (the applier parses it strictly).
+func traceparent(v any) string {
+	var s string
+	switch x := v.(type) {
+	case string:
+		s = x
+	case []byte:
+		s = string(x)
+	}
+	if len(s) != 55 {
+		return ""
+	}
+	return s
 }

@@ -47,6 +47,9 @@ type Txn struct {
 	Applied bool
 	// ForwardedFrom is the peer id in that checkpoint row when Applied.
 	ForwardedFrom uint16
+	// Trace is the W3C traceparent a sampled write carried (its proxy
+	// span's context, from mlr.traces), "" for most transactions.
+	Trace string
 
 	Pos       Position
 	Timestamp time.Time // source commit time (binlog event header)

@@ -25,6 +25,7 @@ type Config struct {
 	Apply    Apply       `yaml:"apply"`
 	Metrics  Metrics     `yaml:"metrics"`
 	Log      Log         `yaml:"log"`
+	Tracing  Tracing     `yaml:"tracing"`
 
 	// lines maps each key path written in the file ("peers[1].id") to its
 	// line; nil for a Config built in code.
@@ -322,6 +323,37 @@ type Metrics struct {
 	// Pprof serves Go's profiler at /debug/pprof/ on the same listener
 	// (for performance work; off by default).
 	Pprof bool `yaml:"pprof"`
+}
+
+// Tracing exports OpenTelemetry spans over OTLP/HTTP: one per proxied
+// statement and one per applied transaction, joined across regions by the
+// trace context a sampled write carries through the binlog. Off unless
+// Endpoint is set.
+type Tracing struct {
+	// Endpoint is the collector's OTLP/HTTP host:port (4318 by convention)
+	// or a URL (http(s)://host:port/v1/traces).
+	Endpoint string `yaml:"endpoint"`
+	// TLS verifies the collector; Insecure sends plaintext (loopback or a
+	// sidecar). One of them is required when Endpoint is set.
+	TLS      *TLSClient `yaml:"tls"`
+	Insecure bool       `yaml:"insecure"`
+	// SampleRatio is the share of statements traced when the client sent
+	// no trace context (0..1; default 0.01). A client's sampled traceparent
+	// is always followed.
+	SampleRatio *float64 `yaml:"sample_ratio"`
+	// ServiceName is the service.name resource attribute (default mlproxy).
+	ServiceName string `yaml:"service_name"`
+}
+
+// DefaultSampleRatio is tracing.sample_ratio when unset.
+const DefaultSampleRatio = 0.01
+
+// Ratio is the configured sample ratio or its default.
+func (t Tracing) Ratio() float64 {
+	if t.SampleRatio == nil {
+		return DefaultSampleRatio
+	}
+	return *t.SampleRatio
 }
 
 // Log configures logging (JSON lines on stderr).

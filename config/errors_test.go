@@ -38,7 +38,7 @@ func TestParseErrors(t *testing.T) {
 		want []string
 	}{
 		{"unknown top-level key", base + "bogus: 1\n",
-			[]string{`region.yaml:20: bogus: unknown key (known keys here: region, proxy, local, tables, peers, topology, clock, apply, metrics, log)`}},
+			[]string{`region.yaml:20: bogus: unknown key (known keys here: region, proxy, local, tables, peers, topology, clock, apply, metrics, log, tracing)`}},
 		{"unknown nested key", edit("      user: repl\n", "      user: repl\n      pasword: x\n"),
 			[]string{`region.yaml:20: peers[0].server.pasword: unknown key (known keys here: addr, user, password, tls, insecure)`}},
 		{"all unknown keys at once", edit("  id: 1\n", "  id: 1\n  colour: red\n") + "extra: 2\n",

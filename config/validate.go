@@ -53,6 +53,7 @@ func (c *Config) validate() Errors {
 	k.tables()
 	k.topology()
 	k.tuning()
+	k.tracing()
 	return k.errs
 }
 
@@ -604,5 +605,21 @@ func (k *checker) tuning() {
 	}
 	if c.Log.RepeatWindow < time.Second {
 		k.bad("log.repeat_window", "must be at least 1s, got %s", c.Log.RepeatWindow)
+	}
+}
+
+func (k *checker) tracing() {
+	t := k.c.Tracing
+	if t.Endpoint == "" {
+		if t.SampleRatio != nil || t.TLS != nil || t.Insecure {
+			k.bad("tracing", "tracing options are set but tracing.endpoint is empty: name the OTLP/HTTP collector (host:4318) or remove the section")
+		}
+		return
+	}
+	if t.TLS == nil && !t.Insecure {
+		k.bad("tracing.endpoint", "tracing.endpoint %q needs tracing.tls (to verify the collector) or tracing.insecure: true (plaintext, for a collector on loopback)", t.Endpoint)
+	}
+	if r := t.Ratio(); r < 0 || r > 1 || r != r {
+		k.bad("tracing.sample_ratio", "tracing.sample_ratio %v is not between 0 and 1", r)
 	}
 }

@@ -85,6 +85,17 @@ type conn struct {
 	// writes (see needSet). The connection's goroutine alone uses it.
 	txnStamp bool
 	draining bool // the server is shutting down
+
+	// Tracing (trace.go): traceparent is the connection attribute the
+	// client sent, carry the context the next SET takes to the peers,
+	// tpLeft says the session's @_mlr_tp may still hold one (a sampled
+	// write that changed no row), stamp the last stamp sent and failed
+	// whether the last command's response had an error.
+	traceparent string
+	carry       string
+	tpLeft      bool
+	stamp       uint64
+	failed      bool
 }
 
 func (s *Server) newConn(base context.Context, nc net.Conn) *conn {
@@ -387,6 +398,7 @@ func (c *conn) command(p []byte, next byte) error {
 		return c.prepare(p, next)
 	case mysql.COM_STMT_EXECUTE:
 		var cl *class
+		var sp *stmtSpan
 		if len(p) >= 5 {
 			id := binary.LittleEndian.Uint32(p[1:])
 			if id == 0xffffffff {
@@ -394,6 +406,10 @@ func (c *conn) command(p []byte, next byte) error {
 			}
 			if ps := c.stmts[id]; ps != nil {
 				cl = ps.cl
+				if c.s.cfg.Tracer != nil {
+					sp = c.startSpan(ps.sql, cl, false)
+					defer sp.end(c)
+				}
 				if g := c.guarded(cl); g != nil {
 					return c.refuse(g, "", next)
 				}
@@ -447,6 +463,9 @@ func (c *conn) command(p []byte, next byte) error {
 		stamp := false
 		if cl != nil {
 			stamp, _ = c.decide(cl)
+		}
+		if sp != nil {
+			c.carry = sp.written(stamp)
 		}
 		stamp = c.needSet(cl, stamp)
 		dst, setErr, err := c.send(p, stamp, next)
@@ -696,6 +715,11 @@ func (c *conn) query(p []byte, next byte) error {
 	if g := c.guarded(cl); g != nil {
 		cl = g
 	}
+	var sp *stmtSpan
+	if c.s.cfg.Tracer != nil {
+		sp = c.startSpan(sql, cl, true)
+		defer sp.end(c)
+	}
 	if cl.kind == kindRefused {
 		return c.refuse(cl, sql, next)
 	}
@@ -729,6 +753,9 @@ func (c *conn) query(p []byte, next byte) error {
 	c.s.m.statements.WithLabelValues(label).Inc()
 	if cl.kind == kindWrite || cl.kind == kindWriteUnknown {
 		c.txnWrote = true // until the status shows no transaction
+	}
+	if sp != nil {
+		c.carry = sp.written(stamp)
 	}
 	stamp = c.needSet(cl, stamp)
 	dst, setErr, err := c.send(p, stamp, next)
@@ -767,6 +794,11 @@ func (c *conn) prepare(p []byte, next byte) error {
 	cl := c.s.cls.classify(c.db, sql)
 	if g := c.guarded(cl); g != nil {
 		cl = g
+	}
+	var sp *stmtSpan
+	if c.s.cfg.Tracer != nil {
+		sp = c.startSpan(sql, cl, true)
+		defer sp.end(c)
 	}
 	if cl.kind == kindRefused {
 		return c.refuse(cl, sql, next)
@@ -835,21 +867,45 @@ func (c *conn) changeUser(p []byte, next byte) error {
 // It returns where the command's response must go: the client, or nowhere
 // (nil) when the SET failed; then setErr is the SET's ERR for the client.
 func (c *conn) send(p []byte, stamp bool, next byte) (dst *bufio.Writer, setErr []byte, err error) {
-	if stamp {
+	carry := c.carry
+	c.carry = ""
+	set := stamp || carry != ""
+	if set {
 		b := append(c.setBuf[:0], mysql.COM_QUERY)
-		b = append(b, "SET @_mlr_hlc="...)
-		ts, err := c.s.stamper.NowContext(c.ctx)
-		if err != nil {
-			return nil, nil, fmt.Errorf("stamp: %w", err)
+		b = append(b, "SET "...)
+		if stamp {
+			b = append(b, "@_mlr_hlc="...)
+			ts, err := c.s.stamper.NowContext(c.ctx)
+			if err != nil {
+				return nil, nil, fmt.Errorf("stamp: %w", err)
+			}
+			c.stamp = uint64(ts)
+			b = strconv.AppendUint(b, uint64(ts), 10)
+			b = append(b, ",@_mlr_origin="...)
+			b = strconv.AppendUint(b, uint64(c.s.cfg.RegionID), 10)
 		}
-		b = strconv.AppendUint(b, uint64(ts), 10)
-		b = append(b, ",@_mlr_origin="...)
-		b = strconv.AppendUint(b, uint64(c.s.cfg.RegionID), 10)
+		switch {
+		case carry != "":
+			// The table's trigger writes it into mlr.traces with the
+			// statement's first row and clears it (package tracing).
+			if stamp {
+				b = append(b, ',')
+			}
+			b = append(b, "@_mlr_tp='"...)
+			b = append(b, carry...)
+			b = append(b, '\'')
+			c.tpLeft = true
+		case c.tpLeft:
+			b = append(b, ",@_mlr_tp=NULL"...) // a traced write that changed no row
+			c.tpLeft = false
+		}
 		c.setBuf = b
 		if _, err := c.backend.writePacket(b, 0); err != nil {
 			return nil, nil, c.backendErr(err, next, "send stamp")
 		}
-		c.s.m.stamped.Inc()
+		if stamp {
+			c.s.m.stamped.Inc()
+		}
 	}
 	if _, err := c.backend.writePacket(p, 0); err != nil {
 		return nil, nil, c.backendErr(err, next, "send command")
@@ -857,7 +913,7 @@ func (c *conn) send(p []byte, stamp bool, next byte) (dst *bufio.Writer, setErr 
 	if err := c.backend.w.Flush(); err != nil {
 		return nil, nil, c.backendErr(err, next, "send command")
 	}
-	if !stamp {
+	if !set {
 		return c.client.w, nil, nil
 	}
 	r, _, _, err := c.backend.readPacket(maxAuthPacket)
@@ -952,6 +1008,7 @@ func (c *conn) results(dst *bufio.Writer, next byte, onResult func(i int, ok boo
 			}
 		case mysql.ERR_HEADER:
 			c.txnStamp = false // the transaction may have been rolled back
+			c.failed = true
 			if onResult != nil {
 				onResult(i, false)
 			}

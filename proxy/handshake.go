@@ -119,6 +119,8 @@ type handshakeResponse struct {
 	// method it answered with (forward.go may reuse a native answer).
 	auth   []byte
 	plugin string
+	// traceparent is the connection attribute of that name (tracing).
+	traceparent string
 }
 
 // sslRequestLen is the length of an SSLRequest packet; a handshake
@@ -170,11 +172,51 @@ func parseHandshakeResponse(p []byte) (handshakeResponse, error) {
 		r.db, rest = db, after
 	}
 	if r.caps&mysql.CLIENT_PLUGIN_AUTH != 0 && len(rest) > 0 {
-		if plugin, _, ok := cstring(rest); ok {
-			r.plugin = plugin
+		plugin, after, ok := cstring(rest)
+		if !ok {
+			return r, nil
 		}
+		r.plugin, rest = plugin, after
+	}
+	if r.caps&mysql.CLIENT_CONNECT_ATTRS != 0 {
+		r.traceparent = connectAttr(rest, "traceparent")
 	}
 	return r, nil
+}
+
+// connectAttr is the value of the connection attribute key in attrs (the
+// handshake response's lenenc-prefixed list of lenenc key/value strings),
+// "" when absent or malformed. The server reads the same list; the proxy
+// only looks, and relays the packet unchanged.
+func connectAttr(attrs []byte, key string) string {
+	n, m, ok := lenenc(attrs)
+	if !ok || uint64(len(attrs)-m) < n {
+		return ""
+	}
+	attrs = attrs[m : m+int(n)]
+	next := func() (string, bool) {
+		l, k, ok := lenenc(attrs)
+		if !ok || uint64(len(attrs)-k) < l {
+			return "", false
+		}
+		v := string(attrs[k : k+int(l)])
+		attrs = attrs[k+int(l):]
+		return v, true
+	}
+	for len(attrs) > 0 {
+		k, ok := next()
+		if !ok {
+			return ""
+		}
+		v, ok := next()
+		if !ok {
+			return ""
+		}
+		if k == key {
+			return v
+		}
+	}
+	return ""
 }
 
 // changeUserDB returns the database named in a COM_CHANGE_USER payload
@@ -367,6 +409,7 @@ func (c *conn) handshake() error {
 		return c.backendErr(err, cseq+1, "send handshake response")
 	}
 	c.auth.user, c.auth.plugin, c.auth.answer = hr.user, hr.plugin, bytes.Clone(hr.auth)
+	c.traceparent = hr.traceparent
 	c.charset = resp[8]
 	ok, err := c.relayAuth(delta, cseq)
 	if err != nil {

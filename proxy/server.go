@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 
 	"github.com/mlproxy/mlproxy/config"
@@ -83,8 +84,13 @@ type Config struct {
 	// server only); otherwise it is plain TCP. Accounts with REQUIRE SSL need
 	// a TLS backend leg: set BackendTLS.
 	BackendTLS *tls.Config
-	// RegionID is the origin stamped into writes (@_mlr_origin).
-	RegionID uint16
+	// RegionID is the origin stamped into writes (@_mlr_origin);
+	// RegionName names the region in spans.
+	RegionID   uint16
+	RegionName string
+	// Tracer, when set, makes a span per statement and carries a sampled
+	// write's trace context to the peers (package tracing); nil is off.
+	Tracer trace.Tracer
 	// Fence, when set, refuses stamped writes while it says so.
 	Fence Fence
 	// MaxConnections bounds concurrent clients (0 = 1000); beyond it a

@@ -25,6 +25,7 @@ import (
 	"github.com/cenkalti/backoff/v5"
 	"github.com/go-sql-driver/mysql"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
 
@@ -47,6 +48,9 @@ type Replicator struct {
 	open  OpenFunc
 	log   *zap.Logger
 	reg   prometheus.Registerer
+	// Tracer, when set before Run, makes the appliers' spans (package
+	// tracing); nil is off.
+	Tracer trace.Tracer
 
 	mu    sync.Mutex
 	ctx   context.Context // Run's; links run under it
@@ -246,6 +250,8 @@ func newLink(r *Replicator, cfg *config.Config, p config.Peer, tables applier.Ta
 		}, r.log.Named("tailer"), r.reg), // tailer and applier add the peer field
 		applier: applier.New(applier.Config{
 			Self:      cfg.Region.ID,
+			Region:    cfg.Region.Name,
+			Tracer:    r.Tracer,
 			Peer:      p,
 			RegionIDs: cfg.RegionIDs(),
 			BatchTxns: cfg.Apply.BatchTxns,

@@ -121,10 +121,25 @@ var InternalTables = map[string]string{
 		"  requested_by VARCHAR(128) NOT NULL DEFAULT '',\n" +
 		"  PRIMARY KEY (peer_id, action)\n" +
 		") ENGINE=InnoDB",
+	// traces carries a sampled write's trace context to the peers: the
+	// trigger of the first row a traced statement changes inserts the
+	// proxy's @_mlr_tp here, in the write's transaction, and the peers'
+	// tailers read it from the binlog (package tracing). Rows are
+	// region-local and dropped after an hour (DeleteOldTraces).
+	"traces": "CREATE TABLE `" + Internal + "`.`traces` (\n" +
+		"  id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,\n" +
+		"  traceparent CHAR(55) CHARACTER SET ascii NOT NULL,\n" +
+		"  at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),\n" +
+		"  KEY (at)\n" +
+		") ENGINE=InnoDB",
 }
 
+// DeleteOldTraces is the statement that drops mlr.traces rows older than
+// an hour, at most 10,000 at a time.
+const DeleteOldTraces = "DELETE FROM `" + Internal + "`.`traces` WHERE at < NOW(6) - INTERVAL 1 HOUR LIMIT 10000"
+
 // internalOrder fixes the order InternalTables are created and reported in.
-var internalOrder = []string{"checkpoints", "conflicts", "held", "hlc", "link_requests", "link_stops", "markers", "replicator", "strong_leaders", "table_stops"}
+var internalOrder = []string{"checkpoints", "conflicts", "held", "hlc", "link_requests", "link_stops", "markers", "replicator", "strong_leaders", "table_stops", "traces"}
 
 // internalColumn is a column an Internal table gained after its first
 // release: schema apply adds it to an existing table that lacks it.

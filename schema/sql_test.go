@@ -117,6 +117,11 @@ func TestGenerateTriggers(t *testing.T) {
 		"      END IF;\n" +
 		"    ELSEIF CAST(@_mlr_hlc AS UNSIGNED) > ((FLOOR(UNIX_TIMESTAMP(SYSDATE(6))*1000) + 500) << 16) | 0xFFFF THEN\n" +
 		"      SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'mlproxy: this write''s stamp is more than 500ms ahead of the server''s clock (clock.max_offset): check the clocks (NTP) of this region''s proxy and server';\n" +
+		"    END IF;\n" +
+		// A traced statement's first row carries its trace context.
+		"    IF @_mlr_tp IS NOT NULL THEN\n" +
+		"      INSERT INTO `mlr`.`traces` (traceparent) VALUES (LEFT(@_mlr_tp, 55));\n" +
+		"      SET @_mlr_tp = NULL;\n" +
 		"    END IF;\n"
 	want := []string{
 		"CREATE TRIGGER `shop`.`_mlr_bi_order``s` BEFORE INSERT ON `shop`.`order``s` FOR EACH ROW\n" +

@@ -333,6 +333,13 @@ func triggers(t *Table, st Stamping) []Trigger {
 		"    END IF;\n",
 		maxMs*1000, sqlString(fmt.Sprintf("mlproxy: this session's clock (SET timestamp) is more than %dms ahead of the server's (clock.max_offset); SET timestamp = DEFAULT", maxMs)),
 		serverMillisSQL, maxMs, sqlString(fmt.Sprintf("mlproxy: this write's stamp is more than %dms ahead of the server's clock (clock.max_offset): check the clocks (NTP) of this region's proxy and server", maxMs)))
+	// A traced statement's first row carries its trace context into the
+	// binlog (package tracing); the variable is cleared so the statement's
+	// other rows do not repeat it. Only the proxy sets it.
+	tooFar += fmt.Sprintf("    IF @_mlr_tp IS NOT NULL THEN\n"+
+		"      INSERT INTO %s.`traces` (traceparent) VALUES (LEFT(@_mlr_tp, 55));\n"+
+		"      SET @_mlr_tp = NULL;\n"+
+		"    END IF;\n", Quote(Internal))
 	hlc, origCol, meta := Quote(ColHLC), Quote(ColOrigin), Quote(ColMeta)
 	entry := jsonPath("$", fmt.Sprint(regionID))
 	fww := t.Rule.Rule == config.RuleFirstWriterWins

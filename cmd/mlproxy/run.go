@@ -38,6 +38,7 @@ import (
 	"github.com/mlproxy/mlproxy/replicator"
 	"github.com/mlproxy/mlproxy/schema"
 	"github.com/mlproxy/mlproxy/skew"
+	"github.com/mlproxy/mlproxy/tracing"
 )
 
 func runCmd() *cobra.Command {
@@ -248,7 +249,14 @@ func runRegion(ctx context.Context, cfg *config.Config, log *zap.Logger, reload 
 	if err != nil {
 		return fmt.Errorf("proxy.forward: %w", err)
 	}
+	tp, err := tracing.Start(cfg.Tracing, cfg.Region.Name)
+	if err != nil {
+		return err
+	}
+	defer shutdownTracing(tp, log)
 	r.proxy, err = proxy.New(proxy.Config{
+		Tracer:          tp.Tracer(tracing.ScopeProxy),
+		RegionName:      cfg.Region.Name,
 		Listen:          cfg.Proxy.Listen,
 		Backend:         cfg.Local,
 		ClientTLS:       clientTLS,
@@ -272,6 +280,7 @@ func runRegion(ctx context.Context, cfg *config.Config, log *zap.Logger, reload 
 	}
 
 	r.rep = replicator.New(db, r.clock, openServer, log, r.reg)
+	r.rep.Tracer = tp.Tracer(tracing.ScopeApplier)
 	r.lead = replicator.NewLeader(db, cfg.Region.Name, instanceName(cfg), log.Named("replicator"), r.reg)
 
 	var srv *http.Server
@@ -309,6 +318,8 @@ func runRegion(ctx context.Context, cfg *config.Config, log *zap.Logger, reload 
 	go func() { defer wg.Done(); r.reloadOnHUP(ctx, reload) }()
 	wg.Add(1)
 	go func() { defer wg.Done(); r.gcLoop(ctx) }()
+	wg.Add(1)
+	go func() { defer wg.Done(); r.tracesGC(ctx) }()
 	wg.Add(1)
 	go func() { defer wg.Done(); r.conflictRetention(ctx) }()
 	r.reg.MustRegister(r.guard.damaged)

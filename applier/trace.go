@@ -1,0 +1,79 @@
+package applier
+
+import (
+	"context"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/mlproxy/mlproxy/binlog"
+	"github.com/mlproxy/mlproxy/hlc"
+	"github.com/mlproxy/mlproxy/tracing"
+)
+
+// completed records what the lag histogram and the traces need of a
+// source transaction whose last piece the batch applied.
+func (st *batchState) completed(t *binlog.Txn) {
+	var newest uint64
+	for i := range t.Changes {
+		newest = max(newest, t.Changes[i].Stamp)
+	}
+	if newest != 0 {
+		st.stamps = append(st.stamps, hlc.Timestamp(newest))
+	}
+	if t.Trace != "" {
+		st.traced = append(st.traced, t)
+	}
+}
+
+// observeLag adds each committed source transaction's lag, from its stamp
+// to appliedAt, to mlproxy_replication_lag_seconds.
+func (a *Applier) observeLag(st *batchState, appliedAt time.Time) {
+	if len(st.stamps) == 0 {
+		return
+	}
+	h := a.m.lagStamps.WithLabelValues(a.peer)
+	for _, s := range st.stamps {
+		h.Observe(max(appliedAt.Sub(s.Time()), 0).Seconds())
+	}
+}
+
+// traceApplied makes a span per committed transaction that carried a
+// trace context, a child of the origin proxy's span: from the batch's
+// start to its commit here, with the lag from the write's stamp.
+func (a *Applier) traceApplied(st *batchState, appliedAt time.Time) {
+	t := a.cfg.Tracer
+	if t == nil || len(st.traced) == 0 {
+		return
+	}
+	start := st.started
+	if start.IsZero() || start.After(appliedAt) {
+		start = appliedAt
+	}
+	for _, txn := range st.traced {
+		sc, ok := tracing.Parse(txn.Trace)
+		if !ok {
+			continue // not from a proxy: ignored, never trusted
+		}
+		ctx := trace.ContextWithRemoteSpanContext(context.Background(), sc)
+		var newest uint64
+		for i := range txn.Changes {
+			newest = max(newest, txn.Changes[i].Stamp)
+		}
+		attrs := []attribute.KeyValue{
+			attribute.String("mlproxy.region", a.cfg.Region),
+			attribute.String("mlproxy.peer", a.peer),
+			attribute.String("mlproxy.gtid", txn.Pos.GTID),
+			attribute.Int("mlproxy.rows", len(txn.Changes)),
+		}
+		if newest != 0 {
+			attrs = append(attrs,
+				attribute.String("mlproxy.stamp", hlc.Timestamp(newest).String()),
+				attribute.Float64("mlproxy.lag_seconds", max(appliedAt.Sub(hlc.Timestamp(newest).Time()), 0).Seconds()))
+		}
+		_, sp := t.Start(ctx, "mlproxy apply", trace.WithTimestamp(start),
+			trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(attrs...))
+		sp.End(trace.WithTimestamp(appliedAt))
+	}
+}

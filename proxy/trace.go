@@ -1,0 +1,135 @@
+package proxy
+
+import (
+	"strconv"
+
+	"github.com/pingcap/tidb/pkg/parser"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/mlproxy/mlproxy/tracing"
+)
+
+// stmtSpan is the span of one proxied statement (tracing on only). It
+// carries the statement's digest, kind, tables and stamp, never a value.
+type stmtSpan struct {
+	span    trace.Span
+	sampled bool
+	stamped bool // a replicated write: it has a stamp
+}
+
+// startSpan starts the span of a statement (sql: its text, or a prepared
+// statement's) classified as cl, a child of the client's trace when the
+// statement's comment or the connection names one. nil when tracing is
+// off.
+func (c *conn) startSpan(sql string, cl *class, fromComment bool) *stmtSpan {
+	t := c.s.cfg.Tracer
+	if t == nil {
+		return nil
+	}
+	ctx := c.ctx
+	parent := ""
+	if fromComment {
+		parent = tracing.FromSQL(sql)
+	}
+	if parent == "" {
+		parent = c.traceparent
+	}
+	if sc, ok := tracing.Parse(parent); ok {
+		ctx = trace.ContextWithRemoteSpanContext(ctx, sc)
+	} else {
+		ctx = trace.ContextWithSpanContext(ctx, trace.SpanContext{}) // a root
+	}
+	_, sp := t.Start(ctx, "mlproxy "+kindLabel(cl), trace.WithSpanKind(trace.SpanKindServer))
+	s := &stmtSpan{span: sp, sampled: sp.SpanContext().IsSampled()}
+	c.failed = false
+	if !sp.IsRecording() {
+		return s
+	}
+	attrs := []attribute.KeyValue{
+		attribute.String("db.system.name", "mariadb"),
+		attribute.String("mlproxy.region", c.s.cfg.RegionName),
+		attribute.String("mlproxy.kind", kindLabel(cl)),
+	}
+	if text, digest := spanDigest(sql); digest != "" {
+		// The normalized text has every literal replaced by '?'.
+		attrs = append(attrs, attribute.String("db.query.summary", text), attribute.String("mlproxy.digest", digest))
+	}
+	if cl != nil && len(cl.writes) > 0 {
+		tables := make([]string, 0, len(cl.writes))
+		for _, w := range cl.writes {
+			tables = append(tables, w.schema+"."+w.table)
+		}
+		attrs = append(attrs, attribute.StringSlice("db.collection.name", tables))
+	}
+	sp.SetAttributes(attrs...)
+	return s
+}
+
+// written marks the statement a replicated write (stamped says so) and
+// returns the traceparent a sampled one takes to the peers: the span's own
+// context, so their applies are its children; "" otherwise.
+func (s *stmtSpan) written(stamped bool) string {
+	if s == nil {
+		return ""
+	}
+	s.stamped = stamped
+	if !s.sampled || !stamped {
+		return ""
+	}
+	return tracing.Format(s.span.SpanContext())
+}
+
+// end closes the span with the stamp the write got and whether the server
+// answered with an error.
+func (s *stmtSpan) end(c *conn) {
+	if s == nil {
+		return
+	}
+	if s.span.IsRecording() {
+		if s.stamped && c.stamp != 0 {
+			s.span.SetAttributes(attribute.String("mlproxy.stamp", strconv.FormatUint(c.stamp, 10)))
+		}
+		if c.failed {
+			s.span.SetStatus(codes.Error, "the server answered with an error")
+		}
+	}
+	s.span.End()
+}
+
+// spanDigest is sql's normalized text (literals as '?', at most 1 KiB)
+// and its digest; "" when the lexer cannot read it.
+func spanDigest(sql string) (text, digest string) {
+	defer func() {
+		if recover() != nil {
+			text, digest = "", ""
+		}
+	}()
+	n, d := parser.NormalizeDigest(sql)
+	if len(n) > 1024 {
+		n = n[:1024]
+	}
+	return n, d.String()
+}
+
+func kindLabel(cl *class) string {
+	if cl == nil {
+		return "unknown"
+	}
+	switch cl.kind {
+	case kindRead:
+		return labelRead
+	case kindSession:
+		return labelSession
+	case kindDDL:
+		return labelDDL
+	case kindWrite:
+		return "write"
+	case kindWriteUnknown:
+		return labelWriteUnknown
+	case kindRefused:
+		return labelRefused
+	}
+	return "other"
+}
