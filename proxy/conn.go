@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/go-mysql-org/go-mysql/mysql"
 	"github.com/pingcap/tidb/pkg/parser"
@@ -96,6 +97,17 @@ type conn struct {
 	tpLeft      bool
 	stamp       uint64
 	failed      bool
+	// label is the kind of the statement being handled (statements_total's
+	// label), "" until known; refusals set labelRefused.
+	label string
+}
+
+// observe adds the statement's time since start to its kind's latency
+// histogram, when its kind is known.
+func (c *conn) observe(start time.Time) {
+	if o := c.s.m.latency[c.label]; o != nil {
+		o.Observe(time.Since(start).Seconds())
+	}
 }
 
 func (s *Server) newConn(base context.Context, nc net.Conn) *conn {
@@ -393,10 +405,17 @@ func (c *conn) command(p []byte, next byte) error {
 		_ = c.backend.w.Flush()
 		return errQuit
 	case mysql.COM_QUERY:
-		return c.query(p, next)
+		start := time.Now()
+		c.label = ""
+		err := c.query(p, next)
+		c.observe(start)
+		return err
 	case mysql.COM_STMT_PREPARE:
 		return c.prepare(p, next)
 	case mysql.COM_STMT_EXECUTE:
+		start := time.Now()
+		c.label = ""
+		defer c.observe(start)
 		var cl *class
 		var sp *stmtSpan
 		if len(p) >= 5 {
@@ -462,7 +481,7 @@ func (c *conn) command(p []byte, next byte) error {
 		}
 		stamp := false
 		if cl != nil {
-			stamp, _ = c.decide(cl)
+			stamp, c.label = c.decide(cl)
 		}
 		if sp != nil {
 			c.carry = sp.written(stamp)
@@ -679,6 +698,7 @@ func (c *conn) guarded(cl *class) *class {
 func (c *conn) refuse(cl *class, sql string, next byte) error {
 	c.s.m.refused.WithLabelValues(cl.reason).Inc()
 	c.s.m.statements.WithLabelValues(labelRefused).Inc()
+	c.label = labelRefused
 	norm, digest := parser.NormalizeDigest(sql)
 	if len(norm) > 60 {
 		norm = norm[:60]
@@ -750,6 +770,7 @@ func (c *conn) query(p []byte, next byte) error {
 		}
 	}
 	stamp, label := c.decide(cl)
+	c.label = label
 	c.s.m.statements.WithLabelValues(label).Inc()
 	if cl.kind == kindWrite || cl.kind == kindWriteUnknown {
 		c.txnWrote = true // until the status shows no transaction

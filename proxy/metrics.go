@@ -21,6 +21,10 @@ type metrics struct {
 	homed             *prometheus.CounterVec // {table, outcome}
 	forwarded         prometheus.Counter
 	forwardSeconds    prometheus.Histogram
+	maxConnections    prometheus.Gauge
+	// latency is statement_duration_seconds by kind label, resolved once.
+	latencyVec *prometheus.HistogramVec
+	latency    map[string]prometheus.Observer
 }
 
 // Statement kinds (statements_total{kind}).
@@ -70,9 +74,19 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		forwardSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "mlproxy", Subsystem: "proxy", Name: "forward_seconds",
 			Help:    "Latency of forwarded statements, from sending to the home region's proxy to the end of its response.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
+		maxConnections: prometheus.NewGauge(prometheus.GaugeOpts(opts("max_connections",
+			"Client connections the proxy accepts at once (proxy.max_connections); connections / max_connections is its saturation."))),
+		latencyVec: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: "mlproxy", Subsystem: "proxy", Name: "statement_duration_seconds",
+			Help: "Time from a statement's packet (COM_QUERY, COM_STMT_EXECUTE) to the end of its response, by kind as in statements_total " +
+				"(write_replicated includes the stamping SET; a result set's time includes the client reading it).",
+			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}}, []string{"kind"}),
+	}
+	m.latency = map[string]prometheus.Observer{}
+	for _, k := range []string{labelRead, labelSession, labelDDL, labelWriteReplicated, labelWriteOther, labelWriteUnknown, labelRefused} {
+		m.latency[k] = m.latencyVec.WithLabelValues(k)
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.connections, m.connectionsTotal, m.statements,
+		for _, c := range []prometheus.Collector{m.maxConnections, m.latencyVec, m.connections, m.connectionsTotal, m.statements,
 			m.stamped, m.refused, m.backendErrors, m.backendIdleClosed, m.compressed, m.stampReused, m.cacheHits, m.cacheMisses, m.panics, m.homed, m.forwarded, m.forwardSeconds} {
 			if err := reg.Register(c); err != nil {
 				return nil, err

@@ -36,6 +36,8 @@ func metricValue(t *testing.T, reg *prometheus.Registry, name string, labels map
 				sum += m.Counter.GetValue()
 			case m.Gauge != nil:
 				sum += m.Gauge.GetValue()
+			case m.Histogram != nil: // its count of observations
+				sum += float64(m.Histogram.GetSampleCount())
 			}
 		}
 	}
@@ -94,6 +96,12 @@ func TestMetrics(t *testing.T) {
 		"mlproxy_proxy_statements_total/read":             3,
 		"mlproxy_proxy_statements_total/write_other":      1,
 		"mlproxy_proxy_statements_total/write_replicated": 1,
+		// Timed: COM_QUERY and COM_STMT_EXECUTE (not PREPARE).
+		"mlproxy_proxy_statement_duration_seconds/read":             3,
+		"mlproxy_proxy_statement_duration_seconds/write_replicated": 1,
+		"mlproxy_proxy_statement_duration_seconds/write_other":      1,
+		"mlproxy_proxy_statement_duration_seconds/refused":          1,
+		"mlproxy_proxy_max_connections":                             1000,
 	} {
 		metric, kind, _ := cut(name)
 		labels := map[string]string{}

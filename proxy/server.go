@@ -187,6 +187,7 @@ func New(cfg Config, st Stamper, tables Tables, log *zap.Logger, reg prometheus.
 		return nil, fmt.Errorf("proxy: statement cache: %w", err)
 	}
 	cls.onPanic = m.panics.WithLabelValues("parser").Inc
+	m.maxConnections.Set(float64(cfg.MaxConnections))
 	if reg != nil {
 		_ = reg.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "mlproxy", Subsystem: "proxy", Name: "statement_cache_bytes",
 			Help: "Memory held by the statement cache (keys and classifications), bounded by proxy.statement_cache_bytes."},
