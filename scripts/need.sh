@@ -7,6 +7,7 @@
 #             and the mariadb client
 #   sysbench  the proxy's sysbench tests and the bench
 #   haproxy   the bench's TCP relay floor
+#   promtool  checks and unit-tests the alert rules (Debian's prometheus package)
 set -euo pipefail
 export PATH="$PATH:/usr/sbin"
 
@@ -18,6 +19,7 @@ for what in "$@"; do
       command -v mariadb >/dev/null 2>&1 || pkgs+=(mariadb-client) ;;
     sysbench) command -v sysbench >/dev/null 2>&1 || pkgs+=(sysbench) ;;
     haproxy) command -v haproxy >/dev/null 2>&1 || pkgs+=(haproxy) ;;
+    promtool) command -v promtool >/dev/null 2>&1 || pkgs+=(prometheus) ;;
     *) echo "need.sh: unknown requirement $what" >&2; exit 2 ;;
   esac
 done
