@@ -343,6 +343,12 @@ type Tracing struct {
 	SampleRatio *float64 `yaml:"sample_ratio"`
 	// ServiceName is the service.name resource attribute (default mlproxy).
 	ServiceName string `yaml:"service_name"`
+	// MaxCarriedPerSecond bounds the sampled writes per second whose trace
+	// context the proxy carries to the peers (each costs a row in
+	// mlr.traces); beyond it their spans are still made, without the
+	// peers' apply spans. A client's traceparent decides sampling, so this
+	// keeps one client from writing a carrier with every write. 0 = 1000.
+	MaxCarriedPerSecond int `yaml:"max_carried_per_second"`
 }
 
 // DefaultSampleRatio is tracing.sample_ratio when unset.

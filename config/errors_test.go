@@ -39,6 +39,12 @@ func TestParseErrors(t *testing.T) {
 	}{
 		{"unknown top-level key", base + "bogus: 1\n",
 			[]string{`region.yaml:20: bogus: unknown key (known keys here: region, proxy, local, tables, peers, topology, clock, apply, metrics, log, tracing)`}},
+		{"tracing without a way to the collector", base + "tracing:\n  endpoint: otel:4318\n",
+			[]string{`region.yaml:21: tracing.endpoint: tracing.endpoint "otel:4318" needs tracing.tls`}},
+		{"tracing ratio out of range", base + "tracing:\n  endpoint: otel:4318\n  insecure: true\n  sample_ratio: 1.5\n",
+			[]string{`region.yaml:23: tracing.sample_ratio: tracing.sample_ratio 1.5 is not between 0 and 1`}},
+		{"tracing options without endpoint", base + "tracing:\n  sample_ratio: 0.5\n",
+			[]string{`region.yaml:20: tracing: tracing options are set but tracing.endpoint is empty`}},
 		{"unknown nested key", edit("      user: repl\n", "      user: repl\n      pasword: x\n"),
 			[]string{`region.yaml:20: peers[0].server.pasword: unknown key (known keys here: addr, user, password, tls, insecure)`}},
 		{"all unknown keys at once", edit("  id: 1\n", "  id: 1\n  colour: red\n") + "extra: 2\n",

@@ -619,6 +619,9 @@ func (k *checker) tracing() {
 	if t.TLS == nil && !t.Insecure {
 		k.bad("tracing.endpoint", "tracing.endpoint %q needs tracing.tls (to verify the collector) or tracing.insecure: true (plaintext, for a collector on loopback)", t.Endpoint)
 	}
+	if t.MaxCarriedPerSecond < 0 {
+		k.bad("tracing.max_carried_per_second", "tracing.max_carried_per_second %d is negative (0 = 1000)", t.MaxCarriedPerSecond)
+	}
 	if r := t.Ratio(); r < 0 || r > 1 || r != r {
 		k.bad("tracing.sample_ratio", "tracing.sample_ratio %v is not between 0 and 1", r)
 	}

@@ -484,7 +484,7 @@ func (c *conn) command(p []byte, next byte) error {
 			stamp, c.label = c.decide(cl)
 		}
 		if sp != nil {
-			c.carry = sp.written(stamp)
+			c.carry = sp.written(c, stamp)
 		}
 		stamp = c.needSet(cl, stamp)
 		dst, setErr, err := c.send(p, stamp, next)
@@ -776,7 +776,7 @@ func (c *conn) query(p []byte, next byte) error {
 		c.txnWrote = true // until the status shows no transaction
 	}
 	if sp != nil {
-		c.carry = sp.written(stamp)
+		c.carry = sp.written(c, stamp)
 	}
 	stamp = c.needSet(cl, stamp)
 	dst, setErr, err := c.send(p, stamp, next)

@@ -22,6 +22,7 @@ type metrics struct {
 	forwarded         prometheus.Counter
 	forwardSeconds    prometheus.Histogram
 	maxConnections    prometheus.Gauge
+	carryDropped      prometheus.Counter
 	// latency is statement_duration_seconds by kind label, resolved once.
 	latencyVec *prometheus.HistogramVec
 	latency    map[string]prometheus.Observer
@@ -74,6 +75,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		forwardSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "mlproxy", Subsystem: "proxy", Name: "forward_seconds",
 			Help:    "Latency of forwarded statements, from sending to the home region's proxy to the end of its response.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
+		carryDropped: prometheus.NewCounter(prometheus.CounterOpts(opts("trace_carry_dropped_total",
+			"Sampled writes whose trace context was not carried to the peers: over tracing.max_carried_per_second (their proxy spans were still made)."))),
 		maxConnections: prometheus.NewGauge(prometheus.GaugeOpts(opts("max_connections",
 			"Client connections the proxy accepts at once (proxy.max_connections); connections / max_connections is its saturation."))),
 		latencyVec: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: "mlproxy", Subsystem: "proxy", Name: "statement_duration_seconds",
@@ -86,7 +89,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		m.latency[k] = m.latencyVec.WithLabelValues(k)
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.maxConnections, m.latencyVec, m.connections, m.connectionsTotal, m.statements,
+		for _, c := range []prometheus.Collector{m.carryDropped, m.maxConnections, m.latencyVec, m.connections, m.connectionsTotal, m.statements,
 			m.stamped, m.refused, m.backendErrors, m.backendIdleClosed, m.compressed, m.stampReused, m.cacheHits, m.cacheMisses, m.panics, m.homed, m.forwarded, m.forwardSeconds} {
 			if err := reg.Register(c); err != nil {
 				return nil, err

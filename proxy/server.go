@@ -89,8 +89,10 @@ type Config struct {
 	RegionID   uint16
 	RegionName string
 	// Tracer, when set, makes a span per statement and carries a sampled
-	// write's trace context to the peers (package tracing); nil is off.
-	Tracer trace.Tracer
+	// write's trace context to the peers (package tracing), at most
+	// MaxCarried a second (0 = 1000); nil is off.
+	Tracer     trace.Tracer
+	MaxCarried int
 	// Fence, when set, refuses stamped writes while it says so.
 	Fence Fence
 	// MaxConnections bounds concurrent clients (0 = 1000); beyond it a
@@ -150,8 +152,9 @@ type Server struct {
 	conns    map[*conn]struct{} // live connections, for draining
 	draining bool               // set once Run's ctx is done
 
-	nconns atomic.Int64  // live client connections (MaxConnections)
-	nextID atomic.Uint64 // proxy-side connection ids, for logs
+	carried carryLimit    // trace contexts carried this second
+	nconns  atomic.Int64  // live client connections (MaxConnections)
+	nextID  atomic.Uint64 // proxy-side connection ids, for logs
 }
 
 // New checks cfg and builds a Server. reg may be nil (no metrics exported);

@@ -2,6 +2,8 @@ package proxy
 
 import (
 	"strconv"
+	"sync/atomic"
+	"time"
 
 	"github.com/pingcap/tidb/pkg/parser"
 	"go.opentelemetry.io/otel/attribute"
@@ -70,7 +72,7 @@ func (c *conn) startSpan(sql string, cl *class, fromComment bool) *stmtSpan {
 // written marks the statement a replicated write (stamped says so) and
 // returns the traceparent a sampled one takes to the peers: the span's own
 // context, so their applies are its children; "" otherwise.
-func (s *stmtSpan) written(stamped bool) string {
+func (s *stmtSpan) written(c *conn, stamped bool) string {
 	if s == nil {
 		return ""
 	}
@@ -78,7 +80,31 @@ func (s *stmtSpan) written(stamped bool) string {
 	if !s.sampled || !stamped {
 		return ""
 	}
+	if !c.s.carried.allow(time.Now().Unix(), c.s.cfg.MaxCarried) {
+		c.s.m.carryDropped.Inc()
+		return ""
+	}
 	return tracing.Format(s.span.SpanContext())
+}
+
+// carryLimit counts the trace contexts carried in the current second.
+type carryLimit struct {
+	sec atomic.Int64
+	n   atomic.Int64
+}
+
+// allow counts one more in second now and says whether it is within max
+// (0 = 1000). A second's first caller resets the count; two callers
+// racing at the boundary may let a few more through, never fewer.
+func (l *carryLimit) allow(now int64, max int) bool {
+	if max <= 0 {
+		max = 1000
+	}
+	if l.sec.Load() != now {
+		l.sec.Store(now)
+		l.n.Store(0)
+	}
+	return l.n.Add(1) <= int64(max)
 }
 
 // end closes the span with the stamp the write got and whether the server

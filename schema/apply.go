@@ -125,7 +125,8 @@ var InternalTables = map[string]string{
 	// trigger of the first row a traced statement changes inserts the
 	// proxy's @_mlr_tp here, in the write's transaction, and the peers'
 	// tailers read it from the binlog (package tracing). Rows are
-	// region-local and dropped after an hour (DeleteOldTraces).
+	// region-local and dropped after five minutes (DeleteOldTraces): the
+	// binlog keeps them for the peers.
 	"traces": "CREATE TABLE `" + Internal + "`.`traces` (\n" +
 		"  id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,\n" +
 		"  traceparent CHAR(55) CHARACTER SET ascii NOT NULL,\n" +
@@ -135,8 +136,8 @@ var InternalTables = map[string]string{
 }
 
 // DeleteOldTraces is the statement that drops mlr.traces rows older than
-// an hour, at most 10,000 at a time.
-const DeleteOldTraces = "DELETE FROM `" + Internal + "`.`traces` WHERE at < NOW(6) - INTERVAL 1 HOUR LIMIT 10000"
+// five minutes, at most 10,000 at a time.
+const DeleteOldTraces = "DELETE FROM `" + Internal + "`.`traces` WHERE at < NOW(6) - INTERVAL 5 MINUTE LIMIT 10000"
 
 // internalOrder fixes the order InternalTables are created and reported in.
 var internalOrder = []string{"checkpoints", "conflicts", "held", "hlc", "link_requests", "link_stops", "markers", "replicator", "strong_leaders", "table_stops", "traces"}

@@ -256,6 +256,7 @@ func runRegion(ctx context.Context, cfg *config.Config, log *zap.Logger, reload 
 	defer shutdownTracing(tp, log)
 	r.proxy, err = proxy.New(proxy.Config{
 		Tracer:          tp.Tracer(tracing.ScopeProxy),
+		MaxCarried:      cfg.Tracing.MaxCarriedPerSecond,
 		RegionName:      cfg.Region.Name,
 		Listen:          cfg.Proxy.Listen,
 		Backend:         cfg.Local,

@@ -20,9 +20,9 @@ func shutdownTracing(tp *tracing.Provider, log *zap.Logger) {
 	}
 }
 
-// tracesGC drops the trace carriers (mlr.traces) older than an hour, every
-// minute: the peers read them from the binlog at once, the table only
-// needs to hold them until then. It runs with tracing off too, so that
+// tracesGC drops the trace carriers (mlr.traces) older than five minutes,
+// every minute: the peers read them from the binlog, the table need not
+// keep them. It runs with tracing off too, so that
 // rows left from when it was on go.
 func (r *region) tracesGC(ctx context.Context) {
 	t := time.NewTicker(time.Minute)
