@@ -97,6 +97,8 @@ type conn struct {
 	tpLeft      bool
 	stamp       uint64
 	failed      bool
+	// span is the statement's span while it is handled (tracing on).
+	span *stmtSpan
 	// label is the kind of the statement being handled (statements_total's
 	// label), "" until known; refusals set labelRefused.
 	label string
@@ -703,8 +705,11 @@ func (c *conn) refuse(cl *class, sql string, next byte) error {
 	if len(norm) > 60 {
 		norm = norm[:60]
 	}
-	c.log.Info("proxy refused statement", zap.String("reason", cl.reason),
-		zap.String("statement", norm), zap.String("digest", digest.String()))
+	fields := []zap.Field{zap.String("reason", cl.reason), zap.String("statement", norm), zap.String("digest", digest.String())}
+	if c.span != nil && c.span.span.SpanContext().IsValid() {
+		fields = append(fields, zap.String("trace_id", c.span.span.SpanContext().TraceID().String()))
+	}
+	c.log.Info("proxy refused statement", fields...)
 	code, state := uint16(erUnknown), "HY000"
 	if cl.code != 0 {
 		code = cl.code

@@ -46,6 +46,7 @@ func (c *conn) startSpan(sql string, cl *class, fromComment bool) *stmtSpan {
 	_, sp := t.Start(ctx, "mlproxy "+kindLabel(cl), trace.WithSpanKind(trace.SpanKindServer))
 	s := &stmtSpan{span: sp, sampled: sp.SpanContext().IsSampled()}
 	c.failed = false
+	c.span = s
 	if !sp.IsRecording() {
 		return s
 	}
@@ -113,6 +114,7 @@ func (s *stmtSpan) end(c *conn) {
 	if s == nil {
 		return
 	}
+	c.span = nil
 	if s.span.IsRecording() {
 		if s.stamped && c.stamp != 0 {
 			s.span.SetAttributes(attribute.String("mlproxy.stamp", strconv.FormatUint(c.stamp, 10)))
