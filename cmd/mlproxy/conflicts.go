@@ -358,10 +358,14 @@ func getConflict(ctx context.Context, q interface {
 	}
 	c, err := scanConflict(q.QueryRowContext(ctx, s, id), regionNames(cfg))
 	if errors.Is(err, sql.ErrNoRows) {
-		return c, fmt.Errorf("no conflict %d in this region's log (ids are per region: see `mlproxy conflicts list -c %s`)", id, cfg.Path)
+		return c, fmt.Errorf("no conflict %d %w (ids are per region: see `mlproxy conflicts list -c %s`)", id, errNoConflict, cfg.Path)
 	}
 	return c, err
 }
+
+// errNoConflict is getConflict's answer for an id the log does not hold
+// (its text is part of the message: "no conflict 7 in this region's log").
+var errNoConflict = errors.New("in this region's log")
 
 func conflictsShowCmd() *cobra.Command {
 	var path, output string
@@ -411,14 +415,33 @@ func decodeRow(raw json.RawMessage) (map[string]any, error) {
 	return m, nil
 }
 
-func showConflict(w io.Writer, c conflictRow, names map[uint16]string) error {
+// conflictDetail is one conflict as `conflicts show` prints it and the
+// status page's /conflicts/{id} renders it: a title, a summary line, the
+// versions' stamps, origins and vectors, then every column of either
+// version (sorted), local beside remote.
+type conflictDetail struct {
+	Title, Summary string
+	Meta           []detailRow // stamp, origin, vector
+	Columns        []detailRow
+	BothDeleted    bool // both versions are deletes: no columns
+}
+
+// detailRow is one line of a conflictDetail; Differs marks a column whose
+// versions differ.
+type detailRow struct {
+	Name, Local, Remote string
+	Differs             bool
+}
+
+// detailOf lays conflict c out for showing; names maps region ids to names.
+func detailOf(c conflictRow, names map[uint16]string) (conflictDetail, error) {
 	local, err := decodeRow(c.LocalRow)
 	if err != nil {
-		return err
+		return conflictDetail{}, err
 	}
 	remote, err := decodeRow(c.RemoteRow)
 	if err != nil {
-		return err
+		return conflictDetail{}, err
 	}
 	origin := func(o *uint16) string {
 		if o == nil {
@@ -438,17 +461,20 @@ func showConflict(w io.Writer, c conflictRow, names map[uint16]string) error {
 	}
 	ro := c.RemoteOrigin
 	rh := c.RemoteHLC
-	fmt.Fprintf(w, "conflict %d on %s.%s, key %s\n", c.ID, c.Schema, c.Table, c.PK)
-	fmt.Fprintf(w, "detected %s applying peer %s; rule %s decided %s; %s", c.DetectedAt.UTC().Format(time.RFC3339), c.Peer, c.Rule, c.Outcome, c.Status)
-	if c.ResolvedAt != nil {
-		fmt.Fprintf(w, " at %s (%s)", c.ResolvedAt.UTC().Format(time.RFC3339), c.Resolution)
+	d := conflictDetail{
+		Title: fmt.Sprintf("conflict %d on %s.%s, key %s", c.ID, c.Schema, c.Table, c.PK),
+		Summary: fmt.Sprintf("detected %s applying peer %s; rule %s decided %s; %s",
+			c.DetectedAt.UTC().Format(time.RFC3339), c.Peer, c.Rule, c.Outcome, c.Status),
+		Meta: []detailRow{
+			{Name: "stamp", Local: stamp(c.LocalHLC), Remote: stamp(&rh)},
+			{Name: "origin", Local: origin(c.LocalOrigin), Remote: origin(&ro)},
+			{Name: "vector", Local: vectorText(c.LocalMeta, names), Remote: vectorText(c.RemoteMeta, names)},
+		},
+		BothDeleted: local == nil && remote == nil,
 	}
-	fmt.Fprintln(w)
-	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "\tLOCAL\tREMOTE\t")
-	fmt.Fprintf(tw, "stamp\t%s\t%s\t\n", stamp(c.LocalHLC), stamp(&rh))
-	fmt.Fprintf(tw, "origin\t%s\t%s\t\n", origin(c.LocalOrigin), origin(&ro))
-	fmt.Fprintf(tw, "vector\t%s\t%s\t\n", vectorText(c.LocalMeta, names), vectorText(c.RemoteMeta, names))
+	if c.ResolvedAt != nil {
+		d.Summary += fmt.Sprintf(" at %s (%s)", c.ResolvedAt.UTC().Format(time.RFC3339), c.Resolution)
+	}
 	cols := map[string]bool{}
 	for k := range local {
 		cols[k] = true
@@ -475,13 +501,32 @@ func showConflict(w io.Writer, c conflictRow, names map[uint16]string) error {
 		return fmt.Sprint(v)
 	}
 	for _, k := range names2 {
+		l, r := cell(local, k), cell(remote, k)
+		d.Columns = append(d.Columns, detailRow{Name: k, Local: l, Remote: r, Differs: l != r})
+	}
+	return d, nil
+}
+
+func showConflict(w io.Writer, c conflictRow, names map[uint16]string) error {
+	d, err := detailOf(c, names)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(w, d.Title)
+	fmt.Fprintln(w, d.Summary)
+	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "\tLOCAL\tREMOTE\t")
+	for _, m := range d.Meta {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t\n", m.Name, m.Local, m.Remote)
+	}
+	for _, col := range d.Columns {
 		mark := ""
-		if cell(local, k) != cell(remote, k) {
+		if col.Differs {
 			mark = "*"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", k, cell(local, k), cell(remote, k), mark)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", col.Name, col.Local, col.Remote, mark)
 	}
-	if local == nil && remote == nil {
+	if d.BothDeleted {
 		fmt.Fprintln(tw, "(both versions are deletes)\t\t\t")
 	}
 	return tw.Flush()
