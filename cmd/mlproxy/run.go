@@ -106,6 +106,9 @@ type region struct {
 	// leaders are the strong tables' leaders `mlproxy strong move` set
 	// (mlr.strong_leaders, read every second), by "schema.table".
 	leaders atomic.Pointer[map[string]uint16]
+	// lag is every source peer's lag over the last hour, for the status
+	// page (sampled while the metrics listener serves it).
+	lag *lagHistory
 }
 
 // leaderLoop keeps r.leaders current while the configuration has strong
@@ -196,7 +199,7 @@ func (r *region) current() *config.Config { return r.live.Load() }
 // reservation covers every stamp it issued), then the metrics server and
 // the local pool close. A clean stop returns nil.
 func runRegion(ctx context.Context, cfg *config.Config, log *zap.Logger, reload <-chan struct{}) error {
-	r := &region{cfg: cfg, log: log, reg: prometheus.NewRegistry(), guard: newGuard()}
+	r := &region{cfg: cfg, log: log, reg: prometheus.NewRegistry(), guard: newGuard(), lag: newLagHistory()}
 	r.live.Store(cfg)
 	r.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for _, w := range cfg.Plaintext() {
@@ -332,6 +335,11 @@ func runRegion(ctx context.Context, cfg *config.Config, log *zap.Logger, reload 
 	go func() { defer wg.Done(); r.skew.Run(ctx) }()
 	wg.Add(1)
 	go func() { defer wg.Done(); r.leaderLoop(ctx) }()
+	if srv != nil {
+		s := &lagSampler{db: db, cfg: r.current, open: openServer, hist: r.lag, log: log.Named("statuspage")}
+		wg.Add(1)
+		go func() { defer wg.Done(); s.run(ctx) }()
+	}
 
 	perr := r.proxy.Run(ctx) // returns once ctx ends and clients drained
 	wg.Wait()                // links stopped (a batch in flight rolled back), loops done
@@ -694,6 +702,7 @@ func (r *region) metricsServer() (*http.Server, error) {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(r.status())
 	})
+	(&statusUI{src: statusSource{r}, lag: r.lag, log: r.log.Named("statuspage")}).register(mux)
 	ln, err := net.Listen("tcp", r.cfg.Metrics.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("metrics.listen %s: %w", r.cfg.Metrics.Listen, err)

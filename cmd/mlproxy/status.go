@@ -14,7 +14,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/mlproxy/mlproxy/binlog"
 	"github.com/mlproxy/mlproxy/config"
 	"github.com/mlproxy/mlproxy/replicator"
 )
@@ -196,16 +195,13 @@ func peerStatus(ctx context.Context, local *sql.DB, p config.Peer, links map[str
 		row.lastErr = err.Error()
 		return row
 	}
-	behind := binlog.SeqNo(peerPos, domain) - binlog.SeqNo(row.gtid, domain)
-	if behind < 0 {
-		behind = 0
-	}
+	behind, secs, known := lagBehind(peerPos, domain, row.gtid, sourceTS, time.Now())
 	row.lagTxns = strconv.FormatInt(behind, 10)
 	switch {
 	case behind == 0:
 		row.lagSec = "0"
-	case sourceTS.Valid:
-		row.lagSec = fmt.Sprintf("%.1f", float64(time.Now().UnixMicro())/1e6-sourceTS.Float64)
+	case known:
+		row.lagSec = fmt.Sprintf("%.1f", secs)
 	}
 	return row
 }
