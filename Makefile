@@ -40,7 +40,7 @@ release:
 
 # The whole suite: unit tests, real-server tests in every package, itest/.
 test:
-	@scripts/need.sh mariadb sysbench promtool
+	@scripts/need.sh mariadb sysbench promtool chromium
 	$(GO) vet $(PKGS)
 	$(GO) test -count=1 -timeout 25m -p 2 $(PKGS)
 

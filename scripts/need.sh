@@ -8,6 +8,7 @@
 #   sysbench  the proxy's sysbench tests and the bench
 #   haproxy   the bench's TCP relay floor
 #   promtool  checks and unit-tests the alert rules (Debian's prometheus package)
+#   chromium  the headless browser the status page's itest loads it in
 set -euo pipefail
 export PATH="$PATH:/usr/sbin"
 
@@ -20,6 +21,7 @@ for what in "$@"; do
     sysbench) command -v sysbench >/dev/null 2>&1 || pkgs+=(sysbench) ;;
     haproxy) command -v haproxy >/dev/null 2>&1 || pkgs+=(haproxy) ;;
     promtool) command -v promtool >/dev/null 2>&1 || pkgs+=(prometheus) ;;
+    chromium) command -v chromium >/dev/null 2>&1 || pkgs+=(chromium) ;;
     *) echo "need.sh: unknown requirement $what" >&2; exit 2 ;;
   esac
 done
