@@ -44,6 +44,7 @@ const tables = `  - schema: shop
 func main() {
 	bin := flag.String("bin", "", "mlproxy binary (default: build it)")
 	dur := flag.Duration("duration", 10*time.Second, "how long to write")
+	keep := flag.Bool("keep", false, "keep the regions running after the demo, until Ctrl-C (to look at their status pages)")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -56,7 +57,7 @@ func main() {
 		os.Exit(1)
 	}
 	os.Setenv("TMPDIR", tmp)
-	err = run(ctx, *bin, *dur)
+	err = run(ctx, *bin, *dur, *keep)
 	if os.Getenv("DBTEST_KEEP") == "" {
 		os.RemoveAll(tmp)
 	} else {
@@ -68,7 +69,7 @@ func main() {
 	}
 }
 
-func run(ctx context.Context, bin string, dur time.Duration) error {
+func run(ctx context.Context, bin string, dur time.Duration, keep bool) error {
 	say("starting three regions (eu, us, ap): a mariadbd and an mlproxy each ...")
 	c, err := cluster.Start(ctx, cluster.Options{Bin: bin, Setup: setup, Tables: tables})
 	if err != nil {
@@ -79,7 +80,7 @@ func run(ctx context.Context, bin string, dur time.Duration) error {
 		c.Close()
 	}()
 	for _, r := range c.Regions {
-		fmt.Printf("  region %-3s id %d  proxy %s  server %s  metrics http://%s/metrics\n", r.Name, r.ID, r.ProxyAddr, r.Server.Addr(), r.Metrics)
+		fmt.Printf("  region %-3s id %d  proxy %s  server %s  metrics http://%s/metrics  status page http://%[5]s/\n", r.Name, r.ID, r.ProxyAddr, r.Server.Addr(), r.Metrics)
 	}
 
 	dbs := map[string]*sql.DB{}
@@ -196,6 +197,17 @@ func run(ctx context.Context, bin string, dur time.Duration) error {
 		}
 	}
 	say("converged. demo OK")
+	if !keep {
+		say("status pages (the regions stop now; `go run ./itest/demo -keep` keeps them running until Ctrl-C):")
+	} else {
+		say("status pages (the regions keep running until Ctrl-C):")
+	}
+	for _, r := range c.Regions {
+		fmt.Printf("  status page: http://%s/  (region %s)\n", r.Metrics, r.Name)
+	}
+	if keep {
+		<-ctx.Done()
+	}
 	return nil
 }
 
