@@ -176,6 +176,9 @@ type LinkStatus struct {
 	PeerID    uint16 `json:"peer_id"`
 	State     string `json:"state"`
 	LastError string `json:"last_error,omitempty"`
+	// Breaker is the state of the tailer's circuit breaker toward the
+	// peer: closed, open (probing at most every ~0.5 s) or half-open.
+	Breaker string `json:"breaker"`
 	// Held names the table of a change the applier holds back: its stamp
 	// is HeldAheadMs further ahead of local time than clock.max_offset.
 	Held        string `json:"held,omitempty"`
@@ -328,6 +331,7 @@ func (l *Link) Status() LinkStatus {
 	l.mu.Unlock()
 	as := l.applier.Status()
 	ts := l.tailer.Status()
+	s.Breaker = ts.Breaker
 	if s.State == "running" && !ts.Connected {
 		s.State = "connecting"
 		if ts.LastError != nil {

@@ -293,7 +293,8 @@ func runRegion(ctx context.Context, cfg *config.Config, log *zap.Logger, reload 
 			return err
 		}
 	}
-	log.Info("mlproxy started", zap.String("version", version), zap.Stringer("proxy", r.proxy.Addr()),
+	b := currentBuild()
+	log.Info("mlproxy started", zap.String("version", b.Version), zap.String("commit", b.Commit), zap.Stringer("proxy", r.proxy.Addr()),
 		zap.Int("peers", len(cfg.Sources())), zap.String("topology", cfg.Topology.Mode))
 
 	// Each part stops when ctx ends; none of them ends the others by failing

@@ -297,6 +297,9 @@ func regionRows(cfg *config.Config, st statusPage, hist *lagHistory, local strin
 		}
 		if l, ok := links[p.Name]; ok {
 			row.State, row.LastError, row.Txns, row.Conflicts = l.State, l.LastError, l.Txns, l.Conflicts
+			if l.Breaker != "" && l.Breaker != "closed" {
+				row.State += " (breaker " + l.Breaker + ")"
+			}
 		} else if st.Replicator != "active" {
 			row.State = "not run by this instance (standby)"
 		} else {
