@@ -590,7 +590,8 @@ func (l *Link) once(ctx context.Context) error {
 // peer's start and this region's first connection.
 //
 // A peer that cannot be reached is waited for at the tailer's probe cadence
-// (at most about a second between tries), not the link's long backoff: a
+// (at most about a second between tries; warned on the 1st, 2nd, 4th, ...
+// attempt), not the link's long backoff: a
 // region down since before its first contact is tailed within a second or
 // two of coming back. A peer that answers with an error (no mlr schema) is
 // reported at once.
@@ -598,13 +599,16 @@ func (l *Link) startPosition(ctx context.Context) (binlog.Checkpoint, error) {
 	bo := backoff.NewExponentialBackOff()
 	bo.InitialInterval = 100 * time.Millisecond
 	bo.MaxInterval = time.Second
-	for {
+	for attempt := 1; ; attempt++ {
 		cp, err := l.readStartPosition(ctx)
 		var merr *mysql.MySQLError
 		if err == nil || errors.As(err, &merr) || ctx.Err() != nil {
 			return cp, err
 		}
 		l.set("connecting", err)
+		if attempt&(attempt-1) == 0 { // the 1st, 2nd, 4th, 8th, ... attempt
+			l.log.Warn("peer unreachable before its first contact; retrying about every second", redact.Err(err), zap.Int("attempt", attempt))
+		}
 		select {
 		case <-ctx.Done():
 			return cp, err
