@@ -170,37 +170,47 @@ func Format(sc trace.SpanContext) string {
 // FromSQL finds a traceparent in a statement's comment, as sqlcommenter
 // writes it (/*traceparent='00-…-01'*/, anywhere in the text) or as
 // key=value without quotes. It returns "" when there is none or it is
-// malformed. Only the text inside a /* */ comment counts.
+// malformed. Only the text inside a /* */ comment counts. One pass over
+// the comments: linear in the statement's length, whatever it holds.
 func FromSQL(sql string) string {
-	for from := 0; ; {
-		i := strings.Index(sql[from:], "traceparent")
-		if i < 0 {
+	for i := 0; i < len(sql); {
+		open := strings.Index(sql[i:], "/*")
+		if open < 0 {
 			return ""
 		}
-		i += from
-		from = i + len("traceparent")
-		if !inComment(sql, i) {
-			continue
+		body := sql[i+open+2:]
+		end := strings.Index(body, "*/")
+		if end >= 0 {
+			body = body[:end]
 		}
-		rest := sql[from:]
-		if !strings.HasPrefix(rest, "=") {
-			continue
+		if tp := inComment(body); tp != "" {
+			return tp
 		}
-		rest = rest[1:]
-		if strings.HasPrefix(rest, "'") || strings.HasPrefix(rest, `"`) {
-			rest = rest[1:]
+		if end < 0 {
+			return ""
 		}
-		if len(rest) >= TraceparentLen {
-			if _, ok := Parse(rest[:TraceparentLen]); ok {
-				return rest[:TraceparentLen]
+		i += open + 2 + end + 2
+	}
+	return ""
+}
+
+// inComment is the first well-formed traceparent=... in a comment's text.
+func inComment(body string) string {
+	const key = "traceparent="
+	for {
+		k := strings.Index(body, key)
+		if k < 0 {
+			return ""
+		}
+		body = body[k+len(key):]
+		v := body
+		if strings.HasPrefix(v, "'") || strings.HasPrefix(v, `"`) {
+			v = v[1:]
+		}
+		if len(v) >= TraceparentLen {
+			if _, ok := Parse(v[:TraceparentLen]); ok {
+				return v[:TraceparentLen]
 			}
 		}
 	}
-}
-
-// inComment says whether position i of sql is inside a /* */ comment:
-// the last "/*" before it is not closed before it.
-func inComment(sql string, i int) bool {
-	open := strings.LastIndex(sql[:i], "/*")
-	return open >= 0 && !strings.Contains(sql[open:i], "*/")
 }

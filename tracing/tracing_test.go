@@ -1,6 +1,7 @@
 package tracing
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -51,6 +52,23 @@ func TestFromSQL(t *testing.T) {
 		"/*traceparent='bad'*/ /*traceparent='" + tp + "'*/ DELETE FROM t WHERE a = 1": tp,
 	} {
 		assert.Equal(t, want, FromSQL(sql), "FromSQL(%q)", sql)
+	}
+}
+
+// TestFromSQLLinear: a statement made of "traceparent" and comment
+// openers costs a scan, not a scan per occurrence (a client's statement
+// is read with tracing on before sampling is decided). Quadratic, these
+// few MB took hours: the suite's timeout fails it; there is no timed
+// assertion here.
+func TestFromSQLLinear(t *testing.T) {
+	for _, sql := range []string{
+		"SELECT '" + strings.Repeat("traceparent", 400_000) + "'",
+		"/*" + strings.Repeat("traceparent=", 400_000),
+		strings.Repeat("/*traceparent=*/", 300_000),
+	} {
+		if got := FromSQL(sql); got != "" {
+			t.Errorf("FromSQL found %q in junk", got)
+		}
 	}
 }
 
