@@ -255,5 +255,30 @@ func TestTraceAcrossRegions(t *testing.T) {
 		if after != before {
 			t.Errorf("an unsampled write added %d rows to mlr.traces", after-before)
 		}
+
+		// A sampled write that changes no row leaves its context unused:
+		// the next write, unsampled, in the same transaction (it reuses
+		// the stamp: no stamping SET) must not carry it.
+		db := openProxy(t, eu, 1)
+		tx, err := db.Begin()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.Exec("/*traceparent='00-11111111111111111111111111111111-2222222222222222-01'*/ UPDATE app.kv SET n = n + 1 WHERE k = -1"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.Exec("INSERT INTO app.kv (k, v, n) VALUES (7004, 'x', 4)"); err != nil {
+			t.Fatal(err)
+		}
+		if err := tx.Commit(); err != nil {
+			t.Fatal(err)
+		}
+		var stale int
+		if err := d.QueryRow("SELECT COUNT(*) FROM mlr.traces WHERE traceparent LIKE '00-1111%'").Scan(&stale); err != nil {
+			t.Fatal(err)
+		}
+		if stale != 0 {
+			t.Errorf("a later unsampled write carried the context of a sampled write that changed no row (%d carrier rows)", stale)
+		}
 	})
 }

@@ -90,10 +90,12 @@ type conn struct {
 	// Tracing (trace.go): traceparent is the connection attribute the
 	// client sent, carry the context the next SET takes to the peers,
 	// tpLeft says the session's @_mlr_tp may still hold one (a sampled
-	// write that changed no row), stamp the last stamp sent and failed
+	// write that changed no row) and clearTP that the next command, a
+	// write, needs a SET clearing it, stamp the last stamp sent and failed
 	// whether the last command's response had an error.
 	traceparent string
 	carry       string
+	clearTP     bool
 	tpLeft      bool
 	stamp       uint64
 	failed      bool
@@ -487,6 +489,7 @@ func (c *conn) command(p []byte, next byte) error {
 		}
 		if sp != nil {
 			c.carry = sp.written(c, stamp)
+			c.clearTP = c.carry == "" && c.tpLeft && (cl.kind == kindWrite || cl.kind == kindWriteUnknown)
 		}
 		stamp = c.needSet(cl, stamp)
 		dst, setErr, err := c.send(p, stamp, next)
@@ -782,6 +785,7 @@ func (c *conn) query(p []byte, next byte) error {
 	}
 	if sp != nil {
 		c.carry = sp.written(c, stamp)
+		c.clearTP = c.carry == "" && c.tpLeft && (cl.kind == kindWrite || cl.kind == kindWriteUnknown)
 	}
 	stamp = c.needSet(cl, stamp)
 	dst, setErr, err := c.send(p, stamp, next)
@@ -893,9 +897,9 @@ func (c *conn) changeUser(p []byte, next byte) error {
 // It returns where the command's response must go: the client, or nowhere
 // (nil) when the SET failed; then setErr is the SET's ERR for the client.
 func (c *conn) send(p []byte, stamp bool, next byte) (dst *bufio.Writer, setErr []byte, err error) {
-	carry := c.carry
-	c.carry = ""
-	set := stamp || carry != ""
+	carry, clearTP := c.carry, c.clearTP
+	c.carry, c.clearTP = "", false
+	set := stamp || carry != "" || clearTP
 	if set {
 		b := append(c.setBuf[:0], mysql.COM_QUERY)
 		b = append(b, "SET "...)
@@ -922,7 +926,12 @@ func (c *conn) send(p []byte, stamp bool, next byte) (dst *bufio.Writer, setErr 
 			b = append(b, '\'')
 			c.tpLeft = true
 		case c.tpLeft:
-			b = append(b, ",@_mlr_tp=NULL"...) // a traced write that changed no row
+			// A traced write that changed no row left it set: a write
+			// must not carry another statement's context.
+			if stamp {
+				b = append(b, ',')
+			}
+			b = append(b, "@_mlr_tp=NULL"...)
 			c.tpLeft = false
 		}
 		c.setBuf = b

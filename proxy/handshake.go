@@ -11,6 +11,8 @@ import (
 
 	"github.com/go-mysql-org/go-mysql/mysql"
 	"go.uber.org/zap"
+
+	"github.com/mlproxy/mlproxy/tracing"
 )
 
 // relayCaps are the capability flags the proxy relays between client and
@@ -179,44 +181,47 @@ func parseHandshakeResponse(p []byte) (handshakeResponse, error) {
 		r.plugin, rest = plugin, after
 	}
 	if r.caps&mysql.CLIENT_CONNECT_ATTRS != 0 {
-		r.traceparent = connectAttr(rest, "traceparent")
+		// Kept only when well formed: the connection holds it for its life.
+		if tp := connectAttr(rest, "traceparent"); len(tp) == tracing.TraceparentLen {
+			r.traceparent = string(tp)
+		}
 	}
 	return r, nil
 }
 
 // connectAttr is the value of the connection attribute key in attrs (the
 // handshake response's lenenc-prefixed list of lenenc key/value strings),
-// "" when absent or malformed. The server reads the same list; the proxy
+// nil when absent or malformed. The server reads the same list; the proxy
 // only looks, and relays the packet unchanged.
-func connectAttr(attrs []byte, key string) string {
+func connectAttr(attrs []byte, key string) []byte {
 	n, m, ok := lenenc(attrs)
 	if !ok || uint64(len(attrs)-m) < n {
-		return ""
+		return nil
 	}
 	attrs = attrs[m : m+int(n)]
-	next := func() (string, bool) {
+	next := func() ([]byte, bool) {
 		l, k, ok := lenenc(attrs)
 		if !ok || uint64(len(attrs)-k) < l {
-			return "", false
+			return nil, false
 		}
-		v := string(attrs[k : k+int(l)])
+		v := attrs[k : k+int(l)]
 		attrs = attrs[k+int(l):]
 		return v, true
 	}
 	for len(attrs) > 0 {
 		k, ok := next()
 		if !ok {
-			return ""
+			return nil
 		}
 		v, ok := next()
 		if !ok {
-			return ""
+			return nil
 		}
-		if k == key {
+		if string(k) == key { // no copy: the compiler compares in place
 			return v
 		}
 	}
-	return ""
+	return nil
 }
 
 // changeUserDB returns the database named in a COM_CHANGE_USER payload

@@ -2,8 +2,10 @@ package proxy
 
 import (
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/pingcap/tidb/pkg/parser"
 	"go.opentelemetry.io/otel/attribute"
@@ -62,7 +64,7 @@ func (c *conn) startSpan(sql string, cl *class, fromComment bool) *stmtSpan {
 	if cl != nil && len(cl.writes) > 0 {
 		tables := make([]string, 0, len(cl.writes))
 		for _, w := range cl.writes {
-			tables = append(tables, w.schema+"."+w.table)
+			tables = append(tables, validText(w.schema+"."+w.table, 256))
 		}
 		attrs = append(attrs, attribute.StringSlice("db.collection.name", tables))
 	}
@@ -126,6 +128,20 @@ func (s *stmtSpan) end(c *conn) {
 	s.span.End()
 }
 
+// validText is s cut to at most max bytes at a character boundary, with
+// invalid UTF-8 replaced: the OTLP encoding refuses invalid strings, and
+// one would lose the whole export batch it is in.
+func validText(s string, max int) string {
+	if len(s) > max {
+		cut := max
+		for cut > 0 && !utf8.RuneStart(s[cut]) {
+			cut--
+		}
+		s = s[:cut]
+	}
+	return strings.ToValidUTF8(s, "\uFFFD")
+}
+
 // spanDigest is sql's normalized text (literals as '?', at most 1 KiB)
 // and its digest; "" when the lexer cannot read it.
 func spanDigest(sql string) (text, digest string) {
@@ -135,10 +151,7 @@ func spanDigest(sql string) (text, digest string) {
 		}
 	}()
 	n, d := parser.NormalizeDigest(sql)
-	if len(n) > 1024 {
-		n = n[:1024]
-	}
-	return n, d.String()
+	return validText(n, 1024), d.String()
 }
 
 func kindLabel(cl *class) string {

@@ -1,6 +1,10 @@
 package proxy
 
-import "testing"
+import (
+	"strings"
+	"testing"
+	"unicode/utf8"
+)
 
 func TestCarryLimit(t *testing.T) {
 	var l carryLimit
@@ -24,5 +28,18 @@ func TestCarryLimit(t *testing.T) {
 	}
 	if d.allow(7, 0) {
 		t.Error("the default limit let the 1001st through")
+	}
+}
+
+func TestValidText(t *testing.T) {
+	long := strings.Repeat("列", 400) // 3 bytes each
+	for _, max := range []int{1024, 1023, 1022, 10, 1} {
+		got := validText(long, max)
+		if len(got) > max || !utf8.ValidString(got) || !strings.HasPrefix(long, got) {
+			t.Errorf("validText(1200 bytes of 列, %d) = %d bytes, valid %v", max, len(got), utf8.ValidString(got))
+		}
+	}
+	if got := validText("a\xffb", 10); got != "a\uFFFDb" {
+		t.Errorf("invalid byte: got %q", got)
 	}
 }
