@@ -624,11 +624,13 @@ type batchState struct {
 	// held counts them by table.
 	park bool
 	held map[tableKey]int
-	// started is when the batch began applying; stamps the newest stamp of
-	// each source transaction completed (for the lag histogram) and traced
-	// those that carry a trace context.
+	// started is when the batch began applying; sources when each source
+	// transaction completed was written at the source (for the lag
+	// histogram; newest is the newest stamp of the one in progress) and
+	// traced those that carry a trace context.
 	started time.Time
-	stamps  []hlc.Timestamp
+	sources []time.Time
+	newest  uint64
 	traced  []*binlog.Txn
 }
 

@@ -189,9 +189,9 @@ func (a *Applier) applyTxns(ctx context.Context, conn *sql.Conn, st *batchState,
 	for _, t := range txns {
 		st.gtid = mergeGTID(st.gtid, t.Pos.GTID)
 		st.last = t
+		st.applied(t)
 		if t.Last {
 			st.txns++
-			st.completed(t)
 		}
 	}
 	return nil

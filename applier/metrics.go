@@ -87,8 +87,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	m.lagStamps = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name: "mlproxy_replication_lag_seconds",
-		Help: "Per source transaction, from its stamp (taken by the origin region's proxy as it wrote) to its local commit here: end-to-end replication lag, by peer. " +
-			"Includes clock offset between the regions; a transaction's stamp is its newest row's.",
+		Help: "Per source transaction, from when it was written at the source (its newest row's stamp, taken by the origin's proxy, or its commit time in the binlog when later) " +
+			"to its local commit here: end-to-end replication lag, by peer. Includes clock offset between the regions.",
 		Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600},
 	}, []string{"peer"})
 	if reg == nil {

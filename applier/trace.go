@@ -12,30 +12,43 @@ import (
 	"github.com/mlproxy/mlproxy/tracing"
 )
 
-// completed records what the lag histogram and the traces need of a
-// source transaction whose last piece the batch applied.
-func (st *batchState) completed(t *binlog.Txn) {
-	var newest uint64
+// applied records what the lag histogram and the traces need of a piece
+// of a source transaction the batch applied: the newest stamp of its
+// rows, over all its pieces, and, at its last piece, when it became
+// visible at the source: its newest stamp's time, or its commit time
+// when later (a long transaction, or one that waited for locks, keeps the
+// stamp of its first write, and that wait is not replication lag; the
+// binlog's commit time has whole seconds only).
+func (st *batchState) applied(t *binlog.Txn) {
 	for i := range t.Changes {
-		newest = max(newest, t.Changes[i].Stamp)
+		st.newest = max(st.newest, t.Changes[i].Stamp)
 	}
-	if newest != 0 {
-		st.stamps = append(st.stamps, hlc.Timestamp(newest))
+	if !t.Last {
+		return
 	}
+	if st.newest != 0 {
+		from := hlc.Timestamp(st.newest).Time()
+		if t.Timestamp.After(from) {
+			from = t.Timestamp
+		}
+		st.sources = append(st.sources, from)
+	}
+	st.newest = 0
 	if t.Trace != "" {
 		st.traced = append(st.traced, t)
 	}
 }
 
-// observeLag adds each committed source transaction's lag, from its stamp
-// to appliedAt, to mlproxy_replication_lag_seconds.
+// observeLag adds each committed source transaction's lag, from when it
+// was written at the source to appliedAt, to
+// mlproxy_replication_lag_seconds.
 func (a *Applier) observeLag(st *batchState, appliedAt time.Time) {
-	if len(st.stamps) == 0 {
+	if len(st.sources) == 0 {
 		return
 	}
 	h := a.m.lagStamps.WithLabelValues(a.peer)
-	for _, s := range st.stamps {
-		h.Observe(max(appliedAt.Sub(s.Time()), 0).Seconds())
+	for _, from := range st.sources {
+		h.Observe(max(appliedAt.Sub(from), 0).Seconds())
 	}
 }
 

@@ -20,9 +20,11 @@ import (
 	"context"
 	"encoding/hex"
 	"fmt"
+	"net/url"
 	"strings"
 	"time"
 
+	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
 	"go.opentelemetry.io/otel/sdk/resource"
@@ -47,13 +49,27 @@ type Provider struct {
 // when cfg.Endpoint is empty. Spans are batched and exported in the
 // background; a collector that is down costs dropped spans, never a
 // blocked statement (the batch queue is bounded and drops when full).
-func Start(cfg config.Tracing, region string) (*Provider, error) {
+//
+// The SDK's own errors (an export the collector refused or could not
+// take) go to onError, which the caller logs: the SDK would print them as
+// plain text on stderr, outside the JSON log.
+func Start(cfg config.Tracing, region string, onError func(error)) (*Provider, error) {
 	if cfg.Endpoint == "" {
 		return nil, nil
 	}
+	if onError != nil {
+		otel.SetErrorHandler(otel.ErrorHandlerFunc(onError))
+	}
 	opts := []otlptracehttp.Option{otlptracehttp.WithTimeout(5 * time.Second)}
 	if strings.Contains(cfg.Endpoint, "://") {
-		opts = append(opts, otlptracehttp.WithEndpointURL(cfg.Endpoint))
+		u, err := url.Parse(cfg.Endpoint)
+		if err != nil {
+			return nil, fmt.Errorf("tracing.endpoint %s: %w", cfg.Endpoint, err)
+		}
+		if u.Path == "" || u.Path == "/" {
+			u.Path = "/v1/traces" // OTLP/HTTP's path; "/" would be refused by every collector
+		}
+		opts = append(opts, otlptracehttp.WithEndpointURL(u.String()))
 	} else {
 		opts = append(opts, otlptracehttp.WithEndpoint(cfg.Endpoint))
 	}

@@ -252,7 +252,10 @@ func runRegion(ctx context.Context, cfg *config.Config, log *zap.Logger, reload 
 	if err != nil {
 		return fmt.Errorf("proxy.forward: %w", err)
 	}
-	tp, err := tracing.Start(cfg.Tracing, cfg.Region.Name)
+	tlog := log.Named("tracing")
+	tp, err := tracing.Start(cfg.Tracing, cfg.Region.Name, func(err error) {
+		tlog.Warn("tracing: spans not exported", zap.String("endpoint", cfg.Tracing.Endpoint), redact.Err(err))
+	})
 	if err != nil {
 		return err
 	}

@@ -22,8 +22,9 @@ func shutdownTracing(tp *tracing.Provider, log *zap.Logger) {
 
 // tracesGC drops the trace carriers (mlr.traces) older than five minutes,
 // every minute: the peers read them from the binlog, the table need not
-// keep them. It runs with tracing off too, so that
-// rows left from when it was on go.
+// keep them. It runs with tracing off too, so that rows left from when it
+// was on go, and only in the instance that runs the region's replicator
+// (each DELETE is in the binlog).
 func (r *region) tracesGC(ctx context.Context) {
 	t := time.NewTicker(time.Minute)
 	defer t.Stop()
@@ -32,6 +33,9 @@ func (r *region) tracesGC(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		}
+		if r.lead.Epoch() == 0 {
+			continue // the region's active instance does it, once
 		}
 		for {
 			qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
