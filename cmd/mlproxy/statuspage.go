@@ -3,7 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"embed"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -15,6 +17,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -137,6 +140,7 @@ type conflictPage struct {
 	ID         uint64
 	Detail     conflictDetail
 	Commands   []string // resolve commands, for a conflict waiting for an operator
+	Hidden     bool     // row values hidden (log.values off)
 }
 
 // statusUI serves the status page.
@@ -144,7 +148,30 @@ type statusUI struct {
 	src pageSource
 	lag *lagHistory
 	log *zap.Logger
+
+	once    sync.Once
+	renders chan struct{} // places for pages being read (maxRenders)
 }
+
+// maxRenders bounds the pages read from the local server at once: they
+// share its pool with the clock, the appliers and the guard, and the port
+// has no authentication. Beyond it a request gets 503 at once.
+const maxRenders = 2
+
+// acquire takes one of the maxRenders places, or answers 503 and says no.
+func (u *statusUI) acquire(w http.ResponseWriter) bool {
+	u.once.Do(func() { u.renders = make(chan struct{}, maxRenders) })
+	select {
+	case u.renders <- struct{}{}:
+		return true
+	default:
+		w.Header().Set("Retry-After", "2")
+		http.Error(w, "mlproxy status page: busy (at most 2 pages at once); retry in a moment", http.StatusServiceUnavailable)
+		return false
+	}
+}
+
+func (u *statusUI) release() { <-u.renders }
 
 // register adds the status page's handlers to mux.
 func (u *statusUI) register(mux *http.ServeMux) {
@@ -166,6 +193,10 @@ func pageHeaders(w http.ResponseWriter, contentType string) {
 }
 
 func (u *statusUI) serveOverview(w http.ResponseWriter, req *http.Request) {
+	if !u.acquire(w) {
+		return
+	}
+	defer u.release()
 	ctx, cancel := context.WithTimeout(req.Context(), pageTimeout)
 	defer cancel()
 	u.render(w, http.StatusOK, "status.html", u.src.overview(ctx))
@@ -182,6 +213,10 @@ func (u *statusUI) serveConflict(w http.ResponseWriter, req *http.Request) {
 		u.render(w, http.StatusNotFound, "error.html", errorPage{Title: "Not found", Message: "A conflict id is a number."})
 		return
 	}
+	if !u.acquire(w) {
+		return
+	}
+	defer u.release()
 	ctx, cancel := context.WithTimeout(req.Context(), pageTimeout)
 	defer cancel()
 	p, err := u.src.conflictPage(ctx, id)
@@ -363,7 +398,7 @@ func (s statusSource) stops(ctx context.Context, cfg *config.Config, st statusPa
 		if err == nil {
 			for _, p := range cfg.Sources() {
 				for _, ts := range tableStops(ctx, s.r.db, p) {
-					sr := stopRow{Peer: p.Name, Table: ts.table, Key: ts.pk, GTID: ts.gtid, Error: ts.err, Held: ts.held}
+					sr := stopRow{Peer: p.Name, Table: ts.table, Key: pageKey(cfg, ts.pk), GTID: ts.gtid, Error: ts.err, Held: ts.held}
 					if ts.kind == "ddl" {
 						sr.WholeDDL = true
 						sr.Commands = []string{"run the DDL in this region (mlproxy schema ddl, then mlproxy schema apply -c " + cfg.Path + "): the table resumes by itself"}
@@ -411,7 +446,7 @@ func conflictLines(rows []conflictRow, cfg *config.Config) []conflictLine {
 	out := make([]conflictLine, 0, len(rows))
 	for _, c := range rows {
 		l := conflictLine{ID: c.ID, Detected: c.DetectedAt.UTC().Format("2006-01-02 15:04:05"), Peer: c.Peer,
-			Table: c.Schema + "." + c.Table, Key: string(c.PK), Rule: c.Rule, Outcome: c.Outcome, State: c.Status}
+			Table: c.Schema + "." + c.Table, Key: pageKey(cfg, string(c.PK)), Rule: c.Rule, Outcome: c.Outcome, State: c.Status}
 		ro := c.RemoteOrigin
 		switch {
 		case c.Status == "resolved":
@@ -443,6 +478,10 @@ func (s statusSource) conflictPage(ctx context.Context, id uint64) (conflictPage
 		return conflictPage{}, err
 	}
 	p := conflictPage{Region: cfg.Region.Name, ConfigPath: cfg.Path, ID: id, Detail: d}
+	if !cfg.Log.Values {
+		p.Detail = hideValues(d, string(c.PK), c.ID, c.Schema+"."+c.Table)
+		p.Hidden = true
+	}
 	if c.Status == "pending" {
 		for _, keep := range []string{"local", "remote"} {
 			p.Commands = append(p.Commands, fmt.Sprintf("mlproxy conflicts resolve -c %s %d --keep %s", cfg.Path, id, keep))
@@ -559,4 +598,37 @@ func niceCeil(v float64) float64 {
 		}
 	}
 	return 10 * e
+}
+
+// The status page shows no row value unless log.values is on (DESIGN: no
+// row value in logs, metrics or status; the metrics port has no
+// authentication): keys are shown as their hash, and a conflict's columns
+// as whether they differ. `mlproxy conflicts show` prints the values to an
+// operator with an account on the server.
+const hiddenValue = "(hidden)"
+
+// pageKey is a primary key as the page shows it.
+func pageKey(cfg *config.Config, pk string) string {
+	if cfg.Log.Values {
+		return pk
+	}
+	return "key hash " + pkHash(pk)
+}
+
+// pkHash is the first 12 hex digits of the key text's SHA-256.
+func pkHash(pk string) string {
+	sum := sha256.Sum256([]byte(pk))
+	return hex.EncodeToString(sum[:6])
+}
+
+// hideValues is d without row values: the title names the key's hash,
+// each column keeps its name and whether it differs.
+func hideValues(d conflictDetail, pk string, id uint64, table string) conflictDetail {
+	d.Title = fmt.Sprintf("conflict %d on %s, key hash %s", id, table, pkHash(pk))
+	cols := make([]detailRow, len(d.Columns))
+	for i, c := range d.Columns {
+		cols[i] = detailRow{Name: c.Name, Local: hiddenValue, Remote: hiddenValue, Differs: c.Differs}
+	}
+	d.Columns = cols
+	return d
 }

@@ -320,3 +320,40 @@ func testConflict() conflictRow {
 		LocalMeta: json.RawMessage(change.Meta{VV: change.Vector{1: 5, 2: 7}}.Encode()),
 	}
 }
+
+// TestHideValues: with log.values off the page shows a key as its hash
+// and a conflict's columns without their values, marked where they differ.
+func TestHideValues(t *testing.T) {
+	cfg := testConfig()
+	c := testConflict()
+	d, err := detailOf(c, regionNames(cfg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := hideValues(d, string(c.PK), c.ID, c.Schema+"."+c.Table)
+	if strings.Contains(h.Title, string(c.PK)) || !strings.Contains(h.Title, "key hash "+pkHash(string(c.PK))) {
+		t.Errorf("title %q: want the key's hash, not the key", h.Title)
+	}
+	differs := 0
+	for i, col := range h.Columns {
+		if col.Local != hiddenValue || col.Remote != hiddenValue {
+			t.Errorf("column %s shows %q / %q", col.Name, col.Local, col.Remote)
+		}
+		if col.Differs != d.Columns[i].Differs {
+			t.Errorf("column %s: differs %v, want %v", col.Name, col.Differs, d.Columns[i].Differs)
+		}
+		if col.Differs {
+			differs++
+		}
+	}
+	if differs == 0 {
+		t.Error("the test conflict has no differing column: the check above proves nothing")
+	}
+	if got := pageKey(cfg, string(c.PK)); got != "key hash "+pkHash(string(c.PK)) {
+		t.Errorf("pageKey with log.values off = %q", got)
+	}
+	cfg.Log.Values = true
+	if got := pageKey(cfg, string(c.PK)); got != string(c.PK) {
+		t.Errorf("pageKey with log.values on = %q, want the key", got)
+	}
+}
