@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/go-sql-driver/mysql"
 	"github.com/spf13/cobra"
 
 	"github.com/mlproxy/mlproxy/config"
@@ -81,31 +82,44 @@ type tableStop struct {
 	held                         int
 }
 
-// tableStops reads the tables stopped alone on the link from p (none when
-// mlr.table_stops is missing or unreadable: status shows what it can).
-func tableStops(ctx context.Context, db *sql.DB, p config.Peer) []tableStop {
+// tableStops reads the tables stopped alone on the link from p. A region
+// without mlr.table_stops (not yet upgraded by schema apply) has none; any
+// other error is returned, so that a caller never shows "nothing stopped"
+// when it could not look.
+func tableStops(ctx context.Context, db *sql.DB, p config.Peer) ([]tableStop, error) {
 	rows, err := db.QueryContext(ctx, `SELECT s.db, s.tbl, s.kind, s.gtid, s.key_hash, s.pk, s.error,
   (SELECT COUNT(*) FROM mlr.held h WHERE h.peer_id = s.peer_id AND h.db = s.db AND h.tbl = s.tbl)
 FROM mlr.table_stops s WHERE s.peer_id = ? ORDER BY s.db, s.tbl`, p.ID)
+	var me *mysql.MySQLError
+	if errors.As(err, &me) && me.Number == 1146 { // ER_NO_SUCH_TABLE
+		return nil, nil
+	}
 	if err != nil {
-		return nil
+		return nil, fmt.Errorf("reading the tables stopped on the link from %s (mlr.table_stops): %w", p.Name, err)
 	}
 	defer rows.Close()
 	var out []tableStop
 	for rows.Next() {
 		var s tableStop
-		if rows.Scan(&s.db, &s.tbl, &s.kind, &s.gtid, &s.keyHash, &s.pk, &s.err, &s.held) == nil {
-			s.table = s.db + "." + s.tbl
-			out = append(out, s)
+		if err := rows.Scan(&s.db, &s.tbl, &s.kind, &s.gtid, &s.keyHash, &s.pk, &s.err, &s.held); err != nil {
+			return nil, fmt.Errorf("reading the tables stopped on the link from %s (mlr.table_stops): %w", p.Name, err)
 		}
+		s.table = s.db + "." + s.tbl
+		out = append(out, s)
 	}
-	return out
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("reading the tables stopped on the link from %s (mlr.table_stops): %w", p.Name, err)
+	}
+	return out, nil
 }
 
 // tableAction asks the applier of the link from peer to skip or retry the
 // change a table stopped alone at (mlr.table_stops), and waits for it.
 func tableAction(ctx context.Context, cmd *cobra.Command, cfg *config.Config, db *sql.DB, peer config.Peer, action, table string, wait time.Duration) error {
-	stops := tableStops(ctx, db, peer)
+	stops, err := tableStops(ctx, db, peer)
+	if err != nil {
+		return err
+	}
 	var names []string
 	var s *tableStop
 	for i := range stops {

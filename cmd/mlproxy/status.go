@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/mlproxy/mlproxy/config"
+	"github.com/mlproxy/mlproxy/redact"
 	"github.com/mlproxy/mlproxy/replicator"
 )
 
@@ -165,7 +166,9 @@ func peerStatus(ctx context.Context, local *sql.DB, p config.Peer, links map[str
 	if err := local.QueryRowContext(ctx, "SELECT db, tbl, pk, error, gtid FROM mlr.link_stops WHERE peer_id = ?", p.ID).Scan(&sdb, &stbl, &spk, &serr, &sgtid); err == nil {
 		row.link = "stopped"
 		row.lastErr = fmt.Sprintf("stopped at %s.%s key %s (gtid %s): %s; fix it and `mlproxy link retry %s`, or `mlproxy link skip %s`", sdb, stbl, spk, sgtid, serr, p.Name, p.Name)
-	} else if stops := tableStops(ctx, local, p); len(stops) > 0 {
+	} else if stops, err := tableStops(ctx, local, p); err != nil {
+		row.lastErr = redact.Error(err)
+	} else if len(stops) > 0 {
 		// Tables stopped alone: the link runs for the others.
 		row.link = "waiting_for_ddl"
 		msgs := make([]string, len(stops))

@@ -397,7 +397,11 @@ func (s statusSource) stops(ctx context.Context, cfg *config.Config, st statusPa
 		}
 		if err == nil {
 			for _, p := range cfg.Sources() {
-				for _, ts := range tableStops(ctx, s.r.db, p) {
+				stops, err := tableStops(ctx, s.r.db, p)
+				if err != nil {
+					*errs = append(*errs, redact.Error(err))
+				}
+				for _, ts := range stops {
 					sr := stopRow{Peer: p.Name, Table: ts.table, Key: pageKey(cfg, ts.pk), GTID: ts.gtid, Error: ts.err, Held: ts.held}
 					if ts.kind == "ddl" {
 						sr.WholeDDL = true
