@@ -43,22 +43,9 @@ func TestConflictsCLI(t *testing.T) {
 	wait()
 
 	// Concurrent edits: us is cut off while both regions write.
-	if err := c.StopProxy(us, false); err != nil {
-		t.Fatal(err)
-	}
-	if err := execAll(ctx, openProxy(t, eu, 1), "UPDATE docs SET body = 'eu edit' WHERE id = 1", "UPDATE kv SET v = 'eu edit' WHERE k = 1"); err != nil {
-		t.Fatal(err)
-	}
-	if err := execAll(ctx, openDirect(t, us), "UPDATE docs SET body = 'us edit' WHERE id = 1", "UPDATE kv SET v = 'us edit' WHERE k = 1"); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.StartProxy(us); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.WaitProxy(ctx, us); err != nil {
-		t.Fatal(err)
-	}
-	wait()
+	concurrentEdits(ctx, t, c, eu, us,
+		[]string{"UPDATE docs SET body = 'eu edit' WHERE id = 1", "UPDATE kv SET v = 'eu edit' WHERE k = 1"},
+		[]string{"UPDATE docs SET body = 'us edit' WHERE id = 1", "UPDATE kv SET v = 'us edit' WHERE k = 1"})
 
 	cli := func(args ...string) string {
 		t.Helper()

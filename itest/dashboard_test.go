@@ -117,32 +117,9 @@ func TestDashboard(t *testing.T) {
 	if _, err := openProxy(t, eu, 1).ExecContext(ctx, "ALTER TABLE kv ADD COLUMN note VARCHAR(10) NULL"); err == nil {
 		t.Fatal("ALTER TABLE on a replicated table through the proxy succeeded; want it refused")
 	}
-	waitApplied := func() {
-		t.Helper()
-		wctx, wcancel := context.WithTimeout(ctx, 45*time.Second)
-		defer wcancel()
-		if err := c.WaitApplied(wctx); err != nil {
-			t.Fatal(err)
-		}
-	}
-	waitApplied()
+	waitApplied(ctx, t, c)
 	// The conflict: us is cut off while both regions change kv row 1.
-	if err := c.StopProxy(us, false); err != nil {
-		t.Fatal(err)
-	}
-	if err := execAll(ctx, openProxy(t, eu, 1), "UPDATE kv SET v = 'eu edit' WHERE k = 1"); err != nil {
-		t.Fatal(err)
-	}
-	if err := execAll(ctx, openDirect(t, us), "UPDATE kv SET v = 'us edit' WHERE k = 1"); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.StartProxy(us); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.WaitProxy(ctx, us); err != nil {
-		t.Fatal(err)
-	}
-	waitApplied()
+	concurrentEdits(ctx, t, c, eu, us, []string{"UPDATE kv SET v = 'eu edit' WHERE k = 1"}, []string{"UPDATE kv SET v = 'us edit' WHERE k = 1"})
 
 	exposed := map[string][]string{} // sample name -> regions
 	family := map[string]string{}    // sample name -> its family

@@ -126,3 +126,37 @@ func binlogPos(ctx context.Context, db *sql.DB) (string, error) {
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }
+
+// waitApplied waits until every region applied everything its peers
+// committed (at most 45 s).
+func waitApplied(ctx context.Context, t *testing.T, c *cluster.Cluster) {
+	t.Helper()
+	wctx, cancel := context.WithTimeout(ctx, 45*time.Second)
+	defer cancel()
+	if err := c.WaitApplied(wctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// concurrentEdits makes conflicts: region cut's mlproxy is stopped while
+// atFrom runs through from's proxy and atCut directly on cut's server,
+// then cut comes back and every region applies everything.
+func concurrentEdits(ctx context.Context, t *testing.T, c *cluster.Cluster, from, cut *cluster.Region, atFrom, atCut []string) {
+	t.Helper()
+	if err := c.StopProxy(cut, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := execAll(ctx, openProxy(t, from, 1), atFrom...); err != nil {
+		t.Fatal(err)
+	}
+	if err := execAll(ctx, openDirect(t, cut), atCut...); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.StartProxy(cut); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WaitProxy(ctx, cut); err != nil {
+		t.Fatal(err)
+	}
+	waitApplied(ctx, t, c)
+}

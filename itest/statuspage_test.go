@@ -29,37 +29,13 @@ func TestStatusPage(t *testing.T) {
 	defer cancel()
 	c := startCluster(t, cluster.Options{})
 	eu, us := c.Regions[0], c.Regions[1]
-	wait := func() {
-		t.Helper()
-		wctx, wcancel := context.WithTimeout(ctx, 45*time.Second)
-		defer wcancel()
-		if err := c.WaitApplied(wctx); err != nil {
-			t.Fatal(err)
-		}
-	}
-
 	// A conflict as TestConflictsCLI makes one: us is cut off while eu
 	// and us change the same row; lww decides it in eu when us is back.
 	if err := execAll(ctx, openProxy(t, eu, 1), "INSERT INTO kv VALUES (1, 'first', 1)"); err != nil {
 		t.Fatal(err)
 	}
-	wait()
-	if err := c.StopProxy(us, false); err != nil {
-		t.Fatal(err)
-	}
-	if err := execAll(ctx, openProxy(t, eu, 1), "UPDATE kv SET v = 'eu edit' WHERE k = 1"); err != nil {
-		t.Fatal(err)
-	}
-	if err := execAll(ctx, openDirect(t, us), "UPDATE kv SET v = 'us edit' WHERE k = 1"); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.StartProxy(us); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.WaitProxy(ctx, us); err != nil {
-		t.Fatal(err)
-	}
-	wait()
+	waitApplied(ctx, t, c)
+	concurrentEdits(ctx, t, c, eu, us, []string{"UPDATE kv SET v = 'eu edit' WHERE k = 1"}, []string{"UPDATE kv SET v = 'us edit' WHERE k = 1"})
 	var id uint64
 	if err := openDirect(t, eu).QueryRowContext(ctx, "SELECT MAX(id) FROM mlr.conflicts WHERE db = 'app' AND tbl = 'kv'").Scan(&id); err != nil {
 		t.Fatalf("eu logged no conflict on app.kv: %v", err)
