@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -29,6 +30,9 @@ type history struct {
 	mu     sync.Mutex
 	writes []write
 	errs   int
+	// other are the failed writes' errors other than a deadlock or lock
+	// wait timeout (which contention with the appliers gives any client).
+	other []string
 }
 
 func (h *history) add(w write) { h.mu.Lock(); h.writes = append(h.writes, w); h.mu.Unlock() }
@@ -69,6 +73,9 @@ func randomWriter(ctx context.Context, db *sql.DB, region uint16, keys int, seed
 			if !errors.Is(err, errNoChange) && ctx.Err() == nil {
 				h.mu.Lock()
 				h.errs++
+				if m := err.Error(); !strings.Contains(m, "Deadlock") && !strings.Contains(m, "Lock wait timeout") {
+					h.other = append(h.other, m)
+				}
 				h.mu.Unlock()
 			}
 			continue

@@ -41,7 +41,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(runCmd(), schemaCmd(), statusCmd(), conflictsCmd(), checksumCmd(), linkCmd(), strongCmd(), versionCmd())
+	root.AddCommand(runCmd(), schemaCmd(), statusCmd(), conflictsCmd(), checksumCmd(), linkCmd(), strongCmd(), regionCmd(), versionCmd())
 	if err := root.ExecuteContext(ctx); err != nil {
 		if !errors.Is(err, errProblems) {
 			fmt.Fprintln(os.Stderr, "mlproxy:", err)

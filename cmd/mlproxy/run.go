@@ -211,6 +211,11 @@ func runRegion(ctx context.Context, cfg *config.Config, log *zap.Logger, reload 
 		return err
 	}
 	defer db.Close()
+	if msg, err := halfSeeded(ctx, db); err != nil {
+		return err
+	} else if msg != "" {
+		return errors.New(msg)
+	}
 	// Sized explicitly: one session per applier, plus the guard, tombstone
 	// GC, conflict retention, the clock's saves, /healthz and a margin.
 	db.SetMaxOpenConns(8 + 2*len(cfg.Peers))

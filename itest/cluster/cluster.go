@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -47,6 +48,10 @@ type Options struct {
 	// Forward lets each region's proxy forward writes to the others'
 	// (proxy.forward over TLS, verified with the cluster's CA).
 	Forward bool
+	// Later names regions (of Names) that join after the others: their
+	// servers, accounts and `schema apply` are set up, but their mlproxy is
+	// not started and the others' configs omit them until Join.
+	Later []string
 	// ServerArgs are extra mariadbd arguments for every region.
 	ServerArgs []string
 	// Pprof serves Go's profiler on each region's metrics listener.
@@ -104,6 +109,38 @@ type Cluster struct {
 	ownDir bool
 	// instances are more mlproxy processes of a region (AddInstance).
 	instances []*Region
+	// joined are the Options.Later regions that joined (Join).
+	joined map[string]bool
+}
+
+// waiting says r is an Options.Later region that has not joined yet.
+func (c *Cluster) waiting(r *Region) bool {
+	return slices.Contains(c.Opts.Later, r.Name) && !c.joined[r.Name]
+}
+
+// Join adds a Later region to the others: each one's config names it, its
+// `schema apply` runs again, and it reloads (SIGHUP). The joining
+// region's own mlproxy is started by the caller (after seeding it).
+func (c *Cluster) Join(ctx context.Context, r *Region) error {
+	if c.joined == nil {
+		c.joined = map[string]bool{}
+	}
+	c.joined[r.Name] = true
+	for _, o := range c.Regions {
+		if o == r || c.waiting(o) {
+			continue
+		}
+		if err := os.WriteFile(o.ConfigPath, c.config(o), 0o600); err != nil {
+			return err
+		}
+		if out, err := c.Command(ctx, "schema", "apply", "-c", o.ConfigPath); err != nil {
+			return fmt.Errorf("cluster: schema apply on region %s: %v\n%s", o.Name, err, out)
+		}
+		if err := c.Signal(o, syscall.SIGHUP); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 var (
@@ -245,11 +282,17 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 		}
 	}
 	for _, r := range c.Regions {
+		if c.waiting(r) {
+			continue
+		}
 		if err := c.StartProxy(r); err != nil {
 			return nil, err
 		}
 	}
 	for _, r := range c.Regions {
+		if c.waiting(r) {
+			continue
+		}
 		err := r.waitProxy(ctx)
 		// A free port can be taken by another process between FreePort
 		// and mlproxy's listen (tests and fault proxies run side by
@@ -292,7 +335,7 @@ func (c *Cluster) addresses() error {
 	for _, r := range c.Regions {
 		r.LocalAddr = r.Server.Addr()
 		r.peerAddr = map[string]string{}
-		for _, p := range c.Peers(r) {
+		for _, p := range c.others(r) {
 			r.peerAddr[p.Name] = p.Server.Addr()
 		}
 		if c.Opts.Via == nil {
@@ -302,7 +345,7 @@ func (c *Cluster) addresses() error {
 		if r.LocalAddr, err = c.Opts.Via(r, r); err != nil {
 			return fmt.Errorf("cluster: address of region %s's own server: %w", r.Name, err)
 		}
-		for _, p := range c.Peers(r) {
+		for _, p := range c.others(r) {
 			if r.peerAddr[p.Name], err = c.Opts.Via(r, p); err != nil {
 				return fmt.Errorf("cluster: address of region %s's server for region %s: %w", p.Name, r.Name, err)
 			}
@@ -340,7 +383,7 @@ func (c *Cluster) certificates(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		for _, p := range c.Peers(r) {
+		for _, p := range c.others(r) {
 			u := ReplUser(p.Name)
 			_, err = db.ExecContext(ctx, fmt.Sprintf("CREATE USER '%s'@'127.0.0.1' REQUIRE SUBJECT '%s' AND ISSUER '%s'; "+
 				"GRANT REPLICATION SLAVE, BINLOG MONITOR ON *.* TO '%[4]s'@'127.0.0.1'; GRANT SELECT ON mlr.* TO '%[4]s'@'127.0.0.1'; "+
@@ -402,8 +445,21 @@ peers:
 `))
 
 // Peers returns every other region: a region's file lists all regions, and
-// the topology in the file decides which of them it pulls from.
+// the topology in the file decides which of them it pulls from. A Later
+// region not yet joined is left out of the others' lists (its own lists
+// them all).
 func (c *Cluster) Peers(r *Region) []*Region {
+	var out []*Region
+	for _, p := range c.others(r) {
+		if !c.waiting(p) || c.waiting(r) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// others is every region but r.
+func (c *Cluster) others(r *Region) []*Region {
 	var out []*Region
 	for _, p := range c.Regions {
 		if p.Name != r.Name {
@@ -884,6 +940,9 @@ func (c *Cluster) Lag(ctx context.Context) (behind []string, binlogs []string, e
 		idx[r] = i
 	}
 	for i, r := range c.Regions {
+		if c.waiting(r) {
+			continue // not replicating yet
+		}
 		for _, p := range c.Sources(r) {
 			var cp string
 			err := dbs[i].QueryRowContext(ctx, "SELECT gtid FROM mlr.checkpoints WHERE peer_id = ?", p.ID).Scan(&cp)

@@ -1,0 +1,585 @@
+package main
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-sql-driver/mysql"
+	"github.com/spf13/cobra"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/mlproxy/mlproxy/config"
+	"github.com/mlproxy/mlproxy/schema"
+)
+
+func regionCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "region",
+		Short: "Change the set of regions: seed a new region from an existing one",
+	}
+	cmd.AddCommand(regionAddCmd())
+	return cmd
+}
+
+func regionAddCmd() *cobra.Command {
+	var path, from string
+	var o seedOptions
+	cmd := &cobra.Command{
+		Use:   "add --from PEER -c NEW.yaml",
+		Short: "Seed this (empty) region from one existing region while every region keeps accepting writes",
+		Long: `region add copies every replicated table, with its stamps, version
+vectors and tombstones, from one existing region (--from, a peer of this
+region's config) into this region's empty server, from one consistent
+snapshot of the source (START TRANSACTION WITH CONSISTENT SNAPSHOT: no lock,
+no write stall), and sets this region's checkpoints so that it applies from
+the source everything after the snapshot, and from every other peer
+everything the source had not applied when the snapshot was taken.
+
+Run it after 'mlproxy schema apply -c NEW.yaml' and before this region's
+'mlproxy run' (which refuses to start on a half-seeded region). The others
+learn of the region by adding it to their files, 'schema apply' there (its
+replication account) and a reload (SIGHUP). An interrupted seed starts over
+when run again. The copy is not written to this region's binlog.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			cfg, local, err := loadLocal(ctx, path)
+			if err != nil {
+				return err
+			}
+			defer local.Close()
+			src, ok := peerNamed(cfg, from)
+			if !ok {
+				return fmt.Errorf("--from %q: not a peer in %s (peers: %s)", from, cfg.Path, peerNames(cfg))
+			}
+			if src.Server.Addr == "" {
+				return fmt.Errorf("--from %s: peer %s has no server address in %s", from, from, cfg.Path)
+			}
+			if cfg.Topology.Mode != "" && cfg.Topology.Mode != "all-to-all" {
+				return fmt.Errorf("region add seeds regions of an all-to-all topology; %s says topology %s", cfg.Path, cfg.Topology.Mode)
+			}
+			source, err := openServer(ctx, "peer "+src.Name, src.Server)
+			if err != nil {
+				return err
+			}
+			defer source.Close()
+			rep, err := seedRegion(ctx, cfg, local, source, src, o, cmd.OutOrStdout())
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "seeded region %s from %s: %d rows (%s) in %d tables in %.1fs (%.0f rows/s); snapshot at %s (%s:%d)\n",
+				cfg.Region.Name, src.Name, rep.rows, mib(rep.bytes), rep.tables, rep.took.Seconds(), float64(rep.rows)/max(rep.took.Seconds(), 0.001),
+				rep.gtid, rep.file, rep.pos)
+			fmt.Fprintf(cmd.OutOrStdout(), "write stall at %s: none (a consistent snapshot takes no lock)\n", src.Name)
+			for _, l := range rep.checkpoints {
+				fmt.Fprintln(cmd.OutOrStdout(), "  "+l)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "next: mlproxy run -c %s; add region %s to the other regions' files, run schema apply there and reload them (SIGHUP)\n", cfg.Path, cfg.Region.Name)
+			return nil
+		},
+	}
+	cmd.Flags().StringVarP(&path, "config", "c", "", "the new region's config file (required)")
+	cmd.Flags().StringVar(&from, "from", "", "the region to copy from: a peer of the new region's config (required)")
+	cmd.Flags().IntVar(&o.chunk, "chunk", 1000, "rows per chunk read from the source, by primary key")
+	cmd.Flags().IntVar(&o.writers, "writers", 2, "sessions inserting into this region at once")
+	cmd.Flags().IntVar(&o.rate, "rows-per-second", 0, "at most this many rows a second (0: no limit)")
+	_ = cmd.MarkFlagRequired("config")
+	_ = cmd.MarkFlagRequired("from")
+	return cmd
+}
+
+func peerNamed(cfg *config.Config, name string) (config.Peer, bool) {
+	for _, p := range cfg.Peers {
+		if p.Name == name {
+			return p, true
+		}
+	}
+	return config.Peer{}, false
+}
+
+func peerNames(cfg *config.Config) string {
+	var n []string
+	for _, p := range cfg.Peers {
+		n = append(n, p.Name)
+	}
+	return strings.Join(n, ", ")
+}
+
+func mib(b int64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }
+
+type seedOptions struct {
+	chunk, writers, rate int
+}
+
+type seedReport struct {
+	rows, bytes int64
+	tables      int
+	took        time.Duration
+	gtid, file  string
+	pos         uint64
+	checkpoints []string
+}
+
+// seedStateSQL creates mlr.seed, the seed's progress: a region whose row
+// says "seeding" is half-seeded, and `mlproxy run` refuses to start it.
+const seedStateSQL = "CREATE TABLE IF NOT EXISTS mlr.seed (\n" +
+	"  id TINYINT UNSIGNED NOT NULL PRIMARY KEY,\n" +
+	"  source VARCHAR(64) NOT NULL, state VARCHAR(16) NOT NULL,\n" +
+	"  started_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6), finished_at TIMESTAMP(6) NULL,\n" +
+	"  rows_copied BIGINT UNSIGNED NOT NULL DEFAULT 0, gtid VARCHAR(1024) NOT NULL DEFAULT ''\n" +
+	") ENGINE=InnoDB"
+
+// seedSession is how every session writing the copy starts: not in the
+// binlog (the peers have these rows), as the applier (the triggers keep the
+// stamps and vectors copied), without foreign key checks (tables are
+// copied one after the other), with the applier's sql_mode and time zone.
+const seedSession = "SET sql_log_bin = 0, @_mlr_apply = 1, foreign_key_checks = 0, time_zone = '+00:00', " +
+	"sql_mode = 'STRICT_ALL_TABLES,NO_AUTO_VALUE_ON_ZERO,NO_ENGINE_SUBSTITUTION'"
+
+// halfSeeded is what `mlproxy run` says of a region whose seed did not
+// finish ("" when it did, or none ran).
+func halfSeeded(ctx context.Context, db *sql.DB) (string, error) {
+	var state, source string
+	err := db.QueryRowContext(ctx, "SELECT state, source FROM mlr.seed WHERE id = 1").Scan(&state, &source)
+	var me *mysql.MySQLError
+	switch {
+	case errors.Is(err, sql.ErrNoRows), errors.As(err, &me) && me.Number == 1146:
+		return "", nil
+	case err != nil:
+		return "", fmt.Errorf("reading mlr.seed: %w", err)
+	case state == "done":
+		return "", nil
+	}
+	return fmt.Sprintf("this region's seed from %s did not finish (mlr.seed says %q): run `mlproxy region add --from %s` again; it starts over", source, state, source), nil
+}
+
+// seedRegion copies every replicated table of cfg from source (peer src)
+// into local and sets local's checkpoints; see regionAddCmd.
+func seedRegion(ctx context.Context, cfg *config.Config, local, source *sql.DB, src config.Peer, o seedOptions, progress io.Writer) (seedReport, error) {
+	var rep seedReport
+	start := time.Now()
+	o.chunk = max(o.chunk, 1)
+	o.writers = max(o.writers, 1)
+	if _, err := local.ExecContext(ctx, seedStateSQL); err != nil {
+		return rep, fmt.Errorf("create mlr.seed (did `mlproxy schema apply -c %s` run?): %w", cfg.Path, err)
+	}
+	tables, err := schema.Inspect(ctx, local, cfg.Tables)
+	if err != nil {
+		return rep, fmt.Errorf("this region's replicated tables (run `mlproxy schema apply -c %s` first): %w", cfg.Path, err)
+	}
+	if err := prepareSeed(ctx, local, tables, src.Name, progress); err != nil {
+		return rep, err
+	}
+
+	// The snapshot: one session of the source, read-only, held open for
+	// the whole copy; its binlog position is the snapshot's.
+	sconn, err := source.Conn(ctx)
+	if err != nil {
+		return rep, err
+	}
+	defer sconn.Close()
+	for _, q := range []string{"SET time_zone = '+00:00'", "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+		"START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY"} {
+		if _, err := sconn.ExecContext(ctx, q); err != nil {
+			return rep, fmt.Errorf("snapshot of %s: %s: %w", src.Name, q, err)
+		}
+	}
+	defer func() { _, _ = sconn.ExecContext(context.WithoutCancel(ctx), "ROLLBACK") }()
+	st, err := statusVars(ctx, sconn, "binlog_snapshot_%")
+	if err != nil {
+		return rep, fmt.Errorf("snapshot of %s: %w", src.Name, err)
+	}
+	rep.file = st["Binlog_snapshot_file"]
+	fmt.Sscan(st["Binlog_snapshot_position"], &rep.pos)
+	if rep.file == "" {
+		return rep, fmt.Errorf("snapshot of %s: the server gave no binlog position (Binlog_snapshot_file): is log_bin on?", src.Name)
+	}
+	if err := sconn.QueryRowContext(ctx, "SELECT COALESCE(BINLOG_GTID_POS(?, ?), '')", rep.file, rep.pos).Scan(&rep.gtid); err != nil {
+		return rep, fmt.Errorf("snapshot of %s: GTID of %s:%d: %w", src.Name, rep.file, rep.pos, err)
+	}
+	// The source's own checkpoints, in the snapshot: what it had applied
+	// of every other region is in the copied rows.
+	theirs, err := readCheckpoints(ctx, sconn)
+	if err != nil {
+		return rep, fmt.Errorf("%s's mlr.checkpoints in the snapshot: %w", src.Name, err)
+	}
+	total := estimateRows(ctx, sconn, tables)
+	fmt.Fprintf(progress, "seed: snapshot of %s at %s (%s:%d); about %d rows in %d tables\n", src.Name, rep.gtid, rep.file, rep.pos, total, len(tables))
+
+	// Reader (the snapshot session) -> batches -> writers.
+	var rows, bytes atomic.Int64
+	var maxStamp atomic.Uint64
+	batches := make(chan seedBatch, 2*o.writers)
+	g, gctx := errgroup.WithContext(ctx)
+	for range o.writers {
+		g.Go(func() error { return seedWriter(gctx, local, batches, &rows, &bytes) })
+	}
+	stopProgress := make(chan struct{})
+	var pwg sync.WaitGroup
+	pwg.Add(1)
+	go func() {
+		defer pwg.Done()
+		t := time.NewTicker(2 * time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-stopProgress:
+				return
+			case <-t.C:
+				n := rows.Load()
+				eta := "unknown"
+				if el := time.Since(start).Seconds(); n > 0 && total > n {
+					eta = fmt.Sprintf("%.0fs", float64(total-n)/(float64(n)/el))
+				}
+				fmt.Fprintf(progress, "seed: %d of about %d rows (%s), ETA %s\n", n, total, mib(bytes.Load()), eta)
+			}
+		}
+	}()
+	g.Go(func() error {
+		defer close(batches)
+		limit := newRowRate(o.rate)
+		for _, t := range tables {
+			if err := copyTable(gctx, sconn, t, o.chunk, batches, &maxStamp, limit); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	err = g.Wait()
+	close(stopProgress)
+	pwg.Wait()
+	if err != nil {
+		return rep, err
+	}
+	rep.rows, rep.bytes, rep.tables = rows.Load(), bytes.Load(), len(tables)
+
+	// Checkpoints and "done" in one local transaction: a region either
+	// has both or is half-seeded.
+	cconn, err := local.Conn(ctx)
+	if err != nil {
+		return rep, err
+	}
+	defer cconn.Close()
+	defer func() { _ = cconn.Raw(func(any) error { return driverBad }) }() // never back to the pool without the binlog
+	if _, err := cconn.ExecContext(ctx, "SET sql_log_bin = 0"); err != nil {
+		return rep, err
+	}
+	tx, err := cconn.BeginTx(ctx, nil)
+	if err != nil {
+		return rep, err
+	}
+	defer func() { _ = tx.Rollback() }()
+	const upsert = "INSERT INTO mlr.checkpoints (peer_id, peer_name, gtid, file, pos, hlc, txns, applied_at) VALUES (?, ?, ?, ?, ?, ?, 0, NOW(6)) " +
+		"ON DUPLICATE KEY UPDATE peer_name = VALUES(peer_name), gtid = VALUES(gtid), file = VALUES(file), pos = VALUES(pos), hlc = VALUES(hlc)"
+	if _, err := tx.ExecContext(ctx, upsert, src.ID, src.Name, rep.gtid, rep.file, rep.pos, maxStamp.Load()); err != nil {
+		return rep, fmt.Errorf("checkpoint of %s: %w", src.Name, err)
+	}
+	rep.checkpoints = append(rep.checkpoints, fmt.Sprintf("from %s: after the snapshot, gtid %s", src.Name, rep.gtid))
+	for _, p := range cfg.Peers {
+		if p.ID == src.ID {
+			continue
+		}
+		c, ok := theirs[p.ID]
+		if !ok {
+			rep.checkpoints = append(rep.checkpoints, fmt.Sprintf("from %s: from where its schema apply began (%s had applied nothing of it)", p.Name, src.Name))
+			continue
+		}
+		if _, err := tx.ExecContext(ctx, upsert, p.ID, p.Name, c.gtid, c.file, c.pos, c.hlc); err != nil {
+			return rep, fmt.Errorf("checkpoint of %s: %w", p.Name, err)
+		}
+		rep.checkpoints = append(rep.checkpoints, fmt.Sprintf("from %s: where %s was, gtid %s", p.Name, src.Name, c.gtid))
+	}
+	if _, err := tx.ExecContext(ctx, "UPDATE mlr.seed SET state = 'done', finished_at = NOW(6), rows_copied = ?, gtid = ? WHERE id = 1", rep.rows, rep.gtid); err != nil {
+		return rep, err
+	}
+	if err := tx.Commit(); err != nil {
+		return rep, fmt.Errorf("commit the seed's checkpoints: %w", err)
+	}
+	rep.took = time.Since(start)
+	return rep, nil
+}
+
+// prepareSeed checks that local may be seeded and marks it half-seeded: a
+// region that never took data, or whose earlier seed was interrupted (its
+// copy is emptied: the seed starts over).
+func prepareSeed(ctx context.Context, local *sql.DB, tables []*schema.Table, source string, progress io.Writer) error {
+	var state, was string
+	err := local.QueryRowContext(ctx, "SELECT state, source FROM mlr.seed WHERE id = 1").Scan(&state, &was)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		var n int
+		if err := local.QueryRowContext(ctx, "SELECT COUNT(*) FROM mlr.checkpoints").Scan(&n); err != nil {
+			return err
+		}
+		if n > 0 {
+			return errors.New("this region has already replicated (mlr.checkpoints has rows): region add seeds a new, empty region")
+		}
+		for _, t := range tables {
+			var any int
+			err := local.QueryRowContext(ctx, "SELECT 1 FROM "+t.QualifiedName()+" LIMIT 1").Scan(&any)
+			if err == nil {
+				return fmt.Errorf("table %s has rows in this region: region add seeds a new, empty region", t)
+			}
+			if !errors.Is(err, sql.ErrNoRows) {
+				return fmt.Errorf("table %s: %w", t, err)
+			}
+		}
+	case err != nil:
+		return fmt.Errorf("reading mlr.seed: %w", err)
+	case state == "done":
+		return fmt.Errorf("this region was already seeded from %s (mlr.seed): nothing to do", was)
+	default:
+		fmt.Fprintf(progress, "seed: an earlier seed from %s did not finish; emptying its copy and starting over\n", was)
+		conn, err := local.Conn(ctx)
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		if _, err := conn.ExecContext(ctx, seedSession); err != nil {
+			return err
+		}
+		defer func() { _ = conn.Raw(func(any) error { return driverBad }) }() // never back to the pool with @_mlr_apply
+		for _, t := range tables {
+			for _, q := range []string{"DELETE FROM " + t.QualifiedName(), "DELETE FROM " + t.TombstoneQualifiedName()} {
+				if _, err := conn.ExecContext(ctx, q); err != nil {
+					return fmt.Errorf("emptying the interrupted copy: %s: %w", q, err)
+				}
+			}
+		}
+		if _, err := conn.ExecContext(ctx, "DELETE FROM mlr.checkpoints"); err != nil {
+			return err
+		}
+	}
+	_, err = local.ExecContext(ctx, "REPLACE INTO mlr.seed (id, source, state) VALUES (1, ?, 'seeding')", source)
+	return err
+}
+
+// driverBad makes database/sql discard a connection instead of pooling it.
+var driverBad = driver.ErrBadConn
+
+type peerCheckpoint struct {
+	gtid, file string
+	pos, hlc   uint64
+}
+
+func readCheckpoints(ctx context.Context, conn *sql.Conn) (map[uint16]peerCheckpoint, error) {
+	rows, err := conn.QueryContext(ctx, "SELECT peer_id, gtid, file, pos, hlc FROM mlr.checkpoints")
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := map[uint16]peerCheckpoint{}
+	for rows.Next() {
+		var id uint16
+		var c peerCheckpoint
+		if err := rows.Scan(&id, &c.gtid, &c.file, &c.pos, &c.hlc); err != nil {
+			return nil, err
+		}
+		out[id] = c
+	}
+	return out, rows.Err()
+}
+
+func statusVars(ctx context.Context, conn *sql.Conn, like string) (map[string]string, error) {
+	rows, err := conn.QueryContext(ctx, "SHOW SESSION STATUS LIKE '"+like+"'")
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := map[string]string{}
+	for rows.Next() {
+		var k, v string
+		if err := rows.Scan(&k, &v); err != nil {
+			return nil, err
+		}
+		out[k] = v
+	}
+	return out, rows.Err()
+}
+
+// estimateRows is the source's estimate of the rows to copy (InnoDB's
+// statistics; for progress only).
+func estimateRows(ctx context.Context, conn *sql.Conn, tables []*schema.Table) int64 {
+	var total int64
+	for _, t := range tables {
+		var n sql.NullInt64
+		_ = conn.QueryRowContext(ctx, "SELECT TABLE_ROWS FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?", t.Schema, t.Name).Scan(&n)
+		total += n.Int64
+	}
+	return total
+}
+
+// seedBatch is rows of one table for one multi-row INSERT.
+type seedBatch struct {
+	insert string // INSERT INTO t (cols) VALUES
+	cols   int
+	values []any
+	bytes  int64
+}
+
+// copyTable reads t and its tombstones from the snapshot session by
+// primary-key chunks (keyset: each chunk after the last key read) and
+// sends them as batches.
+func copyTable(ctx context.Context, conn *sql.Conn, t *schema.Table, chunk int, out chan<- seedBatch, maxStamp *atomic.Uint64, limit *rowRate) error {
+	var cols []string
+	for _, c := range t.Columns {
+		if !c.Generated {
+			cols = append(cols, c.Name)
+		}
+	}
+	if err := copyChunks(ctx, conn, t.QualifiedName(), cols, t.PK, chunk, out, maxStamp, limit); err != nil {
+		return fmt.Errorf("copy %s: %w", t, err)
+	}
+	tomb := append(append([]string(nil), t.PK...), schema.ColHLC, schema.ColOrigin, schema.ColMeta)
+	if err := copyChunks(ctx, conn, t.TombstoneQualifiedName(), tomb, t.PK, chunk, out, maxStamp, limit); err != nil {
+		return fmt.Errorf("copy the tombstones of %s: %w", t, err)
+	}
+	return nil
+}
+
+func copyChunks(ctx context.Context, conn *sql.Conn, table string, cols, pk []string, chunk int, out chan<- seedBatch, maxStamp *atomic.Uint64, limit *rowRate) error {
+	quoted := make([]string, len(cols))
+	at := map[string]int{}
+	for i, c := range cols {
+		quoted[i] = schema.Quote(c)
+		at[c] = i
+	}
+	pkq := make([]string, len(pk))
+	pki := make([]int, len(pk))
+	for i, c := range pk {
+		pkq[i] = schema.Quote(c)
+		pki[i] = at[c]
+	}
+	hlcAt, hasHLC := at[schema.ColHLC]
+	sel := "SELECT " + strings.Join(quoted, ", ") + " FROM " + table
+	order := " ORDER BY " + strings.Join(pkq, ", ") + fmt.Sprintf(" LIMIT %d", chunk)
+	after := " WHERE (" + strings.Join(pkq, ", ") + ") > (" + strings.TrimSuffix(strings.Repeat("?, ", len(pk)), ", ") + ")"
+	insert := "INSERT INTO " + table + " (" + strings.Join(quoted, ", ") + ") VALUES "
+	var last []any
+	for {
+		q := sel + order
+		if last != nil {
+			q = sel + after + order
+		}
+		rows, err := conn.QueryContext(ctx, q, last...)
+		if err != nil {
+			return err
+		}
+		b := seedBatch{insert: insert, cols: len(cols)}
+		n := 0
+		for rows.Next() {
+			raw := make([]sql.RawBytes, len(cols))
+			ptrs := make([]any, len(cols))
+			for i := range raw {
+				ptrs[i] = &raw[i]
+			}
+			if err := rows.Scan(ptrs...); err != nil {
+				rows.Close()
+				return err
+			}
+			for _, v := range raw {
+				var cp any
+				if v != nil {
+					c := make([]byte, len(v))
+					copy(c, v)
+					cp = c
+					b.bytes += int64(len(v))
+				}
+				b.values = append(b.values, cp)
+			}
+			if hasHLC && raw[hlcAt] != nil {
+				var s uint64
+				fmt.Sscan(string(raw[hlcAt]), &s)
+				for old := maxStamp.Load(); s > old && !maxStamp.CompareAndSwap(old, s); old = maxStamp.Load() {
+				}
+			}
+			n++
+		}
+		err = rows.Err()
+		rows.Close()
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return nil
+		}
+		row := b.values[len(b.values)-len(cols):]
+		last = make([]any, len(pk))
+		for i, j := range pki {
+			last[i] = row[j]
+		}
+		if err := limit.wait(ctx, n); err != nil {
+			return err
+		}
+		select {
+		case out <- b:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if n < chunk {
+			return nil
+		}
+	}
+}
+
+// seedWriter inserts batches on a session of its own (seedSession), in
+// transactions of one batch each.
+func seedWriter(ctx context.Context, local *sql.DB, in <-chan seedBatch, rows, bytes *atomic.Int64) error {
+	conn, err := local.Conn(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	defer func() { _ = conn.Raw(func(any) error { return driverBad }) }() // never back to the pool with @_mlr_apply
+	if _, err := conn.ExecContext(ctx, seedSession); err != nil {
+		return fmt.Errorf("seed session: %w", err)
+	}
+	for b := range in {
+		n := len(b.values) / b.cols
+		one := "(" + strings.TrimSuffix(strings.Repeat("?, ", b.cols), ", ") + ")"
+		// At most 500 rows per statement (placeholders are bounded).
+		for from := 0; from < n; from += 500 {
+			to := min(n, from+500)
+			q := b.insert + strings.TrimSuffix(strings.Repeat(one+", ", to-from), ", ")
+			if _, err := conn.ExecContext(ctx, q, b.values[from*b.cols:to*b.cols]...); err != nil {
+				return fmt.Errorf("insert into this region: %w", err)
+			}
+		}
+		rows.Add(int64(n))
+		bytes.Add(b.bytes)
+	}
+	return nil
+}
+
+// rowRate paces the reader to a number of rows a second (0: no limit).
+type rowRate struct {
+	perSec int
+	start  time.Time
+	done   int64
+}
+
+func newRowRate(perSec int) *rowRate { return &rowRate{perSec: perSec, start: time.Now()} }
+
+func (r *rowRate) wait(ctx context.Context, n int) error {
+	if r.perSec <= 0 {
+		return nil
+	}
+	r.done += int64(n)
+	due := r.start.Add(time.Duration(float64(r.done) / float64(r.perSec) * float64(time.Second)))
+	if d := time.Until(due); d > 0 {
+		select {
+		case <-time.After(d):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
