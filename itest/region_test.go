@@ -3,6 +3,7 @@ package itest
 import (
 	"context"
 	"fmt"
+	"os/exec"
 	"strings"
 	"sync"
 	"testing"
@@ -86,12 +87,32 @@ func TestRegionAdd(t *testing.T) {
 	if err := c.Join(ctx, ap); err != nil {
 		t.Fatal(err)
 	}
+	// A seed killed half-way (SIGKILL) leaves ap half-seeded: mlproxy run
+	// refuses it, and the next region add starts over.
+	slow := exec.CommandContext(ctx, c.Bin, "region", "add", "-c", ap.ConfigPath, "--from", eu.Name, "--chunk", "100", "--rows-per-second", "1500")
+	if err := slow.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * time.Second)
+	_ = slow.Process.Kill()
+	_ = slow.Wait()
+	var state string
+	if err := openDirect(t, ap).QueryRowContext(ctx, "SELECT state FROM mlr.seed").Scan(&state); err != nil || state != "seeding" {
+		t.Fatalf("after a seed killed half-way, mlr.seed says %q (%v); want seeding", state, err)
+	}
+	rctx, rcancel := context.WithTimeout(ctx, 20*time.Second)
+	refused, err := c.Command(rctx, "run", "-c", ap.ConfigPath)
+	rcancel()
+	if err == nil || !strings.Contains(string(refused), "did not finish") {
+		t.Errorf("mlproxy run on a half-seeded region: err %v, output:\n%s", err, cluster.Tail(ap.LogPath, 5)+string(refused))
+	}
+
 	out, err := c.Command(ctx, "region", "add", "-c", ap.ConfigPath, "--from", eu.Name, "--chunk", "250")
 	t.Logf("region add:\n%s", out)
 	if err != nil {
 		t.Fatalf("region add: %v", err)
 	}
-	for _, want := range []string{"seeded region ap from eu", "write stall at eu: none"} {
+	for _, want := range []string{"did not finish; emptying its copy and starting over", "seeded region ap from eu", "write stall at eu: none"} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("region add's report lacks %q", want)
 		}
