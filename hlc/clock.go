@@ -39,8 +39,9 @@ type Options struct {
 	// monotonic only within one process.
 	Store Store
 	// Window is how far ahead of the stamps it issues the clock reserves in
-	// Store (default 1s). Larger means fewer writes to Store; a restart then
-	// skips up to Window of stamps.
+	// Store (default MaxOffset/4, at most 1s). Larger means fewer writes to
+	// Store; a restart then skips up to Window of stamps, and its first
+	// stamps are up to Window ahead of the wall clock.
 	Window time.Duration
 	// Registerer receives the clock's metrics (nil = none).
 	Registerer prometheus.Registerer
@@ -108,7 +109,12 @@ func NewClock(opts Options) *Clock {
 		opts.MaxOffset = 500 * time.Millisecond
 	}
 	if opts.Window < 4*time.Millisecond {
-		opts.Window = time.Second
+		// A restart resumes at the reservation, up to Window ahead of the
+		// wall clock; the triggers refuse a stamp more than MaxOffset
+		// ahead of the server's clock. A quarter keeps the first writes
+		// after a quick restart (systemd's Restart=, a failover) well
+		// inside that bound.
+		opts.Window = min(time.Second, max(opts.MaxOffset/4, 4*time.Millisecond))
 	}
 	if opts.Logger == nil {
 		opts.Logger = zap.NewNop()
