@@ -3,6 +3,8 @@ package itest
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"os/exec"
 	"strings"
 	"sync"
@@ -157,4 +159,149 @@ func TestRegionAdd(t *testing.T) {
 		}
 	}
 	t.Logf("%d random writes and %d inserts acknowledged while ap was added", len(h.writes), len(acked))
+}
+
+// TestRegionReseed: us is stopped while eu writes and purges its binlogs
+// past us's checkpoint; back, us's link says it needs a re-seed (status,
+// metric); `region reseed --from eu` copies us again, after which checksum
+// is clean and every acknowledged write is in both regions.
+func TestRegionReseed(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	c := startCluster(t, cluster.Options{Names: []string{"eu", "us"}})
+	eu, us := c.Regions[0], c.Regions[1]
+	acked := 0
+	write := func(r *cluster.Region, n int) {
+		t.Helper()
+		db := openProxy(t, r, 1)
+		for range n {
+			acked++
+			// The applier inserts the peer's rows meanwhile: a deadlock
+			// is retried, as an application would.
+			for try := 0; ; try++ {
+				_, err := db.ExecContext(ctx, "INSERT INTO events (id, region, seq, body) VALUES (?, ?, ?, 'x')", acked, r.Name, acked)
+				if err == nil {
+					break
+				}
+				if try == 5 || !strings.Contains(err.Error(), "Deadlock") {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	write(eu, 200)
+	write(us, 200)
+	waitApplied(ctx, t, c)
+
+	if err := c.StopProxy(us, false); err != nil {
+		t.Fatal(err)
+	}
+	write(eu, 300)
+	d := openDirect(t, eu)
+	if _, err := d.ExecContext(ctx, "FLUSH BINARY LOGS"); err != nil {
+		t.Fatal(err)
+	}
+	var file string
+	var pos int64
+	var x1, x2 any
+	if err := d.QueryRowContext(ctx, "SHOW MASTER STATUS").Scan(&file, &pos, &x1, &x2); err != nil {
+		t.Fatal(err)
+	}
+	write(eu, 10)
+	// A file a dump thread still reads (eu's own DDL watch) is kept by
+	// PURGE with a warning: purge until the first file is gone.
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		if _, err := d.ExecContext(ctx, "PURGE BINARY LOGS TO '"+file+"'"); err != nil {
+			t.Fatal(err)
+		}
+		var first string
+		var size any
+		if err := d.QueryRowContext(ctx, "SHOW BINARY LOGS").Scan(&first, &size); err != nil {
+			t.Fatal(err)
+		}
+		if first == file {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("eu still has %s after PURGE BINARY LOGS TO '%s'", first, file)
+		}
+	}
+
+	if err := c.StartProxy(us); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WaitProxy(ctx, us); err != nil {
+		t.Fatal(err)
+	}
+	var out []byte
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(500 * time.Millisecond) {
+		out, _ = c.Command(ctx, "status", "-c", us.ConfigPath)
+		if strings.Contains(string(out), "needs_reseed") || time.Now().After(deadline) {
+			break
+		}
+	}
+	if !strings.Contains(string(out), "needs_reseed") || !strings.Contains(string(out), "region reseed --from eu") {
+		t.Fatalf("mlproxy status on us after eu purged past its checkpoint does not say it needs a re-seed:\n%s", out)
+	}
+	if m := scrape(t, us, "mlproxy_link_needs_reseed"); !strings.Contains(m, `mlproxy_link_needs_reseed{peer="eu"} 1`) {
+		t.Errorf("us's metrics: want mlproxy_link_needs_reseed{peer=\"eu\"} 1, got:\n%s", m)
+	}
+
+	// Reseeding while us runs is refused; stopped, it goes.
+	if o, err := c.Command(ctx, "region", "reseed", "-c", us.ConfigPath, "--from", eu.Name); err == nil || !strings.Contains(string(o), "is running") {
+		t.Errorf("region reseed while us runs: err %v:\n%s", err, o)
+	}
+	if err := c.StopProxy(us, false); err != nil {
+		t.Fatal(err)
+	}
+	o, err := c.Command(ctx, "region", "reseed", "-c", us.ConfigPath, "--from", eu.Name)
+	t.Logf("region reseed:\n%s", o)
+	if err != nil {
+		t.Fatalf("region reseed: %v", err)
+	}
+	if err := c.StartProxy(us); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WaitProxy(ctx, us); err != nil {
+		t.Fatal(err)
+	}
+	write(us, 20)
+	write(eu, 20)
+	waitApplied(ctx, t, c)
+	if out, err := c.Command(ctx, "checksum", "-c", us.ConfigPath); err != nil {
+		t.Errorf("checksum after the reseed: %v\n%s", err, out)
+	}
+	for _, r := range c.Regions {
+		var n int
+		if err := openDirect(t, r).QueryRowContext(ctx, "SELECT COUNT(*) FROM events").Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		if n != acked {
+			t.Errorf("region %s holds %d events; %d were acknowledged", r.Name, n, acked)
+		}
+	}
+	if out, _ := c.Command(ctx, "status", "-c", us.ConfigPath); strings.Contains(string(out), "needs_reseed") {
+		t.Errorf("status after the reseed still says needs_reseed:\n%s", out)
+	}
+}
+
+// scrape returns the lines of region r's /metrics that start with name.
+func scrape(t *testing.T, r *cluster.Region, name string) string {
+	t.Helper()
+	resp, err := http.Get("http://" + r.Metrics + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, name) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }

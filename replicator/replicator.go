@@ -59,6 +59,7 @@ type Replicator struct {
 	wg    sync.WaitGroup
 
 	stuck      *prometheus.GaugeVec // peer: 1 while a link is stuck
+	reseed     *prometheus.GaugeVec // peer: 1 while the peer no longer has the link's checkpoint
 	relayTxns  *prometheus.GaugeVec // peer: transactions (or pieces) waiting in the relay
 	relayBytes *prometheus.GaugeVec // peer: their row images' bytes
 }
@@ -68,6 +69,8 @@ func New(db *sql.DB, clock *hlc.Clock, open OpenFunc, log *zap.Logger, reg prome
 	r := &Replicator{db: db, clock: clock, open: open, log: log, reg: reg, links: map[string]*Link{}}
 	r.stuck = gaugeVec(reg, "mlproxy_link_stuck",
 		"1 while a link has made no progress at one position for apply.stuck_after although it was offered changes or kept failing (see mlproxy status).")
+	r.reseed = gaugeVec(reg, "mlproxy_link_needs_reseed",
+		"1 while the peer can no longer resume the link from its checkpoint (its binlog was purged past it, or it lacks the GTID): the region needs `mlproxy region reseed` (see mlproxy status).")
 	r.relayTxns = gaugeVec(reg, "mlproxy_relay_txns",
 		"Transactions (or pieces of large ones) waiting in the relay between a link's tailer and its applier.")
 	r.relayBytes = gaugeVec(reg, "mlproxy_relay_bytes",
@@ -319,6 +322,11 @@ func (l *Link) set(state string, err error) {
 	l.mu.Lock()
 	l.state, l.lastErr = state, err
 	l.mu.Unlock()
+	lost := 0.0
+	if errors.Is(err, binlog.ErrPositionLost) {
+		lost = 1
+	}
+	l.r.reseed.WithLabelValues(l.peer.Name).Set(lost)
 }
 
 // Status is the link's state for /status.
@@ -337,6 +345,11 @@ func (l *Link) Status() LinkStatus {
 		if ts.LastError != nil {
 			s.LastError = redact.Error(ts.LastError)
 		}
+	}
+	if s.State == "retrying" && l.lastErrIs(binlog.ErrPositionLost) {
+		// The peer purged past the checkpoint: retrying cannot help.
+		s.State = "needs_reseed"
+		s.LastError += fmt.Sprintf("; run `mlproxy region reseed --from %s` in this region (or restore the peer's binlogs)", l.peer.Name)
 	}
 	if s.State == "retrying" && l.lastErrIs(applier.ErrUnknownColumn, applier.ErrNotPrepared, schema.ErrNoTable) {
 		// Schema drift: the peer sends rows for a table or column this

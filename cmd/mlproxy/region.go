@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/mlproxy/mlproxy/binlog"
 	"github.com/mlproxy/mlproxy/config"
 	"github.com/mlproxy/mlproxy/schema"
 )
@@ -25,8 +26,118 @@ func regionCmd() *cobra.Command {
 		Use:   "region",
 		Short: "Change the set of regions: seed a new region from an existing one",
 	}
-	cmd.AddCommand(regionAddCmd())
+	cmd.AddCommand(regionAddCmd(), regionReseedCmd())
 	return cmd
+}
+
+func regionReseedCmd() *cobra.Command {
+	var path, from string
+	var force bool
+	var o seedOptions
+	cmd := &cobra.Command{
+		Use:   "reseed --from PEER -c REGION.yaml",
+		Short: "Copy this region again from one peer, after a link's checkpoint was purged from the peer's binlog",
+		Long: `region reseed empties this region's replicated tables and copies them again
+from --from, as region add does, when a peer can no longer resume a link
+(mlproxy status shows it needs_reseed: its binlog was purged past the
+checkpoint). Stop every mlproxy instance of this region first: nothing may
+write here meanwhile. The source must already hold everything this region
+wrote (its checkpoint of this region covers this region's binlog), or
+those writes would be lost here; reseed checks that and stops, saying how
+many transactions are missing, unless --force.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			cfg, local, err := loadLocal(ctx, path)
+			if err != nil {
+				return err
+			}
+			defer local.Close()
+			src, ok := peerNamed(cfg, from)
+			if !ok {
+				return fmt.Errorf("--from %q: not a peer in %s (peers: %s)", from, cfg.Path, peerNames(cfg))
+			}
+			if cfg.Topology.Mode != "" && cfg.Topology.Mode != "all-to-all" {
+				return fmt.Errorf("region reseed copies regions of an all-to-all topology; %s says topology %s", cfg.Path, cfg.Topology.Mode)
+			}
+			var free sql.NullInt64
+			if err := local.QueryRowContext(ctx, "SELECT IS_FREE_LOCK(?)", "mlproxy.replicator."+cfg.Region.Name).Scan(&free); err != nil {
+				return err
+			}
+			if free.Int64 != 1 {
+				return fmt.Errorf("an mlproxy of region %s is running (it holds the replicator lock): stop every instance of this region before reseeding it", cfg.Region.Name)
+			}
+			source, err := openServer(ctx, "peer "+src.Name, src.Server)
+			if err != nil {
+				return err
+			}
+			defer source.Close()
+			missing, err := unappliedAt(ctx, local, source, cfg.Region.ID)
+			if err != nil {
+				return err
+			}
+			if missing != "" && !force {
+				return fmt.Errorf("%s has not applied everything this region wrote (%s): reseeding now would lose those writes here. "+
+					"Let %s's link from %s catch up (mlproxy status there), or pass --force to discard them", src.Name, missing, src.Name, cfg.Region.Name)
+			}
+			if _, err := local.ExecContext(ctx, seedStateSQL); err != nil {
+				return err
+			}
+			if _, err := local.ExecContext(ctx, "REPLACE INTO mlr.seed (id, source, state) VALUES (1, ?, 'reseeding')", src.Name); err != nil {
+				return err
+			}
+			rep, err := seedRegion(ctx, cfg, local, source, src, o, cmd.OutOrStdout())
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "reseeded region %s from %s: %d rows (%s) in %d tables in %.1fs; snapshot at %s (%s:%d)\n",
+				cfg.Region.Name, src.Name, rep.rows, mib(rep.bytes), rep.tables, rep.took.Seconds(), rep.gtid, rep.file, rep.pos)
+			for _, l := range rep.checkpoints {
+				fmt.Fprintln(cmd.OutOrStdout(), "  "+l)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "next: mlproxy run -c %s\n", cfg.Path)
+			return nil
+		},
+	}
+	cmd.Flags().StringVarP(&path, "config", "c", "", "this region's config file (required)")
+	cmd.Flags().StringVar(&from, "from", "", "the region to copy from (required)")
+	cmd.Flags().BoolVar(&force, "force", false, "reseed even though the source lacks some of this region's writes (they are lost here)")
+	cmd.Flags().IntVar(&o.chunk, "chunk", 1000, "rows per chunk read from the source, by primary key")
+	cmd.Flags().IntVar(&o.writers, "writers", 2, "sessions inserting into this region at once")
+	cmd.Flags().IntVar(&o.rate, "rows-per-second", 0, "at most this many rows a second (0: no limit)")
+	_ = cmd.MarkFlagRequired("config")
+	_ = cmd.MarkFlagRequired("from")
+	return cmd
+}
+
+// unappliedAt says what of this region's own binlog (its GTID domains) the
+// source's checkpoint of it (peer_id self) does not cover, "" when it
+// covers all.
+func unappliedAt(ctx context.Context, local, source *sql.DB, self uint16) (string, error) {
+	var mine string
+	if err := local.QueryRowContext(ctx, "SELECT @@gtid_binlog_pos").Scan(&mine); err != nil {
+		return "", err
+	}
+	var theirs string
+	err := source.QueryRowContext(ctx, "SELECT gtid FROM mlr.checkpoints WHERE peer_id = ?", self).Scan(&theirs)
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return "", fmt.Errorf("the source's checkpoint of this region: %w", err)
+	}
+	var gaps []string
+	for _, g := range strings.Split(mine, ",") {
+		f := strings.Split(strings.TrimSpace(g), "-")
+		if len(f) != 3 {
+			continue
+		}
+		var domain uint32
+		var seq int64
+		fmt.Sscan(f[0], &domain)
+		fmt.Sscan(f[2], &seq)
+		if have := binlog.SeqNo(theirs, domain); have < seq {
+			gaps = append(gaps, fmt.Sprintf("domain %d: this region is at %d, the source applied up to %d (%d transactions)", domain, seq, have, seq-have))
+		}
+	}
+	return strings.Join(gaps, "; "), nil
 }
 
 func regionAddCmd() *cobra.Command {
@@ -158,7 +269,11 @@ func halfSeeded(ctx context.Context, db *sql.DB) (string, error) {
 	case state == "done":
 		return "", nil
 	}
-	return fmt.Sprintf("this region's seed from %s did not finish (mlr.seed says %q): run `mlproxy region add --from %s` again; it starts over", source, state, source), nil
+	verb := "add"
+	if state == "reseeding" {
+		verb = "reseed"
+	}
+	return fmt.Sprintf("this region's seed from %s did not finish (mlr.seed says %q): run `mlproxy region %s --from %s` again; it starts over", source, state, verb, source), nil
 }
 
 // seedRegion copies every replicated table of cfg from source (peer src)
@@ -337,7 +452,11 @@ func prepareSeed(ctx context.Context, local *sql.DB, tables []*schema.Table, sou
 	case state == "done":
 		return fmt.Errorf("this region was already seeded from %s (mlr.seed): nothing to do", was)
 	default:
-		fmt.Fprintf(progress, "seed: an earlier seed from %s did not finish; emptying its copy and starting over\n", was)
+		if state == "reseeding" {
+			fmt.Fprintf(progress, "seed: emptying this region's replicated tables to copy them again from %s\n", was)
+		} else {
+			fmt.Fprintf(progress, "seed: an earlier seed from %s did not finish; emptying its copy and starting over\n", was)
+		}
 		conn, err := local.Conn(ctx)
 		if err != nil {
 			return err
@@ -354,11 +473,18 @@ func prepareSeed(ctx context.Context, local *sql.DB, tables []*schema.Table, sou
 				}
 			}
 		}
-		if _, err := conn.ExecContext(ctx, "DELETE FROM mlr.checkpoints"); err != nil {
-			return err
+		// Checkpoints, and changes held or stopped at positions of the old
+		// checkpoints, go with the copy they described.
+		for _, q := range []string{"DELETE FROM mlr.checkpoints", "DELETE FROM mlr.held", "DELETE FROM mlr.table_stops", "DELETE FROM mlr.link_stops"} {
+			if _, err := conn.ExecContext(ctx, q); err != nil {
+				return fmt.Errorf("%s: %w", q, err)
+			}
 		}
 	}
 	_, err = local.ExecContext(ctx, "REPLACE INTO mlr.seed (id, source, state) VALUES (1, ?, 'seeding')", source)
+	if state == "reseeding" {
+		_, err = local.ExecContext(ctx, "REPLACE INTO mlr.seed (id, source, state) VALUES (1, ?, 'reseeding')", source)
+	}
 	return err
 }
 
