@@ -171,10 +171,10 @@ func waitRows(ctx context.Context, t *testing.T, r *cluster.Region, query string
 
 // execRetry runs q, again after a deadlock (1213): the applier's locks can
 // deadlock a client's insert, which a client retries.
-func execRetry(ctx context.Context, db *sql.DB, q string) error {
+func execRetry(ctx context.Context, db *sql.DB, q string, args ...any) error {
 	var err error
 	for try := 0; try < 10; try++ {
-		if _, err = db.ExecContext(ctx, q); !isDeadlock(err) {
+		if _, err = db.ExecContext(ctx, q, args...); !isDeadlock(err) {
 			return err
 		}
 		time.Sleep(50 * time.Millisecond)

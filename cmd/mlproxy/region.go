@@ -24,9 +24,9 @@ import (
 func regionCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "region",
-		Short: "Change the set of regions: seed a new region from an existing one",
+		Short: "Change the set of regions: add (seed) a region, reseed one that fell behind, check that one can be removed",
 	}
-	cmd.AddCommand(regionAddCmd(), regionReseedCmd())
+	cmd.AddCommand(regionAddCmd(), regionReseedCmd(), regionRemoveCmd())
 	return cmd
 }
 
@@ -123,21 +123,7 @@ func unappliedAt(ctx context.Context, local, source *sql.DB, self uint16) (strin
 	if err != nil && !errors.Is(err, sql.ErrNoRows) {
 		return "", fmt.Errorf("the source's checkpoint of this region: %w", err)
 	}
-	var gaps []string
-	for _, g := range strings.Split(mine, ",") {
-		f := strings.Split(strings.TrimSpace(g), "-")
-		if len(f) != 3 {
-			continue
-		}
-		var domain uint32
-		var seq int64
-		fmt.Sscan(f[0], &domain)
-		fmt.Sscan(f[2], &seq)
-		if have := binlog.SeqNo(theirs, domain); have < seq {
-			gaps = append(gaps, fmt.Sprintf("domain %d: this region is at %d, the source applied up to %d (%d transactions)", domain, seq, have, seq-have))
-		}
-	}
-	return strings.Join(gaps, "; "), nil
+	return gtidBehind(mine, theirs), nil
 }
 
 func regionAddCmd() *cobra.Command {
@@ -708,4 +694,130 @@ func (r *rowRate) wait(ctx context.Context, n int) error {
 		}
 	}
 	return nil
+}
+
+func regionRemoveCmd() *cobra.Command {
+	var path string
+	var force bool
+	cmd := &cobra.Command{
+		Use:   "remove NAME -c REGION.yaml",
+		Short: "Check that region NAME can leave: every other region has applied everything it wrote; list its pending conflicts",
+		Long: `region remove reads every region of the config (this one and its peers)
+and says, for each region that stays, whether it has applied everything
+region NAME wrote (NAME's binlog position against that region's checkpoint
+of it). When all have, it lists the conflicts still pending with NAME's
+versions and says what to do next: remove NAME from every region's file and
+reload them (SIGHUP); their links to NAME stop, and tombstone garbage
+collection stops waiting for NAME. When some have not, or NAME cannot be
+reached, it says exactly which transactions each region would lose and
+exits 1, unless --force.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			cfg, local, err := loadLocal(ctx, path)
+			if err != nil {
+				return err
+			}
+			defer local.Close()
+			gone, ok := peerNamed(cfg, args[0])
+			if !ok {
+				return fmt.Errorf("%q is not a peer in %s (peers: %s)", args[0], cfg.Path, peerNames(cfg))
+			}
+			w := cmd.OutOrStdout()
+			staying := []struct {
+				name string
+				db   *sql.DB
+			}{{cfg.Region.Name, local}}
+			for _, p := range cfg.Peers {
+				if p.ID == gone.ID {
+					continue
+				}
+				db, err := openServer(ctx, "peer "+p.Name, p.Server)
+				if err != nil {
+					return fmt.Errorf("region %s stays and must be checked: %w", p.Name, err)
+				}
+				defer db.Close()
+				staying = append(staying, struct {
+					name string
+					db   *sql.DB
+				}{p.Name, db})
+			}
+			var wrote string
+			if db, err := openServer(ctx, "peer "+gone.Name, gone.Server); err != nil {
+				fmt.Fprintf(w, "region %s cannot be reached (%v): what it wrote after the positions below cannot be checked, and is lost if it never comes back\n", gone.Name, err)
+			} else {
+				defer db.Close()
+				if err := db.QueryRowContext(ctx, "SELECT @@gtid_binlog_pos").Scan(&wrote); err != nil {
+					return fmt.Errorf("region %s's binlog position: %w", gone.Name, err)
+				}
+				fmt.Fprintf(w, "region %s's binlog is at %s\n", gone.Name, wrote)
+			}
+			lost := wrote == ""
+			for _, r := range staying {
+				var cp string
+				err := r.db.QueryRowContext(ctx, "SELECT gtid FROM mlr.checkpoints WHERE peer_id = ?", gone.ID).Scan(&cp)
+				if err != nil && !errors.Is(err, sql.ErrNoRows) {
+					return fmt.Errorf("region %s's checkpoint of %s: %w", r.name, gone.Name, err)
+				}
+				missing := gtidBehind(wrote, cp)
+				switch {
+				case wrote == "":
+					fmt.Fprintf(w, "  %s has applied %s up to %q\n", r.name, gone.Name, cp)
+				case missing != "":
+					lost = true
+					fmt.Fprintf(w, "  %s has applied %s up to %q: it lacks %s\n", r.name, gone.Name, cp, missing)
+				default:
+					fmt.Fprintf(w, "  %s has applied everything %s wrote\n", r.name, gone.Name)
+				}
+				rows, err := r.db.QueryContext(ctx, "SELECT id, db, tbl, CAST(pk AS CHAR) FROM mlr.conflicts WHERE outcome = 'pending' AND resolved_at IS NULL "+
+					"AND (peer_id = ? OR remote_origin = ? OR local_origin = ?) ORDER BY id", gone.ID, gone.ID, gone.ID)
+				if err != nil {
+					return fmt.Errorf("region %s's pending conflicts: %w", r.name, err)
+				}
+				for rows.Next() {
+					var id uint64
+					var db, tbl, pk string
+					if err := rows.Scan(&id, &db, &tbl, &pk); err != nil {
+						rows.Close()
+						return err
+					}
+					fmt.Fprintf(w, "    pending conflict %d on %s.%s key %s involves %s: mlproxy conflicts show %d (in %s)\n", id, db, tbl, pk, gone.Name, id, r.name)
+				}
+				rows.Close()
+			}
+			if lost && !force {
+				return fmt.Errorf("removing region %s now would lose what is listed above: let the regions catch up (mlproxy status), bring %s back, or pass --force", gone.Name, gone.Name)
+			}
+			fmt.Fprintf(w, "next: remove region %s from every region's file (peers:) and reload each (SIGHUP): their links to it stop and tombstone GC stops waiting for it; then stop %s's mlproxy\n", gone.Name, gone.Name)
+			return nil
+		},
+	}
+	cmd.Flags().StringVarP(&path, "config", "c", "", "the config of a region that stays (required)")
+	cmd.Flags().BoolVar(&force, "force", false, "report only: succeed even when something would be lost")
+	_ = cmd.MarkFlagRequired("config")
+	return cmd
+}
+
+// gtidBehind says, per GTID domain of pos (a binlog position), which
+// transactions the position have (a checkpoint) does not cover ("" when
+// it covers all).
+func gtidBehind(pos, have string) string {
+	if pos == "" {
+		return ""
+	}
+	var gaps []string
+	for _, g := range strings.Split(pos, ",") {
+		f := strings.Split(strings.TrimSpace(g), "-")
+		if len(f) != 3 {
+			continue
+		}
+		var domain uint32
+		var seq int64
+		fmt.Sscan(f[0], &domain)
+		fmt.Sscan(f[2], &seq)
+		if h := binlog.SeqNo(have, domain); h < seq {
+			gaps = append(gaps, fmt.Sprintf("%d transactions of domain %d (%d to %d)", seq-h, domain, h+1, seq))
+		}
+	}
+	return strings.Join(gaps, ", ")
 }

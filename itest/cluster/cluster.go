@@ -118,6 +118,28 @@ func (c *Cluster) waiting(r *Region) bool {
 	return slices.Contains(c.Opts.Later, r.Name) && !c.joined[r.Name]
 }
 
+// Leave takes region r out of the others' files and reloads them (r's
+// own mlproxy is stopped by the caller): what `region remove` tells an
+// operator to do. It goes back to waiting, as a Later region.
+func (c *Cluster) Leave(ctx context.Context, r *Region) error {
+	if !slices.Contains(c.Opts.Later, r.Name) {
+		c.Opts.Later = append(c.Opts.Later, r.Name)
+	}
+	delete(c.joined, r.Name)
+	for _, o := range c.Regions {
+		if o == r || c.waiting(o) {
+			continue
+		}
+		if err := os.WriteFile(o.ConfigPath, c.config(o), 0o600); err != nil {
+			return err
+		}
+		if err := c.Signal(o, syscall.SIGHUP); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // Join adds a Later region to the others: each one's config names it, its
 // `schema apply` runs again, and it reloads (SIGHUP). The joining
 // region's own mlproxy is started by the caller (after seeding it).
