@@ -359,3 +359,38 @@ func text(v any) string {
 }
 
 var _ Rule = (*rule)(nil)
+
+// Rehome is the counter metadata of a version stored at region from, as
+// it must be stored at region to (a region seeded with from's copy): each
+// counter column of cols gets every region's contribution explicit but
+// to's own, which becomes implicit (the value minus the others). Copied
+// unchanged, from's implicit share would read as to's, and from's would be
+// lost. row holds the row's values (a tombstone's are in meta.Values).
+func Rehome(meta change.Meta, row map[string]any, deleted bool, cols []string, from, to uint16) change.Meta {
+	v := Version{Exists: !deleted, Deleted: deleted, Row: row, Meta: meta, Home: from}
+	out := meta
+	out.Contrib = map[string]map[uint16]string{}
+	for c, per := range meta.Contrib {
+		out.Contrib[c] = per
+	}
+	for _, col := range cols {
+		per := map[uint16]string{}
+		for r, x := range contributions(v, col) {
+			if r == to {
+				continue
+			}
+			if t := text(x); t != "0" {
+				per[r] = t
+			}
+		}
+		if len(per) == 0 {
+			delete(out.Contrib, col)
+		} else {
+			out.Contrib[col] = per
+		}
+	}
+	if len(out.Contrib) == 0 {
+		out.Contrib = nil
+	}
+	return out
+}

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -50,6 +51,7 @@ func TestRegionAdd(t *testing.T) {
 	var mu sync.Mutex
 	acked := map[int64]bool{}
 	var insertErrs []string
+	var increments atomic.Int64
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -72,6 +74,17 @@ func TestRegionAdd(t *testing.T) {
 					insertErrs = append(insertErrs, err.Error())
 				}
 				mu.Unlock()
+				// A counter every region increments (the counter rule: its
+				// copy must keep each region's share apart).
+				if i%4 == 0 {
+					if err := execRetry(ctx, db, "INSERT INTO counters (id, hits) VALUES (1, 1) ON DUPLICATE KEY UPDATE hits = hits + 1"); err != nil {
+						mu.Lock()
+						insertErrs = append(insertErrs, err.Error())
+						mu.Unlock()
+					} else {
+						increments.Add(1)
+					}
+				}
 				time.Sleep(5 * time.Millisecond)
 			}
 		}()
@@ -125,6 +138,12 @@ func TestRegionAdd(t *testing.T) {
 	if err := execRetry(ctx, openProxy(t, ap, 1), "INSERT INTO events (id, region, seq, body) VALUES (39999999, 'ap', 0, 'from ap')"); err != nil {
 		t.Fatal(err)
 	}
+	for range 5 {
+		if err := execRetry(ctx, openProxy(t, ap, 1), "INSERT INTO counters (id, hits) VALUES (1, 1) ON DUPLICATE KEY UPDATE hits = hits + 1"); err != nil {
+			t.Fatal(err)
+		}
+		increments.Add(1)
+	}
 	stopLoad()
 	wg.Wait()
 
@@ -150,24 +169,41 @@ func TestRegionAdd(t *testing.T) {
 			t.Errorf("region %s holds %d events (%d written during the seed); want %d (%d acknowledged during it)", r.Name, n, during, want, len(acked))
 		}
 	}
-	t.Logf("%d random writes and %d inserts acknowledged while ap was added", len(h.writes), len(acked))
+	// Every increment counted once in every region, ap's included: the
+	// seed gave eu's share of the counter to eu, not to ap.
+	if err := execRetry(ctx, openProxy(t, eu, 1), "INSERT INTO counters (id, hits) VALUES (1, 1) ON DUPLICATE KEY UPDATE hits = hits + 1"); err != nil {
+		t.Fatal(err)
+	}
+	increments.Add(1)
+	waitApplied(ctx, t, c)
+	for _, r := range c.Regions {
+		var hits int64
+		if err := openDirect(t, r).QueryRowContext(ctx, "SELECT hits FROM counters WHERE id = 1").Scan(&hits); err != nil {
+			t.Fatal(err)
+		}
+		if hits != increments.Load() {
+			t.Errorf("region %s counts %d hits; %d increments were acknowledged", r.Name, hits, increments.Load())
+		}
+	}
+	t.Logf("%d random writes, %d inserts and %d increments acknowledged while ap was added", len(h.writes), len(acked), increments.Load())
 
-	// Then ap leaves: region remove checks that eu and us hold all ap
-	// wrote; they drop it (file, SIGHUP), and checksum stays clean.
+	// Then ap leaves: its mlproxy stops, region remove checks that eu and
+	// us hold all ap wrote; they drop it (file, SIGHUP), and checksum
+	// stays clean.
+	if err := c.StopProxy(ap, false); err != nil {
+		t.Fatal(err)
+	}
 	out, err = c.Command(ctx, "region", "remove", "ap", "-c", eu.ConfigPath)
 	t.Logf("region remove ap:\n%s", out)
 	if err != nil {
 		t.Fatalf("region remove ap: %v", err)
 	}
-	for _, want := range []string{"eu has applied everything ap wrote", "us has applied everything ap wrote", "next: remove region ap"} {
+	for _, want := range []string{"eu has applied everything ap wrote", "us has applied everything ap wrote", "next: stop every mlproxy of ap"} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("region remove's report lacks %q", want)
 		}
 	}
 	if err := c.Leave(ctx, ap); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.StopProxy(ap, false); err != nil {
 		t.Fatal(err)
 	}
 	if err := execRetry(ctx, openProxy(t, eu, 1), "DELETE FROM events WHERE id = 39999999"); err != nil {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -17,7 +18,9 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/mlproxy/mlproxy/binlog"
+	"github.com/mlproxy/mlproxy/change"
 	"github.com/mlproxy/mlproxy/config"
+	"github.com/mlproxy/mlproxy/conflict"
 	"github.com/mlproxy/mlproxy/schema"
 )
 
@@ -62,7 +65,7 @@ many transactions are missing, unless --force.`,
 			}
 			var free sql.NullInt64
 			if err := local.QueryRowContext(ctx, "SELECT IS_FREE_LOCK(?)", "mlproxy.replicator."+cfg.Region.Name).Scan(&free); err != nil {
-				return err
+				return fmt.Errorf("checking this region's replicator lock: %w", err)
 			}
 			if free.Int64 != 1 {
 				return fmt.Errorf("an mlproxy of region %s is running (it holds the replicator lock): stop every instance of this region before reseeding it", cfg.Region.Name)
@@ -77,8 +80,9 @@ many transactions are missing, unless --force.`,
 				return err
 			}
 			if missing != "" && !force {
-				return fmt.Errorf("%s has not applied everything this region wrote (%s): reseeding now would lose those writes here. "+
-					"Let %s's link from %s catch up (mlproxy status there), or pass --force to discard them", src.Name, missing, src.Name, cfg.Region.Name)
+				return fmt.Errorf("%s has not applied everything this region wrote (%s): reseeding now would drop those writes here, "+
+					"while the other regions keep them, so this region would differ from them for good in those rows. "+
+					"Let %s's link from %s catch up (mlproxy status there); --force reseeds anyway", src.Name, missing, src.Name, cfg.Region.Name)
 			}
 			if _, err := local.ExecContext(ctx, seedStateSQL); err != nil {
 				return err
@@ -116,11 +120,16 @@ many transactions are missing, unless --force.`,
 func unappliedAt(ctx context.Context, local, source *sql.DB, self uint16) (string, error) {
 	var mine string
 	if err := local.QueryRowContext(ctx, "SELECT @@gtid_binlog_pos").Scan(&mine); err != nil {
-		return "", err
+		return "", fmt.Errorf("this region's binlog position: %w", err)
 	}
 	var theirs string
 	err := source.QueryRowContext(ctx, "SELECT gtid FROM mlr.checkpoints WHERE peer_id = ?", self).Scan(&theirs)
-	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+	if errors.Is(err, sql.ErrNoRows) {
+		// Never applied anything of this region: what came before this
+		// region's replication began (schema apply) is not owed.
+		err = local.QueryRowContext(ctx, "SELECT gtid FROM mlr.binlog_start WHERE id = 1").Scan(&theirs)
+	}
+	if err != nil {
 		return "", fmt.Errorf("the source's checkpoint of this region: %w", err)
 	}
 	return gtidBehind(mine, theirs), nil
@@ -175,7 +184,7 @@ when run again. The copy is not written to this region's binlog.`,
 			fmt.Fprintf(cmd.OutOrStdout(), "seeded region %s from %s: %d rows (%s) in %d tables in %.1fs (%.0f rows/s); snapshot at %s (%s:%d)\n",
 				cfg.Region.Name, src.Name, rep.rows, mib(rep.bytes), rep.tables, rep.took.Seconds(), float64(rep.rows)/max(rep.took.Seconds(), 0.001),
 				rep.gtid, rep.file, rep.pos)
-			fmt.Fprintf(cmd.OutOrStdout(), "write stall at %s: none (a consistent snapshot takes no lock)\n", src.Name)
+			fmt.Fprintf(cmd.OutOrStdout(), "write stall at %s: none (a consistent snapshot locks no row; its metadata locks made DDL on the copied tables wait until the seed ended)\n", src.Name)
 			for _, l := range rep.checkpoints {
 				fmt.Fprintln(cmd.OutOrStdout(), "  "+l)
 			}
@@ -276,6 +285,22 @@ func seedRegion(ctx context.Context, cfg *config.Config, local, source *sql.DB, 
 	if err != nil {
 		return rep, fmt.Errorf("this region's replicated tables (run `mlproxy schema apply -c %s` first): %w", cfg.Path, err)
 	}
+	// No mlproxy of this region may run meanwhile: hold its replicator
+	// lock for the whole seed (an instance starting now stands by).
+	lock, err := local.Conn(ctx)
+	if err != nil {
+		return rep, err
+	}
+	defer lock.Close()
+	lockName := "mlproxy.replicator." + cfg.Region.Name
+	var got sql.NullInt64
+	if err := lock.QueryRowContext(ctx, "SELECT GET_LOCK(?, 0)", lockName).Scan(&got); err != nil {
+		return rep, fmt.Errorf("taking this region's replicator lock %s: %w", lockName, err)
+	}
+	if got.Int64 != 1 {
+		return rep, fmt.Errorf("an mlproxy of region %s is running (it holds the replicator lock %s): stop every instance of this region first", cfg.Region.Name, lockName)
+	}
+	defer func() { _, _ = lock.ExecContext(context.WithoutCancel(ctx), "DO RELEASE_LOCK(?)", lockName) }()
 	if err := prepareSeed(ctx, local, tables, src.Name, progress); err != nil {
 		return rep, err
 	}
@@ -311,6 +336,9 @@ func seedRegion(ctx context.Context, cfg *config.Config, local, source *sql.DB, 
 	theirs, err := readCheckpoints(ctx, sconn)
 	if err != nil {
 		return rep, fmt.Errorf("%s's mlr.checkpoints in the snapshot: %w", src.Name, err)
+	}
+	if err := sourceReady(ctx, sconn, src.Name); err != nil {
+		return rep, err
 	}
 	total := estimateRows(ctx, sconn, tables)
 	fmt.Fprintf(progress, "seed: snapshot of %s at %s (%s:%d); about %d rows in %d tables\n", src.Name, rep.gtid, rep.file, rep.pos, total, len(tables))
@@ -348,7 +376,7 @@ func seedRegion(ctx context.Context, cfg *config.Config, local, source *sql.DB, 
 		defer close(batches)
 		limit := newRowRate(o.rate)
 		for _, t := range tables {
-			if err := copyTable(gctx, sconn, t, o.chunk, batches, &maxStamp, limit); err != nil {
+			if err := copyTable(gctx, sconn, t, o.chunk, batches, &maxStamp, limit, src.ID, cfg.Region.ID); err != nil {
 				return err
 			}
 		}
@@ -477,6 +505,37 @@ func prepareSeed(ctx context.Context, local *sql.DB, tables []*schema.Table, sou
 // driverBad makes database/sql discard a connection instead of pooling it.
 var driverBad = driver.ErrBadConn
 
+// sourceReady refuses a source whose copy would not be whole: one that is
+// itself half-seeded, or that holds changes back (a stopped link or table:
+// its checkpoint passed changes that are in mlr.held, not in its tables,
+// and would never reach the new region).
+func sourceReady(ctx context.Context, conn *sql.Conn, name string) error {
+	var state string
+	err := conn.QueryRowContext(ctx, "SELECT state FROM mlr.seed WHERE id = 1").Scan(&state)
+	var me *mysql.MySQLError
+	switch {
+	case err == nil && state != "done":
+		return fmt.Errorf("%s is itself half-seeded (mlr.seed says %q): finish its seed first", name, state)
+	case err != nil && !errors.Is(err, sql.ErrNoRows) && !(errors.As(err, &me) && me.Number == 1146):
+		return fmt.Errorf("%s's mlr.seed: %w", name, err)
+	}
+	for _, q := range []struct{ sql, what string }{
+		{"SELECT CONCAT(db, '.', tbl) FROM mlr.link_stops LIMIT 1", "a link stopped at a refused change"},
+		{"SELECT CONCAT(db, '.', tbl) FROM mlr.table_stops LIMIT 1", "a table stopped at a refused change"},
+		{"SELECT CONCAT(db, '.', tbl) FROM mlr.held LIMIT 1", "changes held back for a stopped table"},
+	} {
+		var table string
+		err := conn.QueryRowContext(ctx, q.sql).Scan(&table)
+		if err == nil {
+			return fmt.Errorf("%s has %s (%s): they are not in its tables and would never reach the new region; resolve it first (mlproxy status, mlproxy link retry|skip there)", name, q.what, table)
+		}
+		if !errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("%s: %s: %w", name, q.sql, err)
+		}
+	}
+	return nil
+}
+
 type peerCheckpoint struct {
 	gtid, file string
 	pos, hlc   uint64
@@ -531,6 +590,7 @@ func estimateRows(ctx context.Context, conn *sql.Conn, tables []*schema.Table) i
 
 // seedBatch is rows of one table for one multi-row INSERT.
 type seedBatch struct {
+	table  string
 	insert string // INSERT INTO t (cols) VALUES
 	cols   int
 	values []any
@@ -540,24 +600,64 @@ type seedBatch struct {
 // copyTable reads t and its tombstones from the snapshot session by
 // primary-key chunks (keyset: each chunk after the last key read) and
 // sends them as batches.
-func copyTable(ctx context.Context, conn *sql.Conn, t *schema.Table, chunk int, out chan<- seedBatch, maxStamp *atomic.Uint64, limit *rowRate) error {
+func copyTable(ctx context.Context, conn *sql.Conn, t *schema.Table, chunk int, out chan<- seedBatch, maxStamp *atomic.Uint64, limit *rowRate, from, to uint16) error {
 	var cols []string
 	for _, c := range t.Columns {
 		if !c.Generated {
 			cols = append(cols, c.Name)
 		}
 	}
-	if err := copyChunks(ctx, conn, t.QualifiedName(), cols, t.PK, chunk, out, maxStamp, limit); err != nil {
+	rows, tombs := rehomer(t, cols, false, from, to), rehomer(t, nil, true, from, to)
+	if err := copyChunks(ctx, conn, t.QualifiedName(), cols, t.PKColumns(), chunk, out, maxStamp, limit, rows); err != nil {
 		return fmt.Errorf("copy %s: %w", t, err)
 	}
 	tomb := append(append([]string(nil), t.PK...), schema.ColHLC, schema.ColOrigin, schema.ColMeta)
-	if err := copyChunks(ctx, conn, t.TombstoneQualifiedName(), tomb, t.PK, chunk, out, maxStamp, limit); err != nil {
+	if err := copyChunks(ctx, conn, t.TombstoneQualifiedName(), tomb, t.PKColumns(), chunk, out, maxStamp, limit, tombs); err != nil {
 		return fmt.Errorf("copy the tombstones of %s: %w", t, err)
 	}
 	return nil
 }
 
-func copyChunks(ctx context.Context, conn *sql.Conn, table string, cols, pk []string, chunk int, out chan<- seedBatch, maxStamp *atomic.Uint64, limit *rowRate) error {
+// rehomer rewrites the metadata of a counter table's copied versions (rows,
+// or tombstones when deleted) for their new home (conflict.Rehome); nil
+// for other rules. cols are the copied columns of a row.
+func rehomer(t *schema.Table, cols []string, deleted bool, from, to uint16) func(row []any, at map[string]int) error {
+	if t.Rule.Rule != config.RuleCounter || from == to {
+		return nil
+	}
+	var counters []string
+	for _, n := range t.Rule.Columns {
+		for _, c := range cols {
+			if strings.EqualFold(c, n) {
+				n = c
+			}
+		}
+		counters = append(counters, n)
+	}
+	return func(row []any, at map[string]int) error {
+		i, ok := at[schema.ColMeta]
+		if !ok {
+			return nil
+		}
+		m, err := change.ParseMeta(row[i])
+		if err != nil {
+			return err
+		}
+		var values map[string]any
+		if !deleted {
+			values = map[string]any{}
+			for _, c := range counters {
+				if j, ok := at[c]; ok {
+					values[c] = row[j]
+				}
+			}
+		}
+		row[i] = []byte(conflict.Rehome(m, values, deleted, counters, from, to).Encode())
+		return nil
+	}
+}
+
+func copyChunks(ctx context.Context, conn *sql.Conn, table string, cols []string, pk []schema.Column, chunk int, out chan<- seedBatch, maxStamp *atomic.Uint64, limit *rowRate, fix func(row []any, at map[string]int) error) error {
 	quoted := make([]string, len(cols))
 	at := map[string]int{}
 	for i, c := range cols {
@@ -567,25 +667,32 @@ func copyChunks(ctx context.Context, conn *sql.Conn, table string, cols, pk []st
 	pkq := make([]string, len(pk))
 	pki := make([]int, len(pk))
 	for i, c := range pk {
-		pkq[i] = schema.Quote(c)
-		pki[i] = at[c]
+		j, ok := at[c.Name]
+		if !ok {
+			return fmt.Errorf("primary key column %s is not copied (a generated column?): region add cannot page through %s", c.Name, table)
+		}
+		pkq[i] = schema.Quote(c.Name)
+		pki[i] = j
 	}
 	hlcAt, hasHLC := at[schema.ColHLC]
 	sel := "SELECT " + strings.Join(quoted, ", ") + " FROM " + table
 	order := " ORDER BY " + strings.Join(pkq, ", ") + fmt.Sprintf(" LIMIT %d", chunk)
-	after := " WHERE (" + strings.Join(pkq, ", ") + ") > (" + strings.TrimSuffix(strings.Repeat("?, ", len(pk)), ", ") + ")"
+	after, bound := keysetAfter(pk)
 	insert := "INSERT INTO " + table + " (" + strings.Join(quoted, ", ") + ") VALUES "
 	var last []any
 	for {
-		q := sel + order
+		// Every chunk, the first too, runs as a prepared statement: the
+		// binary protocol returns FLOAT and DOUBLE exactly, where the text
+		// protocol would round FLOAT to 6 digits.
+		q, args := sel+" WHERE ? = 1"+order, []any{1}
 		if last != nil {
-			q = sel + after + order
+			q, args = sel+after+order, bound(last)
 		}
-		rows, err := conn.QueryContext(ctx, q, last...)
+		rows, err := conn.QueryContext(ctx, q, args...)
 		if err != nil {
 			return err
 		}
-		b := seedBatch{insert: insert, cols: len(cols)}
+		b := seedBatch{table: table, insert: insert, cols: len(cols)}
 		n := 0
 		for rows.Next() {
 			raw := make([]sql.RawBytes, len(cols))
@@ -606,6 +713,12 @@ func copyChunks(ctx context.Context, conn *sql.Conn, table string, cols, pk []st
 					b.bytes += int64(len(v))
 				}
 				b.values = append(b.values, cp)
+			}
+			if fix != nil {
+				if err := fix(b.values[len(b.values)-len(cols):], at); err != nil {
+					rows.Close()
+					return fmt.Errorf("metadata of a row of %s: %w", table, err)
+				}
 			}
 			if hasHLC && raw[hlcAt] != nil {
 				var s uint64
@@ -642,6 +755,63 @@ func copyChunks(ctx context.Context, conn *sql.Conn, table string, cols, pk []st
 	}
 }
 
+// keysetAfter is the WHERE clause of the chunk after a key, expanded so
+// that the server can range-scan the primary key (a row comparison
+// (a, b) > (?, ?) is not range-optimised): a > ? OR (a = ? AND b > ?) ...,
+// and bound, which gives its arguments from the last key read. Integer
+// keys are bound as integers and decimals cast, so they never compare as
+// DOUBLE.
+func keysetAfter(pk []schema.Column) (string, func(last []any) []any) {
+	ph := make([]string, len(pk))
+	for i, c := range pk {
+		ph[i] = "?"
+		switch c.DataType {
+		case "decimal", "numeric":
+			ph[i] = "CAST(? AS DECIMAL(65,30))"
+		}
+	}
+	var ors []string
+	var order []int // which key column each placeholder takes
+	for i := range pk {
+		var ands []string
+		for j := 0; j < i; j++ {
+			ands = append(ands, schema.Quote(pk[j].Name)+" = "+ph[j])
+			order = append(order, j)
+		}
+		ands = append(ands, schema.Quote(pk[i].Name)+" > "+ph[i])
+		order = append(order, i)
+		ors = append(ors, "("+strings.Join(ands, " AND ")+")")
+	}
+	bound := func(last []any) []any {
+		args := make([]any, len(order))
+		for k, j := range order {
+			args[k] = keyArg(pk[j], last[j])
+		}
+		return args
+	}
+	return " WHERE " + strings.Join(ors, " OR "), bound
+}
+
+// keyArg is a key value read from the source, typed for comparing with
+// its column.
+func keyArg(c schema.Column, v any) any {
+	b, ok := v.([]byte)
+	if !ok {
+		return v
+	}
+	switch c.DataType {
+	case "tinyint", "smallint", "mediumint", "int", "integer", "bigint":
+		if c.Unsigned {
+			if n, err := strconv.ParseUint(string(b), 10, 64); err == nil {
+				return n
+			}
+		} else if n, err := strconv.ParseInt(string(b), 10, 64); err == nil {
+			return n
+		}
+	}
+	return b
+}
+
 // seedWriter inserts batches on a session of its own (seedSession), in
 // transactions of one batch each.
 func seedWriter(ctx context.Context, local *sql.DB, in <-chan seedBatch, rows, bytes *atomic.Int64) error {
@@ -657,12 +827,14 @@ func seedWriter(ctx context.Context, local *sql.DB, in <-chan seedBatch, rows, b
 	for b := range in {
 		n := len(b.values) / b.cols
 		one := "(" + strings.TrimSuffix(strings.Repeat("?, ", b.cols), ", ") + ")"
-		// At most 500 rows per statement (placeholders are bounded).
-		for from := 0; from < n; from += 500 {
-			to := min(n, from+500)
+		// At most 500 rows per statement, and fewer for wide tables: a
+		// statement takes at most 65,535 placeholders.
+		per := max(1, min(500, 65535/b.cols))
+		for from := 0; from < n; from += per {
+			to := min(n, from+per)
 			q := b.insert + strings.TrimSuffix(strings.Repeat(one+", ", to-from), ", ")
 			if _, err := conn.ExecContext(ctx, q, b.values[from*b.cols:to*b.cols]...); err != nil {
-				return fmt.Errorf("insert into this region: %w", err)
+				return fmt.Errorf("insert into %s in this region: %w", b.table, err)
 			}
 		}
 		rows.Add(int64(n))
@@ -759,6 +931,14 @@ exits 1, unless --force.`,
 				if err != nil && !errors.Is(err, sql.ErrNoRows) {
 					return fmt.Errorf("region %s's checkpoint of %s: %w", r.name, gone.Name, err)
 				}
+				var held int
+				if err := r.db.QueryRowContext(ctx, "SELECT COUNT(*) FROM mlr.held WHERE peer_id = ?", gone.ID).Scan(&held); err != nil {
+					return fmt.Errorf("region %s's held changes of %s: %w", r.name, gone.Name, err)
+				}
+				if held > 0 {
+					lost = true
+					fmt.Fprintf(w, "  %s holds %d changes of %s back for a stopped table (mlproxy status there): they are lost if its link to %s goes\n", r.name, held, gone.Name, gone.Name)
+				}
 				missing := gtidBehind(wrote, cp)
 				switch {
 				case wrote == "":
@@ -788,7 +968,7 @@ exits 1, unless --force.`,
 			if lost && !force {
 				return fmt.Errorf("removing region %s now would lose what is listed above: let the regions catch up (mlproxy status), bring %s back, or pass --force", gone.Name, gone.Name)
 			}
-			fmt.Fprintf(w, "next: remove region %s from every region's file (peers:) and reload each (SIGHUP): their links to it stop and tombstone GC stops waiting for it; then stop %s's mlproxy\n", gone.Name, gone.Name)
+			fmt.Fprintf(w, "next: stop every mlproxy of %s (no more writes there), run this again until it passes, then remove region %s from every region's file (peers:) and reload each (SIGHUP): their links to it stop and tombstone GC stops waiting for it\n", gone.Name, gone.Name)
 			return nil
 		},
 	}
