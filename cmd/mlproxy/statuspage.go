@@ -48,7 +48,7 @@ func stateClass(state string) string {
 	switch state {
 	case "running":
 		return "ok"
-	case "stopped", "stuck", "tables_stopped":
+	case "stopped", "stuck", "tables_stopped", "needs_reseed":
 		return "bad"
 	}
 	return "warn"
