@@ -38,7 +38,7 @@ func main() {
 	bin := flag.String("bin", "", "mlproxy binary (default: build it)")
 	dur := flag.Duration("duration", 10*time.Second, "length of each sysbench run")
 	backlog := flag.Duration("backlog", 60*time.Second, "how long the peer is stopped to build a backlog")
-	only := flag.String("only", "", "run only 'proxy', 'replication', 'stamping', 'homes', 'tracing', 'deadlocks' or 'breaking'")
+	only := flag.String("only", "", "run only 'proxy', 'replication', 'stamping', 'homes', 'tracing', 'seed', 'deadlocks' or 'breaking'")
 	runs := flag.Int("runs", 3, "interleaved runs per figure (the median is printed)")
 	threadList := flag.String("threads", "1,16,64", "sysbench thread counts for the proxy bench")
 	modeList := flag.String("modes", "text,prepared", "sysbench statement modes for the proxy bench: text, prepared")
@@ -97,6 +97,12 @@ func main() {
 	if code == 0 && (*only == "" || *only == "tracing") {
 		if err := benchTracing(ctx, *bin, *dur, *runs, []int{1, 16}); err != nil {
 			fmt.Fprintln(os.Stderr, "bench tracing:", err)
+			code = 1
+		}
+	}
+	if code == 0 && (*only == "" || *only == "seed") {
+		if err := benchSeed(ctx, *bin, *runs); err != nil {
+			fmt.Fprintln(os.Stderr, "bench seed:", err)
 			code = 1
 		}
 	}
