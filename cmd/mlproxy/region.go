@@ -51,18 +51,12 @@ many transactions are missing, unless --force.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			cfg, local, err := loadLocal(ctx, path)
+			cfg, local, source, src, err := openSeed(ctx, path, from)
 			if err != nil {
 				return err
 			}
 			defer local.Close()
-			src, ok := peerNamed(cfg, from)
-			if !ok {
-				return fmt.Errorf("--from %q: not a peer in %s (peers: %s)", from, cfg.Path, peerNames(cfg))
-			}
-			if cfg.Topology.Mode != "" && cfg.Topology.Mode != "all-to-all" {
-				return fmt.Errorf("region reseed copies regions of an all-to-all topology; %s says topology %s", cfg.Path, cfg.Topology.Mode)
-			}
+			defer source.Close()
 			var free sql.NullInt64
 			if err := local.QueryRowContext(ctx, "SELECT IS_FREE_LOCK(?)", "mlproxy.replicator."+cfg.Region.Name).Scan(&free); err != nil {
 				return fmt.Errorf("checking this region's replicator lock: %w", err)
@@ -70,11 +64,6 @@ many transactions are missing, unless --force.`,
 			if free.Int64 != 1 {
 				return fmt.Errorf("an mlproxy of region %s is running (it holds the replicator lock): stop every instance of this region before reseeding it", cfg.Region.Name)
 			}
-			source, err := openServer(ctx, "peer "+src.Name, src.Server)
-			if err != nil {
-				return err
-			}
-			defer source.Close()
 			missing, err := unappliedAt(ctx, local, source, cfg.Region.ID)
 			if err != nil {
 				return err
@@ -103,14 +92,8 @@ many transactions are missing, unless --force.`,
 			return nil
 		},
 	}
-	cmd.Flags().StringVarP(&path, "config", "c", "", "this region's config file (required)")
-	cmd.Flags().StringVar(&from, "from", "", "the region to copy from (required)")
-	cmd.Flags().BoolVar(&force, "force", false, "reseed even though the source lacks some of this region's writes (they are lost here)")
-	cmd.Flags().IntVar(&o.chunk, "chunk", 1000, "rows per chunk read from the source, by primary key")
-	cmd.Flags().IntVar(&o.writers, "writers", 2, "sessions inserting into this region at once")
-	cmd.Flags().IntVar(&o.rate, "rows-per-second", 0, "at most this many rows a second (0: no limit)")
-	_ = cmd.MarkFlagRequired("config")
-	_ = cmd.MarkFlagRequired("from")
+	seedFlags(cmd, &path, &from, &o)
+	cmd.Flags().BoolVar(&force, "force", false, "reseed even though the source lacks some of this region's writes (this region then differs from the others in them)")
 	return cmd
 }
 
@@ -157,25 +140,11 @@ when run again. The copy is not written to this region's binlog.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			cfg, local, err := loadLocal(ctx, path)
+			cfg, local, source, src, err := openSeed(ctx, path, from)
 			if err != nil {
 				return err
 			}
 			defer local.Close()
-			src, ok := peerNamed(cfg, from)
-			if !ok {
-				return fmt.Errorf("--from %q: not a peer in %s (peers: %s)", from, cfg.Path, peerNames(cfg))
-			}
-			if src.Server.Addr == "" {
-				return fmt.Errorf("--from %s: peer %s has no server address in %s", from, from, cfg.Path)
-			}
-			if cfg.Topology.Mode != "" && cfg.Topology.Mode != "all-to-all" {
-				return fmt.Errorf("region add seeds regions of an all-to-all topology; %s says topology %s", cfg.Path, cfg.Topology.Mode)
-			}
-			source, err := openServer(ctx, "peer "+src.Name, src.Server)
-			if err != nil {
-				return err
-			}
 			defer source.Close()
 			rep, err := seedRegion(ctx, cfg, local, source, src, o, cmd.OutOrStdout())
 			if err != nil {
@@ -192,14 +161,45 @@ when run again. The copy is not written to this region's binlog.`,
 			return nil
 		},
 	}
-	cmd.Flags().StringVarP(&path, "config", "c", "", "the new region's config file (required)")
-	cmd.Flags().StringVar(&from, "from", "", "the region to copy from: a peer of the new region's config (required)")
+	seedFlags(cmd, &path, &from, &o)
+	return cmd
+}
+
+// seedFlags are the flags region add and reseed share.
+func seedFlags(cmd *cobra.Command, path, from *string, o *seedOptions) {
+	cmd.Flags().StringVarP(path, "config", "c", "", "this region's config file (required)")
+	cmd.Flags().StringVar(from, "from", "", "the region to copy from: a peer of this region's config (required)")
 	cmd.Flags().IntVar(&o.chunk, "chunk", 1000, "rows per chunk read from the source, by primary key")
-	cmd.Flags().IntVar(&o.writers, "writers", 2, "sessions inserting into this region at once")
+	cmd.Flags().IntVar(&o.writers, "writers", 2, "sessions inserting into this region at once (at most 4)")
 	cmd.Flags().IntVar(&o.rate, "rows-per-second", 0, "at most this many rows a second (0: no limit)")
 	_ = cmd.MarkFlagRequired("config")
 	_ = cmd.MarkFlagRequired("from")
-	return cmd
+}
+
+// openSeed loads this region's config and opens its server and the
+// source's (peer from), for region add and reseed.
+func openSeed(ctx context.Context, path, from string) (*config.Config, *sql.DB, *sql.DB, config.Peer, error) {
+	cfg, local, err := loadLocal(ctx, path)
+	if err != nil {
+		return nil, nil, nil, config.Peer{}, err
+	}
+	src, ok := peerNamed(cfg, from)
+	var source *sql.DB
+	switch {
+	case !ok:
+		err = fmt.Errorf("--from %q: not a peer in %s (peers: %s)", from, cfg.Path, peerNames(cfg))
+	case src.Server.Addr == "":
+		err = fmt.Errorf("--from %s: peer %s has no server address in %s", from, from, cfg.Path)
+	case cfg.Topology.Mode != "" && cfg.Topology.Mode != "all-to-all":
+		err = fmt.Errorf("a region is seeded only in an all-to-all topology; %s says topology %s", cfg.Path, cfg.Topology.Mode)
+	default:
+		source, err = openServer(ctx, "peer "+src.Name, src.Server)
+	}
+	if err != nil {
+		local.Close()
+		return nil, nil, nil, config.Peer{}, err
+	}
+	return cfg, local, source, src, nil
 }
 
 func peerNamed(cfg *config.Config, name string) (config.Peer, bool) {
