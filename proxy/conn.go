@@ -101,16 +101,16 @@ type conn struct {
 	failed      bool
 	// span is the statement's span while it is handled (tracing on).
 	span *stmtSpan
-	// label is the kind of the statement being handled (statements_total's
-	// label), "" until known; refusals set labelRefused.
-	label string
+	// kind is the series of the statement being handled (its kind's
+	// label in statements_total), nil until known.
+	kind *kindMetrics
 }
 
 // observe adds the statement's time since start to its kind's latency
 // histogram, when its kind is known.
 func (c *conn) observe(start time.Time) {
-	if o := c.s.m.latency[c.label]; o != nil {
-		o.Observe(time.Since(start).Seconds())
+	if c.kind != nil {
+		c.kind.latency.Observe(time.Since(start).Seconds())
 	}
 }
 
@@ -410,7 +410,7 @@ func (c *conn) command(p []byte, next byte) error {
 		return errQuit
 	case mysql.COM_QUERY:
 		start := time.Now()
-		c.label = ""
+		c.kind = nil
 		err := c.query(p, next)
 		c.observe(start)
 		return err
@@ -418,7 +418,7 @@ func (c *conn) command(p []byte, next byte) error {
 		return c.prepare(p, next)
 	case mysql.COM_STMT_EXECUTE:
 		start := time.Now()
-		c.label = ""
+		c.kind = nil
 		defer c.observe(start)
 		var cl *class
 		var sp *stmtSpan
@@ -485,7 +485,9 @@ func (c *conn) command(p []byte, next byte) error {
 		}
 		stamp := false
 		if cl != nil {
-			stamp, c.label = c.decide(cl)
+			var label string
+			stamp, label = c.decide(cl)
+			c.kind = c.s.m.kinds[label]
 		}
 		if sp != nil {
 			c.carry = sp.written(c, stamp)
@@ -702,8 +704,8 @@ func (c *conn) guarded(cl *class) *class {
 // refuse answers a refused statement; the connection stays usable.
 func (c *conn) refuse(cl *class, sql string, next byte) error {
 	c.s.m.refused.WithLabelValues(cl.reason).Inc()
-	c.s.m.statements.WithLabelValues(labelRefused).Inc()
-	c.label = labelRefused
+	c.kind = c.s.m.kinds[labelRefused]
+	c.kind.count.Inc()
 	norm, digest := parser.NormalizeDigest(sql)
 	if len(norm) > 60 {
 		norm = norm[:60]
@@ -778,8 +780,8 @@ func (c *conn) query(p []byte, next byte) error {
 		}
 	}
 	stamp, label := c.decide(cl)
-	c.label = label
-	c.s.m.statements.WithLabelValues(label).Inc()
+	c.kind = c.s.m.kinds[label]
+	c.kind.count.Inc()
 	if cl.kind == kindWrite || cl.kind == kindWriteUnknown {
 		c.txnWrote = true // until the status shows no transaction
 	}
@@ -834,7 +836,7 @@ func (c *conn) prepare(p []byte, next byte) error {
 		return c.refuse(cl, sql, next)
 	}
 	_, label := c.decide(cl)
-	c.s.m.statements.WithLabelValues(label).Inc()
+	c.s.m.kinds[label].count.Inc()
 	if _, _, err := c.send(p, false, next); err != nil {
 		return err
 	}

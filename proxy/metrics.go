@@ -23,9 +23,16 @@ type metrics struct {
 	forwardSeconds    prometheus.Histogram
 	maxConnections    prometheus.Gauge
 	carryDropped      prometheus.Counter
-	// latency is statement_duration_seconds by kind label, resolved once.
-	latencyVec *prometheus.HistogramVec
-	latency    map[string]prometheus.Observer
+	latencyVec        *prometheus.HistogramVec
+	// kinds are statements_total and statement_duration_seconds of each
+	// kind label, resolved once: a statement looks up no label values.
+	kinds map[string]*kindMetrics
+}
+
+// kindMetrics are one statement kind's series.
+type kindMetrics struct {
+	count   prometheus.Counter
+	latency prometheus.Observer
 }
 
 // Statement kinds (statements_total{kind}).
@@ -84,9 +91,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 				"(write_replicated includes the stamping SET; a result set's time includes the client reading it).",
 			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}}, []string{"kind"}),
 	}
-	m.latency = map[string]prometheus.Observer{}
+	m.kinds = map[string]*kindMetrics{}
 	for _, k := range []string{labelRead, labelSession, labelDDL, labelWriteReplicated, labelWriteOther, labelWriteUnknown, labelRefused} {
-		m.latency[k] = m.latencyVec.WithLabelValues(k)
+		m.kinds[k] = &kindMetrics{count: m.statements.WithLabelValues(k), latency: m.latencyVec.WithLabelValues(k)}
 	}
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.carryDropped, m.maxConnections, m.latencyVec, m.connections, m.connectionsTotal, m.statements,
