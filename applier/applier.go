@@ -273,7 +273,7 @@ type Applier struct {
 	// shorten it).
 	holdPoll time.Duration
 
-	// setup are statements run on a new session after sessionSetup
+	// setup are statements run on a new session after SessionSetup
 	// (a parallel worker's isolation level and lock wait timeout).
 	setup []string
 
@@ -822,7 +822,7 @@ func (a *Applier) commit(ctx context.Context, conn *sql.Conn, st *batchState) er
 		a.rollback(ctx, conn)
 		return fmt.Errorf("commit apply from peer %s: %w", a.peer, err)
 	}
-	s, err := a.stmt(ctx, conn, upsertCheckpointSQL)
+	s, err := a.stmt(ctx, conn, UpsertCheckpointSQL)
 	if err == nil {
 		_, err = s.ExecContext(ctx, a.cfg.Peer.ID, a.cfg.Peer.Name, st.gtid, file, pos,
 			uint64(st.maxStamp), st.txns, unixArg(t.Timestamp))
@@ -926,7 +926,7 @@ func (a *Applier) rollback(ctx context.Context, conn *sql.Conn) {
 	}
 }
 
-// session returns the applier's connection, opening it with sessionSetup
+// session returns the applier's connection, opening it with SessionSetup
 // when needed.
 func (a *Applier) session(ctx context.Context) (*sql.Conn, error) {
 	if a.conn != nil {
@@ -937,7 +937,7 @@ func (a *Applier) session(ctx context.Context) (*sql.Conn, error) {
 		return nil, fmt.Errorf("connect to local server for peer %s: %w", a.peer, err)
 	}
 	var id int64
-	_, err = c.ExecContext(ctx, sessionSetup)
+	_, err = c.ExecContext(ctx, SessionSetup)
 	for _, q := range a.setup {
 		if err == nil {
 			_, err = c.ExecContext(ctx, q)
@@ -956,7 +956,7 @@ func (a *Applier) session(ctx context.Context) (*sql.Conn, error) {
 	return c, nil
 }
 
-// sessionSetup prepares the apply session:
+// SessionSetup prepares the apply session:
 //   - @_mlr_apply = 1: triggers keep the stamps the applier writes and
 //     write no tombstone;
 //   - time_zone UTC: the binlog decoder formats TIMESTAMP values in UTC;
@@ -964,7 +964,7 @@ func (a *Applier) session(ctx context.Context) (*sql.Conn, error) {
 //     key stays 0 (as row-based replication does); strict, so a value the
 //     local column cannot hold stops the applier instead of being changed
 //     silently; zero dates allowed, as the source accepted them.
-const sessionSetup = "SET @_mlr_apply = 1, time_zone = '+00:00', " +
+const SessionSetup = "SET @_mlr_apply = 1, time_zone = '+00:00', " +
 	"sql_mode = 'STRICT_ALL_TABLES,NO_AUTO_VALUE_ON_ZERO,NO_ENGINE_SUBSTITUTION'"
 
 // dropSession closes the session and every statement prepared on it. The

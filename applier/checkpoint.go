@@ -48,10 +48,10 @@ const selectCheckpointSQL = "SELECT gtid, file, pos, hlc, txns, " +
 	"COALESCE(UNIX_TIMESTAMP(source_ts), 0), COALESCE(UNIX_TIMESTAMP(applied_at), 0) " +
 	"FROM mlr.checkpoints WHERE peer_id = ?"
 
-// upsertCheckpointSQL writes the peer's checkpoint. Args: peer_id,
+// UpsertCheckpointSQL writes the peer's checkpoint. Args: peer_id,
 // peer_name, gtid, file, pos, hlc, txns (added), source_ts (Unix seconds
 // with microseconds as a decimal string, or NULL).
-const upsertCheckpointSQL = "INSERT INTO mlr.checkpoints " +
+const UpsertCheckpointSQL = "INSERT INTO mlr.checkpoints " +
 	"(peer_id, peer_name, gtid, file, pos, hlc, txns, source_ts, applied_at) " +
 	"VALUES (?, ?, ?, ?, ?, ?, ?, FROM_UNIXTIME(?), NOW(6)) ON DUPLICATE KEY UPDATE " +
 	"peer_name = VALUES(peer_name), gtid = VALUES(gtid), file = VALUES(file), pos = VALUES(pos), " +

@@ -665,7 +665,7 @@ func (p *pipeline) attempt(ctx context.Context, w *worker, j *job, uncertain boo
 		a.rollback(ctx, conn)
 		return err
 	}
-	s, err := a.stmt(ctx, conn, upsertCheckpointSQL)
+	s, err := a.stmt(ctx, conn, UpsertCheckpointSQL)
 	if err == nil {
 		_, err = s.ExecContext(ctx, a.cfg.Peer.ID, a.cfg.Peer.Name, j.pos.GTID, j.pos.File, j.pos.Pos,
 			uint64(st.maxStamp), st.txns+j.unsaved, unixArg(last.Timestamp))

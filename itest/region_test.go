@@ -3,8 +3,6 @@ package itest
 import (
 	"context"
 	"fmt"
-	"io"
-	"net/http"
 	"os/exec"
 	"strings"
 	"sync"
@@ -347,17 +345,8 @@ func TestRegionReseed(t *testing.T) {
 // scrape returns the lines of region r's /metrics that start with name.
 func scrape(t *testing.T, r *cluster.Region, name string) string {
 	t.Helper()
-	resp, err := http.Get("http://" + r.Metrics + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var out []string
-	for _, l := range strings.Split(string(b), "\n") {
+	for _, l := range strings.Split(httpGet(t, "http://"+r.Metrics+"/metrics"), "\n") {
 		if strings.HasPrefix(l, name) {
 			out = append(out, l)
 		}

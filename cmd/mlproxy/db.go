@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"time"
 
@@ -69,4 +70,11 @@ func loadLocal(ctx context.Context, path string) (*config.Config, *sql.DB, error
 		return nil, nil, err
 	}
 	return cfg, db, nil
+}
+
+// isNoTable says err is the server's ER_NO_SUCH_TABLE (1146): an mlr table
+// a release before this one's `schema apply` did not create.
+func isNoTable(err error) bool {
+	var me *mysql.MySQLError
+	return errors.As(err, &me) && me.Number == 1146
 }

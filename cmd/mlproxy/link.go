@@ -8,7 +8,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/go-sql-driver/mysql"
 	"github.com/spf13/cobra"
 
 	"github.com/mlproxy/mlproxy/config"
@@ -90,8 +89,7 @@ func tableStops(ctx context.Context, db *sql.DB, p config.Peer) ([]tableStop, er
 	rows, err := db.QueryContext(ctx, `SELECT s.db, s.tbl, s.kind, s.gtid, s.key_hash, s.pk, s.error,
   (SELECT COUNT(*) FROM mlr.held h WHERE h.peer_id = s.peer_id AND h.db = s.db AND h.tbl = s.tbl)
 FROM mlr.table_stops s WHERE s.peer_id = ? ORDER BY s.db, s.tbl`, p.ID)
-	var me *mysql.MySQLError
-	if errors.As(err, &me) && me.Number == 1146 { // ER_NO_SUCH_TABLE
+	if isNoTable(err) {
 		return nil, nil
 	}
 	if err != nil {

@@ -7,17 +7,18 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/go-sql-driver/mysql"
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/mlproxy/mlproxy/binlog"
+	"github.com/mlproxy/mlproxy/applier"
+	"github.com/mlproxy/mlproxy/causal"
 	"github.com/mlproxy/mlproxy/change"
 	"github.com/mlproxy/mlproxy/config"
 	"github.com/mlproxy/mlproxy/conflict"
@@ -247,17 +248,15 @@ const seedStateSQL = "CREATE TABLE IF NOT EXISTS mlr.seed (\n" +
 // binlog (the peers have these rows), as the applier (the triggers keep the
 // stamps and vectors copied), without foreign key checks (tables are
 // copied one after the other), with the applier's sql_mode and time zone.
-const seedSession = "SET sql_log_bin = 0, @_mlr_apply = 1, foreign_key_checks = 0, time_zone = '+00:00', " +
-	"sql_mode = 'STRICT_ALL_TABLES,NO_AUTO_VALUE_ON_ZERO,NO_ENGINE_SUBSTITUTION'"
+const seedSession = applier.SessionSetup + ", sql_log_bin = 0, foreign_key_checks = 0"
 
 // halfSeeded is what `mlproxy run` says of a region whose seed did not
 // finish ("" when it did, or none ran).
 func halfSeeded(ctx context.Context, db *sql.DB) (string, error) {
 	var state, source string
 	err := db.QueryRowContext(ctx, "SELECT state, source FROM mlr.seed WHERE id = 1").Scan(&state, &source)
-	var me *mysql.MySQLError
 	switch {
-	case errors.Is(err, sql.ErrNoRows), errors.As(err, &me) && me.Number == 1146:
+	case errors.Is(err, sql.ErrNoRows), isNoTable(err):
 		return "", nil
 	case err != nil:
 		return "", fmt.Errorf("reading mlr.seed: %w", err)
@@ -397,7 +396,7 @@ func seedRegion(ctx context.Context, cfg *config.Config, local, source *sql.DB, 
 		return rep, err
 	}
 	defer cconn.Close()
-	defer func() { _ = cconn.Raw(func(any) error { return driverBad }) }() // never back to the pool without the binlog
+	defer func() { _ = cconn.Raw(func(any) error { return driver.ErrBadConn }) }() // never back to the pool without the binlog
 	if _, err := cconn.ExecContext(ctx, "SET sql_log_bin = 0"); err != nil {
 		return rep, err
 	}
@@ -406,9 +405,7 @@ func seedRegion(ctx context.Context, cfg *config.Config, local, source *sql.DB, 
 		return rep, err
 	}
 	defer func() { _ = tx.Rollback() }()
-	const upsert = "INSERT INTO mlr.checkpoints (peer_id, peer_name, gtid, file, pos, hlc, txns, applied_at) VALUES (?, ?, ?, ?, ?, ?, 0, NOW(6)) " +
-		"ON DUPLICATE KEY UPDATE peer_name = VALUES(peer_name), gtid = VALUES(gtid), file = VALUES(file), pos = VALUES(pos), hlc = VALUES(hlc)"
-	if _, err := tx.ExecContext(ctx, upsert, src.ID, src.Name, rep.gtid, rep.file, rep.pos, maxStamp.Load()); err != nil {
+	if _, err := tx.ExecContext(ctx, applier.UpsertCheckpointSQL, src.ID, src.Name, rep.gtid, rep.file, rep.pos, maxStamp.Load(), 0, nil); err != nil {
 		return rep, fmt.Errorf("checkpoint of %s: %w", src.Name, err)
 	}
 	rep.checkpoints = append(rep.checkpoints, fmt.Sprintf("from %s: after the snapshot, gtid %s", src.Name, rep.gtid))
@@ -421,7 +418,7 @@ func seedRegion(ctx context.Context, cfg *config.Config, local, source *sql.DB, 
 			rep.checkpoints = append(rep.checkpoints, fmt.Sprintf("from %s: from where its schema apply began (%s had applied nothing of it)", p.Name, src.Name))
 			continue
 		}
-		if _, err := tx.ExecContext(ctx, upsert, p.ID, p.Name, c.gtid, c.file, c.pos, c.hlc); err != nil {
+		if _, err := tx.ExecContext(ctx, applier.UpsertCheckpointSQL, p.ID, p.Name, c.gtid, c.file, c.pos, c.hlc, 0, nil); err != nil {
 			return rep, fmt.Errorf("checkpoint of %s: %w", p.Name, err)
 		}
 		rep.checkpoints = append(rep.checkpoints, fmt.Sprintf("from %s: where %s was, gtid %s", p.Name, src.Name, c.gtid))
@@ -479,7 +476,7 @@ func prepareSeed(ctx context.Context, local *sql.DB, tables []*schema.Table, sou
 		if _, err := conn.ExecContext(ctx, seedSession); err != nil {
 			return err
 		}
-		defer func() { _ = conn.Raw(func(any) error { return driverBad }) }() // never back to the pool with @_mlr_apply
+		defer func() { _ = conn.Raw(func(any) error { return driver.ErrBadConn }) }() // never back to the pool with @_mlr_apply
 		for _, t := range tables {
 			for _, q := range []string{"DELETE FROM " + t.QualifiedName(), "DELETE FROM " + t.TombstoneQualifiedName()} {
 				if _, err := conn.ExecContext(ctx, q); err != nil {
@@ -502,9 +499,6 @@ func prepareSeed(ctx context.Context, local *sql.DB, tables []*schema.Table, sou
 	return err
 }
 
-// driverBad makes database/sql discard a connection instead of pooling it.
-var driverBad = driver.ErrBadConn
-
 // sourceReady refuses a source whose copy would not be whole: one that is
 // itself half-seeded, or that holds changes back (a stopped link or table:
 // its checkpoint passed changes that are in mlr.held, not in its tables,
@@ -512,11 +506,10 @@ var driverBad = driver.ErrBadConn
 func sourceReady(ctx context.Context, conn *sql.Conn, name string) error {
 	var state string
 	err := conn.QueryRowContext(ctx, "SELECT state FROM mlr.seed WHERE id = 1").Scan(&state)
-	var me *mysql.MySQLError
 	switch {
 	case err == nil && state != "done":
 		return fmt.Errorf("%s is itself half-seeded (mlr.seed says %q): finish its seed first", name, state)
-	case err != nil && !errors.Is(err, sql.ErrNoRows) && !(errors.As(err, &me) && me.Number == 1146):
+	case err != nil && !errors.Is(err, sql.ErrNoRows) && !isNoTable(err):
 		return fmt.Errorf("%s's mlr.seed: %w", name, err)
 	}
 	for _, q := range []struct{ sql, what string }{
@@ -820,7 +813,7 @@ func seedWriter(ctx context.Context, local *sql.DB, in <-chan seedBatch, rows, b
 		return err
 	}
 	defer conn.Close()
-	defer func() { _ = conn.Raw(func(any) error { return driverBad }) }() // never back to the pool with @_mlr_apply
+	defer func() { _ = conn.Raw(func(any) error { return driver.ErrBadConn }) }() // never back to the pool with @_mlr_apply
 	if _, err := conn.ExecContext(ctx, seedSession); err != nil {
 		return fmt.Errorf("seed session: %w", err)
 	}
@@ -980,23 +973,25 @@ exits 1, unless --force.`,
 
 // gtidBehind says, per GTID domain of pos (a binlog position), which
 // transactions the position have (a checkpoint) does not cover ("" when
-// it covers all).
+// it covers all). A position that does not parse is reported as such.
 func gtidBehind(pos, have string) string {
-	if pos == "" {
-		return ""
+	want, err := causal.ParsePosition(pos)
+	if err != nil {
+		return fmt.Sprintf("binlog position %q: %v", pos, err)
 	}
+	got, err := causal.ParsePosition(have)
+	if err != nil {
+		return fmt.Sprintf("checkpoint %q: %v", have, err)
+	}
+	domains := make([]uint32, 0, len(want))
+	for d := range want {
+		domains = append(domains, d)
+	}
+	slices.Sort(domains)
 	var gaps []string
-	for _, g := range strings.Split(pos, ",") {
-		f := strings.Split(strings.TrimSpace(g), "-")
-		if len(f) != 3 {
-			continue
-		}
-		var domain uint32
-		var seq int64
-		fmt.Sscan(f[0], &domain)
-		fmt.Sscan(f[2], &seq)
-		if h := binlog.SeqNo(have, domain); h < seq {
-			gaps = append(gaps, fmt.Sprintf("%d transactions of domain %d (%d to %d)", seq-h, domain, h+1, seq))
+	for _, d := range domains {
+		if n, h := want[d], got[d]; h < n {
+			gaps = append(gaps, fmt.Sprintf("%d transactions of domain %d (%d to %d)", n-h, d, h+1, n))
 		}
 	}
 	return strings.Join(gaps, ", ")

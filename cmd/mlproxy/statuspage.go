@@ -17,7 +17,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -149,8 +148,7 @@ type statusUI struct {
 	lag *lagHistory
 	log *zap.Logger
 
-	once    sync.Once
-	renders chan struct{} // places for pages being read (maxRenders)
+	renders chan struct{} // places for pages being read (maxRenders), made by register
 }
 
 // maxRenders bounds the pages read from the local server at once: they
@@ -160,7 +158,6 @@ const maxRenders = 2
 
 // acquire takes one of the maxRenders places, or answers 503 and says no.
 func (u *statusUI) acquire(w http.ResponseWriter) bool {
-	u.once.Do(func() { u.renders = make(chan struct{}, maxRenders) })
 	select {
 	case u.renders <- struct{}{}:
 		return true
@@ -175,6 +172,7 @@ func (u *statusUI) release() { <-u.renders }
 
 // register adds the status page's handlers to mux.
 func (u *statusUI) register(mux *http.ServeMux) {
+	u.renders = make(chan struct{}, maxRenders)
 	mux.HandleFunc("GET /{$}", u.serveOverview)
 	mux.HandleFunc("GET /ui", u.serveOverview)
 	mux.HandleFunc("GET /status/lag", u.serveLag)
@@ -402,7 +400,13 @@ func (s statusSource) stops(ctx context.Context, cfg *config.Config, st statusPa
 					*errs = append(*errs, redact.Error(err))
 				}
 				for _, ts := range stops {
-					sr := stopRow{Peer: p.Name, Table: ts.table, Key: pageKey(cfg, ts.pk), GTID: ts.gtid, Error: ts.err, Held: ts.held}
+					// The applier's key hash: the one its logs and the
+					// in-memory stops above show for the same change.
+					key := "key hash " + ts.keyHash
+					if cfg.Log.Values {
+						key = ts.pk
+					}
+					sr := stopRow{Peer: p.Name, Table: ts.table, Key: key, GTID: ts.gtid, Error: ts.err, Held: ts.held}
 					if ts.kind == "ddl" {
 						sr.WholeDDL = true
 						sr.Commands = []string{"run the DDL in this region (mlproxy schema ddl, then mlproxy schema apply -c " + cfg.Path + "): the table resumes by itself"}
