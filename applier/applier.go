@@ -631,7 +631,7 @@ type batchState struct {
 	started time.Time
 	sources []time.Time
 	newest  uint64
-	traced  []*binlog.Txn
+	traced  []sourceTxn
 }
 
 type conflictKey struct {

@@ -26,17 +26,26 @@ func (st *batchState) applied(t *binlog.Txn) {
 	if !t.Last {
 		return
 	}
-	if st.newest != 0 {
-		from := hlc.Timestamp(st.newest).Time()
-		if t.Timestamp.After(from) {
-			from = t.Timestamp
-		}
-		st.sources = append(st.sources, from)
-	}
+	src := sourceTxn{txn: t, newest: st.newest}
 	st.newest = 0
-	if t.Trace != "" {
-		st.traced = append(st.traced, t)
+	if src.newest != 0 {
+		src.from = hlc.Timestamp(src.newest).Time()
+		if t.Timestamp.After(src.from) {
+			src.from = t.Timestamp
+		}
+		st.sources = append(st.sources, src.from)
 	}
+	if t.Trace != "" {
+		st.traced = append(st.traced, src)
+	}
+}
+
+// sourceTxn is a completed source transaction as the lag and the traces
+// see it: its newest stamp (0: no rows) and when it was written (from).
+type sourceTxn struct {
+	txn    *binlog.Txn
+	newest uint64
+	from   time.Time
 }
 
 // observeLag adds each committed source transaction's lag, from when it
@@ -64,26 +73,24 @@ func (a *Applier) traceApplied(st *batchState, appliedAt time.Time) {
 	if start.IsZero() || start.After(appliedAt) {
 		start = appliedAt
 	}
-	for _, txn := range st.traced {
+	for _, src := range st.traced {
+		txn := src.txn
 		sc, ok := tracing.Parse(txn.Trace)
 		if !ok {
 			continue // not from a proxy: ignored, never trusted
 		}
 		ctx := trace.ContextWithRemoteSpanContext(context.Background(), sc)
-		var newest uint64
-		for i := range txn.Changes {
-			newest = max(newest, txn.Changes[i].Stamp)
-		}
 		attrs := []attribute.KeyValue{
 			attribute.String("mlproxy.region", a.cfg.Region),
 			attribute.String("mlproxy.peer", a.peer),
 			attribute.String("mlproxy.gtid", txn.Pos.GTID),
 			attribute.Int("mlproxy.rows", len(txn.Changes)),
 		}
-		if newest != 0 {
+		if src.newest != 0 {
+			// The same lag as mlproxy_replication_lag_seconds counts.
 			attrs = append(attrs,
-				attribute.String("mlproxy.stamp", hlc.Timestamp(newest).String()),
-				attribute.Float64("mlproxy.lag_seconds", max(appliedAt.Sub(hlc.Timestamp(newest).Time()), 0).Seconds()))
+				attribute.String("mlproxy.stamp", hlc.Timestamp(src.newest).String()),
+				attribute.Float64("mlproxy.lag_seconds", max(appliedAt.Sub(src.from), 0).Seconds()))
 		}
 		_, sp := t.Start(ctx, "mlproxy apply", trace.WithTimestamp(start),
 			trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(attrs...))
