@@ -50,6 +50,10 @@ func TestRegionAdd(t *testing.T) {
 	acked := map[int64]bool{}
 	var insertErrs []string
 	var increments atomic.Int64
+	// longest is the slowest insert while a seed reads eu (seeding): the
+	// write stall a user sees, measured from outside.
+	var seeding bool
+	var longest time.Duration
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -64,8 +68,13 @@ func TestRegionAdd(t *testing.T) {
 				id := int64(r.ID)*10_000_000 + 5_000_000 + int64(i)
 				// Not cancelled mid-statement: a write either is
 				// acknowledged or failed with an error the test sees.
+				began := time.Now()
 				_, err := db.ExecContext(ctx, "INSERT INTO events (id, region, seq, body) VALUES (?, ?, ?, 'during')", id, r.Name, i)
+				took := time.Since(began)
 				mu.Lock()
+				if seeding {
+					longest = max(longest, took)
+				}
 				if err == nil {
 					acked[id] = true
 				} else {
@@ -112,7 +121,14 @@ func TestRegionAdd(t *testing.T) {
 		t.Errorf("mlproxy run on a half-seeded region: err %v, output:\n%s", err, cluster.Tail(ap.LogPath, 5)+string(refused))
 	}
 
+	mu.Lock()
+	seeding = true
+	mu.Unlock()
 	out, err := c.Command(ctx, "region", "add", "-c", ap.ConfigPath, "--from", eu.Name, "--chunk", "250")
+	mu.Lock()
+	seeding = false
+	t.Logf("longest insert at eu or us while region add read eu: %s", longest.Round(time.Millisecond))
+	mu.Unlock()
 	t.Logf("region add:\n%s", out)
 	if err != nil {
 		t.Fatalf("region add: %v", err)
