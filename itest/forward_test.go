@@ -88,6 +88,10 @@ func TestForwardHomedWrites(t *testing.T) {
 	if _, err := euApp.ExecContext(ctx, "INSERT INTO users (user_id, name) VALUES (1700, 'us'), (7, 'eu')"); err == nil || !strings.Contains(err.Error(), "homed here and in another region") {
 		t.Fatalf("a statement with keys homed in eu and us, through eu: %v; want it refused", err)
 	}
+	// The forwarded writes above are applied here first: the transaction
+	// below must not meet the applier's gap locks (a deadlock, not the
+	// refusal this checks; CI saw one).
+	waitApplied(ctx, t, c)
 	wrote, err := euApp.BeginTx(ctx, nil)
 	if err != nil {
 		t.Fatal(err)
